@@ -1,0 +1,212 @@
+"""Per-unit activation statistics over every position of every image, exactly mergeable across shards.
+
+Why this design: `collect` must report mean/std/min/max/fraction-positive and p50/p90/p99/p99.9 per unit
+over billions of positions, on the device, with batched ops, and shards must merge to the same answer.
+
+Moments are kept as (count, mean, M2) in float64 and merged with Chan's formula. Quantiles come from a
+fixed log-linear histogram (the float32 bit pattern truncated to 8 exponent + 6 mantissa bits, like
+HdrHistogram / a DDSketch with a linear-interpolated mapping): merging adds counts, so merged shards equal
+a single run bit for bit.
+
+Accuracy (documented in the artifact's `sketch_attrs`): for a quantile q the reported value v estimates
+x_r, the element of 0-based rank r = floor(q * (count - 1)) in sorted order (numpy's method="lower"), with
+  |v - x_r| <= |x_r| / 128                       when 2**-16 <= |x_r| < 2**16,
+  |v - x_r| <= 2**-16                            when |x_r| < 2**-16 (reported as 0),
+and v is clamped to the exact [min, max]. Beyond +-2**16 the bucket saturates and the exact max/min is
+reported. frac_pos is exact (positives are counted in their own buckets; values below 2**-132, i.e.
+float32 denormals, count as zero).
+
+Histogram layout (4101 buckets per unit, values ascending):
+  0                  x <= -2**16 (negative overflow)
+  1 .. 2048          negative regular buckets, largest magnitude first
+  2049               -2**-16 < x < 0 (negative tiny)
+  2050               x == 0
+  2051               0 < x < 2**-16 (positive tiny)
+  2052 .. 4099       positive regular buckets, ascending
+  4100               x >= 2**16 (positive overflow, also +-inf/nan)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from scopecli.records import QUANTILES, StatsBlock
+
+MANTISSA_BITS = 6
+MIN_EXPONENT = -16
+MAX_EXPONENT = 16
+REGULAR = (MAX_EXPONENT - MIN_EXPONENT) << MANTISSA_BITS  # 2048 regular buckets per sign
+CENTER = REGULAR + 2  # index of the exact-zero bucket (2050)
+NUM_BUCKETS = 2 * CENTER + 1  # 4101
+RELATIVE_ACCURACY = 1.0 / (2 << MANTISSA_BITS)  # 1/128
+_SHIFT = 23 - MANTISSA_BITS  # float32 mantissa bits dropped
+_KEY_LO = (127 + MIN_EXPONENT) << MANTISSA_BITS  # key of 2**MIN_EXPONENT
+
+SKETCH_ATTRS = {
+    "kind": "loglinear-float32-histogram",
+    "mantissa_bits": MANTISSA_BITS,
+    "min_exponent": MIN_EXPONENT,
+    "max_exponent": MAX_EXPONENT,
+    "num_buckets": NUM_BUCKETS,
+    "relative_accuracy": RELATIVE_ACCURACY,
+    "absolute_accuracy_near_zero": 2.0**MIN_EXPONENT,
+    "quantile_rank": "floor(q*(count-1)), 0-based (numpy method=lower)",
+    "moments": "count, mean, m2 (Chan parallel merge, float64)",
+}
+
+
+def _lut_numpy() -> np.ndarray:
+    """Map the top 15 bits after the shift ((bits >> 17) & 0x7FFF) to a bucket index."""
+    key15 = np.arange(1 << 15, dtype=np.int64)
+    negative = key15 >> 14
+    mag = key15 & ((1 << 14) - 1)  # exponent byte + mantissa bits of |x|
+    r = np.clip(mag - _KEY_LO, -1, REGULAR)  # -1 tiny, 0..2047 regular, 2048 overflow
+    idx = np.where(negative == 1, CENTER - 2 - r, CENTER + 2 + r)
+    # key 0 is +-0.0 and denormals below 2**-132 (~1.8e-40): all counted as zero
+    idx[0] = idx[1 << 14] = CENTER
+    return idx.astype(np.int32)
+
+
+_LUT_NP = _lut_numpy()
+_LUTS: dict[torch.device, torch.Tensor] = {}
+
+
+def _lut(device: torch.device) -> torch.Tensor:
+    lut = _LUTS.get(device)
+    if lut is None:
+        lut = torch.from_numpy(_LUT_NP).to(device)
+        _LUTS[device] = lut
+    return lut
+
+
+def bucket_index_numpy(x: np.ndarray) -> np.ndarray:
+    """Bucket of every value (reference implementation, used by tests and docs)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    key = (x.view(np.int32) >> _SHIFT) & 0x7FFF
+    return _LUT_NP[key]
+
+
+def bucket_representatives() -> np.ndarray:
+    """Value reported for each bucket: the midpoint of regular buckets, 0 for tiny/zero, NaN for overflow."""
+    rep = np.full(NUM_BUCKETS, np.nan)
+    r = np.arange(REGULAR)
+    exp = MIN_EXPONENT + (r >> MANTISSA_BITS)
+    frac = (r & ((1 << MANTISSA_BITS) - 1)).astype(np.float64)
+    lo = np.ldexp(1.0 + frac / (1 << MANTISSA_BITS), exp)
+    hi = np.ldexp(1.0 + (frac + 1) / (1 << MANTISSA_BITS), exp)
+    mid = (lo + hi) / 2
+    rep[CENTER + 2 + r] = mid
+    rep[CENTER - 2 - r] = -mid
+    rep[CENTER - 1 : CENTER + 2] = 0.0
+    return rep
+
+
+_REPS = bucket_representatives()
+
+
+def quantiles_from_hist(hist: np.ndarray, vmin: np.ndarray, vmax: np.ndarray) -> np.ndarray:
+    """Quantiles (records.QUANTILES) of each row of a [U, NUM_BUCKETS] histogram, clamped to [min, max]."""
+    hist = np.asarray(hist, dtype=np.int64)
+    count = hist.sum(axis=1)
+    cum = np.cumsum(hist, axis=1)
+    out = np.full((hist.shape[0], len(QUANTILES)), np.nan)
+    for j, q in enumerate(QUANTILES):
+        rank = np.floor(q * (count - 1)).astype(np.int64)
+        b = (cum <= rank[:, None]).sum(axis=1)  # first bucket whose cumulative count exceeds rank
+        b = np.minimum(b, NUM_BUCKETS - 1)
+        v = _REPS[b]
+        v = np.where(b == 0, vmin, v)
+        v = np.where(b == NUM_BUCKETS - 1, vmax, v)
+        v = np.clip(v, vmin, vmax)
+        out[:, j] = np.where(count > 0, v, np.nan)
+    return out
+
+
+def stats_from_sketch(
+    units: np.ndarray,
+    count: np.ndarray,
+    mean: np.ndarray,
+    m2: np.ndarray,
+    vmin: np.ndarray,
+    vmax: np.ndarray,
+    hist: np.ndarray,
+) -> StatsBlock:
+    """Build the reported StatsBlock from the mergeable state (the only place fields are derived)."""
+    count = np.asarray(count, dtype=np.int64)
+    hist64 = np.asarray(hist, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std = np.sqrt(np.maximum(m2, 0.0) / count)
+        frac_pos = hist64[:, CENTER + 1 :].sum(axis=1) / count
+    store_dtype = np.int32 if hist64.size == 0 or hist64.max() <= np.iinfo(np.int32).max else np.int64
+    return StatsBlock(
+        units=np.asarray(units, dtype=np.int64),
+        count=count,
+        mean=np.asarray(mean, dtype=np.float64),
+        std=std.astype(np.float64),
+        min=np.asarray(vmin, dtype=np.float64),
+        max=np.asarray(vmax, dtype=np.float64),
+        frac_pos=frac_pos.astype(np.float64),
+        quantiles=quantiles_from_hist(hist64, np.asarray(vmin, np.float64), np.asarray(vmax, np.float64)),
+        sketch={
+            "count": count,
+            "mean": np.asarray(mean, dtype=np.float64),
+            "m2": np.asarray(m2, dtype=np.float64),
+            "hist": hist64.astype(store_dtype),
+        },
+        sketch_attrs=dict(SKETCH_ATTRS),
+    )
+
+
+class LayerStats:
+    """Streaming statistics of one layer's units, updated on the activations' device with batched ops."""
+
+    def __init__(self, channels: int, device: torch.device):
+        self.channels = channels
+        self.device = device
+        self.count = 0
+        self.mean = torch.zeros(channels, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(channels, dtype=torch.float64, device=device)
+        self.vmin = torch.full((channels,), float("inf"), dtype=torch.float64, device=device)
+        self.vmax = torch.full((channels,), float("-inf"), dtype=torch.float64, device=device)
+        self.hist = torch.zeros(channels * NUM_BUCKETS, dtype=torch.int64, device=device)
+        self._offsets = (torch.arange(channels, device=device, dtype=torch.int32) * NUM_BUCKETS).view(1, -1, 1)
+
+    def update(self, v: torch.Tensor, img_mean: torch.Tensor, img_var: torch.Tensor,
+               img_max: torch.Tensor, img_min: torch.Tensor) -> None:
+        """Add a batch. v: float32 [N, C, P] activations; per-image mean/var(correction 0)/max/min [N, C]."""
+        n, c, p = v.shape
+        if n == 0:
+            return
+        # moments: combine the N per-image (P, mean, M2) with Chan's formula, in float64
+        means = img_mean.double()
+        bmean = means.mean(0)
+        bm2 = (img_var.double() * p).sum(0) + p * ((means - bmean) ** 2).sum(0)
+        bn = n * p
+        tot = self.count + bn
+        delta = bmean - self.mean
+        self.mean += delta * (bn / tot)
+        self.m2 += bm2 + delta * delta * (self.count * bn / tot)
+        self.count = tot
+        self.vmax = torch.maximum(self.vmax, img_max.double().amax(0))
+        self.vmin = torch.minimum(self.vmin, img_min.double().amin(0))
+        # histogram: float bits -> 15-bit key -> bucket (lookup table) -> per-unit offset -> bincount
+        key = v.contiguous().view(torch.int32) >> _SHIFT
+        key &= 0x7FFF
+        idx = _lut(v.device)[key]
+        idx += self._offsets
+        self.hist += torch.bincount(idx.view(-1), minlength=self.hist.numel())
+
+    def finalize(self, units: np.ndarray | None = None) -> StatsBlock:
+        units = np.arange(self.channels) if units is None else np.asarray(units)
+        sel = torch.as_tensor(units, device=self.device, dtype=torch.long)
+        hist = self.hist.view(self.channels, NUM_BUCKETS)[sel].cpu().numpy()
+        return stats_from_sketch(
+            units,
+            np.full(len(units), self.count, dtype=np.int64),
+            self.mean[sel].cpu().numpy(),
+            self.m2[sel].cpu().numpy(),
+            self.vmin[sel].cpu().numpy(),
+            self.vmax[sel].cpu().numpy(),
+            hist,
+        )
