@@ -1,0 +1,3 @@
+from scopecli.cli import main
+
+main()

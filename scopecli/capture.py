@@ -1,0 +1,91 @@
+"""Run a model only as far as it needs to go: capture named layers' outputs and stop after the deepest.
+
+Render and collect never need the layers after their deepest target (nor the classifier head), so the
+forward pass is cut there: a forward hook on each target records its output, and once every target has
+fired the hook raises a private exception that unwinds the rest of the forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scopecli.errors import ScopeError
+from scopecli.layers import get_module
+
+
+class _StopForward(Exception):
+    """Raised inside a hook once every requested layer has produced its output."""
+
+
+def _first_tensor(output):
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
+    if isinstance(output, dict):
+        for item in output.values():
+            if isinstance(item, torch.Tensor):
+                return item
+    raise ScopeError(f"layer output of type {type(output).__name__} holds no tensor")
+
+
+class LayerTap:
+    """Context manager: `tap(x)` returns {layer name: output} and runs nothing after the deepest layer.
+
+    A module that runs several times in one forward (a shared activation module) is captured at its
+    first call.
+    """
+
+    def __init__(self, model: nn.Module, names, stop: bool = True):
+        self.model = model
+        self.names = list(dict.fromkeys(names))
+        if not self.names:
+            raise ScopeError("no layers requested")
+        self.stop = stop
+        self._modules = {name: get_module(model, name) for name in self.names}
+        self._handles: list = []
+        self._outputs: dict[str, torch.Tensor] = {}
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            if name in self._outputs:
+                return
+            self._outputs[name] = _first_tensor(output)
+            if self.stop and len(self._outputs) == len(self.names):
+                raise _StopForward
+
+        return hook
+
+    def __enter__(self):
+        for name, module in self._modules.items():
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        return False
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self._handles:
+            raise RuntimeError("LayerTap must be used as a context manager")
+        self._outputs = {}
+        try:
+            self.model(x)
+        except _StopForward:
+            pass
+        missing = [n for n in self.names if n not in self._outputs]
+        if missing:
+            raise ScopeError(f"layer(s) {', '.join(missing)} never ran in the model's forward pass")
+        outputs, self._outputs = self._outputs, {}
+        return {name: outputs[name] for name in self.names}
+
+
+def capture(model: nn.Module, x: torch.Tensor, names) -> dict[str, torch.Tensor]:
+    """One-shot convenience around LayerTap."""
+    with LayerTap(model, names) as tap:
+        return tap(x)

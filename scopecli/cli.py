@@ -1,0 +1,157 @@
+"""The `scope` command line: parse arguments, call the library, print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from scopecli import __version__
+from scopecli.errors import ScopeError
+
+app = typer.Typer(
+    name="scope",
+    help="OpenAI Microscope as a command-line tool and a file: feature visualizations and dataset examples "
+    "for any PyTorch vision model, in one shareable HDF5 artifact.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _out() -> Console:
+    return Console(file=sys.stdout, soft_wrap=True)
+
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# Options shared by every command that loads a model.
+WeightsOpt = typer.Option("DEFAULT", "--weights", "-w", help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), random, or a PATH to a state dict.")
+MeanOpt = typer.Option(None, "--mean", help="Override normalization mean, e.g. 0.5,0.5,0.5.")
+StdOpt = typer.Option(None, "--std", help="Override normalization std, e.g. 0.5,0.5,0.5.")
+InputSizeOpt = typer.Option(None, "--input-size", help="Override the model's input size (center-crop size).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+JsonOpt = typer.Option(False, "--json", help="Machine-readable output on stdout.")
+
+
+def load_model(model: str, weights: str, mean: Optional[str], std: Optional[str], input_size: Optional[int]):
+    """Resolve the model for a command (the one place the CLI touches models)."""
+    from scopecli.models import resolve_model
+
+    return resolve_model(model, weights=weights, mean=mean, std=std, input_size=input_size)
+
+
+def _version_callback(value: bool):
+    if value:
+        sys.stdout.write(f"scope {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version."),
+):
+    """scope: Microscope for any PyTorch vision model."""
+
+
+@app.command("models")
+def models_cmd(json_out: bool = JsonOpt):
+    """List the model specs scope resolves (plus custom package.module:factory)."""
+    from scopecli.models import catalogue
+
+    rows = catalogue()
+    if json_out:
+        _print_json(rows)
+        return
+    table = Table(title="Models (or any custom package.module:factory)")
+    for col in ("name", "source", "weights", "available"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["name"], row["source"], row["weights"], "yes" if row["available"] else "no")
+    _out().print(table)
+
+
+@app.command("layers")
+def layers_cmd(
+    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
+    weights: str = WeightsOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    input_size: Optional[int] = InputSizeOpt,
+    default_only: bool = typer.Option(False, "--default", help="Only the default layer set."),
+    json_out: bool = JsonOpt,
+):
+    """Addressable layers: output channels, spatial size, receptive field; * marks the default set."""
+    from scopecli.layers import layer_table
+
+    loaded = load_model(model, weights, mean, std, input_size)
+    table = layer_table(loaded.module, loaded.preprocess.crop)
+    if default_only:
+        table = [info for info in table if info.default]
+    if json_out:
+        _print_json(
+            {
+                "model": loaded.info(),
+                "input_size": loaded.preprocess.crop,
+                "layers": [info.to_dict() for info in table],
+            }
+        )
+        return
+    out = Table(title=f"{loaded.name} ({loaded.weights}) at {loaded.preprocess.crop}px — * default layer set")
+    for col in ("", "layer", "type", "units", "HxW", "RF size", "RF stride", "RF start"):
+        out.add_column(col, justify="right" if col in ("units", "HxW", "RF size", "RF stride", "RF start") else "left")
+    for info in table:
+        out.add_row(
+            "*" if info.default else "",
+            info.name,
+            info.kind,
+            str(info.channels),
+            f"{info.height}x{info.width}",
+            str(info.rf_size),
+            str(info.rf_stride),
+            str(info.rf_start),
+        )
+    _out().print(out)
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point: every failure is one line on stderr and a non-zero exit code, never a traceback."""
+    err = sys.stderr
+    try:
+        app(args=argv, prog_name="scope", standalone_mode=False)
+    except ScopeError as exc:
+        err.write(f"error: {_one_line(exc)}\n")
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except (typer.Abort, KeyboardInterrupt):
+        err.write("error: interrupted; the artifact on disk is unchanged\n")
+        sys.exit(130)
+    except MemoryError:
+        err.write("error: out of memory; try a smaller --batch\n")
+        sys.exit(1)
+    except Exception as exc:
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # usage errors from the parser
+            message = _one_line(exc.format_message())
+            if message:  # an empty message is the parser's own help screen for a bare command
+                err.write(f"error: {message}\n")
+            sys.exit(2)
+        # a bug in scope: still one line, with what to report
+        err.write(f"error: internal error {type(exc).__name__}: {_one_line(exc)[:300]} (please report this)\n")
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

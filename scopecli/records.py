@@ -1,0 +1,111 @@
+"""In-memory records that the engines produce and the artifact stores.
+
+This is the contract between `render`, `collect`, `compare` and `artifact`: engines fill these,
+the artifact writer stores them, the reader hands them back. Arrays are plain numpy (no objects).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Quantiles every statistics block reports (p50, p90, p99, p99.9).
+QUANTILES = (0.5, 0.9, 0.99, 0.999)
+
+
+@dataclass
+class LayerRecord:
+    """What a layer is: its dotted PyTorch name, unit count, output shape and receptive field.
+
+    Receptive field of activation-grid position (y, x) in model-input pixels:
+    rows [rf_start + y*rf_stride, rf_start + y*rf_stride + rf_size), same for columns.
+    """
+
+    name: str
+    units: int
+    shape: tuple[int, int, int]  # (C, H, W) at the model's input size; (C, 1, 1) for vectors
+    rf_size: int
+    rf_stride: int
+    rf_start: int
+
+
+@dataclass
+class RenderRecord:
+    """One optimized image for one unit (or one layer, for deepdream: unit = -1)."""
+
+    unit: int
+    objective: str  # channel | neuron | negative | deepdream
+    diversity_index: int  # 0 unless --diversity K, then 0..K-1
+    image: np.ndarray  # HxWx3 uint8
+    seed: int  # the derived per-unit seed actually used
+    steps: int
+    size: int
+    param: str  # fft | pixel | maco
+    lr: float
+    act_final: float  # objective activation on the untransformed image
+    act_robust: float  # mean activation under 16 random transforms
+    act_trace: np.ndarray  # float32, activation every 32 steps
+    time_s: float
+    dataset_max_ratio: float = math.nan  # act_final / dataset max, when stats exist
+
+
+@dataclass
+class ImageTable:
+    """The images a collect run saw, in deterministic (sorted relative path) order."""
+
+    paths: list[str]  # relative POSIX paths, UTF-8
+    sha256: list[str]  # hex digests of the file bytes
+    width: np.ndarray  # int32 [N], original size
+    height: np.ndarray  # int32 [N]
+    label: np.ndarray  # int32 [N], -1 when unknown
+    class_names: list[str]  # label index -> name
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class ExampleSet:
+    """Top (or bottom) dataset examples of the units of one layer.
+
+    Row i belongs to unit `units[i]`; column j is its j-th example, best first.
+    Missing examples (fewer images than k) have image_index -1, score NaN and patch None.
+    """
+
+    units: np.ndarray  # int64 [U]
+    score: np.ndarray  # float32 [U, K]
+    image_index: np.ndarray  # int64 [U, K] into the ImageTable
+    loc: np.ndarray  # int32 [U, K, 2]: (y, x) in the activation grid
+    box: np.ndarray  # int32 [U, K, 4]: (x0, y0, x1, y1) in model-input pixels, unclipped
+    patches: list[list[np.ndarray | None]]  # [U][K] HxWx3 uint8
+
+
+@dataclass
+class StatsBlock:
+    """Per-unit activation statistics of one layer over all positions of all images.
+
+    `sketch` holds the mergeable state (moments, histogram) that makes shard merging exact;
+    its arrays all have the unit axis first. Reported fields are derived from it.
+    """
+
+    units: np.ndarray  # int64 [U]
+    count: np.ndarray  # int64 [U] positions seen
+    mean: np.ndarray  # float64 [U]
+    std: np.ndarray  # float64 [U]
+    min: np.ndarray  # float64 [U]
+    max: np.ndarray  # float64 [U]
+    frac_pos: np.ndarray  # float64 [U]
+    quantiles: np.ndarray  # float64 [U, len(QUANTILES)]
+    sketch: dict[str, np.ndarray] = field(default_factory=dict)
+    sketch_attrs: dict[str, float | int | str] = field(default_factory=dict)
+
+
+@dataclass
+class ProbeBlock:
+    """Spatial-mean activations of every unit of one layer on the probe images (float16)."""
+
+    image_index: np.ndarray  # int64 [P] into the ImageTable
+    acts: np.ndarray  # float16 [P, U]
