@@ -4,26 +4,27 @@ Why this design: `collect` must report mean/std/min/max/fraction-positive and p5
 over billions of positions, on the device, with batched ops, and shards must merge to the same answer.
 
 Moments are kept as (count, mean, M2) in float64 and merged with Chan's formula. Quantiles come from a
-fixed log-linear histogram (the float32 bit pattern truncated to 8 exponent + 6 mantissa bits, like
+fixed log-linear histogram (the float32 bit pattern truncated to 8 exponent + 5 mantissa bits, like
 HdrHistogram / a DDSketch with a linear-interpolated mapping): merging adds counts, so merged shards equal
 a single run bit for bit.
 
 Accuracy (documented in the artifact's `sketch_attrs`): for a quantile q the reported value v estimates
 x_r, the element of 0-based rank r = floor(q * (count - 1)) in sorted order (numpy's method="lower"), with
-  |v - x_r| <= |x_r| / 128                       when 2**-16 <= |x_r| < 2**16,
+  |v - x_r| <= |x_r| / 64                        when 2**-16 <= |x_r| < 2**16,
   |v - x_r| <= 2**-16                            when |x_r| < 2**-16 (reported as 0),
 and v is clamped to the exact [min, max]. Beyond +-2**16 the bucket saturates and the exact max/min is
-reported. frac_pos is exact (positives are counted in their own buckets; values below 2**-132, i.e.
-float32 denormals, count as zero).
+reported. frac_pos is exact (positives are counted in their own buckets; float32 denormals
+below 2**-132 count as zero).
 
-Histogram layout (4101 buckets per unit, values ascending):
+Histogram layout (2053 buckets per unit, values ascending; R = 1024 regular buckets per sign, C = R + 2):
   0                  x <= -2**16 (negative overflow)
-  1 .. 2048          negative regular buckets, largest magnitude first
-  2049               -2**-16 < x < 0 (negative tiny)
-  2050               x == 0
-  2051               0 < x < 2**-16 (positive tiny)
-  2052 .. 4099       positive regular buckets, ascending
-  4100               x >= 2**16 (positive overflow, also +-inf/nan)
+  1 .. R             negative regular buckets, largest magnitude first
+  C - 1              -2**-16 < x < 0 (negative tiny)
+  C                  x == 0
+  C + 1              0 < x < 2**-16 (positive tiny)
+  C + 2 .. 2C - 1    positive regular buckets, ascending
+  2C                 x >= 2**16 (positive overflow, also +-inf/nan)
+Counts are int64 while accumulating and stored as int32 when they fit (gzip shrinks the empty buckets).
 """
 
 from __future__ import annotations
@@ -33,15 +34,16 @@ import torch
 
 from scopecli.records import QUANTILES, StatsBlock
 
-MANTISSA_BITS = 6
+MANTISSA_BITS = 5
 MIN_EXPONENT = -16
 MAX_EXPONENT = 16
-REGULAR = (MAX_EXPONENT - MIN_EXPONENT) << MANTISSA_BITS  # 2048 regular buckets per sign
-CENTER = REGULAR + 2  # index of the exact-zero bucket (2050)
-NUM_BUCKETS = 2 * CENTER + 1  # 4101
-RELATIVE_ACCURACY = 1.0 / (2 << MANTISSA_BITS)  # 1/128
+REGULAR = (MAX_EXPONENT - MIN_EXPONENT) << MANTISSA_BITS  # 1024 regular buckets per sign
+CENTER = REGULAR + 2  # index of the exact-zero bucket (1026)
+NUM_BUCKETS = 2 * CENTER + 1  # 2053
+RELATIVE_ACCURACY = 1.0 / (2 << MANTISSA_BITS)  # 1/64
 _SHIFT = 23 - MANTISSA_BITS  # float32 mantissa bits dropped
 _KEY_LO = (127 + MIN_EXPONENT) << MANTISSA_BITS  # key of 2**MIN_EXPONENT
+_KEY_MASK = (1 << (32 - _SHIFT)) - 1
 
 SKETCH_ATTRS = {
     "kind": "loglinear-float32-histogram",
@@ -57,14 +59,14 @@ SKETCH_ATTRS = {
 
 
 def _lut_numpy() -> np.ndarray:
-    """Map the top 15 bits after the shift ((bits >> 17) & 0x7FFF) to a bucket index."""
-    key15 = np.arange(1 << 15, dtype=np.int64)
-    negative = key15 >> 14
-    mag = key15 & ((1 << 14) - 1)  # exponent byte + mantissa bits of |x|
-    r = np.clip(mag - _KEY_LO, -1, REGULAR)  # -1 tiny, 0..2047 regular, 2048 overflow
+    """Map the top bits of a float32 ((bits >> _SHIFT) & _KEY_MASK: sign, exponent, mantissa) to a bucket."""
+    key = np.arange(1 << (32 - _SHIFT), dtype=np.int64)
+    negative = key >> (31 - _SHIFT)
+    mag = key & ((1 << (31 - _SHIFT)) - 1)  # exponent byte + mantissa bits of |x|
+    r = np.clip(mag - _KEY_LO, -1, REGULAR)  # -1 tiny, 0..REGULAR-1 regular, REGULAR overflow
     idx = np.where(negative == 1, CENTER - 2 - r, CENTER + 2 + r)
-    # key 0 is +-0.0 and denormals below 2**-132 (~1.8e-40): all counted as zero
-    idx[0] = idx[1 << 14] = CENTER
+    # key 0 is +-0.0 and float32 denormals below 2**-(127+MANTISSA_BITS): all counted as zero
+    idx[0] = idx[1 << (31 - _SHIFT)] = CENTER
     return idx.astype(np.int32)
 
 
@@ -83,7 +85,7 @@ def _lut(device: torch.device) -> torch.Tensor:
 def bucket_index_numpy(x: np.ndarray) -> np.ndarray:
     """Bucket of every value (reference implementation, used by tests and docs)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    key = (x.view(np.int32) >> _SHIFT) & 0x7FFF
+    key = (x.view(np.int32) >> _SHIFT) & _KEY_MASK
     return _LUT_NP[key]
 
 
@@ -192,7 +194,7 @@ class LayerStats:
         self.vmin = torch.minimum(self.vmin, img_min.double().amin(0))
         # histogram: float bits -> 15-bit key -> bucket (lookup table) -> per-unit offset -> bincount
         key = v.contiguous().view(torch.int32) >> _SHIFT
-        key &= 0x7FFF
+        key &= _KEY_MASK
         idx = _lut(v.device)[key]
         idx += self._offsets
         self.hist += torch.bincount(idx.view(-1), minlength=self.hist.numel())
