@@ -1,0 +1,258 @@
+"""Low-level HDF5 element I/O for the artifact: typed datasets with encoding attributes and sha256.
+
+Writers go through `write_array` / `write_strings` / `write_blob` so every dataset gets the same
+storage rules (chunked + fletcher32 for non-empty numeric data, gzip only, sha256 of canonical bytes).
+Readers go through `check_element` so every element is dispatched on its encoding type and version.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h5py
+import numpy as np
+
+from scopecli.artifact.layout import (
+    ARRAY_CHUNK_BYTES,
+    BLOB_CHUNK,
+    ENC_ARRAY,
+    ENC_BYTES,
+    ENC_STRING,
+    ENC_STRINGS,
+    ENCODING_VERSION,
+    MAX_DATASET_BYTES,
+    MAX_ELEMENTS_PER_DIM,
+    canonical_bytes_sha256,
+)
+from scopecli.errors import ScopeError
+
+STR = h5py.string_dtype("utf-8")
+GZIP_MIN_BYTES = 4096
+
+
+def set_encoding(obj, enc_type: str, version: str = ENCODING_VERSION) -> None:
+    obj.attrs["encoding-type"] = enc_type
+    obj.attrs["encoding-version"] = version
+
+
+def _chunks_for(shape: tuple[int, ...], itemsize: int, target: int) -> tuple[int, ...]:
+    row = itemsize * int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else itemsize
+    rows = max(1, min(shape[0], target // max(row, 1)))
+    return (rows,) + tuple(shape[1:])
+
+
+def write_array(group: h5py.Group, name: str, data, dtype) -> h5py.Dataset:
+    """A numeric dataset: chunked + fletcher32 (+ gzip when > 4 KiB) when non-empty, contiguous when empty."""
+    arr = np.ascontiguousarray(np.asarray(data, dtype=dtype))
+    if arr.ndim == 0 or arr.size == 0:
+        ds = group.create_dataset(name, data=arr)
+    else:
+        kw = {}
+        if arr.nbytes > GZIP_MIN_BYTES:
+            kw = dict(compression="gzip", compression_opts=4, shuffle=arr.dtype.itemsize > 1)
+        ds = group.create_dataset(
+            name, data=arr, chunks=_chunks_for(arr.shape, arr.dtype.itemsize, ARRAY_CHUNK_BYTES),
+            fletcher32=True, **kw,
+        )
+    set_encoding(ds, ENC_ARRAY)
+    ds.attrs["sha256"] = canonical_bytes_sha256(arr)
+    return ds
+
+
+def write_blob(group: h5py.Group, name: str, data: bytes | np.ndarray) -> h5py.Dataset:
+    """The concatenated encoded images of one section: uint8 [B], chunked + fletcher32, never gzipped."""
+    arr = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else np.asarray(data, np.uint8)
+    if arr.size == 0:
+        ds = group.create_dataset(name, data=arr)
+    else:
+        ds = group.create_dataset(name, data=arr, chunks=(min(arr.size, BLOB_CHUNK),), fletcher32=True)
+    set_encoding(ds, ENC_BYTES)
+    ds.attrs["sha256"] = canonical_bytes_sha256(arr)
+    return ds
+
+
+def write_strings(group: h5py.Group, name: str, values) -> h5py.Dataset:
+    """A 1-D variable-length UTF-8 string dataset (contiguous)."""
+    vals = [str(v) for v in values]
+    ds = group.create_dataset(name, shape=(len(vals),), dtype=STR)
+    if vals:
+        ds[...] = np.array(vals, dtype=object)
+    set_encoding(ds, ENC_STRINGS)
+    ds.attrs["sha256"] = canonical_bytes_sha256(np.array(vals, dtype=object))
+    return ds
+
+
+def write_string(group: h5py.Group, name: str, value: str) -> h5py.Dataset:
+    """A scalar variable-length UTF-8 string dataset (spec text, JSON documents)."""
+    ds = group.create_dataset(name, data=str(value), dtype=STR)
+    set_encoding(ds, ENC_STRING)
+    ds.attrs["sha256"] = canonical_bytes_sha256(np.array([str(value)], dtype=object))
+    return ds
+
+
+def str_list_attr(values) -> np.ndarray:
+    return np.array([str(v) for v in values], dtype=STR)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def attr_str(obj, key: str, where: str) -> str:
+    v = obj.attrs.get(key)
+    if isinstance(v, bytes):
+        try:
+            v = v.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ScopeError(f"{where}: attribute {key!r} is not UTF-8")
+    if not isinstance(v, str):
+        raise ScopeError(f"{where}: missing or non-string attribute {key!r}")
+    return v
+
+
+def attr_int(obj, key: str, where: str, lo: int = -(1 << 62), hi: int = 1 << 62) -> int:
+    v = obj.attrs.get(key)
+    if isinstance(v, np.ndarray) and v.shape in ((), (1,)):
+        v = v.reshape(-1)[0]
+    if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
+        raise ScopeError(f"{where}: missing or non-integer attribute {key!r}")
+    v = int(v)
+    if not lo <= v <= hi:
+        raise ScopeError(f"{where}: attribute {key!r}={v} is outside {lo}..{hi}")
+    return v
+
+
+def attr_str_list(obj, key: str, where: str) -> list[str]:
+    v = obj.attrs.get(key)
+    if v is None:
+        raise ScopeError(f"{where}: missing attribute {key!r}")
+    arr = np.asarray(v).reshape(-1)
+    out = []
+    for x in arr:
+        if isinstance(x, bytes):
+            x = x.decode("utf-8", errors="replace")
+        out.append(str(x))
+    return out
+
+
+def encoding_of(obj) -> tuple[str | None, str | None]:
+    t, v = obj.attrs.get("encoding-type"), obj.attrs.get("encoding-version")
+    t = t.decode() if isinstance(t, bytes) else t
+    v = v.decode() if isinstance(v, bytes) else v
+    return (t if isinstance(t, str) else None, v if isinstance(v, str) else None)
+
+
+def check_element(obj, enc_type: str, where: str, kind: type | None = None) -> None:
+    """Refuse an element that is not of encoding `enc_type` at a major version this reader knows."""
+    if kind is not None and not isinstance(obj, kind):
+        raise ScopeError(f"{where}: expected an HDF5 {kind.__name__.lower()}, found {type(obj).__name__.lower()}")
+    t, v = encoding_of(obj)
+    if t != enc_type:
+        raise ScopeError(f"{where}: encoding-type is {t!r}, expected {enc_type!r}")
+    try:
+        major = int(str(v).split(".")[0])
+    except ValueError:
+        raise ScopeError(f"{where}: bad encoding-version {v!r}")
+    if major > int(ENCODING_VERSION.split(".")[0]):
+        raise ScopeError(f"{where}: encoding {t} version {v} is newer than this reader; upgrade scope")
+
+
+def get_dataset(group: h5py.Group, name: str, where: str, required: bool = True) -> h5py.Dataset | None:
+    """A child dataset, refusing links that leave the file, virtual/external storage and unknown filters."""
+    link = group.get(name, getlink=True)
+    if link is None:
+        if required:
+            raise ScopeError(f"{where}: missing dataset {name!r}")
+        return None
+    if not isinstance(link, h5py.HardLink):
+        raise ScopeError(f"{where}/{name}: {type(link).__name__} is not allowed in an artifact")
+    ds = group[name]
+    if not isinstance(ds, h5py.Dataset):
+        raise ScopeError(f"{where}/{name}: expected a dataset, found a group")
+    check_dataset_storage(ds, f"{where}/{name}")
+    return ds
+
+
+def get_group(group: h5py.Group, name: str, where: str, required: bool = True) -> h5py.Group | None:
+    link = group.get(name, getlink=True)
+    if link is None:
+        if required:
+            raise ScopeError(f"{where}: missing group {name!r}")
+        return None
+    if not isinstance(link, h5py.HardLink):
+        raise ScopeError(f"{where}/{name}: {type(link).__name__} is not allowed in an artifact")
+    g = group[name]
+    if not isinstance(g, h5py.Group):
+        raise ScopeError(f"{where}/{name}: expected a group, found a dataset")
+    return g
+
+
+ALLOWED_FILTERS = {
+    h5py.h5z.FILTER_DEFLATE: "gzip",
+    h5py.h5z.FILTER_SHUFFLE: "shuffle",
+    h5py.h5z.FILTER_FLETCHER32: "fletcher32",
+}
+
+
+def check_dataset_storage(ds: h5py.Dataset, where: str) -> None:
+    """Refuse virtual or external datasets, filters other than gzip/shuffle/fletcher32, insane sizes."""
+    if ds.is_virtual:
+        raise ScopeError(f"{where}: virtual datasets are not allowed in an artifact")
+    if ds.external:
+        raise ScopeError(f"{where}: external storage is not allowed in an artifact")
+    plist = ds.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        if code not in ALLOWED_FILTERS:
+            raise ScopeError(f"{where}: HDF5 filter {code} is not allowed (only gzip, shuffle, fletcher32)")
+    shape = ds.shape or ()
+    if ds.shape is None:
+        raise ScopeError(f"{where}: null dataspace is not allowed")
+    n = 1
+    for d in shape:
+        if d > MAX_ELEMENTS_PER_DIM:
+            raise ScopeError(f"{where}: declared size {shape} is beyond sane bounds")
+        n *= d
+    item = ds.dtype.itemsize if ds.dtype.kind != "O" else 16
+    if n * item > MAX_DATASET_BYTES:
+        raise ScopeError(f"{where}: declared size {shape} ({n * item} bytes) is beyond sane bounds")
+
+
+def read_numeric(ds: h5py.Dataset, where: str, kind: str, ndim: int) -> np.ndarray:
+    """Read a whole numeric dataset, checking its dtype kind ('i', 'u', 'f') and rank."""
+    if ds.dtype.kind != kind or ds.ndim != ndim:
+        raise ScopeError(f"{where}: expected a {ndim}-D array of kind {kind!r}, found {ds.dtype} {ds.shape}")
+    try:
+        return ds[()]
+    except OSError as exc:
+        raise ScopeError(f"{where}: unreadable data ({first_line(exc)}); the file is corrupt")
+
+
+def read_strings(ds: h5py.Dataset, where: str) -> list[str]:
+    if ds.dtype.kind not in ("O", "S") or ds.ndim != 1:
+        raise ScopeError(f"{where}: expected a 1-D string array, found {ds.dtype} {ds.shape}")
+    try:
+        return list(ds.asstr()[()]) if ds.shape[0] else []
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ScopeError(f"{where}: unreadable strings ({first_line(exc)})")
+
+
+def read_string(ds: h5py.Dataset, where: str) -> str:
+    if ds.dtype.kind not in ("O", "S") or ds.ndim != 0:
+        raise ScopeError(f"{where}: expected a scalar string, found {ds.dtype} {ds.shape}")
+    try:
+        v = ds.asstr()[()]
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ScopeError(f"{where}: unreadable string ({first_line(exc)})")
+    return str(v)
+
+
+def first_line(exc: BaseException) -> str:
+    s = str(exc).strip()
+    return s.splitlines()[0] if s else type(exc).__name__
+
+
+def is_finite_number(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,111 @@
+"""Names, encodings, limits and checksums of artifact format 1.0, shared by writer, reader and validator.
+
+Everything that both sides must agree on lives here so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+FORMAT_NAME = "scope.artifact"
+FORMAT_VERSION = "1.0"
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+
+# Features a reader must understand; the writer lists the ones a file uses in the root attribute.
+KNOWN_FEATURES = frozenset(
+    {"layers", "provenance", "dataset", "renders", "examples", "stats", "probe", "png", "jpeg"}
+)
+
+# Element encodings (anndata-style): every group and dataset carries encoding-type and encoding-version.
+ENC_ROOT = "scope.artifact"
+ENC_DICT = "scope.dict"
+ENC_PROVENANCE = "scope.provenance"
+ENC_DATASET = "scope.image-table"
+ENC_LAYERS = "scope.layers"
+ENC_LAYER = "scope.layer"
+ENC_RENDERS = "scope.renders"
+ENC_EXAMPLES = "scope.examples"
+ENC_EXAMPLE_SET = "scope.example-set"
+ENC_STATS = "scope.stats"
+ENC_PROBE = "scope.probe"
+ENC_SPEC = "scope.spec"
+ENC_ARRAY = "array"
+ENC_STRINGS = "string-array"
+ENC_STRING = "string"
+ENC_BYTES = "bytes"
+ENCODING_VERSION = "1.0"
+
+# Encoded images allowed inside an artifact, by magic bytes.
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+# Sanity bounds on declared sizes, so a hostile file cannot make a reader allocate the world.
+MAX_UNITS = 1 << 20  # units per layer
+MAX_IMAGES = 1 << 26  # images in a dataset table
+MAX_IMAGE_SIDE = 8192  # pixels, for renders and patches
+MAX_DATASET_BYTES = 1 << 36  # 64 GiB declared for one dataset
+MAX_STRING_BYTES = 1 << 20  # one string element
+MAX_ELEMENTS_PER_DIM = 1 << 34
+
+BLOB_CHUNK = 1 << 16  # bytes per chunk of an image byte array
+ARRAY_CHUNK_BYTES = 1 << 18  # target bytes per chunk of a numeric array
+
+
+def escape_name(name: str) -> str:
+    """HDF5 link name for a PyTorch dotted module name ('/' and '%' percent-escaped; '' and '.' too).
+
+    The real name is always kept in the group's `name` attribute; this only makes it storable.
+    """
+    if name == "":
+        return "%"
+    if name == ".":
+        return "%2E"
+    if "/" in name or "%" in name:
+        return quote(name, safe="", encoding="utf-8")
+    return name
+
+
+def unescape_name(link: str) -> str:
+    """Inverse of `escape_name`."""
+    if link == "%":
+        return ""
+    return unquote(link)
+
+
+def canonical_bytes_sha256(data) -> str:
+    """sha256 hex of a dataset's canonical bytes.
+
+    Numeric arrays: C-order little-endian element bytes. Strings (vlen UTF-8 or fixed ASCII):
+    for each element, its UTF-8 byte length as uint64 little-endian, then those bytes.
+    Scalars are treated as one-element arrays.
+    """
+    h = hashlib.sha256()
+    arr = np.asarray(data)
+    if arr.dtype.kind in ("O", "U", "S"):
+        for item in arr.reshape(-1):
+            b = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            if isinstance(item, np.bytes_):
+                b = bytes(item)
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+        return h.hexdigest()
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    h.update(np.ascontiguousarray(le).tobytes())
+    return h.hexdigest()
+
+
+def dataset_fingerprint(paths, sha256s) -> str:
+    """Fingerprint of an image set: sha256 over 'relative path TAB file sha256 LF' lines in table order."""
+    h = hashlib.sha256()
+    for p, s in zip(paths, sha256s):
+        h.update(p.encode("utf-8"))
+        h.update(b"\t")
+        h.update(s.encode("ascii"))
+        h.update(b"\n")
+    return h.hexdigest()

@@ -1,0 +1,135 @@
+"""Build small synthetic scope artifacts for tests (plain functions; any engineer's tests may use them).
+
+    from artifact_factory import make_artifact, fake_model_info
+    path = make_artifact(tmp_path / "a.h5")                 # 2 layers, renders, examples, stats, probe
+    path = make_artifact(tmp_path / "b.h5", renders=False)  # only collect sections
+
+Everything is derived from `seed`, so the same arguments give the same content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+
+from scopecli.artifact import ArtifactWriter
+from scopecli.records import QUANTILES, ExampleSet, ImageTable, LayerRecord, ProbeBlock, RenderRecord, StatsBlock
+
+FAKE_FINGERPRINT = hashlib.sha256(b"fake model").hexdigest()
+
+
+def fake_model_info(fingerprint: str = FAKE_FINGERPRINT, spec: str = "fakenet") -> dict:
+    """A dict shaped like LoadedModel.info() for a model that does not exist."""
+    return {
+        "spec": spec, "name": spec, "architecture": "FakeNet", "weights": "random", "fingerprint": fingerprint,
+        "preprocess": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize": 72, "crop": 64,
+                       "interpolation": "bilinear"},
+        "torch_version": "0.0", "torchvision_version": "0.0",
+    }
+
+
+def fake_layers() -> list[LayerRecord]:
+    """Two layers: a conv-like one with a '/' in its name (must be escaped) and a vector one."""
+    return [
+        LayerRecord(name="features.1/conv", units=6, shape=(6, 8, 8), rf_size=11, rf_stride=8, rf_start=-4),
+        LayerRecord(name="head.fc", units=4, shape=(4, 1, 1), rf_size=64, rf_stride=1, rf_start=0),
+    ]
+
+
+def fake_image_table(n: int = 12, seed: int = 0, prefix: str = "img") -> ImageTable:
+    rng = np.random.default_rng(seed)
+    paths = [f"{prefix}/{i:04d}.jpg" for i in range(n)]
+    return ImageTable(
+        paths=paths, sha256=[hashlib.sha256(p.encode()).hexdigest() for p in paths],
+        width=rng.integers(64, 400, n).astype(np.int32), height=rng.integers(64, 400, n).astype(np.int32),
+        label=(np.arange(n) % 3).astype(np.int32), class_names=["cat", "dog", "ünïcode"],
+        skipped=[(f"{prefix}/broken.jpg", "cannot identify image file")],
+    )
+
+
+def fake_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A smooth random picture (compresses like a real one, unlike white noise)."""
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([np.sin(x / (3 + c) + rng.random() * 6) * np.cos(y / (4 + c)) for c in range(3)], -1)
+    return ((img + 1) * 127.5).clip(0, 255).astype(np.uint8)
+
+
+def fake_renders(layer: LayerRecord, units, seed: int = 0, size: int = 32, objectives=("channel",)) -> list[RenderRecord]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for u in units:
+        for obj in objectives:
+            out.append(RenderRecord(
+                unit=int(u), objective=obj, diversity_index=0, image=fake_image(rng, size, size), seed=1000 + int(u),
+                steps=64, size=size, param="fft", lr=0.05, act_final=float(rng.random() * 10),
+                act_robust=float(rng.random() * 8), act_trace=rng.random(3).astype(np.float32), time_s=0.25,
+                dataset_max_ratio=math.nan,
+            ))
+    return out
+
+
+def fake_examples(layer: LayerRecord, units, n_images: int, k: int = 4, seed: int = 0, largest: bool = True,
+                  patch: int = 16, image_indices=None) -> ExampleSet:
+    """Top (largest=True) or bottom examples; the last unit misses its last example (index -1)."""
+    rng = np.random.default_rng(seed)
+    units = np.asarray(list(units), np.int64)
+    u = len(units)
+    pool = np.arange(n_images) if image_indices is None else np.asarray(image_indices)
+    score = np.sort(rng.normal(size=(u, k)).astype(np.float32), axis=1)
+    if largest:
+        score = score[:, ::-1].copy()
+    ii = np.stack([rng.choice(pool, size=k, replace=len(pool) < k) for _ in range(u)]).astype(np.int64)
+    loc = rng.integers(0, max(layer.shape[1], 1), (u, k, 2)).astype(np.int32)
+    box = np.concatenate([loc[..., ::-1] * 8 - 4, loc[..., ::-1] * 8 + 7], -1).astype(np.int32)
+    patches = [[fake_image(rng, patch, patch) for _ in range(k)] for _ in range(u)]
+    if u:
+        ii[-1, -1], score[-1, -1], patches[-1][-1] = -1, np.nan, None
+    return ExampleSet(units=units, score=score, image_index=ii, loc=loc, box=box, patches=patches)
+
+
+def fake_stats(layer: LayerRecord, units, seed: int = 0, bins: int = 8) -> StatsBlock:
+    rng = np.random.default_rng(seed)
+    units = np.asarray(list(units), np.int64)
+    n = len(units)
+    mean = rng.normal(size=n)
+    return StatsBlock(
+        units=units, count=np.full(n, 100, np.int64), mean=mean, std=rng.random(n) + 0.1, min=mean - 3,
+        max=mean + 3, frac_pos=rng.random(n), quantiles=np.sort(rng.normal(size=(n, len(QUANTILES))), axis=1),
+        sketch={"hist": rng.integers(0, 50, (n, bins)).astype(np.int64), "sum": rng.normal(size=n)},
+        sketch_attrs={"bins": bins, "kind": "fixed"},
+    )
+
+
+def fake_probe(layer: LayerRecord, image_indices, seed: int = 0) -> ProbeBlock:
+    rng = np.random.default_rng(seed)
+    ii = np.asarray(list(image_indices), np.int64)
+    return ProbeBlock(image_index=ii, acts=rng.normal(size=(len(ii), layer.units)).astype(np.float16))
+
+
+def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = True, n_images: int = 12,
+                  k: int = 4, units=None, fingerprint: str = FAKE_FINGERPRINT, table: ImageTable | None = None,
+                  patch_format: str = "jpeg", command: str = "test") -> str:
+    """Write a complete small artifact to `path` and return it as str.
+
+    `units` (default: all) limits which units of each layer get renders/examples/stats; the probe covers
+    the first 3 images. `table` overrides the synthetic image table (e.g. for pack shard tests).
+    """
+    layers = fake_layers()
+    table = table if table is not None else fake_image_table(n_images, seed)
+    with ArtifactWriter(path, fake_model_info(fingerprint), command, {"seed": seed, "k": k}) as w:
+        for li, rec in enumerate(layers):
+            w.ensure_layer(rec)
+            us = list(range(rec.units)) if units is None else [u for u in units if u < rec.units]
+            if renders:
+                w.put_renders(rec.name, fake_renders(rec, us, seed + li))
+            if collect:
+                w.set_dataset(table)
+                n = len(table)
+                w.put_examples(rec.name, "top", fake_examples(rec, us, n, k, seed + li, True), patch_format)
+                w.put_examples(rec.name, "bottom", fake_examples(rec, us, n, k, seed + li + 50, False), patch_format)
+                w.put_stats(rec.name, fake_stats(rec, us, seed + li))
+                w.put_probe(rec.name, fake_probe(rec, range(min(3, n)), seed + li))
+        w.add_timing("total", 0.5)
+    return str(path)
