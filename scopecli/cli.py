@@ -120,6 +120,101 @@ def layers_cmd(
     _out().print(out)
 
 
+def _split_names(text: Optional[str]) -> Optional[List[str]]:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+@app.command("diff")
+def diff_cmd(
+    file_a: str = typer.Argument(..., metavar="A.h5", help="First artifact (rows)."),
+    file_b: str = typer.Argument(..., metavar="B.h5", help="Second artifact (columns); may be A itself."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers of A (default: all with probe activations)."),
+    layers_b: Optional[str] = typer.Option(None, "--layers-b", help="Layers of B (default: the --layers names if B has them all, else all)."),
+    pair: Optional[List[str]] = typer.Option(None, "--pair", help="Unit-match this layer pair, LAYER_A=LAYER_B (repeatable; default: each A layer with its best B layer)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the stimulus-permutation controls."),
+    permutations: int = typer.Option(20, "--permutations", help="Shuffles for the CKA floor (max over them)."),
+    top: int = typer.Option(5, "--top", help="Matched pairs / changed units listed per layer."),
+    png: Optional[str] = typer.Option(None, "--png", help="Write a labelled CKA heatmap PNG."),
+    save: Optional[str] = typer.Option(None, "--save", help="Write the diff as a small HDF5 file (format scope.diff)."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Compare two artifacts from their files: layer CKA with permutation floors, unit matching, unit changes."""
+    from scopecli.compare.diff import parse_pair, run_diff
+
+    pairs = [parse_pair(p) for p in pair] if pair else None
+    res = run_diff(file_a, file_b, _split_names(layers), _split_names(layers_b), pairs, seed=seed,
+                   permutations=permutations, quiet=quiet or json_out)
+    if png:
+        from scopecli.compare.drawing import save_png, cka_heatmap
+
+        save_png(cka_heatmap(res), png)
+    if save:
+        res.save(save)
+    if json_out:
+        _print_json(res.to_json(top=top))
+        return
+    from scopecli.compare.report import diff_summary
+
+    _out().print(diff_summary(res, top=top))
+    for what, path in (("heatmap", png), ("diff file", save)):
+        if path:
+            _out().print(f"wrote {what} {path}")
+
+
+@app.command("query")
+def query_cmd(
+    files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts to search."),
+    label: Optional[str] = typer.Option(None, "--label", help="Units whose top examples concentrate on classes whose name contains TEXT."),
+    like: Optional[str] = typer.Option(None, "--like", help="Units whose probe activations correlate most with FILE:layer:unit."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Only these layers (comma-separated)."),
+    top: int = typer.Option(20, "--top", help="How many units to list."),
+    min_max: Optional[float] = typer.Option(None, "--min-max", help="Only units whose dataset max activation is >= X."),
+    min_frac_positive: Optional[float] = typer.Option(None, "--min-frac-positive", help="Only units positive on at least this fraction of positions."),
+    sort: str = typer.Option("score", "--sort", help="score | max | mean | std | frac-positive | purity | strength (descending)."),
+    json_out: bool = JsonOpt,
+):
+    """Find units across artifacts by class label, by likeness to a unit, or by statistics."""
+    from scopecli.compare.query import run_query
+
+    hits = run_query(files, label=label, like=like, layers=_split_names(layer), top=top, min_max=min_max,
+                     min_frac_positive=min_frac_positive, sort=sort)
+    if json_out:
+        _print_json([h.to_json() for h in hits])
+        return
+    from scopecli.compare.report import query_table
+
+    what = (f"label '{label}' (score = purity of top examples)" if label is not None else
+            f"like {like} (score = correlation over shared probe images)" if like is not None else
+            "statistics (score = max activation)")
+    _out().print(query_table(hits, f"Units by {what}, sorted by {sort}"))
+    if not hits:
+        _out().print("no unit matched")
+
+
+@app.command("show")
+def show_cmd(
+    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
+    unit: str = typer.Argument(..., metavar="LAYER:UNIT", help="Unit address, e.g. layer4.2:117."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Write a unit card PNG."),
+    json_out: bool = JsonOpt,
+):
+    """One unit: statistics, renders and examples; -o writes its card as PNG."""
+    from scopecli.compare.show import load_unit, unit_json, write_card
+
+    info = load_unit(file, unit)
+    if out:
+        write_card(info, out)
+    if json_out:
+        _print_json(unit_json(info))
+        return
+    from scopecli.compare.report import unit_summary
+
+    _out().print(unit_summary(info))
+    if out:
+        _out().print(f"wrote card {out}")
+
+
 def _one_line(text: str) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     return lines[0] if lines else ""

@@ -118,18 +118,24 @@ def cka_table(a: GramSet, b: GramSet) -> tuple[np.ndarray, np.ndarray]:
     return lin, deb
 
 
-def permutation_floor(a: GramSet, b: GramSet, n_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def permutation_floor(a: GramSet, b: GramSet, n_perm: int, seed: int,
+                      on_step=None) -> tuple[np.ndarray, np.ndarray]:
     """Control: CKA after shuffling which image is which in `b` (seeded); max over `n_perm` shuffles.
 
     A score at or below its floor is what unrelated representations of these images reach by chance.
+    `on_step()` is called after each shuffle (progress bars).
     """
+    if n_perm < 1:
+        raise ScopeError(f"the permutation control needs at least 1 shuffle, got {n_perm}")
     rng = np.random.default_rng(seed)
     lin_f = np.full((len(a.names), len(b.names)), -np.inf)
     deb_f = np.full_like(lin_f, -np.inf)
-    for _ in range(max(1, n_perm)):
+    for _ in range(n_perm):
         lin, deb = cka_table(a, b.permuted(rng.permutation(b.n)))
         lin_f = np.fmax(lin_f, lin)
         deb_f = np.fmax(deb_f, deb)
+        if on_step is not None:
+            on_step()
     lin_f[np.isinf(lin_f)] = np.nan
     deb_f[np.isinf(deb_f)] = np.nan
     return lin_f, deb_f

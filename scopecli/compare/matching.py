@@ -37,8 +37,11 @@ def unit_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
         raise ScopeError(f"unit matching needs [images, units] matrices on the same images, "
                          f"got {a.shape} and {b.shape}")
-    za, da = _standardize(a)
-    zb, db = _standardize(b)
+    return _correlate(_standardize(a), _standardize(b))
+
+
+def _correlate(sa, sb) -> np.ndarray:
+    (za, da), (zb, db) = sa, sb
     c = za.T @ zb
     np.clip(c, -1.0, 1.0, out=c)
     c[da, :] = np.nan
@@ -115,15 +118,16 @@ def _best(c: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, val
 
 
-def chance_floor(a: np.ndarray, b: np.ndarray, seed: int, n_perm: int | None = None, q: float = 0.95) -> float:
+def chance_floor(a: np.ndarray, b: np.ndarray, seed: int, n_perm: int | None = None, q: float = 0.95,
+                 standardized=None) -> float:
     """What a unit of A's best correlation with B reaches when images are shuffled (seeded).
 
     The q-quantile over units and shuffles of max_j corr(a_i, b_j[perm]); by default as many
     shuffles as give about 1000 samples (at most 5), so wide layers cost one extra product.
     """
     rng = np.random.default_rng(seed)
-    za, da = _standardize(a)
-    zb, db = _standardize(b)
+    za, da = _standardize(a) if standardized is None else standardized[0]
+    zb, db = _standardize(b) if standardized is None else standardized[1]
     za, zb = za[:, ~da], zb[:, ~db]
     if za.shape[1] == 0 or zb.shape[1] == 0:
         return float("nan")
@@ -138,7 +142,12 @@ def chance_floor(a: np.ndarray, b: np.ndarray, seed: int, n_perm: int | None = N
 
 def match_units(a: np.ndarray, b: np.ndarray, seed: int = 0, n_perm: int | None = None) -> UnitMatching:
     """Match the units of a [n, p] to those of b [n, q] (same images, same row order)."""
-    c = unit_correlation(a, b)
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ScopeError(f"unit matching needs [images, units] matrices on the same images, "
+                         f"got {a.shape} and {b.shape}")
+    sa, sb = _standardize(a), _standardize(b)
+    c = _correlate(sa, sb)
     best_b, best_b_corr = _best(c, axis=1)
     best_a, best_a_corr = _best(c, axis=0)
     pa = np.nonzero(best_b >= 0)[0]
@@ -156,7 +165,7 @@ def match_units(a: np.ndarray, b: np.ndarray, seed: int = 0, n_perm: int | None 
     else:
         assign_a = assign_b = np.zeros(0, dtype=np.int64)
         assign_corr = np.zeros(0)
-    floor = chance_floor(a, b, seed=seed, n_perm=n_perm)
+    floor = chance_floor(a, b, seed=seed, n_perm=n_perm, standardized=(sa, sb))
     unmatched = live_a[best_b_corr[live_a] <= floor] if not np.isnan(floor) else np.zeros(0, dtype=np.int64)
     return UnitMatching(c, best_b, best_b_corr, best_a, best_a_corr, buddies, assign_a, assign_b,
                         assign_corr, floor, unmatched.astype(np.int64))

@@ -1,0 +1,133 @@
+"""Rich terminal summaries for `scope diff`, `scope query` and `scope show` (the CLI just prints them).
+
+Why separate: the computations return plain records (JSON-able); how they read in a terminal is
+a different job, and scores are always shown beside their chance floors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+
+def _n(x, fmt: str = ".3f") -> str:
+    if x is None:
+        return "-"
+    x = float(x)
+    return "-" if math.isnan(x) or math.isinf(x) else format(x, fmt)
+
+
+def _vs_floor(v, floor) -> Text:
+    """'0.842 (floor 0.061)', dimmed when the score does not beat its floor."""
+    s = f"{_n(v)} [{_n(floor)}]"
+    beaten = v is not None and floor is not None and np.isfinite(v) and np.isfinite(floor) and v > floor
+    return Text(s, style="bold" if beaten else "dim")
+
+
+def diff_summary(res, top: int = 5) -> Group:
+    """Headline, best-match table, unit matching table and (same architecture) unit changes."""
+    a = res.model_a.get("name") or res.model_a.get("spec") or "A"
+    b = res.model_b.get("name") or res.model_b.get("spec") or "B"
+    head = Text.assemble(
+        ("A ", "bold"), f"{a} ({res.path_a})   ", ("B ", "bold"), f"{b} ({res.path_b})\n",
+        f"{res.n_shared} shared probe images (matched by sha256); floors in [brackets] = max CKA over "
+        f"{res.permutations} seeded shuffles of B's images (seed {res.seed}); dim = not above floor",
+    )
+    t = Table(title="Layer similarity: best layer of B for each layer of A (by debiased CKA)")
+    for col in ("layer of A", "units", "best layer of B", "units", "linear CKA [floor]",
+                "debiased CKA [floor]", "same name: debiased"):
+        t.add_column(col, justify="right" if "units" in col or "CKA" in col or "same" in col else "left")
+    best = res.best_b()
+    for i, name in enumerate(res.layers_a):
+        j = best[i]
+        same = ""
+        if name in res.layers_b:
+            k = res.layers_b.index(name)
+            same = _vs_floor(res.cka_debiased[i, k], res.floor_debiased[i, k])
+        if j < 0:
+            t.add_row(name, str(res.units_a[i]), "-", "-", "-", "-", same)
+            continue
+        t.add_row(name, str(res.units_a[i]), res.layers_b[j], str(res.units_b[j]),
+                  _vs_floor(res.cka_linear[i, j], res.floor_linear[i, j]),
+                  _vs_floor(res.cka_debiased[i, j], res.floor_debiased[i, j]), same)
+    parts = [head, t]
+    if res.pairs:
+        m = Table(title="Unit matching (Pearson r over probe images; floor = chance best r, 95th pct)")
+        for col in ("A layer", "B layer", "mean best r", "assigned r", "floor", "best buddies",
+                    "no match", f"top {top} pairs a->b (r)"):
+            m.add_column(col, justify="left" if "layer" in col or "pairs" in col else "right")
+        for p in res.pairs:
+            s = p.matching.summary()
+            pairs = ", ".join(f"{ua}->{ub} ({r:.2f})" for ua, ub, r in p.matching.top_pairs(top))
+            m.add_row(p.layer_a, p.layer_b, _n(s["mean_best_corr"]), _n(s["mean_assigned_corr"]), _n(s["floor"]),
+                      f"{s['buddies']}/{s['units_a']}", f"{s['unmatched_a']}/{s['units_a']}", pairs)
+        parts.append(m)
+    if res.changes:
+        c = Table(title="Same architecture: unit i of A vs unit i of B")
+        for col in ("layer", "median self-r", "units r<0.5", "top-k Jaccard", "median |Δmax|",
+                    f"changed most (unit r)"):
+            c.add_column(col, justify="left" if col in ("layer",) or "changed" in col else "right")
+        for ch in res.changes:
+            r = ch.self_corr
+            live = r[~np.isnan(r)]
+            jac = _n(np.nanmean(ch.jaccard)) + f" (k={ch.k})" if ch.jaccard is not None and \
+                not np.isnan(ch.jaccard).all() else "-"
+            dmax = _n(np.nanmedian(np.abs(ch.delta["max"]))) if "max" in ch.delta and \
+                not np.isnan(ch.delta["max"]).all() else "-"
+            most = ", ".join(f"{u} ({r[u]:.2f})" for u in ch.changed_most(top))
+            c.add_row(ch.layer, _n(np.median(live)) if live.size else "-",
+                      f"{int((live < 0.5).sum())}/{len(r)}", jac, dmax, most)
+        parts.append(c)
+    return Group(*parts)
+
+
+def query_table(hits, title: str) -> Table:
+    t = Table(title=title)
+    for col in ("artifact", "layer", "unit", "score", "top label", "max", "frac +"):
+        t.add_column(col, justify="right" if col in ("unit", "score", "max", "frac +") else "left")
+    for h in hits:
+        lab = "-" if h.top_label is None else f"{h.top_label} ({_n(h.top_label_frac, '.0%')})"
+        t.add_row(h.artifact, h.layer, str(h.unit), _n(h.score), lab, _n(h.max, ".3g"), _n(h.frac_pos, ".0%"))
+    return t
+
+
+def unit_summary(info: dict) -> Group:
+    head = Text.assemble((f"{info['layer']}:{info['unit']}", "bold"),
+                         f"  {info['model']}  ({info['artifact']}), unit {info['unit']} of "
+                         f"{info['units_in_layer']}, receptive field {info['receptive_field']['size']}px")
+    parts = [head]
+    st = info["stats"]
+    if st:
+        t = Table(title="statistics over all positions of all images")
+        for k in st:
+            t.add_column(k, justify="right")
+        t.add_row(*[_n(v, ".4g") if not isinstance(v, int) else str(v) for v in st.values()])
+        parts.append(t)
+    else:
+        parts.append(Text("no statistics collected for this unit", style="dim"))
+    if info["renders"]:
+        t = Table(title="renders")
+        for col in ("objective", "#", "param", "steps", "size", "seed", "act", "robust act", "act / dataset max"):
+            t.add_column(col, justify="left" if col in ("objective", "param") else "right")
+        for r in info["renders"]:
+            t.add_row(r["objective"], str(r["diversity_index"]), r["param"], str(r["steps"]), str(r["size"]),
+                      str(r["seed"]), _n(r["act_final"], ".4g"), _n(r["act_robust"], ".4g"),
+                      _n(r["dataset_max_ratio"], ".2f"))
+        parts.append(t)
+    for which in ("top", "bottom"):
+        ex = info["examples"].get(which, [])
+        if not ex:
+            continue
+        t = Table(title=f"{which} dataset examples")
+        for col in ("#", "score", "class", "image"):
+            t.add_column(col, justify="right" if col in ("#", "score") else "left")
+        for e in ex:
+            t.add_row(str(e["rank"]), _n(e["score"], ".4g"), e["class"] or "-", e["image_path"] or "-")
+        parts.append(t)
+    if not info["renders"] and not any(info["examples"].values()):
+        parts.append(Text("no renders or dataset examples stored for this unit", style="dim"))
+    return Group(*parts)

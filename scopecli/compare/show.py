@@ -1,0 +1,161 @@
+"""`scope show`: one unit from an artifact — statistics, renders and examples — and its card PNG.
+
+Why: the unit card is what researchers paste into papers and chats; it must carry the numbers
+that make a picture trustworthy (achieved activation vs. the dataset maximum, example scores and
+classes), not just the pictures.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from scopecli.compare.drawing import font, text_size
+from scopecli.compare.probes import open_checked
+from scopecli.errors import ScopeError
+from scopecli.units import parse_unit_address
+
+THUMB = 112  # pixel side of each picture on the card
+
+
+def _f(x) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+def load_unit(path: str | Path, address: str) -> dict:
+    """Everything about one unit as plain data (JSON-able except the `_image`/`_patch` pixel arrays)."""
+    layer, index = parse_unit_address(address)
+    art = open_checked(path)
+    try:
+        if layer not in art.layers:
+            import difflib
+
+            close = difflib.get_close_matches(layer, list(art.layers), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ScopeError(f"{path}: no layer named {layer}{hint}")
+        rec = art.layer(layer)
+        if index >= rec.units:
+            raise ScopeError(f"unit {index} is out of range for layer {layer}: it has units 0..{rec.units - 1}")
+        view = art.unit(layer, index)
+        table = art.dataset
+        class_names = table.class_names if table is not None else []
+
+        def cls(image_index: int) -> str | None:
+            if table is None or not 0 <= image_index < len(table.label):
+                return None
+            lab = int(table.label[image_index])
+            return class_names[lab] if 0 <= lab < len(class_names) else None
+
+        renders = [{
+            "objective": r.objective, "diversity_index": r.diversity_index, "param": r.param, "steps": r.steps,
+            "size": r.size, "seed": r.seed, "act_final": _f(r.act_final), "act_robust": _f(r.act_robust),
+            "dataset_max_ratio": _f(r.dataset_max_ratio), "_image": r.image,
+        } for r in view.renders]
+        examples = {}
+        for which in ("top", "bottom"):
+            examples[which] = [{
+                "rank": e.rank, "score": _f(e.score), "image_index": e.image_index, "image_path": e.image_path,
+                "class": cls(e.image_index), "box": list(e.box), "_patch": e.patch,
+            } for e in view.examples.get(which, [])]
+        return {
+            "artifact": str(path), "model": art.model.get("name") or art.model.get("spec"),
+            "layer": layer, "unit": index, "units_in_layer": rec.units,
+            "receptive_field": {"size": rec.rf_size, "stride": rec.rf_stride, "start": rec.rf_start},
+            "stats": {k: _f(v) if isinstance(v, float) else v for k, v in view.stats.items()},
+            "renders": renders, "examples": examples,
+        }
+    finally:
+        art.close()
+
+
+def unit_json(info: dict) -> dict:
+    """The JSON view of `load_unit`'s result (pixel arrays dropped)."""
+    def strip(d):
+        return {k: v for k, v in d.items() if not k.startswith("_")}
+
+    out = strip(info)
+    out["renders"] = [strip(r) for r in info["renders"]]
+    out["examples"] = {w: [strip(e) for e in lst] for w, lst in info["examples"].items()}
+    return out
+
+
+def _thumb(pixels: np.ndarray) -> Image.Image:
+    img = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
+    scale = THUMB / max(img.width, img.height)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    # small patches are enlarged with visible pixels (no invented detail); large ones are downsampled smoothly
+    img = img.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (THUMB, THUMB), (240, 240, 240))
+    canvas.paste(img, ((THUMB - img.width) // 2, (THUMB - img.height) // 2))
+    return canvas
+
+
+def _fit(d: ImageDraw.ImageDraw, text: str, width: int) -> str:
+    while text and text_size(d, text)[0] > width:
+        text = text[:-2] + "…" if len(text) > 2 else ""
+    return text
+
+
+def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
+    """A PNG-ready card: header with stats; renders with achieved activation; top and bottom examples
+    with score and class name."""
+    rows: list[tuple[str, list[tuple[np.ndarray, list[str]]]]] = []
+    if info["renders"]:
+        rows.append(("renders (act = activation achieved; ratio = act / dataset max)", [
+            (r["_image"], [f"{r['objective']}#{r['diversity_index']}",
+                           "act " + ("-" if r["act_final"] is None else f"{r['act_final']:.3g}")
+                           + ("" if r["dataset_max_ratio"] is None else f"  x{r['dataset_max_ratio']:.2f}")])
+            for r in info["renders"][:max_per_row]]))
+    for which, title in (("top", "top dataset examples (score, class)"),
+                         ("bottom", "bottom dataset examples (score, class)")):
+        ex = info["examples"].get(which, [])
+        if ex:
+            rows.append((title, [(e["_patch"], ["-" if e["score"] is None else f"{e['score']:.3g}",
+                                                e["class"] or Path(e["image_path"] or "?").name])
+                                 for e in ex[:max_per_row]]))
+    st = info["stats"]
+    head = [f"{info['model']}   {info['layer']}:{info['unit']}   ({info['artifact']})"]
+    if st:
+        head.append("   ".join(f"{k} {st[k]:.3g}" for k in ("mean", "std", "min", "max") if st.get(k) is not None)
+                    + (f"   positive {100 * st['frac_pos']:.1f}%" if st.get("frac_pos") is not None else ""))
+    else:
+        head.append("no statistics collected")
+    rf = info["receptive_field"]
+    head.append(f"receptive field {rf['size']}px, stride {rf['stride']}")
+    if not rows:
+        head.append("no renders or dataset examples stored for this unit")
+    pad, line_h = 8, 13
+    cols = max([len(r[1]) for r in rows] + [4])
+    width = pad + cols * (THUMB + pad)
+    height = pad + len(head) * line_h + pad + sum(line_h + THUMB + 2 * line_h + pad for _ in rows)
+    card = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(card)
+    y = pad
+    for i, s in enumerate(head):
+        d.text((pad, y), _fit(d, s, width - 2 * pad), fill="black" if i == 0 else (60, 60, 60), font=font())
+        y += line_h
+    y += pad
+    for title, items in rows:
+        d.text((pad, y), title, fill=(30, 30, 120), font=font())
+        y += line_h
+        for j, (pix, captions) in enumerate(items):
+            x = pad + j * (THUMB + pad)
+            card.paste(_thumb(pix), (x, y))
+            for k, cap in enumerate(captions):
+                d.text((x, y + THUMB + 1 + k * line_h), _fit(d, cap, THUMB), fill="black", font=font())
+        y += THUMB + 2 * line_h + pad
+    return card
+
+
+def write_card(info: dict, out: str | Path) -> Path:
+    """Render the card and save it as PNG (atomically)."""
+    from scopecli.compare.drawing import save_png
+
+    save_png(unit_card(info), out)
+    return Path(out)
