@@ -52,6 +52,7 @@ from scopecli.artifact.layout import (
 )
 from scopecli.errors import ScopeError
 from scopecli.records import QUANTILES, ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock
+from scopecli.units import parse_unit_address
 
 ENC_MODEL = "scope.model"
 WHICH = ("top", "bottom")
@@ -663,10 +664,7 @@ class Artifact:
     def unit(self, address: str, index: int | None = None) -> UnitView:
         """Everything about one unit, e.g. `art.unit("layer4.2:117")` (or `art.unit("layer4.2", 117)`)."""
         if index is None:
-            layer, sep, idx = str(address).rpartition(":")
-            if not sep or not idx.strip().lstrip("-").isdigit():
-                raise ScopeError(f"bad unit address {address!r}; expected layer:index, e.g. layer4.2:117")
-            index = int(idx)
+            layer, index = parse_unit_address(address)
         else:
             layer = address
         rec = self.layer(layer)

@@ -86,6 +86,44 @@ def _version() -> str:
     return __version__
 
 
+def load_render_rows(art: Artifact, layer: str) -> dict[tuple[int, str, int], dict]:
+    """All renders of a stored layer as writer rows (PNG bytes kept encoded), keyed (unit, objective, div)."""
+    sec = art._renders(layer)
+    rows: dict[tuple[int, str, int], dict] = {}
+    if sec is None:
+        return rows
+    blob = sec.blob[()].tobytes() if sec.blob.shape[0] else b""
+    for i in range(sec.n):
+        v = sec.view(i)
+        off, ln = int(sec.cols["offset"][i]), int(sec.cols["length"][i])
+        rows[(v.unit, v.objective, v.diversity_index)] = dict(
+            png=blob[off : off + ln], height=v.height, width=v.width, seed=v.seed, steps=v.steps,
+            size=v.size, param=v.param, lr=v.lr, act_final=v.act_final, act_robust=v.act_robust,
+            act_trace=v.act_trace, time_s=v.time_s, dataset_max_ratio=v.dataset_max_ratio,
+        )
+    return rows
+
+
+def load_example_rows(art: Artifact, layer: str, which: str) -> tuple[dict[int, dict], set[str], int] | None:
+    """Stored top/bottom examples of a layer as writer rows (patches kept encoded), or None."""
+    sec = art._examples(layer, which)
+    if sec is None:
+        return None
+    blob = sec.blob[()].tobytes() if sec.blob.shape[0] else b""
+    rows = {}
+    for row, u in enumerate(sec.units):
+        rows[int(u)] = dict(
+            score=sec.score[row].copy(), image_index=sec.image_index[row].copy(),
+            loc=sec.loc[row].copy(), box=sec.box[row].copy(),
+            blobs=[blob[int(o) : int(o) + int(n)] if n > 0 else None for o, n in zip(sec.offset[row], sec.length[row])],
+            hw=np.stack([sec.height[row], sec.width[row]], -1).astype(np.int32),
+        )
+    g = art._section_group(layer, "examples", which)
+    fmt = g.attrs.get("patch_format", "jpeg")
+    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+    return rows, {x for x in fmt.split("+") if x in PATCH_FORMATS}, int(g.attrs.get("quality", 90))
+
+
 class _Renders:
     def __init__(self):
         self.rows: dict[tuple[int, str, int], dict] = {}
@@ -112,8 +150,9 @@ class ArtifactWriter:
     the provenance entry of this run. Extending a file written for another model is refused.
     """
 
-    def __init__(self, path, model_info: dict, command: str, params: dict | None = None):
+    def __init__(self, path, model_info: dict, command: str, params: dict | None = None, *, fresh: bool = False):
         self.path = os.path.abspath(os.fspath(path))
+        self.fresh = fresh  # True: write a new file even if `path` exists (replaced on commit), e.g. `scope pack`
         if not isinstance(model_info, dict) or not isinstance(model_info.get("fingerprint"), str) or not model_info["fingerprint"]:
             raise ScopeError("model_info must be a dict with a non-empty 'fingerprint' (LoadedModel.info())")
         self.model_info = json.loads(json.dumps(_jsonable(model_info, "")))
@@ -156,7 +195,7 @@ class ArtifactWriter:
             raise ScopeError(f"{p}: is a directory; give a file name such as {os.path.join(p, 'scope.h5')}")
         if not os.path.isdir(parent):
             raise ScopeError(f"{parent}: output directory does not exist")
-        if os.path.exists(p):
+        if os.path.exists(p) and not self.fresh:
             art = open_artifact(p)
             try:
                 self._check_extendable(art)
@@ -241,17 +280,7 @@ class ArtifactWriter:
         if st is None:
             st = self._renders[layer] = _Renders()
             if self.existing is not None and layer in self.existing.layers:
-                sec = self.existing._renders(layer)
-                if sec is not None:
-                    blob = sec.blob[()].tobytes() if sec.blob.shape[0] else b""
-                    for i in range(sec.n):
-                        v = sec.view(i)
-                        off, ln = int(sec.cols["offset"][i]), int(sec.cols["length"][i])
-                        st.rows[(v.unit, v.objective, v.diversity_index)] = dict(
-                            png=blob[off : off + ln], height=v.height, width=v.width, seed=v.seed, steps=v.steps,
-                            size=v.size, param=v.param, lr=v.lr, act_final=v.act_final, act_robust=v.act_robust,
-                            act_trace=v.act_trace, time_s=v.time_s, dataset_max_ratio=v.dataset_max_ratio,
-                        )
+                st.rows.update(load_render_rows(self.existing, layer))
         return st
 
     def put_renders(self, layer: str, recs: list[RenderRecord]) -> None:
@@ -279,6 +308,11 @@ class ArtifactWriter:
         n = len(table.paths)
         if len(table.sha256) != n or any(len(np.asarray(a).reshape(-1)) != n for a in (table.width, table.height, table.label)):
             raise ScopeError("image table columns have different lengths")
+        paths = [str(x) for x in table.paths]
+        if any(a >= b for a, b in zip(paths, paths[1:])):
+            raise ScopeError("image table paths must be sorted and unique (relative POSIX paths)")
+        if any(not isinstance(h, str) or len(h) != 64 for h in table.sha256):
+            raise ScopeError("image table sha256 entries must be 64-character hex digests")
         fp = dataset_fingerprint(table.paths, table.sha256)
         if self._dataset_fp is not None and fp != self._dataset_fp and self._has_collected():
             raise ScopeError(
@@ -312,21 +346,12 @@ class ArtifactWriter:
         if st is None:
             st = self._examples[(layer, which)] = _Examples()
             if self.existing is not None and layer in self.existing.layers:
-                sec = self.existing._examples(layer, which)
-                if sec is not None:
-                    blob = sec.blob[()].tobytes() if sec.blob.shape[0] else b""
-                    for row, u in enumerate(sec.units):
-                        st.rows[int(u)] = dict(
-                            score=sec.score[row].copy(), image_index=sec.image_index[row].copy(),
-                            loc=sec.loc[row].copy(), box=sec.box[row].copy(),
-                            blobs=[blob[int(o) : int(o) + int(n)] if n > 0 else None for o, n in zip(sec.offset[row], sec.length[row])],
-                            hw=np.stack([sec.height[row], sec.width[row]], -1).astype(np.int32),
-                        )
-                    g = sec_group = self.existing._section_group(layer, "examples", which)
-                    fmt = sec_group.attrs.get("patch_format", "jpeg")
-                    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
-                    st.formats.update(x for x in fmt.split("+") if x in PATCH_FORMATS)
-                    st.quality = int(g.attrs.get("quality", 90))
+                loaded = load_example_rows(self.existing, layer, which)
+                if loaded is not None:
+                    rows, formats, quality = loaded
+                    st.rows.update(rows)
+                    st.formats.update(formats)
+                    st.quality = quality
         return st
 
     def put_examples(self, layer: str, which: str, ex: ExampleSet, patch_format: str = "jpeg", quality: int = 90) -> None:

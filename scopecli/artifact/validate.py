@@ -1,0 +1,363 @@
+"""`scope validate`: check an artifact against schema/artifact-1.0.json, every checksum and every image.
+
+Returns a list of problems (empty = valid) instead of stopping at the first one, so a user who got a
+broken file from someone can say exactly what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from importlib import resources
+
+import h5py
+import numpy as np
+
+from scopecli.artifact.h5io import ALLOWED_FILTERS, encoding_of, first_line
+from scopecli.artifact.images import decode_image, image_kind
+from scopecli.artifact.layout import (
+    FORMAT_MAJOR,
+    FORMAT_MINOR,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    canonical_bytes_sha256,
+    dataset_fingerprint,
+)
+from scopecli.errors import ScopeError
+
+MAX_PROBLEMS = 200
+
+
+def load_schema(version: str = FORMAT_VERSION) -> dict:
+    """The machine-readable schema shipped in scopecli.schema."""
+    text = (resources.files("scopecli.schema") / f"artifact-{version}.json").read_text("utf-8")
+    return json.loads(text)
+
+
+_DTYPES = {
+    "int64": np.dtype("<i8"), "int32": np.dtype("<i4"), "uint8": np.dtype("u1"), "float64": np.dtype("<f8"),
+    "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
+}
+
+
+class _Walker:
+    """Structure check of one file against the schema tree."""
+
+    def __init__(self, schema: dict, strict_extras: bool):
+        self.schema = schema
+        self.defs = schema.get("definitions", {})
+        self.strict = strict_extras
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+        self.datasets: list[tuple[str, h5py.Dataset]] = []
+
+    def problem(self, msg: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(msg)
+
+    def node(self, spec: dict) -> dict:
+        return self.defs[spec["$ref"]] if "$ref" in spec else spec
+
+    def check_encoding(self, obj, spec: dict, where: str) -> None:
+        t, v = encoding_of(obj)
+        if t != spec.get("encoding-type"):
+            self.problem(f"{where}: encoding-type {t!r}, expected {spec.get('encoding-type')!r}")
+        if not (isinstance(v, str) and re.fullmatch(r"[0-9]+\.[0-9]+", v)):
+            self.problem(f"{where}: missing or bad encoding-version {v!r}")
+
+    def check_attrs(self, obj, spec: dict, where: str, scope: dict) -> None:
+        known = set(spec.get("attrs", {})) | {"encoding-type", "encoding-version", "sha256"}
+        for name, a in spec.get("attrs", {}).items():
+            if name not in obj.attrs:
+                if a.get("required", True):
+                    self.problem(f"{where}: missing attribute {name!r}")
+                continue
+            try:
+                val = obj.attrs[name]
+            except Exception as exc:  # unreadable attribute
+                self.problem(f"{where}: attribute {name!r} unreadable ({first_line(exc)})")
+                continue
+            self.check_attr_value(val, a, f"{where}@{name}", scope)
+        if not spec.get("any_attrs"):
+            for name in obj.attrs:
+                if name not in known:
+                    (self.problem if self.strict else self.notes.append)(f"{where}: unknown attribute {name!r}")
+
+    def check_attr_value(self, val, a: dict, where: str, scope: dict) -> None:
+        t = a["type"]
+        if isinstance(val, bytes):
+            val = val.decode("utf-8", "replace")
+        if t == "str":
+            if not isinstance(val, str):
+                return self.problem(f"{where}: expected a string, found {type(val).__name__}")
+            if "value" in a and val != a["value"]:
+                return self.problem(f"{where}: is {val!r}, expected {a['value']!r}")
+            if "pattern" in a and not re.fullmatch(a["pattern"], val):
+                return self.problem(f"{where}: {val!r} does not match {a['pattern']}")
+        elif t == "int":
+            if isinstance(val, np.ndarray) and val.shape == (1,):
+                val = val[0]
+            if not isinstance(val, (int, np.integer)) or isinstance(val, (bool, np.bool_)):
+                return self.problem(f"{where}: expected an integer, found {type(val).__name__}")
+            if ("min" in a and val < a["min"]) or ("max" in a and val > a["max"]):
+                return self.problem(f"{where}: {int(val)} is outside {a.get('min')}..{a.get('max')}")
+            if "binds" in a:
+                scope[a["binds"]] = int(val)
+        elif t in ("int[]", "float[]", "str[]"):
+            arr = np.asarray(val)
+            if arr.ndim != 1:
+                return self.problem(f"{where}: expected a 1-D list")
+            kind_ok = {"int[]": "iu", "float[]": "f", "str[]": "OUS"}[t]
+            if arr.size and arr.dtype.kind not in kind_ok:
+                return self.problem(f"{where}: expected {t}, found {arr.dtype}")
+            if "len" in a and arr.shape[0] != a["len"]:
+                return self.problem(f"{where}: has {arr.shape[0]} items, expected {a['len']}")
+            if t == "int[]" and "min" in a and arr.size and arr.min() < a["min"]:
+                return self.problem(f"{where}: values below {a['min']}")
+            if t == "str[]" and "allowed" in a:
+                vals = [x.decode() if isinstance(x, bytes) else str(x) for x in arr]
+                bad = [x for x in vals if x not in a["allowed"]]
+                if bad:
+                    return self.problem(f"{where}: unknown values {bad}")
+
+    def group(self, g: h5py.Group, spec: dict, where: str, scope: dict) -> None:
+        scope = dict(scope)
+        self.check_encoding(g, spec, where)
+        self.check_attrs(g, spec, where, scope)
+        children = spec.get("children", {})
+        any_child = spec.get("any_child")
+        names = []
+        for name in g:
+            link = g.get(name, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                self.problem(f"{where}/{name}: {type(link).__name__} is not allowed")
+                continue
+            names.append(name)
+        for name, child in children.items():
+            child = self.node(child)
+            if name not in names and child.get("required", True):
+                self.problem(f"{where}: missing {child['kind']} {name!r}")
+        # datasets first so their symbols bind before subgroups use them
+        ordered = sorted(names, key=lambda n: isinstance(g[n], h5py.Group))
+        for name in ordered:
+            obj = g[name]
+            child = children.get(name) or any_child
+            path = f"{where.rstrip('/')}/{name}"
+            if child is None:
+                (self.problem if self.strict else self.notes.append)(f"{path}: not described by the format")
+                continue
+            child = self.node(child)
+            if child["kind"] == "group":
+                if not isinstance(obj, h5py.Group):
+                    self.problem(f"{path}: expected a group, found a dataset")
+                else:
+                    self.group(obj, child, path, scope)
+            else:
+                if not isinstance(obj, h5py.Dataset):
+                    self.problem(f"{path}: expected a dataset, found a group")
+                else:
+                    self.dataset(obj, child, path, scope)
+
+    def dataset(self, ds: h5py.Dataset, spec: dict, where: str, scope: dict) -> None:
+        self.check_encoding(ds, spec, where)
+        for name in ds.attrs:
+            if name not in ("encoding-type", "encoding-version", "sha256"):
+                (self.problem if self.strict else self.notes.append)(f"{where}: unknown attribute {name!r}")
+        sha = ds.attrs.get("sha256")
+        sha = sha.decode() if isinstance(sha, bytes) else sha
+        if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+            self.problem(f"{where}: missing or bad sha256 attribute")
+        if ds.is_virtual:
+            return self.problem(f"{where}: virtual datasets are not allowed")
+        if ds.external:
+            return self.problem(f"{where}: external storage is not allowed")
+        plist = ds.id.get_create_plist()
+        filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+        unknown = [f for f in filters if f not in ALLOWED_FILTERS]
+        if unknown:
+            return self.problem(f"{where}: filter {unknown[0]} is not allowed (only gzip, shuffle, fletcher32)")
+        want = spec["dtype"]
+        dt = ds.dtype
+        if want == "str":
+            info = h5py.check_string_dtype(dt)
+            if info is None or info.length is not None or info.encoding != "utf-8":
+                return self.problem(f"{where}: expected variable-length UTF-8 strings, found {dt}")
+        elif want == "numeric":
+            if dt.kind not in "iuf":
+                return self.problem(f"{where}: expected numbers, found {dt}")
+        elif dt.kind != _DTYPES[want].kind or dt.itemsize != _DTYPES[want].itemsize:
+            return self.problem(f"{where}: dtype {dt}, expected {want}")
+        if ds.shape is None:
+            return self.problem(f"{where}: null dataspace")
+        shape = list(spec["shape"])
+        tail = bool(shape) and shape[-1] == "..."
+        if tail:
+            shape = shape[:-1]
+        if (len(ds.shape) != len(shape)) if not tail else (len(ds.shape) < len(shape)):
+            return self.problem(f"{where}: rank {len(ds.shape)} (shape {ds.shape}), expected {spec['shape']}")
+        for i, (d, s) in enumerate(zip(ds.shape, shape)):
+            if s == "*":
+                continue
+            if isinstance(s, int):
+                if d != s:
+                    self.problem(f"{where}: dimension {i} is {d}, expected {s}")
+            elif s in scope:
+                if d != scope[s]:
+                    self.problem(f"{where}: dimension {i} is {d}, expected {s}={scope[s]}")
+            else:
+                scope[s] = d
+        if dt.kind in "iuf" and ds.size > 0:
+            if ds.chunks is None or h5py.h5z.FILTER_FLETCHER32 not in filters:
+                self.problem(f"{where}: non-empty numeric data must be chunked with fletcher32")
+        self.datasets.append((where, ds))
+
+
+def validate(path, quick: bool = False) -> list[str]:
+    """Problems found in the artifact at `path` (empty list: valid).
+
+    quick=True checks structure, attributes and index tables only; the full check also verifies
+    every dataset's sha256 (and fletcher32) and decodes every image against its declared shape.
+    """
+    from scopecli.artifact.reader import _check_path, open_artifact
+
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise ScopeError(f"{p}: no such file")
+    if os.path.isdir(p):
+        raise ScopeError(f"{p}: is a directory, not an artifact file")
+    try:
+        _check_path(p)
+        f = h5py.File(p, "r")
+    except ScopeError as exc:
+        return [str(exc)]
+    except OSError as exc:
+        return [f"{p}: not a readable HDF5 file ({first_line(exc)}); it may be truncated or corrupt"]
+    try:
+        fmt = f.attrs.get("format")
+        fmt = fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt
+        if fmt != FORMAT_NAME:
+            return [f"{p}: not a scope artifact (HDF5 file without format={FORMAT_NAME!r})"]
+        ver = f.attrs.get("format_version")
+        ver = ver.decode("utf-8", "replace") if isinstance(ver, bytes) else ver
+        m = re.fullmatch(r"([0-9]+)\.([0-9]+)", ver) if isinstance(ver, str) else None
+        if m is None:
+            return [f"{p}: bad format_version {ver!r}"]
+        major, minor = int(m.group(1)), int(m.group(2))
+        if major > FORMAT_MAJOR:
+            return [f"{p}: artifact format {ver} is newer than this scope validates ({FORMAT_MAJOR}.x); upgrade scope"]
+        walker = _Walker(load_schema(), strict_extras=minor <= FORMAT_MINOR)
+        try:
+            walker.group(f, walker.schema["root"], "/", {})
+        except Exception as exc:  # corrupt metadata
+            walker.problem(f"{p}: unreadable structure ({type(exc).__name__}: {first_line(exc)})")
+        problems = walker.problems
+        if not quick:
+            for where, ds in walker.datasets:
+                want = ds.attrs.get("sha256")
+                want = want.decode() if isinstance(want, bytes) else want
+                try:
+                    data = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) is not None else ds[()]
+                except Exception as exc:
+                    problems.append(f"{where}: data unreadable ({first_line(exc)}) — checksum (fletcher32) mismatch or corruption")
+                    continue
+                if ds.ndim == 0 and h5py.check_string_dtype(ds.dtype) is not None:
+                    data = np.array([data], dtype=object)
+                if isinstance(want, str) and canonical_bytes_sha256(data) != want:
+                    problems.append(f"{where}: sha256 mismatch (content changed since it was written)")
+                if len(problems) >= MAX_PROBLEMS:
+                    break
+    finally:
+        f.close()
+    if problems:
+        return problems
+    problems.extend(_semantic_checks(p, quick, open_artifact))
+    return problems
+
+
+def _semantic_checks(p: str, quick: bool, open_artifact) -> list[str]:
+    """Cross-element rules the schema cannot express, checked through the real reader."""
+    problems: list[str] = []
+    try:
+        art = open_artifact(p)
+    except ScopeError as exc:
+        return [str(exc)]
+    with art:
+        if art.dataset_fingerprint is not None:
+            try:
+                t = art.dataset
+                if dataset_fingerprint(t.paths, t.sha256) != art.dataset_fingerprint:
+                    problems.append("/dataset: fingerprint does not match the paths and sha256 columns")
+                if t.paths != sorted(t.paths):
+                    problems.append("/dataset/paths: not sorted")
+                if len(set(t.paths)) != len(t.paths):
+                    problems.append("/dataset/paths: duplicate paths")
+            except ScopeError as exc:
+                problems.append(str(exc))
+        used = set()
+        for name in art.layers:
+            for what, fn in (("renders", art._renders), ("stats", art.stats), ("probe", art.probe)):
+                try:
+                    sec = fn(name)
+                except ScopeError as exc:
+                    problems.append(str(exc))
+                    continue
+                if sec is None:
+                    continue
+                used.add(what)
+                if what == "renders":
+                    used.add("png")
+                    want = np.zeros(art.layer(name).units, bool)
+                    u = sec.cols["unit"]
+                    want[u[u >= 0]] = True
+                    if not np.array_equal(want, sec.present):
+                        problems.append(f"layer {name}: renders/present disagrees with the render table")
+                    if not quick:
+                        for i in range(sec.n):
+                            v = sec.view(i)
+                            try:
+                                decode_image(v.encoded, v.height, v.width, f"layer {name} render row {i}")
+                            except ScopeError as exc:
+                                problems.append(str(exc))
+                elif what == "stats":
+                    if not np.array_equal(art.stats_present(name), _present_flag(art, name, "stats")):
+                        problems.append(f"layer {name}: stats/present disagrees with stats/units")
+            for which in ("top", "bottom"):
+                try:
+                    sec = art._examples(name, which)
+                except ScopeError as exc:
+                    problems.append(str(exc))
+                    continue
+                if sec is None:
+                    continue
+                used.add("examples")
+                want = np.zeros(art.layer(name).units, bool)
+                want[sec.units] = True
+                if not np.array_equal(want, sec.present):
+                    problems.append(f"layer {name}: examples/{which}/present disagrees with its units")
+                if quick:
+                    continue
+                for row in range(len(sec.units)):
+                    for k in range(sec.k):
+                        if sec.length[row, k] == 0:
+                            continue
+                        data = sec.patch_bytes(row, k)
+                        used.add(image_kind(data) or "?")
+                        try:
+                            decode_image(data, int(sec.height[row, k]), int(sec.width[row, k]),
+                                         f"layer {name} {which} patch unit {int(sec.units[row])} rank {k}")
+                        except ScopeError as exc:
+                            problems.append(str(exc))
+                        if len(problems) >= MAX_PROBLEMS:
+                            return problems
+        if art.dataset_fingerprint is not None:
+            used.add("dataset")
+        missing = sorted(x for x in used if x not in art.required_features and x != "?")
+        if missing:
+            problems.append(f"required_features lacks {', '.join(missing)} which the file uses")
+    return problems
+
+
+def _present_flag(art, layer: str, section: str) -> np.ndarray:
+    g = art._entry(layer).group[section]
+    return np.asarray(g["present"][()]).astype(bool)
