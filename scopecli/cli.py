@@ -215,6 +215,69 @@ def show_cmd(
         _out().print(f"wrote card {out}")
 
 
+@app.command("info")
+def info_cmd(
+    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
+    json_out: bool = JsonOpt,
+):
+    """What an artifact holds: model, format version, layers with rendered/collected counts, dataset, size."""
+    from scopecli.artifact import open_artifact
+
+    with open_artifact(file) as art:
+        info = art.info()
+    if json_out:
+        _print_json(info)
+        return
+    from scopecli.artifact.report import info_report
+
+    _out().print(info_report(info))
+
+
+@app.command("validate")
+def validate_cmd(
+    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
+    quick: bool = typer.Option(False, "--quick", help="Structure and index tables only (skip checksums and image decoding)."),
+    json_out: bool = JsonOpt,
+):
+    """Check an artifact against the format spec, every checksum and every image; exit 1 listing problems."""
+    from scopecli.artifact.validate import validate
+
+    problems = validate(file, quick=quick)
+    if json_out:
+        _print_json({"file": file, "valid": not problems, "quick": quick, "problems": problems})
+    elif problems:
+        for p in problems:
+            sys.stdout.write(f"problem: {p}\n")
+    else:
+        sys.stdout.write(f"valid{' (quick check)' if quick else ''}: {file}\n")
+    if problems:
+        from scopecli.errors import ValidationFailed
+
+        raise ValidationFailed(f"{file}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
+
+
+@app.command("pack")
+def pack_cmd(
+    files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts of one model to merge (e.g. collect shards)."),
+    out: str = typer.Option(..., "-o", "--out", help="Output artifact."),
+    prefer: Optional[str] = typer.Option(None, "--prefer", help="'last': on conflicting units keep the later input's version."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists and is not an input."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Merge artifacts of one model: union of layers/units; shards merge exactly (top-k, stats, probes)."""
+    from scopecli.artifact.pack import pack
+
+    res = pack(files, out, prefer=prefer, force=force, quiet=quiet or json_out)
+    if json_out:
+        _print_json(res)
+        return
+    from scopecli.artifact.report import human_bytes
+
+    _out().print(f"wrote {res['output']}: {len(res['inputs'])} inputs, {res['layers']} layers, "
+                 f"{res['images']} images, {human_bytes(res['size_bytes'])}")
+
+
 def _one_line(text: str) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     return lines[0] if lines else ""
