@@ -141,8 +141,12 @@ def diff_cmd(
 ):
     """Compare two artifacts from their files: layer CKA with permutation floors, unit matching, unit changes."""
     from scopecli.compare.diff import parse_pair, run_diff
+    from scopecli.compare.drawing import check_output
 
     pairs = [parse_pair(p) for p in pair] if pair else None
+    for path, example in ((png, "diff.png"), (save, "diff.h5")):
+        if path:
+            check_output(path, example)
     res = run_diff(file_a, file_b, _split_names(layers), _split_names(layers_b), pairs, seed=seed,
                    permutations=permutations, quiet=quiet or json_out)
     if png:
@@ -200,8 +204,11 @@ def show_cmd(
     json_out: bool = JsonOpt,
 ):
     """One unit: statistics, renders and examples; -o writes its card as PNG."""
+    from scopecli.compare.drawing import check_output
     from scopecli.compare.show import load_unit, unit_json, write_card
 
+    if out:
+        check_output(out, "card.png")
     info = load_unit(file, unit)
     if out:
         write_card(info, out)

@@ -231,6 +231,8 @@ def run_diff(
     layers. `pairs` (A layer, B layer) select the unit matchings; default: each A layer with its
     best B layer by debiased CKA.
     """
+    if permutations < 1:
+        raise ScopeError(f"--permutations must be at least 1 (the floor needs a shuffle), got {permutations}")
     same_file = Path(path_a).resolve() == Path(path_b).resolve()
     art_a = open_checked(path_a)
     art_b = art_a if same_file else open_checked(path_b)

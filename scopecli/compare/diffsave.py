@@ -93,12 +93,11 @@ def _write(f: h5py.File, res) -> None:
 
 def save_diff(res, path: str | Path) -> None:
     """Write atomically: a temp file next to `path`, fsync, then os.replace (old file or new, never half)."""
+    from scopecli.compare.drawing import check_output
+
+    check_output(path, "diff.h5")
     target = Path(path)
-    if target.is_dir():
-        raise ScopeError(f"--save {path}: is a directory")
     directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise ScopeError(f"--save {path}: folder {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=directory)
     os.close(fd)
     try:

@@ -131,21 +131,29 @@ def cka_heatmap(res) -> Image.Image:
     return img
 
 
-def save_png(img: Image.Image, out) -> None:
-    """Save a PNG atomically (temp file in the same folder, then replace), with one-line errors."""
-    import os
-    import tempfile
+def check_output(out, example: str = "out.png") -> None:
+    """Refuse an output path we could not write (a folder, or in a missing folder) before any work is done."""
     from pathlib import Path
 
     from scopecli.errors import ScopeError
 
     target = Path(out)
     if target.is_dir():
-        raise ScopeError(f"{out}: is a directory, give a file name such as {target / 'diff.png'}")
+        raise ScopeError(f"{out}: is a directory, give a file name such as {target / example}")
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise ScopeError(f"{out}: folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=parent)
+
+
+def save_png(img: Image.Image, out) -> None:
+    """Save a PNG atomically (temp file in the same folder, then replace), with one-line errors."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    check_output(out)
+    target = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent if str(target.parent) else ".")
     os.close(fd)
     try:
         img.save(tmp, format="PNG")
