@@ -244,3 +244,23 @@ def test_reader_errors_are_scope_errors(tmp_path):
         with pytest.raises(ScopeError, match="top"):
             art.examples("head.fc", "middle")
         assert art.fingerprint == FAKE_FINGERPRINT
+
+
+def test_concurrent_writers_never_lose_a_result(tmp_path):
+    path = make_artifact(tmp_path / "a.h5", collect=False, units=[0])
+    conv = fake_layers()[0]
+    slow = ArtifactWriter(path, fake_model_info(), "render", {"units": "1"})
+    slow.open()
+    slow.ensure_layer(conv)
+    slow.put_renders(conv.name, fake_renders(conv, [1], seed=4))
+    with ArtifactWriter(path, fake_model_info(), "render", {"units": "2"}) as fast:
+        fast.ensure_layer(conv)
+        fast.put_renders(conv.name, fake_renders(conv, [2], seed=5))
+    with pytest.raises(ScopeError, match="scope pack"):
+        slow.commit()
+    conflict = [n for n in os.listdir(tmp_path) if "conflict" in n]
+    assert len(conflict) == 1 and not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+    with open_artifact(path) as art:
+        assert art.renders_present(conv.name).tolist()[:3] == [True, False, True]
+    with open_artifact(tmp_path / conflict[0]) as art:
+        assert art.renders_present(conv.name).tolist()[:3] == [True, True, False]

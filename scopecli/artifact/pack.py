@@ -139,6 +139,8 @@ def pack(inputs: list, out, prefer: str | None = None, force: bool = False, quie
     if not inputs:
         raise ScopeError("pack needs at least one input artifact")
     out = os.fspath(out)
+    if os.path.isdir(out):
+        raise ScopeError(f"{out}: is a directory; give an output file name such as {os.path.join(out, 'packed.h5')}")
     in_abs = [os.path.abspath(os.fspath(p)) for p in inputs]
     if os.path.exists(out) and os.path.abspath(out) not in in_abs and not force:
         raise ScopeError(f"{out} exists; pass --force to replace it (or include it as an input to merge into it)")

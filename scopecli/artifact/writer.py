@@ -49,6 +49,15 @@ from scopecli.records import QUANTILES, ExampleSet, ImageTable, LayerRecord, Pro
 STATS_FIELDS = ("count", "mean", "std", "min", "max", "frac_pos", "quantiles")
 
 
+def _identity(path: str):
+    """What identifies the file at `path` right now (None when absent): detects concurrent replacement."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -195,6 +204,7 @@ class ArtifactWriter:
             raise ScopeError(f"{p}: is a directory; give a file name such as {os.path.join(p, 'scope.h5')}")
         if not os.path.isdir(parent):
             raise ScopeError(f"{parent}: output directory does not exist")
+        self._identity = _identity(p)
         if os.path.exists(p) and not self.fresh:
             art = open_artifact(p)
             try:
@@ -494,6 +504,8 @@ class ArtifactWriter:
             finally:
                 os.close(fd)
             self._close_existing()
+            if _identity(self.path) != self._identity:
+                self._save_conflict()
             os.replace(self._tmp, self.path)
             self._tmp = None
             try:
@@ -508,6 +520,18 @@ class ArtifactWriter:
             self.abort()
             raise
         self._open = False
+
+    def _save_conflict(self) -> None:
+        """Another process replaced the target while we worked: keep both results, never lose one."""
+        stem, ext = os.path.splitext(self.path)
+        conflict = f"{stem}.conflict-{os.getpid()}{ext or '.h5'}"
+        os.replace(self._tmp, conflict)
+        self._tmp = None
+        self._open = False
+        raise ScopeError(
+            f"{self.path} was changed by another process during this run; this run's result is saved as {conflict} "
+            f"— merge them with: scope pack {self.path} {conflict} -o {self.path}"
+        )
 
     def _set_mode(self, tmp: str) -> None:
         """mkstemp makes 0600 files: give the result the old file's mode, or the umask default."""
