@@ -1,0 +1,338 @@
+"""`scope export`: write artifacts (and diff files) as a static, offline, Microscope-like HTML gallery.
+
+Why this shape: researchers look at units in a browser and share the folder. Images are copied
+byte for byte from the artifact next to the pages (no re-encoding, no inlining); only renders larger
+than a grid thumbnail get a small JPEG thumbnail. Pages are plain HTML + one stylesheet so the site
+works from `file://`. The site is written into a staging folder and swapped in at the end, so a
+failed export leaves the previous gallery as it was (see `folder.py`).
+
+Layout of SITE/:
+    index.html, style.css, .scope-export.json (marker listing every file written)
+    m/<NN-model>/index.html                       layer list
+    m/<NN-model>/<NN-layer>/index.html, page-K.html   unit grid, `per_page` units a page
+    m/<NN-model>/<NN-layer>/u/<unit>.html         unit page
+    m/<NN-model>/<NN-layer>/img/...               renders (r), thumbnails (s), top (t) / bottom (b) examples
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scopecli import __version__
+from scopecli.artifact.images import encode_jpeg, image_kind
+from scopecli.errors import ScopeError
+from scopecli.export import charts, folder
+from scopecli.export.diffs import load_diff
+from scopecli.export.names import esc, fmt, href, slug
+from scopecli.export.pages import (
+    ExampleCard,
+    LayerView,
+    LinkRow,
+    ModelView,
+    RenderCard,
+    Tile,
+    index_page,
+    layer_page,
+    model_page,
+    unit_page,
+)
+
+PER_PAGE = 128  # units per layer-grid page
+THUMB = 192  # pixel side of generated grid thumbnails (renders up to THUMB_REUSE are used as they are)
+THUMB_REUSE = 256
+PIXELATED_BELOW = 56  # patches smaller than this are enlarged with visible pixels
+STATIC = Path(__file__).with_name("static")
+EXT = {"png": "png", "jpeg": "jpg"}
+
+
+@dataclass
+class _Counts:
+    pages: int = 0
+    images: int = 0
+    bytes: int = 0
+    units: int = 0
+    links: int = 0
+
+
+def _write(path: Path, data: bytes | str, counts: _Counts, image: bool = False) -> None:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    path.write_bytes(raw)
+    counts.bytes += len(raw)
+    if image:
+        counts.images += 1
+    elif path.suffix == ".html":
+        counts.pages += 1
+
+
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(float(x))
+
+
+def _open_all(paths: list[str]):
+    from scopecli.artifact import open_artifact
+
+    arts, seen = [], {}
+    try:
+        for p in paths:
+            real = os.path.realpath(p) if os.path.exists(p) else p
+            if real in seen:
+                raise ScopeError(f"{p}: given twice (same file as {seen[real]})")
+            seen[real] = p
+            arts.append(open_artifact(p))
+    except BaseException:
+        for a in arts:
+            a.close()
+        raise
+    return arts
+
+
+def _display_names(arts, paths) -> list[str]:
+    base = [str(a.model.get("name") or a.model.get("spec") or Path(p).stem) for a, p in zip(arts, paths)]
+    return [f"{b} · {Path(p).name}" if base.count(b) > 1 else b for b, p in zip(base, paths)]
+
+
+def _plan(arts, paths, names) -> list[tuple[ModelView, dict[str, np.ndarray]]]:
+    """Slugs, layer facts and the units each layer lists (render or example present), before writing."""
+    width = len(str(len(arts)))
+    plan = []
+    for i, (art, p) in enumerate(zip(arts, paths)):
+        info = art.info()
+        mv = ModelView(index=i, slug=f"{i + 1:0{max(2, width)}d}-{slug(Path(p).stem)}", name=names[i],
+                       file=Path(p).name, info=info)
+        listed = {}
+        lw = max(2, len(str(len(art.layers))))
+        for j, (name, li) in enumerate(zip(art.layers, info["layers"])):
+            rec = art.layer(name)
+            rendered = art.renders_present(name)
+            top = art.examples_present(name, "top")
+            bottom = art.examples_present(name, "bottom")
+            listed[name] = np.nonzero(rendered | top | bottom)[0]
+            mv.layers.append(LayerView(
+                name=name, slug=f"{j + 1:0{lw}d}-{slug(name)}", units=rec.units, shape=tuple(rec.shape),
+                rf_size=rec.rf_size, rf_stride=rec.rf_stride, rendered=int(rendered.sum()), collected=int(top.sum()),
+            ))
+        plan.append((mv, listed))
+    return plan
+
+
+def _unit_url(target_model: ModelView, layer_slug: str, unit: int) -> str:
+    return f"../../../../m/{target_model.slug}/{layer_slug}/u/{unit}.html"
+
+
+def _link_rows(links, plan, listed_sets) -> list[LinkRow]:
+    rows = []
+    for ln in links:
+        label = f"{ln.target.name} · {ln.layer}:{ln.unit}"
+        html_target = f"<span>{esc(label)}</span>"
+        if ln.target.artifact is not None:
+            mv = plan[ln.target.artifact][0]
+            lv = next((x for x in mv.layers if x.name == ln.layer), None)
+            if lv is not None and ln.unit in listed_sets[ln.target.artifact].get(ln.layer, ()):
+                html_target = f'<a href="{href(_unit_url(mv, lv.slug, ln.unit))}">{esc(label)}</a>'
+        rows.append(LinkRow(html_target, ln.corr, ln.kinds, ln.above_floor, ln.floor, ln.diff_name))
+    return rows
+
+
+def _thumb_bytes(render) -> tuple[bytes, int, int]:
+    from PIL import Image
+
+    img = Image.fromarray(render.image)
+    scale = THUMB / max(img.width, img.height)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    small = np.asarray(img.resize(size, Image.Resampling.LANCZOS))
+    return encode_jpeg(small, 90, "thumbnail"), size[0], size[1]
+
+
+def _pick_thumb_render(renders):
+    order = {"channel": 0, "neuron": 1, "negative": 2}
+    good = [r for r in renders if image_kind(r.encoded) is not None]
+    return min(good, key=lambda r: (order.get(r.objective, 3), r.diversity_index), default=None)
+
+
+def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_dir: Path, links_by_key: dict,
+                  plan, listed_sets, per_page: int, bar, counts: _Counts) -> None:
+    layer = lv.name
+    img_dir, unit_dir = layer_dir / "img", layer_dir / "u"
+    img_dir.mkdir(parents=True)
+    unit_dir.mkdir()
+    table = art.dataset
+    names = table.class_names if table is not None else []
+    stats_block = art.stats(layer)
+    hist_rows = {}
+    if stats_block is not None and "hist" in stats_block.sketch:
+        hist_rows = {int(u): i for i, u in enumerate(stats_block.units)}
+
+    def class_of(ii: int) -> str | None:
+        if table is None or not 0 <= ii < len(table.label):
+            return None
+        lab = int(table.label[ii])
+        return names[lab] if 0 <= lab < len(names) else None
+
+    pending = []
+    for u in (int(x) for x in units):
+        view = art.unit(layer, u)
+        stats = view.stats
+        dmax = stats.get("max")
+        cards, tile = [], None
+        best = _pick_thumb_render(view.renders)
+        for j, r in enumerate(view.renders):
+            kind = image_kind(r.encoded)
+            if kind is None:
+                continue
+            name = f"r{u}_{j}.{EXT[kind]}"
+            _write(img_dir / name, r.encoded, counts, image=True)
+            ratio, estimated = r.dataset_max_ratio, False
+            if not _finite(ratio) and r.objective in ("channel", "neuron") and _finite(dmax) and dmax > 0 and _finite(r.act_final):
+                ratio, estimated = r.act_final / dmax, True
+            meta = f"{r.param} · {r.steps} steps · {r.size}px · seed {r.seed}"
+            cards.append(RenderCard(f"../img/{name}", r.width, r.height, r.objective, r.diversity_index, r.act_final,
+                                    r.act_robust, ratio, estimated, meta, charts.trace_svg(r.act_trace)))
+            if r is best:
+                caption = f"{r.objective} act {fmt(r.act_final)}" + (f", ×{fmt(ratio, '.2f')} dataset max" if _finite(ratio) else "")
+                if max(r.width, r.height) <= THUMB_REUSE:
+                    tile = Tile(u, f"img/{name}", "render", r.width, r.height, caption)
+                else:
+                    data, tw, th = _thumb_bytes(r)
+                    _write(img_dir / f"s{u}.jpg", data, counts, image=True)
+                    tile = Tile(u, f"img/s{u}.jpg", "render", tw, th, caption)
+        ex_cards: dict[str, list[ExampleCard]] = {}
+        for which, letter in (("top", "t"), ("bottom", "b")):
+            out = []
+            for e in view.examples.get(which, []):
+                data = e.encoded
+                kind = image_kind(data) if data else None
+                if kind is None:
+                    continue
+                name = f"{letter}{u}_{e.rank}.{EXT[kind]}"
+                _write(img_dir / name, data, counts, image=True)
+                out.append(ExampleCard(f"../img/{name}", e.width, e.height, e.rank, e.score, class_of(e.image_index),
+                                       e.image_path, max(e.width, e.height) < PIXELATED_BELOW))
+            ex_cards[which] = out
+        if tile is None:  # no render: the unit's best top (else bottom) example is its thumbnail
+            which = "top" if ex_cards["top"] else "bottom"
+            if ex_cards[which]:
+                e = ex_cards[which][0]
+                tile = Tile(u, e.src[3:], "example", e.width, e.height,
+                            f"{which} example {fmt(e.score)}" + (f" ({e.class_name})" if e.class_name else ""))
+        if tile is None:  # no stored image is PNG/JPEG: nothing to show
+            bar.advance()
+            continue
+        lv.tiles.append(tile)
+        hist_svg = strip_svg = None
+        if stats:
+            markers = [(stats.get("mean"), "mean", "m-mean"), (stats.get("p99"), "p99", "m-q")]
+            seen = set()
+            for c in cards:
+                if c.objective in ("channel", "neuron", "negative") and c.objective not in seen:
+                    seen.add(c.objective)
+                    markers.append((c.act_final, "render" if c.objective != "negative" else "neg. render", "m-render"))
+            row = hist_rows.get(u)
+            counts_h = None
+            if row is not None:
+                counts_h = charts.rebin_sketch(stats_block.sketch["hist"][row], stats_block.sketch_attrs,
+                                               stats.get("min"), stats.get("max"))
+            if counts_h is not None:
+                hist_svg = charts.histogram_svg(counts_h, stats["min"], stats["max"], markers)
+            strip_svg = charts.quantile_strip_svg(stats)
+        link_rows = _link_rows(links_by_key.get((mv.index, layer, u), []), plan, listed_sets)
+        counts.links += len(link_rows)
+        # pages are written below, once every listed unit (prev/next, grid page) is known
+        pending.append((u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows))
+        counts.units += 1
+        bar.advance()
+    # write unit pages now that neighbours and page numbers are known
+    listed_units = [t.unit for t in lv.tiles]
+    where = {uu: i for i, uu in enumerate(listed_units)}
+    for u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows in pending:
+        i = where[u]
+        prev_u = listed_units[i - 1] if i > 0 else None
+        next_u = listed_units[i + 1] if i + 1 < len(listed_units) else None
+        _write(unit_dir / f"{u}.html", unit_page(mv, lv, u, i // per_page + 1, prev_u, next_u, cards, ex_cards, stats,
+                                                 hist_svg, strip_svg, link_rows), counts)
+    lv.pages = max(1, math.ceil(len(lv.tiles) / per_page))
+    if lv.tiles:
+        for p in range(1, lv.pages + 1):
+            _write(layer_dir / lv.page_file(p), layer_page(mv, lv, p, per_page), counts)
+
+
+class _NoBar:
+    def advance(self, n: float = 1, **_):
+        pass
+
+
+def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page: int = PER_PAGE) -> dict:
+    """Write the gallery of `artifact_paths` (and unit links from `diff_paths`) to `out_dir`.
+
+    `progress`: None for silence, or a factory like `scopecli.progress.progress` — called as
+    `progress(total, description)` and used as a context manager whose value has `.advance(n)`.
+    Returns a summary: site, index, url, models, layers, units, pages, images, bytes, diffs, links, seconds.
+    `out_dir` may be new, empty, or a previous scope export (replaced); anything else is refused.
+    """
+    t0 = time.perf_counter()
+    paths = [os.fspath(p) for p in artifact_paths]
+    if not paths:
+        raise ScopeError("give at least one artifact file to export")
+    if int(per_page) < 1:
+        raise ScopeError(f"per_page must be at least 1, got {per_page}")
+    out = Path(os.fspath(out_dir))
+    if str(out) in ("", ".") or out.resolve() == Path(out.resolve().anchor):
+        raise ScopeError(f"{out_dir}: give a folder for the site, e.g. -o site/")
+    folder.check_replaceable(out)
+    arts = _open_all(paths)
+    staging = None
+    try:
+        names = _display_names(arts, paths)
+        fingerprints = [(os.path.realpath(p), str(a.model.get("fingerprint") or a.fingerprint)) for a, p in zip(arts, paths)]
+        diffs = [load_diff(os.fspath(d), fingerprints, names) for d in diff_paths]
+        links_by_key: dict = {}
+        for d in diffs:
+            for key, lst in d.links.items():
+                links_by_key.setdefault(key, []).extend(lst)
+        plan = _plan(arts, paths, names)
+        listed_sets = [{k: set(v.tolist()) for k, v in listed.items()} for _, listed in plan]
+        total = sum(len(v) for _, listed in plan for v in listed.values())
+        staging = folder.new_staging(out)
+        counts = _Counts()
+        bar_cm = progress(total, "export") if progress is not None else None
+        bar = bar_cm.__enter__() if bar_cm is not None else _NoBar()
+        try:
+            for (mv, listed), art in zip(plan, arts):
+                mdir = staging / "m" / mv.slug
+                mdir.mkdir(parents=True)
+                for lv in mv.layers:
+                    _export_layer(art, mv, lv, listed[lv.name], mdir / lv.slug, links_by_key, plan, listed_sets,
+                                  int(per_page), bar, counts)
+                _write(mdir / "index.html", model_page(mv), counts)
+        finally:
+            if bar_cm is not None:
+                bar_cm.__exit__(None, None, None)
+        diff_rows = []
+        for d in diffs:
+            def side(s):
+                if s.artifact is None:
+                    return f"{esc(s.name)} <span class=\"muted\">(not exported)</span>"
+                return f'<a href="{href(f"m/{plan[s.artifact][0].slug}/index.html")}">{esc(s.name)}</a>'
+            diff_rows.append({"file": Path(d.path).name, "a": side(d.a), "b": side(d.b), "pairs": d.pairs})
+        _write(staging / "index.html", index_page([mv for mv, _ in plan], diff_rows), counts)
+        _write(staging / "style.css", (STATIC / "style.css").read_bytes(), counts)
+        folder.write_marker(staging, {"writer": f"scope {__version__}", "artifacts": [Path(p).name for p in paths]})
+        folder.swap_in(staging, out)
+        staging = None
+    finally:
+        if staging is not None:
+            folder.discard(staging)
+        for a in arts:
+            a.close()
+    index = out / "index.html"
+    return {
+        "site": str(out), "index": str(index), "url": index.resolve().as_uri(),
+        "models": len(plan), "layers": sum(1 for mv, _ in plan for lv in mv.layers if lv.tiles),
+        "units": counts.units, "pages": counts.pages, "images": counts.images, "bytes": counts.bytes,
+        "diffs": len(diffs), "links": counts.links, "seconds": round(time.perf_counter() - t0, 3),
+    }

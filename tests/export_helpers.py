@@ -1,0 +1,120 @@
+"""Helpers for the export tests: nasty-named artifacts, loglinear statistics, a site link checker."""
+
+from __future__ import annotations
+
+import hashlib
+import html.parser
+import math
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from artifact_factory import fake_examples, fake_image, fake_model_info, fake_renders
+from scopecli.artifact import ArtifactWriter
+from scopecli.records import ImageTable, LayerRecord, ProbeBlock
+
+NASTY_CLASS = "<script>alert('x')</script> & \"co\""
+NASTY_PATH = "it's a \"cat\" <em>bold</em>.jpg"
+NASTY_LAYERS = ["../up/<evil>", "blocks.0.conv'1"]
+NASTY_MODEL = "<i>evil</i> & 'net'"
+
+
+class _Refs(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs: list[tuple[str, str]] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        for k, v in attrs:
+            if k in ("href", "src") and v is not None:
+                self.refs.append((tag, v))
+
+
+def page_refs(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """(tag, href/src) pairs and the tag names of one HTML page (attribute values unescaped by the parser)."""
+    p = _Refs()
+    p.feed(path.read_text(encoding="utf-8"))
+    return p.refs, p.tags
+
+
+def check_site_links(site: Path) -> int:
+    """Every href/src of every page is a relative link to an existing file inside the site; returns link count."""
+    site = site.resolve()
+    n = 0
+    for page in site.rglob("*.html"):
+        refs, _ = page_refs(page)
+        for tag, ref in refs:
+            u = urlparse(ref)
+            assert not u.scheme and not u.netloc, (page, ref)
+            target = (page.parent / unquote(u.path)).resolve()
+            assert target.is_relative_to(site), (page, ref)
+            assert target.is_file(), (page, ref)
+            n += 1
+    return n
+
+
+def loglinear_stats(units, acts: np.ndarray):
+    """A StatsBlock with a real collect sketch (log-linear histogram) of acts [positions, units]."""
+    from scopecli.collect.stats import NUM_BUCKETS, bucket_index_numpy, stats_from_sketch
+
+    acts = np.asarray(acts, np.float32)
+    hist = np.zeros((acts.shape[1], NUM_BUCKETS), np.int64)
+    for j in range(acts.shape[1]):
+        hist[j] = np.bincount(bucket_index_numpy(acts[:, j]), minlength=NUM_BUCKETS)
+    mean = acts.mean(0).astype(np.float64)
+    m2 = ((acts - mean) ** 2).sum(0).astype(np.float64)
+    return stats_from_sketch(np.asarray(units), np.full(acts.shape[1], acts.shape[0]), mean, m2,
+                             acts.min(0).astype(np.float64), acts.max(0).astype(np.float64), hist)
+
+
+def make_nasty_artifact(path, n_images: int = 6, seed: int = 0) -> str:
+    """An artifact whose model, layer, class and file names all need escaping; real loglinear stats."""
+    rng = np.random.default_rng(seed)
+    paths = sorted(f"dir '{i}'/{NASTY_PATH}" if i % 2 == 0 else f"plain/{i:03d}.jpg" for i in range(n_images))
+    table = ImageTable(
+        paths=paths, sha256=[hashlib.sha256(p.encode()).hexdigest() for p in paths],
+        width=np.full(n_images, 100, np.int32), height=np.full(n_images, 80, np.int32),
+        label=(np.arange(n_images) % 2).astype(np.int32), class_names=[NASTY_CLASS, "dog"],
+    )
+    info = fake_model_info(hashlib.sha256(b"nasty").hexdigest(), spec="nasty")
+    info["name"] = NASTY_MODEL
+    with ArtifactWriter(path, info, "test", {}) as w:
+        w.set_dataset(table)
+        for li, name in enumerate(NASTY_LAYERS):
+            rec = LayerRecord(name=name, units=3, shape=(3, 4, 4), rf_size=9, rf_stride=4, rf_start=-2)
+            w.ensure_layer(rec)
+            w.put_renders(name, fake_renders(rec, [0, 1], seed + li, size=40))
+            w.put_examples(name, "top", fake_examples(rec, [0, 1, 2], n_images, 3, seed + li, True))
+            w.put_examples(name, "bottom", fake_examples(rec, [0, 1, 2], n_images, 3, seed + li + 9, False))
+            acts = np.maximum(rng.normal(size=(500, 3)), 0).astype(np.float32) * [1, 2, 3]
+            w.put_stats(name, loglinear_stats(range(3), acts))
+            w.put_probe(name, ProbeBlock(np.arange(n_images, dtype=np.int64),
+                                         rng.normal(size=(n_images, 3)).astype(np.float16)))
+    return str(path)
+
+
+def make_big_render_artifact(path, size: int = 320) -> str:
+    """One layer, one unit, one render larger than a grid thumbnail."""
+    info = fake_model_info(hashlib.sha256(b"big").hexdigest(), spec="big")
+    rec = LayerRecord(name="conv", units=2, shape=(2, 4, 4), rf_size=9, rf_stride=4, rf_start=-2)
+    with ArtifactWriter(path, info, "test", {}) as w:
+        w.ensure_layer(rec)
+        recs = fake_renders(rec, [1], 0, size=size)
+        recs[0].image = fake_image(np.random.default_rng(1), size, size)
+        recs[0].act_final = 2.0
+        recs[0].dataset_max_ratio = math.nan
+        w.put_renders("conv", recs)
+    return str(path)
+
+
+def site_files(site: Path) -> set[str]:
+    return {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()}
+
+
+def leftovers(parent: Path) -> list[str]:
+    """Staging/old folders an export may have left beside the site."""
+    return [n for n in os.listdir(parent) if ".scope-tmp-" in n or ".scope-old-" in n]
