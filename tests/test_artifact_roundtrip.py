@@ -264,3 +264,15 @@ def test_concurrent_writers_never_lose_a_result(tmp_path):
         assert art.renders_present(conv.name).tolist()[:3] == [True, False, True]
     with open_artifact(tmp_path / conflict[0]) as art:
         assert art.renders_present(conv.name).tolist()[:3] == [True, True, False]
+
+
+def test_example_paths_of_a_large_table_read_per_index(tmp_path, monkeypatch):
+    import scopecli.artifact.reader as reader
+
+    path = make_artifact(tmp_path / "a.h5", renders=False)
+    monkeypatch.setattr(reader, "PATH_TABLE_LOAD_LIMIT", 0)
+    with open_artifact(path) as art:
+        u = art.unit("head.fc:1")
+        assert art._dataset is None  # the whole table was not loaded
+        assert [e.image_path for e in u.examples["top"]] == [
+            fake_image_table(12).paths[e.image_index] for e in u.examples["top"]]

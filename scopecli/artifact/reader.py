@@ -55,6 +55,7 @@ from scopecli.records import QUANTILES, ExampleSet, ImageTable, LayerRecord, Pro
 from scopecli.units import parse_unit_address
 
 ENC_MODEL = "scope.model"
+PATH_TABLE_LOAD_LIMIT = 50_000  # image tables up to this size are read whole for example paths
 WHICH = ("top", "bottom")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -505,15 +506,19 @@ class Artifact:
         return f"<scope artifact {self.path!r} format {self.format_version}, {len(self.layers)} layers>"
 
     def _check_no_foreign_links(self) -> None:
+        """Refuse soft/external/user-defined links anywhere (low-level visit: fast on large files)."""
         bad = []
 
-        def visit(name, link):
-            if not isinstance(link, h5py.HardLink):
-                bad.append(f"/{name} ({type(link).__name__})")
+        def visit(name, info):
+            if info.type != h5py.h5l.TYPE_HARD:
+                bad.append(name.decode("utf-8", "replace"))
+                return True  # stop
+            return None
 
-        self._f.visititems_links(visit)
+        self._f.id.links.visit(visit, info=True)
         if bad:
-            raise ScopeError(f"{self.path}: links are not allowed in an artifact: {bad[0]}")
+            kind = "ExternalLink" if self._f.get(bad[0], getlink=True).__class__ is h5py.ExternalLink else "SoftLink"
+            raise ScopeError(f"{self.path}: links are not allowed in an artifact: /{bad[0]} ({kind})")
 
     @property
     def spec_text(self) -> str:
@@ -673,22 +678,20 @@ class Artifact:
         rs = self._renders(layer)
         renders = [rs.view(i) for i in rs.rows_of(index)] if rs is not None else []
         examples: dict[str, list[Example]] = {}
-        paths = None
         for which in WHICH:
             s = self._examples(layer, which)
             out: list[Example] = []
             row = s.row_of(index) if s is not None else None
             if row is not None:
-                if paths is None and self.n_images:
-                    paths = self.dataset.paths
                 blobs = s.row_bytes(row)
+                paths = self._image_paths([int(x) for x in s.image_index[row] if x >= 0])
                 for k in range(s.k):
                     ii = int(s.image_index[row, k])
                     if ii < 0:
                         continue
                     out.append(Example(
                         layer=layer, unit=index, rank=k, score=float(s.score[row, k]), image_index=ii,
-                        image_path=paths[ii] if paths is not None else None,
+                        image_path=paths.get(ii),
                         loc=(int(s.loc[row, k, 0]), int(s.loc[row, k, 1])),
                         box=tuple(int(x) for x in s.box[row, k]),
                         height=int(s.height[row, k]), width=int(s.width[row, k]), _encoded=blobs[k],
@@ -706,6 +709,23 @@ class Artifact:
                 for q, v in zip(QUANTILES, st.quantiles[i]):
                     stats[f"p{q * 100:g}"] = float(v)
         return UnitView(layer=layer, index=index, renders=renders, examples=examples, stats=stats)
+
+    def _image_paths(self, indices: list[int]) -> dict[int, str]:
+        """Relative paths of some images; small tables are read once, large ones per index."""
+        if not indices or self._dataset_group is None:
+            return {}
+        if self._dataset is not None or (self.n_images or 0) <= PATH_TABLE_LOAD_LIMIT:
+            paths = self.dataset.paths
+            return {i: paths[i] for i in indices}
+        ds = get_dataset(self._dataset_group, "paths", "/dataset")
+        out = {}
+        for i in sorted(set(indices)):
+            try:
+                v = ds[i]
+            except (OSError, ValueError) as exc:
+                raise ScopeError(f"/dataset/paths: unreadable ({first_line(exc)})")
+            out[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        return out
 
     # ------------------------------------------------------------------------------------------- summary
 
