@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from scopecli.artifact import h5io
 from scopecli.artifact.h5io import (
     attr_int,
     attr_str,
@@ -620,12 +619,30 @@ class Artifact:
         return s.present.copy() if s is not None else np.zeros(self.layer(layer).units, bool)
 
     def stats_present(self, layer: str) -> np.ndarray:
-        """bool [units]: which units have statistics."""
-        st = self.stats(layer)
-        m = np.zeros(self.layer(layer).units, bool)
-        if st is not None:
-            m[st.units] = True
+        """bool [units]: which units have statistics (reads only the mask, not the statistics)."""
+        e = self._entry(layer)
+        if "stats" in e._loaded:
+            m = np.zeros(e.rec.units, bool)
+            if e._stats is not None:
+                m[e._stats.units] = True
+            return m
+        g = self._section_group(layer, "stats")
+        if g is None:
+            return np.zeros(e.rec.units, bool)
+        check_element(g, "scope.stats", f"{e.where}/stats")
+        m = read_numeric(get_dataset(g, "present", e.where), f"{e.where}/stats/present", "u", 1).astype(bool)
+        if m.shape != (e.rec.units,):
+            raise ScopeError(f"{e.where}/stats/present: shape {m.shape}, expected ({e.rec.units},)")
         return m
+
+    def probe_count(self, layer: str) -> int:
+        """Number of probe images stored for a layer (0 when none), without reading activations."""
+        g = self._section_group(layer, "probe")
+        if g is None:
+            return 0
+        check_element(g, ENC_PROBE, f"{self._entry(layer).where}/probe")
+        ds = get_dataset(g, "image_index", "probe")
+        return int(ds.shape[0]) if ds.ndim == 1 else 0
 
     def renders(self, layer: str, units=None) -> list[RenderView]:
         """All renders of a layer (or of the given units), images decoded lazily."""
@@ -741,7 +758,7 @@ class Artifact:
                 "renders": len(self._renders(name).cols["unit"]) if self._renders(name) is not None else 0,
                 "collected": int(self.examples_present(name, "top").sum()),
                 "stats": int(self.stats_present(name).sum()),
-                "probe_images": int(self.probe(name).acts.shape[0]) if self.probe(name) is not None else 0,
+                "probe_images": self.probe_count(name),
             })
         ds = None
         if self._dataset_group is not None:
@@ -808,4 +825,3 @@ def _read_probe(g: h5py.Group, units: int, n_images: int | None, where: str) -> 
 _READERS = {1: Artifact}
 
 __all__ = ["Artifact", "Example", "RenderView", "UnitView", "LazyPatches", "open_artifact"]
-_ = h5io  # module re-exported for the validator

@@ -19,7 +19,6 @@ from pathlib import PurePath
 import h5py
 import numpy as np
 
-from scopecli.artifact import h5io
 from scopecli.artifact.h5io import set_encoding, str_list_attr, write_array, write_blob, write_string, write_strings
 from scopecli.artifact.images import PATCH_FORMATS, encode_patch, encode_png
 from scopecli.artifact.layout import (
@@ -796,5 +795,3 @@ class ArtifactWriter:
         write_array(pg, "image_index", idx, np.int64)
         write_array(pg, "acts", np.stack([rows[i] for i in idx]).astype(np.float16), np.float16)
 
-
-_ = h5io
