@@ -276,3 +276,27 @@ def test_example_paths_of_a_large_table_read_per_index(tmp_path, monkeypatch):
         assert art._dataset is None  # the whole table was not loaded
         assert [e.image_path for e in u.examples["top"]] == [
             fake_image_table(12).paths[e.image_index] for e in u.examples["top"]]
+
+
+def test_checkpoint_keeps_work_after_a_crash(tmp_path):
+    conv = fake_layers()[0]
+    path = tmp_path / "a.h5"
+    with pytest.raises(RuntimeError):
+        with ArtifactWriter(path, fake_model_info(), "render", {"units": "all"}) as w:
+            w.ensure_layer(conv)
+            w.put_renders(conv.name, fake_renders(conv, [0, 1]))
+            w.checkpoint()
+            w.put_renders(conv.name, fake_renders(conv, [2]))
+            w.checkpoint()
+            w.put_renders(conv.name, fake_renders(conv, [3]))
+            raise RuntimeError("killed after two checkpoints")
+    with open_artifact(path) as art:
+        assert art.renders_present(conv.name).tolist() == [True, True, True, False, False, False]
+        assert [r["command"] for r in art.provenance] == ["render"]
+    assert sorted(os.listdir(tmp_path)) == ["a.h5"]
+    with ArtifactWriter(path, fake_model_info(), "render", {}) as w:
+        w.ensure_layer(conv)
+        w.put_renders(conv.name, fake_renders(conv, [3]))
+        w.checkpoint()
+    with open_artifact(path) as art:
+        assert len(art.provenance) == 2 and art.renders_present(conv.name).sum() == 4

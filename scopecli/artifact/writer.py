@@ -180,6 +180,7 @@ class ArtifactWriter:
         self._started = utc_now()
         self._t0 = time.perf_counter()
         self._extra_runs: list[dict] = []  # provenance of merged inputs (pack)
+        self._replace_last_run = False  # after a checkpoint the file already holds this run's entry
 
     # ------------------------------------------------------------------------------------------ session
 
@@ -250,6 +251,20 @@ class ArtifactWriter:
     def close(self) -> None:
         """Same as commit (for use without `with`)."""
         self.commit()
+
+    def checkpoint(self) -> None:
+        """Commit what was put so far (atomically, like a clean exit) and keep the session open.
+
+        For long runs: a crash after a checkpoint keeps the checkpointed work. The file's provenance
+        keeps ONE entry for this run (each checkpoint replaces the previous one). Costs one file rewrite.
+        """
+        self._need_open()
+        self.commit()
+        self._renders, self._examples, self._stats, self._probe = {}, {}, {}, {}
+        self._layers, self._dataset, self._dataset_fp = {}, None, None
+        self.fresh = False
+        self.open()
+        self._replace_last_run = True
 
     def _need_open(self) -> None:
         if not self._open:
@@ -603,7 +618,10 @@ class ArtifactWriter:
             write_string(g, "info_json", json.dumps(model, sort_keys=True))
 
             runs = list(art.provenance) if art is not None else []
-            runs.extend(self._extra_runs)
+            if self._replace_last_run and runs:
+                runs.pop()  # this run's entry from the previous checkpoint
+            else:
+                runs.extend(self._extra_runs)
             runs.append({
                 "command": self.command, "params": self.params,
                 "timings": {k: round(v, 6) for k, v in self._timings.items()},
