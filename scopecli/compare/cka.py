@@ -20,8 +20,10 @@ from scopecli.errors import ScopeError
 
 
 def _as_matrix(x: np.ndarray) -> np.ndarray:
-    """Float64 [n, p] with features centred (one row per stimulus); vectors become one column."""
-    x = np.asarray(x, dtype=np.float64)
+    """[n, p] with features centred (one row per stimulus), float32 kept (float16 probes carry no more),
+    anything else as float64; vectors become one column."""
+    x = np.asarray(x)
+    x = x.astype(np.float32 if x.dtype in (np.float16, np.float32) else np.float64)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:
@@ -32,7 +34,7 @@ def _as_matrix(x: np.ndarray) -> np.ndarray:
 def linear_gram(x: np.ndarray) -> np.ndarray:
     """Gram matrix of the feature-centred representation: equals H X Xᵀ H (H the centring matrix)."""
     xc = _as_matrix(x)
-    return xc @ xc.T
+    return (xc @ xc.T).astype(np.float64)
 
 
 def unbiased_centre(gram: np.ndarray) -> np.ndarray:
@@ -83,10 +85,22 @@ class GramSet:
     biased: np.ndarray  # float64 [L, n*n]: feature-centred Grams (H K H)
     unbiased: np.ndarray  # float64 [L, n*n]: unbiased_centre(K)
     n: int
+    norm_b: np.ndarray | None = None  # [L] <K, K> (unchanged by permuting stimuli)
+    norm_u: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.norm_b is None:
+            self.norm_b = np.einsum("ij,ij->i", self.biased, self.biased)
+        if self.norm_u is None:
+            self.norm_u = np.einsum("ij,ij->i", self.unbiased, self.unbiased)
 
     @classmethod
     def from_acts(cls, names: list[str], acts: list[np.ndarray]) -> "GramSet":
-        """Acts: one [n, units] matrix per layer, rows in the same stimulus order for all layers."""
+        """Acts: one [n, units] matrix per layer, rows in the same stimulus order for all layers.
+
+        Float16/float32 acts are multiplied in float32 (twice as fast; probes are stored as float16),
+        float64 acts in float64; centring and all inner products are float64.
+        """
         if not acts:
             raise ScopeError("no layers to compare")
         n = int(np.asarray(acts[0]).shape[0])
@@ -104,17 +118,21 @@ class GramSet:
         """The same Grams with stimuli reordered by `perm` (centring commutes with permutation)."""
         n = self.n
         idx = (perm[:, None] * n + perm[None, :]).ravel()
-        return GramSet(self.names, self.biased[:, idx], self.unbiased[:, idx], n)
+        return GramSet(self.names, self.biased[:, idx], self.unbiased[:, idx], n, self.norm_b, self.norm_u)
+
+    def astype(self, dtype) -> "GramSet":
+        """A copy with the Gram stacks in `dtype` (float32 halves the memory traffic of the permutation
+        control, whose scores are only compared against, never reported to 6 digits)."""
+        return GramSet(self.names, self.biased.astype(dtype), self.unbiased.astype(dtype), self.n,
+                       self.norm_b, self.norm_u)
 
 
 def cka_table(a: GramSet, b: GramSet) -> tuple[np.ndarray, np.ndarray]:
     """(linear CKA [La, Lb], debiased CKA [La, Lb]) between every layer of `a` and every layer of `b`."""
     if a.n != b.n:
         raise ScopeError(f"CKA needs the same images in both: {a.n} vs {b.n}")
-    lin = _ratio(a.biased @ b.biased.T, np.einsum("ij,ij->i", a.biased, a.biased),
-                 np.einsum("ij,ij->i", b.biased, b.biased))
-    deb = _ratio(a.unbiased @ b.unbiased.T, np.einsum("ij,ij->i", a.unbiased, a.unbiased),
-                 np.einsum("ij,ij->i", b.unbiased, b.unbiased))
+    lin = _ratio((a.biased @ b.biased.T).astype(np.float64), a.norm_b, b.norm_b)
+    deb = _ratio((a.unbiased @ b.unbiased.T).astype(np.float64), a.norm_u, b.norm_u)
     return lin, deb
 
 
@@ -128,6 +146,7 @@ def permutation_floor(a: GramSet, b: GramSet, n_perm: int, seed: int,
     if n_perm < 1:
         raise ScopeError(f"the permutation control needs at least 1 shuffle, got {n_perm}")
     rng = np.random.default_rng(seed)
+    a, b = a.astype(np.float32), b.astype(np.float32)
     lin_f = np.full((len(a.names), len(b.names)), -np.inf)
     deb_f = np.full_like(lin_f, -np.inf)
     for _ in range(n_perm):

@@ -264,9 +264,15 @@ def _diff(art_a, art_b, label_a, label_b, layers_a, layers_b, pairs, seed, permu
     shared = common_images([(src_a, la + [p[0] for p in pairs]), (src_b, lb + [p[1] for p in pairs])])
     require_shared(len(shared), label_a, label_b)
 
+    cache: dict[tuple[int, str], np.ndarray] = {}
+
     def acts(src, name):
-        a, shas = src.get(name)
-        return np.asarray(a, dtype=np.float32)[rows_for(shas, shared)]
+        """float32 [shared images, units] in the shared (hash) order; read and converted once."""
+        key = (id(src), name)
+        if key not in cache:
+            a, shas = src.get(name)
+            cache[key] = np.asarray(a[rows_for(shas, shared)], dtype=np.float32)
+        return cache[key]
 
     arch_a, arch_b = art_a.model.get("architecture"), art_b.model.get("architecture")
     same_arch = (arch_a == arch_b or not arch_a or not arch_b) and all(

@@ -18,12 +18,16 @@ from scopecli.errors import ScopeError
 
 
 def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Columns scaled to zero mean and unit norm (float64); also the mask of constant (dead) columns."""
-    x = np.asarray(x, dtype=np.float64)
+    """Columns scaled to zero mean and unit norm; also the mask of constant (dead) columns.
+
+    Float16/float32 input is computed in float32 (probes are stored as float16), else float64.
+    """
+    x = np.asarray(x)
+    x = x.astype(np.float32 if x.dtype in (np.float16, np.float32) else np.float64)
     x = x - x.mean(axis=0, keepdims=True)
-    norm = np.sqrt((x * x).sum(axis=0))
+    norm = np.sqrt(np.einsum("ij,ij->j", x, x, dtype=np.float64))
     dead = ~(norm > 1e-12 * max(1.0, float(np.abs(x).max(initial=0.0))))
-    z = x / np.where(dead, 1.0, norm)
+    z = x / np.where(dead, 1.0, norm).astype(x.dtype)
     z[:, dead] = 0.0
     return z, dead
 
@@ -56,7 +60,7 @@ def self_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise ScopeError(f"per-unit comparison needs the same shape, got {a.shape} and {b.shape}")
     za, da = _standardize(a)
     zb, db = _standardize(b)
-    r = np.clip((za * zb).sum(axis=0), -1.0, 1.0)
+    r = np.clip(np.einsum("ij,ij->j", za, zb, dtype=np.float64), -1.0, 1.0)
     r[da | db] = np.nan
     return r
 
@@ -65,7 +69,7 @@ def self_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class UnitMatching:
     """How the units of one layer of A map onto the units of one layer of B."""
 
-    corr: np.ndarray  # float64 [p, q] (NaN for dead units)
+    corr: np.ndarray  # [p, q], float32 for float16/32 input (NaN for dead units)
     best_b: np.ndarray  # int64 [p]: best unit of B for each unit of A (-1 if dead)
     best_b_corr: np.ndarray  # float64 [p]
     best_a: np.ndarray  # int64 [q]: best unit of A for each unit of B (-1 if dead)
@@ -104,14 +108,13 @@ def _num(x) -> float | None:
     return None if np.isnan(x) else round(x, 6)
 
 
-def _best(c: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Argmax/max along an axis ignoring NaN; -1/NaN where the whole row (or column) is NaN."""
-    other = c.shape[1 - axis]
-    if c.shape[axis] == 0:
+def _best(filled: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax/max along an axis of a table whose NaNs were replaced by -inf; -1/NaN where all are -inf."""
+    other = filled.shape[1 - axis]
+    if filled.shape[axis] == 0:
         return np.full(other, -1, dtype=np.int64), np.full(other, np.nan)
-    filled = np.where(np.isnan(c), -np.inf, c)
     idx = np.argmax(filled, axis=axis).astype(np.int64)
-    val = filled.max(axis=axis)
+    val = np.take_along_axis(filled, np.expand_dims(idx, axis), axis=axis).squeeze(axis).astype(np.float64)
     dead = np.isinf(val)
     idx[dead] = -1
     val[dead] = np.nan
@@ -122,8 +125,9 @@ def chance_floor(a: np.ndarray, b: np.ndarray, seed: int, n_perm: int | None = N
                  standardized=None) -> float:
     """What a unit of A's best correlation with B reaches when images are shuffled (seeded).
 
-    The q-quantile over units and shuffles of max_j corr(a_i, b_j[perm]); by default as many
-    shuffles as give about 1000 samples (at most 5), so wide layers cost one extra product.
+    The q-quantile over units and shuffles of max_j corr(a_i, b_j[perm]). Each shuffle uses at most
+    256 (seeded) units of A; by default as many shuffles as give about 512 samples (at most 8),
+    so a wide layer pair costs a quarter of its correlation table more, not a whole one.
     """
     rng = np.random.default_rng(seed)
     za, da = _standardize(a) if standardized is None else standardized[0]
@@ -131,12 +135,15 @@ def chance_floor(a: np.ndarray, b: np.ndarray, seed: int, n_perm: int | None = N
     za, zb = za[:, ~da], zb[:, ~db]
     if za.shape[1] == 0 or zb.shape[1] == 0:
         return float("nan")
+    rows = min(za.shape[1], 256)
     if n_perm is None:
-        n_perm = int(min(5, -(-1000 // za.shape[1])))
+        n_perm = int(min(8, -(-512 // rows)))
     maxes = []
     for _ in range(max(1, n_perm)):
-        c = za.T @ zb[rng.permutation(zb.shape[0])]
-        maxes.append(c.max(axis=1))
+        pick = np.sort(rng.choice(za.shape[1], size=rows, replace=False)) if rows < za.shape[1] else slice(None)
+        sub = za[:, pick]
+        c = sub[rng.permutation(sub.shape[0])].T @ zb
+        maxes.append(c.max(axis=1).astype(np.float64))
     return float(np.quantile(np.concatenate(maxes), q))
 
 
@@ -148,8 +155,9 @@ def match_units(a: np.ndarray, b: np.ndarray, seed: int = 0, n_perm: int | None 
                          f"got {a.shape} and {b.shape}")
     sa, sb = _standardize(a), _standardize(b)
     c = _correlate(sa, sb)
-    best_b, best_b_corr = _best(c, axis=1)
-    best_a, best_a_corr = _best(c, axis=0)
+    filled = np.where(np.isnan(c), -np.inf, c)
+    best_b, best_b_corr = _best(filled, axis=1)
+    best_a, best_a_corr = _best(np.ascontiguousarray(filled.T), axis=1)
     pa = np.nonzero(best_b >= 0)[0]
     mutual = pa[best_a[best_b[pa]] == pa]
     buddies = np.stack([mutual, best_b[mutual]], axis=1).astype(np.int64) if len(mutual) else \
@@ -161,7 +169,7 @@ def match_units(a: np.ndarray, b: np.ndarray, seed: int = 0, n_perm: int | None 
         sub = c[np.ix_(live_a, live_b)]
         ra, rb = linear_sum_assignment(np.nan_to_num(sub, nan=0.0), maximize=True)
         assign_a, assign_b = live_a[ra].astype(np.int64), live_b[rb].astype(np.int64)
-        assign_corr = c[assign_a, assign_b]
+        assign_corr = c[assign_a, assign_b].astype(np.float64)
     else:
         assign_a = assign_b = np.zeros(0, dtype=np.int64)
         assign_corr = np.zeros(0)

@@ -92,17 +92,49 @@ def _stat_arrays(art, layer: str, units: int) -> dict[str, np.ndarray]:
 
 
 class _Source:
-    """One artifact opened for a query, with the per-layer arrays the query needs, read once."""
+    """One artifact opened for a query; per-layer statistics and top labels read at most once."""
 
     def __init__(self, path: str):
         self.path = path
         self.art = open_checked(path)
         self.probes = ProbeSource(self.art, path)
+        self._stats: dict[str, dict[str, np.ndarray]] = {}
+        self._labels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def layers(self, wanted: list[str] | None) -> list[str]:
         if not wanted:
             return list(self.art.layers)
         return [w for w in wanted if w in self.art.layers]
+
+    def stats(self, layer: str) -> dict[str, np.ndarray]:
+        if layer not in self._stats:
+            self._stats[layer] = _stat_arrays(self.art, layer, self.art.layer(layer).units)
+        return self._stats[layer]
+
+    def top_labels(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """(class index or -1, fraction) of the most frequent class among each unit's top examples."""
+        if layer not in self._labels:
+            units = self.art.layer(layer).units
+            cls, frac = np.full(units, -1), np.full(units, np.nan)
+            table = self.art.dataset
+            ex = self.art.examples(layer, "top") if table is not None and table.class_names else None
+            if ex is not None:
+                c, f = _top_label(_labels_of(ex, table), len(table.class_names))
+                cls[np.asarray(ex.units)], frac[np.asarray(ex.units)] = c, f
+            self._labels[layer] = (cls, frac)
+        return self._labels[layer]
+
+
+@dataclass
+class _Candidates:
+    """Columnar answers of one layer of one artifact (objects are made only for the final top N)."""
+
+    source: int
+    layer: str
+    units: np.ndarray  # int64
+    score: np.ndarray  # float64
+    purity: np.ndarray | None = None
+    strength: np.ndarray | None = None
 
 
 def _check_layers(sources: list[_Source], wanted: list[str] | None) -> None:
@@ -139,83 +171,115 @@ def run_query(
         raise ScopeError(f"--top must be at least 1, got {top}")
     if label is not None and not label.strip():
         raise ScopeError("--label needs some text, e.g. --label dog")
-    sources = [_Source(str(p)) for p in dict.fromkeys(str(p) for p in paths)]
+    ref = _like_reference(like) if like is not None else None
+    sources: list[_Source] = []
     try:
+        for p in dict.fromkeys(str(p) for p in paths):
+            sources.append(_Source(p))
         _check_layers(sources, layers)
-        ref = _like_reference(like) if like is not None else None
-        hits: list[QueryHit] = []
+        cands: list[_Candidates] = []
         matched_any_class = False
-        for src in sources:
+        for i, src in enumerate(sources):
             if label is not None:
-                h, ok = _label_hits(src, label, layers)
+                c, ok = _label_candidates(i, src, label, layers)
                 matched_any_class |= ok
-                hits += h
+                cands += c
             elif ref is not None:
-                hits += _like_hits(src, ref, layers)
+                cands += _like_candidates(i, src, ref, layers)
             else:
-                hits += _stat_hits(src, layers)
+                cands += _stat_candidates(i, src, layers)
         if label is not None and not matched_any_class:
             raise ScopeError(f"no class name contains '{label}' in the given artifacts")
-        if ref is not None and not hits and not ref["any_shared"]:
+        if ref is not None and not ref["any_shared"]:
             raise ScopeError(
                 f"no artifact shares at least {MIN_SHARED} probe images with {ref['path']}: {NO_PROBE_HINT}")
+        return _rank(sources, cands, top, min_max, min_frac_positive, sort)
     finally:
         for s in sources:
             s.art.close()
-    if min_max is not None:
-        hits = [h for h in hits if h.max is not None and not math.isnan(h.max) and h.max >= min_max]
-    if min_frac_positive is not None:
-        hits = [h for h in hits if h.frac_pos is not None and not math.isnan(h.frac_pos)
-                and h.frac_pos >= min_frac_positive]
+
+
+def _rank(sources, cands, top, min_max, min_frac_positive, sort) -> list[QueryHit]:
+    """Filter, sort (descending; ties by strength, then artifact, layer, unit) and build the top hits."""
+    if not cands:
+        return []
     key = {"frac-positive": "frac_pos"}.get(sort, sort)
+    need_stats = min_max is not None or min_frac_positive is not None or key in ("max", "mean", "std", "frac_pos")
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("src", "layer", "unit", "score", "purity", "strength",
+                                                          "max", "mean", "std", "frac_pos")}
+    layer_names: list[str] = []
+    for li, c in enumerate(cands):
+        n = len(c.units)
+        layer_names.append(c.layer)
+        cols["src"].append(np.full(n, c.source))
+        cols["layer"].append(np.full(n, li))
+        cols["unit"].append(c.units)
+        cols["score"].append(c.score)
+        cols["purity"].append(c.purity if c.purity is not None else np.full(n, np.nan))
+        cols["strength"].append(c.strength if c.strength is not None else np.full(n, np.nan))
+        st = sources[c.source].stats(c.layer) if need_stats else None
+        for k in ("max", "mean", "std", "frac_pos"):
+            cols[k].append(st[k][c.units] if st is not None else np.full(n, np.nan))
+    a = {k: np.concatenate(v) for k, v in cols.items()}
+    keep = np.ones(len(a["unit"]), bool)
+    with np.errstate(invalid="ignore"):
+        if min_max is not None:
+            keep &= a["max"] >= min_max
+        if min_frac_positive is not None:
+            keep &= a["frac_pos"] >= min_frac_positive
+    idx = np.nonzero(keep)[0]
+    primary = np.nan_to_num(a[key][idx], nan=-np.inf)
+    tie = np.nan_to_num(a["strength"][idx], nan=-np.inf)
+    # lexsort: last key is primary; stable for equal keys -> artifact order, layer order, unit order
+    order = idx[np.lexsort((a["unit"][idx], a["layer"][idx], a["src"][idx], -tie, -primary))][:top]
+    hits = []
+    for i in order:
+        src, layer, u = sources[int(a["src"][i])], layer_names[int(a["layer"][i])], int(a["unit"][i])
+        st = src.stats(layer)
+        cls, frac = src.top_labels(layer)
+        table = src.art.dataset
+        hits.append(QueryHit(
+            artifact=src.path, layer=layer, unit=u, score=float(a["score"][i]),
+            top_label=table.class_names[cls[u]] if cls[u] >= 0 else None,
+            top_label_frac=float(frac[u]) if cls[u] >= 0 else None,
+            purity=None if np.isnan(a["purity"][i]) else float(a["purity"][i]),
+            strength=None if np.isnan(a["strength"][i]) else float(a["strength"][i]),
+            **{k: float(st[k][u]) for k in ("max", "mean", "std", "frac_pos")},
+        ))
+    return hits
 
-    def order(h: QueryHit):
-        v = getattr(h, key)
-        v = -math.inf if v is None or math.isnan(v) else v
-        tie = h.strength if h.strength is not None and not math.isnan(h.strength) else -math.inf
-        return (-v, -tie, h.artifact, h.layer, h.unit)
 
-    hits.sort(key=order)
-    return hits[:top]
-
-
-def _label_hits(src: _Source, label: str, layers: list[str] | None) -> tuple[list[QueryHit], bool]:
+def _label_candidates(si: int, src: _Source, label: str, layers: list[str] | None) -> tuple[list[_Candidates], bool]:
     table = src.art.dataset
     if table is None or not table.class_names:
         return [], False
     classes = _match_classes(table.class_names, label)
     if classes.size == 0:
         return [], False
-    hits = []
+    out = []
     for layer in src.layers(layers):
         ex = src.art.examples(layer, "top")
         if ex is None:
             continue
-        units = src.art.layer(layer).units
         labels = _labels_of(ex, table)
         valid = labels >= 0
         match = np.isin(labels, classes) & valid
         n_valid = valid.sum(axis=1)
-        purity = np.where(n_valid > 0, match.sum(axis=1) / np.maximum(n_valid, 1), 0.0)
-        stats = _stat_arrays(src.art, layer, units)
+        n_match = match.sum(axis=1)
+        purity = np.where(n_valid > 0, n_match / np.maximum(n_valid, 1), 0.0)
+        rows = np.nonzero(purity > 0)[0]
+        if rows.size == 0:
+            continue
         ex_units = np.asarray(ex.units, dtype=np.int64)
-        mu, sd = stats["mean"][ex_units], stats["std"][ex_units]
-        score = np.asarray(ex.score, dtype=np.float64)
-        z = np.where(np.isfinite(sd[:, None]) & (sd[:, None] > 0), (score - mu[:, None]) / np.where(
-            sd[:, None] > 0, sd[:, None], 1.0), score)
-        with np.errstate(invalid="ignore"):
-            strength = np.where(match.any(axis=1), np.where(match, z, 0.0).sum(axis=1) /
-                                np.maximum(match.sum(axis=1), 1), np.nan)
-        top_cls, top_frac = _top_label(labels, len(table.class_names))
-        for row in np.nonzero(purity > 0)[0]:
-            u = int(ex_units[row])
-            hits.append(QueryHit(
-                artifact=src.path, layer=layer, unit=u, score=float(purity[row]),
-                top_label=table.class_names[top_cls[row]] if top_cls[row] >= 0 else None,
-                top_label_frac=float(top_frac[row]), purity=float(purity[row]), strength=float(strength[row]),
-                **{k: float(v[u]) for k, v in stats.items()},
-            ))
-    return hits, True
+        st = src.stats(layer)
+        mu, sd = st["mean"][ex_units][rows, None], st["std"][ex_units][rows, None]
+        score = np.asarray(ex.score, dtype=np.float64)[rows]
+        ok = np.isfinite(sd) & (sd > 0)
+        z = np.where(ok, (score - mu) / np.where(ok, sd, 1.0), score)  # z-score; raw score without stats
+        m = match[rows]
+        strength = np.where(m, z, 0.0).sum(axis=1) / np.maximum(m.sum(axis=1), 1)
+        out.append(_Candidates(si, layer, ex_units[rows], purity[rows], purity[rows], strength))
+    return out, True
 
 
 def _like_reference(like: str) -> dict:
@@ -234,67 +298,43 @@ def _like_reference(like: str) -> dict:
         art.close()
 
 
-def _like_hits(src: _Source, ref: dict, layers: list[str] | None) -> list[QueryHit]:
-    hits = []
+def _like_candidates(si: int, src: _Source, ref: dict, layers: list[str] | None) -> list[_Candidates]:
+    out = []
     same_file = str(Path(src.path).resolve()) == ref["resolved"]
-    table = src.art.dataset
+    last: tuple[list[str], tuple] | None = None
     for layer in src.layers(layers):
         got = src.probes._load(layer)
         if got is None:
             continue
         acts, shas = got
-        ra, rb, common = shared_rows(ref["shas"], shas)
+        if last is None or last[0] != shas:  # layers of one collect run share their probe images
+            last = (shas, shared_rows(ref["shas"], shas))
+        ra, rb, common = last[1]
         if len(common) < MIN_SHARED:
             continue
         ref["any_shared"] = True
         x = ref["vec"][ra]
-        x = x - x.mean()
-        nx = np.sqrt((x * x).sum())
-        y = np.asarray(acts, dtype=np.float64)[rb]
-        y -= y.mean(axis=0)
-        ny = np.sqrt((y * y).sum(axis=0))
+        x = (x - x.mean()).astype(np.float32)
+        nx = float(np.sqrt((x.astype(np.float64) ** 2).sum()))
+        y = np.asarray(acts[rb], dtype=np.float32)
+        # x is centred, so x.y needs no centring of y; |y - mean|^2 = sum y^2 - n mean^2 (float64 sums)
+        ysum = y.sum(axis=0, dtype=np.float64)
+        ny = np.sqrt(np.maximum(np.einsum("ij,ij->j", y, y, dtype=np.float64) - ysum * ysum / len(rb), 0.0))
+        ny[ny <= 1e-6 * np.abs(ysum) / np.sqrt(len(rb))] = 0.0  # constant units (rounding left ~0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.where((ny > 0) & (nx > 0), (x @ y) / (nx * np.where(ny > 0, ny, 1.0)), np.nan)
+            r = np.where((ny > 0) & (nx > 0), (x @ y).astype(np.float64) / (nx * np.where(ny > 0, ny, 1.0)), np.nan)
         if same_file and layer == ref["layer"]:
             r[ref["unit"]] = np.nan  # the unit itself is not an answer
-        units = src.art.layer(layer).units
-        stats = _stat_arrays(src.art, layer, units)
         keep = np.nonzero(np.isfinite(r))[0]
-        # only the best few per layer need labels; the overall top-N is cut later
-        keep = keep[np.argsort(-r[keep], kind="stable")[:200]]
-        labels_top = _unit_top_labels(src.art, layer, table)
-        for u in keep:
-            name, frac = labels_top.get(int(u), (None, None))
-            hits.append(QueryHit(
-                artifact=src.path, layer=layer, unit=int(u), score=float(r[u]), top_label=name,
-                top_label_frac=frac, **{k: float(v[u]) for k, v in stats.items()},
-            ))
-    return hits
+        out.append(_Candidates(si, layer, keep.astype(np.int64), np.clip(r[keep], -1.0, 1.0)))
+    return out
 
 
-def _unit_top_labels(art, layer: str, table) -> dict[int, tuple[str, float]]:
-    if table is None or not table.class_names:
-        return {}
-    ex = art.examples(layer, "top")
-    if ex is None:
-        return {}
-    cls, frac = _top_label(_labels_of(ex, table), len(table.class_names))
-    return {int(u): (table.class_names[c], float(f)) for u, c, f in zip(ex.units, cls, frac) if c >= 0}
-
-
-def _stat_hits(src: _Source, layers: list[str] | None) -> list[QueryHit]:
-    hits = []
-    table = src.art.dataset
+def _stat_candidates(si: int, src: _Source, layers: list[str] | None) -> list[_Candidates]:
+    out = []
     for layer in src.layers(layers):
-        units = src.art.layer(layer).units
-        stats = _stat_arrays(src.art, layer, units)
-        if np.isnan(stats["max"]).all():
-            continue
-        labels_top = _unit_top_labels(src.art, layer, table)
-        for u in np.nonzero(np.isfinite(stats["max"]))[0]:
-            name, frac = labels_top.get(int(u), (None, None))
-            hits.append(QueryHit(
-                artifact=src.path, layer=layer, unit=int(u), score=float(stats["max"][u]), top_label=name,
-                top_label_frac=frac, **{k: float(v[u]) for k, v in stats.items()},
-            ))
-    return hits
+        mx = src.stats(layer)["max"]
+        keep = np.nonzero(np.isfinite(mx))[0]
+        if keep.size:
+            out.append(_Candidates(si, layer, keep.astype(np.int64), mx[keep]))
+    return out
