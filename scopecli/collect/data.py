@@ -1,0 +1,335 @@
+"""Image sources for `collect`: folders, ImageFolder trees and path lists, in one deterministic order.
+
+Why: dataset examples are only trustworthy if every run sees the same images in the same order, and a
+bad file (truncated, not an image, huge) must be skipped with a reason instead of killing an hour-long
+run. Decoding happens in DataLoader workers; they hand back uint8 model-input crops (4x less to move
+than floats) together with each file's sha256 and original size, read from the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+from scopecli.errors import ScopeError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+MIN_SIDE = 16  # smaller images carry no usable detail after resizing to the model input
+MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit (width * height), enforced before decoding
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass
+class ImageSource:
+    """The candidate images of a run: absolute files, their table paths and labels, sorted by path."""
+
+    root: Path
+    files: list[Path]  # absolute
+    paths: list[str]  # relative POSIX paths (the ImageTable's), sorted
+    label: np.ndarray  # int32 [N], -1 unknown
+    class_names: list[str]
+    kind: str  # "imagefolder" | "folder" | "list"
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # found while listing (e.g. labels)
+    labels_file: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def describe(self) -> dict:
+        return {"root": str(self.root), "kind": self.kind, "images": len(self.paths),
+                "classes": len(self.class_names), "labels_file": self.labels_file}
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _walk_images(root: Path) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in filenames:
+            if _is_image_name(name):
+                found.append((rel_dir / name).as_posix())
+    return sorted(found)
+
+
+_FILE_COLS = ("file", "filename", "path", "image", "file_name", "img")
+_INDEX_COLS = ("class_index", "label", "index", "class_id", "target", "label_index")
+_NAME_COLS = ("class_name", "name", "class", "label_name", "category")
+
+
+def read_labels(path: str | Path) -> tuple[dict[str, int], list[str]]:
+    """Read a TSV/CSV mapping file -> label (index or name); returns ({file: index}, class_names).
+
+    Accepted rows: `file,label_name`, `file,index`, `file,index,name`, and the sample folder's
+    `file, class index, wnid, class name`. A header row is recognised by its column names.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ScopeError(f"labels file not found: {path}")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScopeError(f"cannot read labels file {path}: {exc}".splitlines()[0]) from None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise ScopeError(f"labels file {path} is empty")
+    delim = "\t" if "\t" in lines[0] else ","
+    rows = [[c.strip() for c in r] for r in csv.reader(lines, delimiter=delim)]
+    header = [c.lower().replace(" ", "_") for c in rows[0]]
+    fcol, icol, ncol = 0, None, None
+    if any(h in _FILE_COLS for h in header):
+        fcol = next(i for i, h in enumerate(header) if h in _FILE_COLS)
+        icol = next((i for i, h in enumerate(header) if h in _INDEX_COLS), None)
+        ncol = next((i for i, h in enumerate(header) if h in _NAME_COLS), None)
+        rows = rows[1:]
+    else:
+        width = len(rows[0])
+        if width < 2:
+            raise ScopeError(f"labels file {path} needs at least two columns: file and label")
+        if width == 2:
+            icol = 1
+        elif width == 3:
+            icol, ncol = 1, 2
+        else:  # file, class index, wnid, class name
+            icol, ncol = 1, width - 1
+    if icol is None and ncol is None:
+        raise ScopeError(f"labels file {path}: no label column (expected one of {', '.join(_INDEX_COLS + _NAME_COLS)})")
+    raw: list[tuple[str, str, str | None]] = []
+    first_row = 2 if fcol != 0 or header[0] in _FILE_COLS else 1
+    for n, r in enumerate(rows, start=first_row):
+        if len(r) <= max(c for c in (fcol, icol, ncol) if c is not None):
+            raise ScopeError(f"labels file {path}: row {n} has {len(r)} column(s): {delim.join(r)[:80]}")
+        raw.append((r[fcol], r[icol] if icol is not None else r[ncol], r[ncol] if ncol is not None else None))
+    numeric = all(_is_int(lab) for _, lab, _ in raw)
+    mapping: dict[str, int] = {}
+    if numeric:
+        names: dict[int, str] = {}
+        for f, lab, name in raw:
+            idx = int(lab)
+            if idx < 0:
+                raise ScopeError(f"labels file {path}: negative class index {idx} for {f}")
+            mapping[f] = idx
+            if name is not None and name != lab:
+                names[idx] = name
+        n_cls = max(mapping.values(), default=-1) + 1
+        class_names = [names.get(i, str(i)) for i in range(n_cls)]
+    else:
+        class_names = sorted({lab for _, lab, _ in raw})
+        index = {c: i for i, c in enumerate(class_names)}
+        mapping = {f: index[lab] for f, lab, _ in raw}
+    return mapping, class_names
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _apply_labels(paths: list[str], labels_path, skipped: list) -> tuple[np.ndarray, list[str]]:
+    mapping, class_names = read_labels(labels_path)
+    by_rel = {Path(k).as_posix().lstrip("./"): v for k, v in mapping.items()}
+    by_base: dict[str, list[int]] = {}
+    for k, v in mapping.items():
+        by_base.setdefault(Path(k).name, []).append(v)
+    label = np.full(len(paths), -1, dtype=np.int32)
+    used = set()
+    for i, p in enumerate(paths):
+        if p in by_rel:
+            label[i] = by_rel[p]
+            used.add(p)
+        elif len(by_base.get(Path(p).name, ())) == 1:
+            label[i] = by_base[Path(p).name][0]
+            used.add(Path(p).name)
+    present_rel = set(paths)
+    present_base = {Path(p).name for p in paths}
+    for k in by_rel:
+        if k not in present_rel and Path(k).name not in present_base:
+            skipped.append((k, "named in the labels file but not found"))
+    return label, class_names
+
+
+def open_source(path: str | Path, labels: str | Path | None = None) -> ImageSource:
+    """List the images of a folder, an ImageFolder tree or a text file of paths, sorted by relative path."""
+    src = Path(path).expanduser()
+    if not src.exists():
+        raise ScopeError(f"data path not found: {path}")
+    skipped: list[tuple[str, str]] = []
+    if src.is_dir():
+        root = src.resolve()
+        paths = _walk_images(root)
+        if not paths:
+            raise ScopeError(f"no images found in {path} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        top_level = [p for p in paths if "/" not in p]
+        if not top_level and labels is None:
+            kind = "imagefolder"
+            class_names = sorted({p.split("/", 1)[0] for p in paths})
+            index = {c: i for i, c in enumerate(class_names)}
+            label = np.array([index[p.split("/", 1)[0]] for p in paths], dtype=np.int32)
+        else:
+            kind = "folder"
+            label, class_names = (np.full(len(paths), -1, np.int32), [])
+    elif src.is_file() and _is_image_name(src.name):
+        raise ScopeError(f"--data must be a folder or a text file listing image paths, not one image: {path}")
+    else:
+        kind = "list"
+        try:
+            lines = src.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScopeError(f"cannot read image list {path}: {exc}".splitlines()[0]) from None
+        entries = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        if not entries:
+            raise ScopeError(f"image list {path} names no images")
+        base = src.resolve().parent
+        absolute = []
+        for e in entries:
+            p = Path(e).expanduser()
+            p = p if p.is_absolute() else base / p
+            p = Path(os.path.normpath(p))
+            if p.is_file():
+                absolute.append(p)
+            else:
+                skipped.append((e, "listed but not found"))
+        absolute = sorted(set(absolute))
+        if not absolute:
+            raise ScopeError(f"none of the {len(entries)} files listed in {path} exist")
+        root = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+        paths = sorted(p.relative_to(root).as_posix() for p in absolute)
+        label, class_names = (np.full(len(paths), -1, np.int32), [])
+    if labels is not None:
+        label, class_names = _apply_labels(paths, labels, skipped)
+    files = [root / p for p in paths]
+    return ImageSource(root=root, files=files, paths=paths, label=label, class_names=class_names, kind=kind,
+                       skipped=skipped, labels_file=str(labels) if labels is not None else None)
+
+
+class BadImage(Exception):
+    """A file that cannot be used; the message is the recorded reason."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; 16-bit and float grayscale are rescaled, not clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max() > 255):
+            arr = arr / 65535.0 * 255.0  # 16-bit samples
+        elif img.mode == "F" and arr.max() <= 1.0:
+            arr = arr * 255.0  # float in [0, 1]
+        gray = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, str]:
+    """Read, hash and decode one file to RGB; raises BadImage with a short reason."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except PermissionError:
+        raise BadImage("unreadable: permission denied") from None
+    except OSError as exc:
+        raise BadImage(f"unreadable: {exc.strerror or type(exc).__name__}") from None
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise BadImage(f"too large: {w}x{h} pixels is over the decompression-bomb limit of {max_pixels}")
+            img.load()
+    except BadImage:
+        raise
+    except Image.DecompressionBombError:
+        raise BadImage(f"too large: over the decompression-bomb limit of {max_pixels} pixels") from None
+    except Image.UnidentifiedImageError:
+        raise BadImage("not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadImage(f"corrupt or truncated: {msg[:120]}") from None
+    if min(w, h) < MIN_SIDE:
+        raise BadImage(f"too small: {w}x{h} pixels (need at least {MIN_SIDE} on each side)")
+    try:
+        img = _to_rgb(img)
+    except (OSError, ValueError) as exc:
+        raise BadImage(f"cannot convert mode {img.mode} to RGB: {exc}".splitlines()[0]) from None
+    return img, sha
+
+
+class ModelInputs(torch.utils.data.Dataset):
+    """Dataset over chosen source indices: uint8 [3, crop, crop] model inputs (not normalized).
+
+    Bad files give a zero image with ok=False and the reason, so batches keep their composition.
+    """
+
+    def __init__(self, files: list[Path], indices, resize: int, crop: int, interpolation: str = "bilinear",
+                 max_pixels: int = MAX_PIXELS):
+        self.files = files
+        self.indices = list(indices)
+        self.resize, self.crop, self.interpolation = int(resize), int(crop), interpolation
+        self.max_pixels = int(max_pixels)
+        self._transform = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def transform(self):
+        if self._transform is None:
+            from torchvision import transforms
+
+            mode = getattr(transforms.InterpolationMode, self.interpolation.upper())
+            self._transform = transforms.Compose([
+                transforms.Resize(self.resize, interpolation=mode),
+                transforms.CenterCrop(self.crop),
+                transforms.PILToTensor(),
+            ])
+        return self._transform
+
+    def __getitem__(self, i: int) -> dict:
+        index = self.indices[i]
+        try:
+            img, sha = read_image(self.files[index], self.max_pixels)
+            w, h = img.size
+            x = self.transform()(img)
+            reason = ""
+        except BadImage as exc:
+            x = torch.zeros(3, self.crop, self.crop, dtype=torch.uint8)
+            sha, w, h, reason = "", 0, 0, str(exc)
+        return {"image": x, "index": index, "ok": not reason, "sha256": sha, "width": w, "height": h,
+                "reason": reason}
+
+
+def default_workers() -> int:
+    """Decode workers: half the cores (the other half runs the model), at least 1, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def make_loader(dataset: ModelInputs, batch: int, workers: int, pin_memory: bool):
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+    )

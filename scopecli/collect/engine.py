@@ -1,0 +1,410 @@
+"""The collect engine: two passes over a dataset that give every unit its dataset examples and statistics.
+
+Pass 1 runs one no-grad forward per image, cut after the deepest requested layer, and updates on the
+device: per-unit streaming top-k/bottom-k of per-image spatial max/min (with locations), moments and a
+mergeable histogram over every position, and spatial means on the probe images. Pass 2 reloads only
+the winning images and cuts receptive-field patches. Records go to a sink with the ArtifactWriter's
+methods (`ensure_layer`, `set_dataset`, `put_stats`, `put_probe`, `put_examples`) as soon as they are
+final, so memory stays bounded by one group of layers' patches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from scopecli.collect.crops import crop_patches, patch_windows
+from scopecli.collect.data import MAX_PIXELS, ImageSource, ModelInputs, default_workers, make_loader
+from scopecli.collect.stats import LayerStats
+from scopecli.collect.topk import StreamingExtremes
+from scopecli.capture import LayerTap
+from scopecli.errors import ScopeError
+from scopecli.layers import find_layer, layer_table
+from scopecli.progress import progress as progress_bar
+from scopecli.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock
+
+
+@dataclass
+class CollectSettings:
+    """Everything that changes what collect computes (recorded in the artifact's params)."""
+
+    top_k: int = 16
+    bottom_k: int = 8
+    patch_size: int = 96
+    probe: int = 500
+    batch: int = 64
+    workers: int | None = None  # None: data.default_workers()
+    limit: int | None = None  # first N images of the sorted list
+    device: str = "auto"
+    shard: tuple[int, int] = (1, 1)  # (k, n): k-th of n, 1-based
+    bf16: bool = False
+    max_pixels: int = MAX_PIXELS
+    patch_budget_mb: int = 512  # patches held in memory at once (layers are grouped to fit)
+    image_cache_mb: int = 1024  # winning model inputs kept decoded across layer groups
+
+    def params(self) -> dict:
+        d = asdict(self)
+        d["shard"] = f"{self.shard[0]}/{self.shard[1]}"
+        return d
+
+    def check(self) -> None:
+        for name in ("top_k", "bottom_k", "probe"):
+            if getattr(self, name) < 0:
+                raise ScopeError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.top_k == 0 and self.bottom_k == 0:
+            raise ScopeError("--top-k and --bottom-k are both 0: nothing to collect")
+        if self.patch_size < 8 or self.patch_size > 1024:
+            raise ScopeError("--patch-size must be between 8 and 1024 pixels")
+        if self.batch < 1:
+            raise ScopeError("--batch must be >= 1")
+        if self.workers is not None and self.workers < 0:
+            raise ScopeError("--workers must be >= 0")
+        if self.limit is not None and self.limit < 1:
+            raise ScopeError("--limit must be >= 1")
+        k, n = self.shard
+        if not (n >= 1 and 1 <= k <= n):
+            raise ScopeError(f"--shard {k}/{n}: need 1 <= k <= n")
+
+
+@dataclass
+class CollectResult:
+    """What a collect run produced; `examples` is filled only when no external sink was given."""
+
+    model: dict
+    layers: list[LayerRecord]
+    images: ImageTable
+    stats: dict[str, StatsBlock]
+    probe: dict[str, ProbeBlock]
+    examples: dict[str, dict[str, ExampleSet]] = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    candidates: int = 0  # images in this shard before skipping
+    timings: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {
+            "model": self.model.get("name"),
+            "layers": [r.name for r in self.layers],
+            "units": int(sum(r.units for r in self.layers)),
+            "images": len(self.images),
+            "skipped": len(self.images.skipped),
+            "shard": self.params.get("shard"),
+            "timings": self.timings,
+        }
+
+
+class MemorySink:
+    """Sink that keeps records in memory (the default; ArtifactWriter is the other sink)."""
+
+    def __init__(self):
+        self.layers: dict[str, LayerRecord] = {}
+        self.images: ImageTable | None = None
+        self.stats: dict[str, StatsBlock] = {}
+        self.probe: dict[str, ProbeBlock] = {}
+        self.examples: dict[str, dict[str, ExampleSet]] = {}
+
+    def ensure_layer(self, rec: LayerRecord) -> None:
+        self.layers.setdefault(rec.name, rec)
+
+    def set_dataset(self, table: ImageTable) -> None:
+        self.images = table
+
+    def put_stats(self, layer: str, block: StatsBlock) -> None:
+        self.stats[layer] = block
+
+    def put_probe(self, layer: str, block: ProbeBlock) -> None:
+        self.probe[layer] = block
+
+    def put_examples(self, layer: str, which: str, ex: ExampleSet) -> None:
+        self.examples.setdefault(layer, {})[which] = ex
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ScopeError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
+        return torch.device(spec)
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "mps":
+        if not torch.backends.mps.is_available():
+            raise ScopeError("--device mps: Apple MPS is not available")
+        return torch.device("mps")
+    raise ScopeError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N")
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'k/n' (1-based: 1/4 is the first of four) -> (k, n)."""
+    if not text:
+        return (1, 1)
+    try:
+        k_s, n_s = str(text).split("/")
+        k, n = int(k_s), int(n_s)
+    except ValueError:
+        raise ScopeError(f"--shard must look like k/n (e.g. 1/4), got '{text}'") from None
+    if n < 1 or not 1 <= k <= n:
+        raise ScopeError(f"--shard {text}: need 1 <= k <= n")
+    return (k, n)
+
+
+def shard_range(n_images: int, batch: int, k: int, n: int) -> range:
+    """Candidate indices of shard k/n: contiguous runs of whole batches, so every batch a shard runs is
+    the same batch a single process would run (bit-identical activations, exact merges)."""
+    n_batches = -(-n_images // batch)
+    b0 = (k - 1) * n_batches // n
+    b1 = k * n_batches // n
+    return range(min(b0 * batch, n_images), min(b1 * batch, n_images))
+
+
+def _as_units(a: torch.Tensor) -> torch.Tensor:
+    """Layer output -> float32 [N, C, P] (P = spatial positions; 1 for vectors)."""
+    if a.dim() == 2:
+        return a.float().unsqueeze(2)
+    if a.dim() == 4:
+        return a.float().flatten(2)
+    raise ScopeError(f"layer output has {a.dim()} dimensions; collect needs (N,C) or (N,C,H,W)")
+
+
+def collect(model, source: ImageSource, layers: list[str] | None = None, settings: CollectSettings | None = None,
+            sink=None, quiet: bool = True, log=None) -> CollectResult:
+    """Run collect for a LoadedModel over an ImageSource; records go to `sink` (default: kept in memory).
+
+    `log(message)` receives one-line notes (skipped images, partial results) for the CLI to print.
+    """
+    settings = settings or CollectSettings()
+    settings.check()
+    device = resolve_device(settings.device)
+    module = model.module
+    pre = model.preprocess
+    table_info = layer_table(module, pre.crop)
+    names = list(dict.fromkeys(layers)) if layers else [i.name for i in table_info if i.default]
+    if not names:
+        raise ScopeError("the model has no default layers; pass --layer NAME")
+    infos = [find_layer(table_info, n) for n in names]
+    records = [i.record() for i in infos]
+    own_sink = sink is None
+    sink = MemorySink() if own_sink else sink
+    for rec in records:
+        sink.ensure_layer(rec)
+    workers = default_workers() if settings.workers is None else settings.workers
+
+    n_all = len(source) if settings.limit is None else min(settings.limit, len(source))
+    k, n = settings.shard
+    cand = shard_range(n_all, settings.batch, k, n)
+    if len(cand) == 0:
+        raise ScopeError(f"shard {k}/{n} has no images ({n_all} images in batches of {settings.batch})")
+    probe_n = min(settings.probe, n_all)
+
+    module.to(device)
+    t0 = time.perf_counter()
+    state = _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet)
+    t1 = time.perf_counter()
+
+    ok = state["ok"]
+    kept = np.array([i for i in cand if ok[i - cand.start]], dtype=np.int64)
+    skipped = ([] if k > 1 else list(source.skipped)) + [
+        (source.paths[i], state["reason"][i - cand.start]) for i in cand if not ok[i - cand.start]
+    ]
+    if log:
+        for path, reason in skipped:
+            log(f"skipped {path}: {reason}")
+    if len(kept) == 0:
+        raise ScopeError(f"no usable images: all {len(cand)} were skipped (first: {skipped[-1][0]}: {skipped[-1][1]})")
+    remap = np.full(n_all, -1, dtype=np.int64)
+    remap[kept] = np.arange(len(kept))
+    used_labels = source.label[kept]
+    images = ImageTable(
+        paths=[source.paths[i] for i in kept],
+        sha256=[state["sha256"][i - cand.start] for i in kept],
+        width=np.array([state["width"][i - cand.start] for i in kept], dtype=np.int32),
+        height=np.array([state["height"][i - cand.start] for i in kept], dtype=np.int32),
+        label=used_labels.astype(np.int32),
+        class_names=list(source.class_names),
+        skipped=skipped,
+    )
+    sink.set_dataset(images)
+    for rec in records:
+        sink.put_stats(rec.name, state["stats"][rec.name].finalize())
+        if probe_n and rec.name in state["probe"]:
+            pi, pa = state["probe"][rec.name]
+            sink.put_probe(rec.name, ProbeBlock(image_index=remap[pi], acts=pa))
+    for which, k_ in (("top", settings.top_k), ("bottom", settings.bottom_k)):
+        if k_ > len(kept) and log:
+            log(f"only {len(kept)} usable images: {which} examples hold {len(kept)} of {k_} per unit")
+
+    # examples without patches, image indices into the table
+    winners = {}
+    for rec in records:
+        h, w = rec.shape[1], rec.shape[2]
+        for which in ("top", "bottom"):
+            tracker = state["extremes"][rec.name][which]
+            if tracker.k == 0:
+                continue
+            score, img, loc = tracker.result(w)
+            img = np.where(img >= 0, remap[np.maximum(img, 0)], -1)
+            box = patch_windows(loc, rec.rf_size, rec.rf_stride, rec.rf_start, pre.crop)
+            winners[(rec.name, which)] = (score, img, loc, box)
+    t2 = time.perf_counter()
+    n_patches = _pass2(source, kept, images, records, winners, settings, pre, sink, workers, quiet)
+    t3 = time.perf_counter()
+    timings = {
+        "pass1_s": round(t1 - t0, 3),
+        "pass2_s": round(t3 - t2, 3),
+        "images_per_s": round(len(cand) / max(t1 - t0, 1e-9), 2),
+        "patches": n_patches,
+        "device": str(device),
+        "workers": workers,
+    }
+    result = CollectResult(
+        model=model.info(), layers=records, images=images,
+        stats=dict(sink.stats) if own_sink else {}, probe=dict(sink.probe) if own_sink else {},
+        examples=dict(sink.examples) if own_sink else {},
+        params=settings.params() | {"layers": names, "workers": workers}, candidates=len(cand), timings=timings,
+    )
+    return result
+
+
+def _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet) -> dict:
+    dataset = ModelInputs(source.files, cand, pre.resize, pre.crop, pre.interpolation, settings.max_pixels)
+    loader = make_loader(dataset, settings.batch, workers, pin_memory=device.type == "cuda")
+    stats = {r.name: LayerStats(r.units, device) for r in records}
+    extremes = {
+        r.name: {"top": StreamingExtremes(r.units, settings.top_k, True, device),
+                 "bottom": StreamingExtremes(r.units, settings.bottom_k, False, device)}
+        for r in records
+    }
+    probe_parts: dict[str, list] = {r.name: [] for r in records}
+    probe_index: list[np.ndarray] = []
+    m = len(cand)
+    ok = np.zeros(m, dtype=bool)
+    sha = [""] * m
+    width = [0] * m
+    height = [0] * m
+    reason = [""] * m
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if settings.bf16
+                else contextlib.nullcontext())
+    with LayerTap(module, names) as tap, torch.no_grad(), \
+            progress_bar(m, "collect: pass 1 (activations)", quiet=quiet, unit="img") as bar:
+        for batch in loader:
+            idx = batch["index"].numpy().astype(np.int64)
+            rel = idx - cand.start
+            good = batch["ok"].numpy().astype(bool)
+            ok[rel] = good
+            for j, r in enumerate(rel):
+                sha[r], width[r], height[r] = batch["sha256"][j], int(batch["width"][j]), int(batch["height"][j])
+                reason[r] = batch["reason"][j]
+            x = batch["image"].to(device, non_blocking=True)
+            x = pre.normalize(x.float().div_(255.0))
+            with autocast:
+                outs = tap(x)
+            sel = None if good.all() else torch.from_numpy(np.flatnonzero(good)).to(device)
+            gidx = torch.from_numpy(idx if sel is None else idx[good]).to(device)
+            is_probe = idx[good] < probe_n if sel is not None else idx < probe_n
+            if is_probe.any():
+                probe_index.append((idx if sel is None else idx[good])[is_probe])
+            probe_sel = torch.from_numpy(np.flatnonzero(is_probe)).to(device) if is_probe.any() else None
+            for rec in records:
+                a = _as_units(outs[rec.name])
+                if sel is not None:
+                    a = a.index_select(0, sel)
+                if a.shape[0] == 0:
+                    continue
+                mx, amx = a.max(dim=2)
+                mn, amn = a.min(dim=2)
+                var, mean = torch.var_mean(a, dim=2, correction=0)
+                stats[rec.name].update(a, mean, var, mx, mn)
+                extremes[rec.name]["top"].update(mx, amx, gidx)
+                extremes[rec.name]["bottom"].update(mn, amn, gidx)
+                if probe_sel is not None:
+                    probe_parts[rec.name].append(mean.index_select(0, probe_sel).half().cpu())
+            del outs
+            bar.advance(len(idx))
+    probe = {}
+    if probe_index:
+        pi = np.concatenate(probe_index)
+        for rec in records:
+            probe[rec.name] = (pi, torch.cat(probe_parts[rec.name]).numpy().astype(np.float16))
+    return {"ok": ok, "sha256": sha, "width": width, "height": height, "reason": reason,
+            "stats": stats, "extremes": extremes, "probe": probe}
+
+
+def _layer_groups(records, winners, settings) -> list[list[LayerRecord]]:
+    per_patch = settings.patch_size * settings.patch_size * 3
+    budget = max(settings.patch_budget_mb, 1) * (1 << 20)
+    groups, cur, size = [], [], 0
+    for rec in records:
+        need = sum(int((w[1] >= 0).sum()) for key, w in winners.items() if key[0] == rec.name) * per_patch
+        if cur and size + need > budget:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(rec)
+        size += need
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _load_inputs(source, kept, table_idx: np.ndarray, settings, pre, workers) -> dict[int, np.ndarray]:
+    """Decode the given table images to HxWx3 uint8 model inputs (same transform as pass 1)."""
+    cand = [int(kept[i]) for i in table_idx]
+    dataset = ModelInputs(source.files, cand, pre.resize, pre.crop, pre.interpolation, settings.max_pixels)
+    loader = make_loader(dataset, min(settings.batch, 32), workers, pin_memory=False)
+    back = {int(c): int(t) for c, t in zip(cand, table_idx)}
+    out = {}
+    for batch in loader:
+        for j, c in enumerate(batch["index"].tolist()):
+            if not batch["ok"][j]:
+                raise ScopeError(f"{source.paths[c]} could not be read again in pass 2 ({batch['reason'][j]}); "
+                                 "was the dataset modified during collect?")
+            out[back[c]] = batch["image"][j].permute(1, 2, 0).numpy()
+    return out
+
+
+def _pass2(source, kept, images, records, winners, settings, pre, sink, workers, quiet) -> int:
+    per_image = pre.crop * pre.crop * 3
+    all_needed = np.unique(np.concatenate([w[1][w[1] >= 0] for w in winners.values()])) if winners else np.array([], np.int64)
+    cache: dict[int, np.ndarray] | None = None
+    if len(all_needed) * per_image <= settings.image_cache_mb * (1 << 20):
+        cache = {}
+    total = int(sum((w[1] >= 0).sum() for w in winners.values()))
+    done = 0
+    with progress_bar(total, "collect: pass 2 (patches)", quiet=quiet, unit="patch") as bar:
+        for group in _layer_groups(records, winners, settings):
+            keys = [(r.name, which) for r in group for which in ("top", "bottom") if (r.name, which) in winners]
+            needed = np.unique(np.concatenate([winners[key][1][winners[key][1] >= 0] for key in keys])) \
+                if keys else np.array([], np.int64)
+            if cache is not None:
+                missing = np.array([t for t in needed if int(t) not in cache], dtype=np.int64)
+                if len(missing):
+                    cache.update(_load_inputs(source, kept, missing, settings, pre, workers))
+                pictures = cache
+            else:
+                pictures = _load_inputs(source, kept, needed, settings, pre, workers)
+            order = np.array(sorted(int(t) for t in needed), dtype=np.int64)
+            stack = np.stack([pictures[int(t)] for t in order]) if len(order) else None
+            for rec in group:
+                for which in ("top", "bottom"):
+                    if (rec.name, which) not in winners:
+                        continue
+                    score, img, loc, box = winners[(rec.name, which)]
+                    have = img >= 0
+                    flat = crop_patches(stack, np.searchsorted(order, img[have]), box[have], settings.patch_size) \
+                        if have.any() else None
+                    patches: list[list[np.ndarray | None]] = [[None] * score.shape[1] for _ in range(score.shape[0])]
+                    for n_, (u, j) in enumerate(zip(*np.nonzero(have))):
+                        patches[u][j] = flat[n_]
+                    n_done = int(have.sum())
+                    done += n_done
+                    bar.advance(n_done)
+                    sink.put_examples(rec.name, which, ExampleSet(
+                        units=np.arange(rec.units, dtype=np.int64), score=score, image_index=img,
+                        loc=loc, box=box, patches=patches))
+            if cache is None:
+                del pictures
+    return done

@@ -1,0 +1,53 @@
+"""Streaming top-k / bottom-k of per-image spatial extremes, on the device, one small sort per batch.
+
+Why: only K winners per unit survive, so memory is O(units * K) whatever the dataset size. The order is
+a total order (score, then lower image index first) so results do not depend on batching or sharding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class StreamingExtremes:
+    """Keeps, per unit, the K largest (or smallest) per-image scores with image index and grid position.
+
+    Images must arrive in increasing image-index order (the engine guarantees it): then a stable sort
+    of [kept, new] breaks score ties in favour of the lower image index.
+    """
+
+    def __init__(self, channels: int, k: int, largest: bool, device: torch.device):
+        self.k = int(k)
+        self.largest = largest
+        self.score = torch.empty(channels, 0, dtype=torch.float32, device=device)
+        self.image = torch.empty(channels, 0, dtype=torch.int64, device=device)
+        self.pos = torch.empty(channels, 0, dtype=torch.int64, device=device)
+
+    def update(self, score: torch.Tensor, pos: torch.Tensor, image: torch.Tensor) -> None:
+        """score, pos: [N, C] per-image extreme and its flat spatial index; image: [N] int64 indices."""
+        if self.k == 0 or score.shape[0] == 0:
+            return
+        c = score.shape[1]
+        s = torch.cat([self.score, score.t().float()], dim=1)
+        im = torch.cat([self.image, image.view(1, -1).expand(c, -1)], dim=1)
+        p = torch.cat([self.pos, pos.t().long()], dim=1)
+        fill = float("-inf") if self.largest else float("inf")
+        key = torch.nan_to_num(s, nan=fill)
+        order = torch.sort(key, dim=1, descending=self.largest, stable=True).indices[:, : self.k]
+        self.score = torch.gather(s, 1, order)
+        self.image = torch.gather(im, 1, order)
+        self.pos = torch.gather(p, 1, order)
+
+    def result(self, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(score float32 [C, K], image int64 [C, K], loc int32 [C, K, 2]); missing: NaN, -1, 0."""
+        c, n = self.score.shape
+        score = np.full((c, self.k), np.nan, dtype=np.float32)
+        image = np.full((c, self.k), -1, dtype=np.int64)
+        loc = np.zeros((c, self.k, 2), dtype=np.int32)
+        score[:, :n] = self.score.cpu().numpy()
+        image[:, :n] = self.image.cpu().numpy()
+        pos = self.pos.cpu().numpy()
+        loc[:, :n, 0] = pos // width
+        loc[:, :n, 1] = pos % width
+        return score, image, loc
