@@ -10,6 +10,7 @@ from PIL import Image
 from compare_builders import image_table, write_artifact
 from conftest import assert_one_line_error
 from scopecli.compare.diffsave import read_diff
+from scopecli.errors import ScopeError
 
 N = 160
 
@@ -144,6 +145,10 @@ def test_png_and_saved_diff(scope_cli, files, tmp_path):
     np.testing.assert_allclose(d["linear"], np.array(j["cka_linear"], dtype=float), atol=1e-6)
     np.testing.assert_allclose(d["debiased_floor"], np.array(j["cka_debiased_floor"], dtype=float), atol=1e-6)
     assert d["layers_b"] == j["layers_b"] and d["model_b"]["name"] == "modelB"
+    assert d["path_a"] == paths["a"] and d["matching"][0]["floor"] == pytest.approx(j["unit_matching"][0]["floor"])
+    np.testing.assert_array_equal(d["matching"][0]["best_b"], j["unit_matching"][0]["best_b"])
+    with pytest.raises(ScopeError, match="not a scope diff file"):
+        read_diff(paths["a"])
     with h5py.File(h5, "r") as f:
         assert f.attrs["format"] == "scope.diff" and f.attrs["format_version"] == "1.0"
         assert f["cka/linear"].attrs["encoding-type"] == "array" and "sha256" in f["cka/linear"].attrs

@@ -124,25 +124,41 @@ def read_diff(path: str | Path) -> dict:
             raise ScopeError(f"{path}: not a scope diff file")
         major = str(f.attrs.get("format_version", "0")).split(".")[0]
         if major != FORMAT_VERSION.split(".")[0]:
-            raise ScopeError(f"{path}: diff format {f.attrs.get('format_version')} is newer: upgrade scope")
-        c = f["cka"]
-        out = {
-            "seed": int(f.attrs["seed"]),
-            "shared_images": int(f.attrs["shared_images"]),
-            "layers_a": [s.decode() if isinstance(s, bytes) else s for s in c["layers_a"][()]],
-            "layers_b": [s.decode() if isinstance(s, bytes) else s for s in c["layers_b"][()]],
-            "model_a": json.loads(f["a/model"][()]),
-            "model_b": json.loads(f["b/model"][()]),
-        }
-        for key in ("linear", "debiased", "linear_floor", "debiased_floor", "best_b"):
-            out[key] = c[key][()]
-        out["matching"] = [
-            {"layer_a": g.attrs["layer_a"], "layer_b": g.attrs["layer_b"],
-             **{k: g[k][()] for k in g.keys()}}
-            for _, g in sorted(f["matching"].items(), key=lambda kv: int(kv[0]))
-        ]
-        out["changes"] = [
-            {"layer": g.attrs["layer"], **{k: g[k][()] for k in g.keys()}}
-            for _, g in sorted(f["changes"].items(), key=lambda kv: int(kv[0]))
-        ]
-        return out
+            raise ScopeError(f"{path}: diff format {f.attrs.get('format_version')} is not readable by this scope "
+                             f"(reads {FORMAT_VERSION.split('.')[0]}.x); upgrade scope")
+        try:
+            return _read(f)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ScopeError(f"{path}: damaged scope diff file ({type(exc).__name__}: {str(exc)[:100]})") from None
+
+
+def _text(v) -> str:
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def _read(f: h5py.File) -> dict:
+    c = f["cka"]
+    out = {
+        "seed": int(f.attrs["seed"]),
+        "permutations": int(f.attrs.get("permutations", 0)),
+        "shared_images": int(f.attrs["shared_images"]),
+        "same_architecture": bool(f.attrs.get("same_architecture", False)),
+        "path_a": _text(f["a"].attrs.get("path", "")),
+        "path_b": _text(f["b"].attrs.get("path", "")),
+        "layers_a": [_text(s) for s in c["layers_a"][()]],
+        "layers_b": [_text(s) for s in c["layers_b"][()]],
+        "model_a": json.loads(f["a/model"][()]),
+        "model_b": json.loads(f["b/model"][()]),
+    }
+    for key in ("units_a", "units_b", "linear", "debiased", "linear_floor", "debiased_floor", "best_b"):
+        out[key] = c[key][()]
+    out["matching"] = [
+        {"layer_a": _text(g.attrs["layer_a"]), "layer_b": _text(g.attrs["layer_b"]),
+         "floor": float(g.attrs.get("floor", np.nan)), **{k: g[k][()] for k in g.keys()}}
+        for _, g in sorted(f["matching"].items(), key=lambda kv: int(kv[0]))
+    ]
+    out["changes"] = [
+        {"layer": _text(g.attrs["layer"]), "k": int(g.attrs.get("k", 0)), **{k: g[k][()] for k in g.keys()}}
+        for _, g in sorted(f["changes"].items(), key=lambda kv: int(kv[0]))
+    ]
+    return out
