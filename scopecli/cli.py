@@ -285,6 +285,31 @@ def pack_cmd(
                  f"{res['images']} images, {human_bytes(res['size_bytes'])}")
 
 
+@app.command("export")
+def export_cmd(
+    files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts to show in the gallery."),
+    out: str = typer.Option(..., "-o", "--out", help="Site folder (new, empty, or a previous scope export, which is replaced)."),
+    diff: Optional[List[str]] = typer.Option(None, "--diff", help="A `scope diff --save` file: links matched units across models (repeatable)."),
+    per_page: int = typer.Option(128, "--per-page", help="Units per page of a layer grid."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Write an offline HTML gallery (Microscope-like): models, layer grids, unit pages; open SITE/index.html."""
+    import functools
+
+    from scopecli.export import export_site
+    from scopecli.progress import progress
+
+    res = export_site(files, out, diff_paths=diff or (), per_page=per_page,
+                      progress=None if (quiet or json_out) else functools.partial(progress, unit="units"))
+    if json_out:
+        _print_json(res)
+        return
+    _out().print(f"wrote {res['pages']} pages and {res['images']} images for {res['units']} units "
+                 f"({res['models']} models, {res['layers']} layers) to {res['site']}")
+    _out().print(f"open {res['url']}")
+
+
 def _one_line(text: str) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     return lines[0] if lines else ""

@@ -118,3 +118,15 @@ def site_files(site: Path) -> set[str]:
 def leftovers(parent: Path) -> list[str]:
     """Staging/old folders an export may have left beside the site."""
     return [n for n in os.listdir(parent) if ".scope-tmp-" in n or ".scope-old-" in n]
+
+
+def make_deepdream_artifact(path) -> str:
+    """Layer 'dream' holds only a whole-layer deepdream render (unit -1); layer 'empty' holds nothing."""
+    info = fake_model_info(hashlib.sha256(b"dream").hexdigest(), spec="dream")
+    dream = LayerRecord(name="dream", units=3, shape=(3, 4, 4), rf_size=9, rf_stride=4, rf_start=-2)
+    empty = LayerRecord(name="empty", units=2, shape=(2, 2, 2), rf_size=19, rf_stride=8, rf_start=-2)
+    with ArtifactWriter(path, info, "test", {}) as w:
+        w.ensure_layer(dream)
+        w.ensure_layer(empty)
+        w.put_renders("dream", fake_renders(dream, [-1], 0, size=48, objectives=("deepdream",)))
+    return str(path)

@@ -298,3 +298,19 @@ def test_diff_links_matched_units_both_ways(tmp_path, scope_cli):
     a_page = (tmp_path / "site2/m/01-a/01-conv/u/0.html").read_text()
     assert "beta · conv:" in a_page and "m/02-b" not in a_page
     assert "(not exported)" in (tmp_path / "site2/index.html").read_text()
+
+
+def test_deepdream_only_layer_and_empty_layer(tmp_path):
+    from export_helpers import make_deepdream_artifact
+
+    site = tmp_path / "site"
+    res = export_site([make_deepdream_artifact(tmp_path / "dream.h5")], site)
+    assert res["units"] == 0 and res["layers"] == 1
+    layer = site / "m/01-dream/01-dream"
+    page = (layer / "index.html").read_text()
+    assert "DeepDream" in page and _grid_srcs(layer / "index.html") == ["img/dd_0.png"]
+    assert 'class="grid"' not in page and not list(layer.glob("u/*"))
+    model = (site / "m/01-dream/index.html").read_text()
+    assert 'href="01-dream/index.html"' in model and "02-empty" not in model and "nothing stored" in model
+    assert not (site / "m/01-dream/02-empty").exists() and not (layer / "u").exists()
+    check_site_links(site)

@@ -41,6 +41,11 @@ class LayerView:
     collected: int
     tiles: list[Tile] = field(default_factory=list)
     pages: int = 1
+    layer_renders: list = field(default_factory=list)  # RenderCards of whole-layer (deepdream) renders
+
+    @property
+    def has_page(self) -> bool:
+        return bool(self.tiles or self.layer_renders)
 
     def page_file(self, page: int) -> str:
         return "index.html" if page <= 1 else f"page-{page}.html"
@@ -165,12 +170,18 @@ def model_page(m: ModelView) -> str:
     rows = []
     for lv in m.layers:
         strip = "".join(_img(f"{lv.slug}/{t.thumb}", t.width, t.height, f"{lv.name}:{t.unit}") for t in lv.tiles[:8])
+        if not strip and lv.layer_renders:
+            r = lv.layer_renders[0]
+            strip = _img(f"{lv.slug}/{r.src}", r.width, r.height, f"{lv.name} deepdream")
         c, h, w = lv.shape
+        name = f"<code>{esc(lv.name)}</code>"
+        link = f'<a href="{href(lv.slug + "/index.html")}">{name}</a>' if lv.has_page else name
         rows.append(
-            f'<tr><td><a href="{href(lv.slug + "/index.html")}"><code>{esc(lv.name)}</code></a></td>'
+            f'<tr><td>{link}</td>'
             f'<td class="num">{lv.units}</td><td class="num">{h}×{w}</td><td class="num">{lv.rf_size}/{lv.rf_stride}</td>'
             f'<td class="num">{lv.rendered}</td><td class="num">{lv.collected}</td>'
-            f'<td><a class="strip" href="{href(lv.slug + "/index.html")}">{strip}</a></td></tr>'
+            + (f'<td><a class="strip" href="{href(lv.slug + "/index.html")}">{strip}</a></td></tr>' if lv.has_page
+               else '<td class="muted">nothing stored</td></tr>')
         )
     body = (
         f"<h1>{esc(m.name)}</h1>" + _facts(facts)
@@ -221,9 +232,9 @@ def layer_page(m: ModelView, lv: LayerView, current: int, per_page: int) -> str:
         f'<h1><code>{esc(lv.name)}</code></h1><p class="sub">{esc(m.name)} · {lv.units} units · {h}×{w} · '
         f"receptive field {lv.rf_size}px, stride {lv.rf_stride} · {lv.rendered} rendered · {lv.collected} collected · "
         f"{esc(shown)}</p>"
-        + _pager(lv, current)
-        + '<div class="grid">' + "".join(cells) + "</div>"
-        + _pager(lv, current)
+        + (f'<section><h2>Layer visualization (DeepDream)</h2>{render_cards(lv.layer_renders, lv.name)}</section>'
+           if current == 1 and lv.layer_renders else "")
+        + (_pager(lv, current) + '<div class="grid">' + "".join(cells) + "</div>" + _pager(lv, current) if cells else "")
     )
     crumbs = [(m.name, "../index.html"), (lv.name, None if current == 1 else "index.html")]
     if current > 1:
@@ -247,6 +258,24 @@ class RenderCard:
     ratio_estimated: bool
     meta: str
     trace_svg: str | None
+
+
+def render_cards(renders: list[RenderCard], what: str) -> str:
+    """Render figures with objective, achieved activation, ratio to the dataset max and the trace."""
+    cards = []
+    for r in renders:
+        ratio = "" if fmt(r.ratio) == "–" else (
+            f' <span class="ratio" title="achieved activation / dataset maximum{" (computed by export)" if r.ratio_estimated else ""}">'
+            f"×{esc(fmt(r.ratio, '.2f'))} dataset max</span>")
+        label = r.objective + (f" #{r.diversity_index}" if r.diversity_index else "")
+        cards.append(
+            '<figure class="render">' + _img(r.src, r.width, r.height, f"{label} render of {what}",
+                                             "big px" if max(r.width, r.height) < 128 else "big", lazy=False)
+            + f'<figcaption><b>{esc(label)}</b> activation <b>{esc(fmt(r.act_final))}</b>{ratio}'
+            + f'<br><span class="muted">robust {esc(fmt(r.act_robust))} · {esc(r.meta)}</span>'
+            + (f'<br>{r.trace_svg}' if r.trace_svg else "") + "</figcaption></figure>"
+        )
+    return '<div class="renders">' + "".join(cards) + "</div>"
 
 
 @dataclass
@@ -288,20 +317,7 @@ def unit_page(m: ModelView, lv: LayerView, unit: int, list_page: int, prev_unit:
         f'<p class="sub">{esc(m.name)} · unit {unit} of {lv.units} · receptive field {lv.rf_size}px, stride {lv.rf_stride}</p>'
     ]
     if renders:
-        cards = []
-        for r in renders:
-            ratio = "" if fmt(r.ratio) == "–" else (
-                f' <span class="ratio" title="achieved activation / dataset maximum{" (computed by export)" if r.ratio_estimated else ""}">'
-                f"×{esc(fmt(r.ratio, '.2f'))} dataset max</span>")
-            label = r.objective + (f" #{r.diversity_index}" if r.diversity_index else "")
-            cards.append(
-                '<figure class="render">' + _img(r.src, r.width, r.height, f"{label} render of {lv.name}:{unit}",
-                                                 "big px" if max(r.width, r.height) < 128 else "big", lazy=False)
-                + f'<figcaption><b>{esc(label)}</b> activation <b>{esc(fmt(r.act_final))}</b>{ratio}'
-                + f'<br><span class="muted">robust {esc(fmt(r.act_robust))} · {esc(r.meta)}</span>'
-                + (f'<br>{r.trace_svg}' if r.trace_svg else "") + "</figcaption></figure>"
-            )
-        parts.append('<section><h2>Feature visualization</h2><div class="renders">' + "".join(cards) + "</div></section>")
+        parts.append('<section><h2>Feature visualization</h2>' + render_cards(renders, f"{lv.name}:{unit}") + "</section>")
     titles = {"top": "Dataset examples: highest activation", "bottom": "Dataset examples: lowest activation"}
     for which in ("top", "bottom"):
         exs = examples.get(which) or []

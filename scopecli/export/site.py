@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,15 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
         lab = int(table.label[ii])
         return names[lab] if 0 <= lab < len(names) else None
 
+    for j, r in enumerate(art.renders(layer, [-1])):  # whole-layer (deepdream) renders
+        kind = image_kind(r.encoded)
+        if kind is not None:
+            name = f"dd_{j}.{EXT[kind]}"
+            _write(img_dir / name, r.encoded, counts, image=True)
+            lv.layer_renders.append(RenderCard(f"img/{name}", r.width, r.height, r.objective, r.diversity_index,
+                                               r.act_final, r.act_robust, r.dataset_max_ratio, False,
+                                               f"{r.param} · {r.steps} steps · {r.size}px · seed {r.seed}",
+                                               charts.trace_svg(r.act_trace)))
     pending = []
     for u in (int(x) for x in units):
         view = art.unit(layer, u)
@@ -256,7 +266,12 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
         _write(unit_dir / f"{u}.html", unit_page(mv, lv, u, i // per_page + 1, prev_u, next_u, cards, ex_cards, stats,
                                                  hist_svg, strip_svg, link_rows), counts)
     lv.pages = max(1, math.ceil(len(lv.tiles) / per_page))
-    if lv.tiles:
+    if not lv.has_page:  # nothing stored for this layer: no folder either
+        shutil.rmtree(layer_dir)
+        return
+    if not lv.tiles:
+        shutil.rmtree(unit_dir)
+    if lv.has_page:
         for p in range(1, lv.pages + 1):
             _write(layer_dir / lv.page_file(p), layer_page(mv, lv, p, per_page), counts)
 
@@ -332,7 +347,7 @@ def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page:
     index = out / "index.html"
     return {
         "site": str(out), "index": str(index), "url": index.resolve().as_uri(),
-        "models": len(plan), "layers": sum(1 for mv, _ in plan for lv in mv.layers if lv.tiles),
+        "models": len(plan), "layers": sum(1 for mv, _ in plan for lv in mv.layers if lv.has_page),
         "units": counts.units, "pages": counts.pages, "images": counts.images, "bytes": counts.bytes,
         "diffs": len(diffs), "links": counts.links, "seconds": round(time.perf_counter() - t0, 3),
     }
