@@ -1,1 +1,12 @@
-"""collect."""
+"""`scope collect`: dataset examples, statistics and probe activations for every unit.
+
+    from scopecli.collect import collect, open_source, CollectSettings
+    result = collect(loaded_model, open_source("photos/"), ["layer4.2"], CollectSettings(top_k=16))
+"""
+
+from scopecli.collect.data import ImageSource, open_source, read_labels
+from scopecli.collect.engine import CollectResult, CollectSettings, MemorySink, collect, parse_shard, shard_range
+from scopecli.collect.merge import merge_examples, merge_stats
+
+__all__ = ["CollectResult", "CollectSettings", "ImageSource", "MemorySink", "collect", "merge_examples",
+           "merge_stats", "open_source", "parse_shard", "read_labels", "shard_range"]

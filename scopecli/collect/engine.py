@@ -28,6 +28,9 @@ from scopecli.progress import progress as progress_bar
 from scopecli.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock
 
 
+JPEG_QUALITY = 90
+
+
 @dataclass
 class CollectSettings:
     """Everything that changes what collect computes (recorded in the artifact's params)."""
@@ -45,6 +48,7 @@ class CollectSettings:
     max_pixels: int = MAX_PIXELS
     patch_budget_mb: int = 512  # patches held in memory at once (layers are grouped to fit)
     image_cache_mb: int = 1024  # winning model inputs kept decoded across layer groups
+    lossless: bool = False  # patches stored as PNG instead of JPEG q90
 
     def params(self) -> dict:
         d = asdict(self)
@@ -118,7 +122,7 @@ class MemorySink:
     def put_probe(self, layer: str, block: ProbeBlock) -> None:
         self.probe[layer] = block
 
-    def put_examples(self, layer: str, which: str, ex: ExampleSet) -> None:
+    def put_examples(self, layer: str, which: str, ex: ExampleSet, **encoding) -> None:
         self.examples.setdefault(layer, {})[which] = ex
 
 
@@ -404,7 +408,8 @@ def _pass2(source, kept, images, records, winners, settings, pre, sink, workers,
                     bar.advance(n_done)
                     sink.put_examples(rec.name, which, ExampleSet(
                         units=np.arange(rec.units, dtype=np.int64), score=score, image_index=img,
-                        loc=loc, box=box, patches=patches))
+                        loc=loc, box=box, patches=patches),
+                        patch_format="png" if settings.lossless else "jpeg", quality=JPEG_QUALITY)
             if cache is None:
                 del pictures
     return done
