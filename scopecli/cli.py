@@ -263,6 +263,67 @@ def validate_cmd(
         raise ValidationFailed(f"{file}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
 
 
+@app.command("collect")
+def collect_cmd(
+    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
+    data: str = typer.Option(..., "--data", help="Image folder (ImageFolder tree or flat, recursive) or a text file of image paths."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Artifact to add to (default <model>.h5; shards <model>.shard-K-of-N.h5)."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layer name (repeatable or comma-separated); default: the default layer set."),
+    top_k: int = typer.Option(16, "--top-k", help="Top examples per unit."),
+    bottom_k: int = typer.Option(8, "--bottom-k", help="Bottom (most negative) examples per unit."),
+    patch_size: int = typer.Option(96, "--patch-size", help="Side of the stored receptive-field patches, in pixels."),
+    probe: int = typer.Option(500, "--probe", help="Store spatial-mean activations on the first N images (for scope diff)."),
+    batch: int = typer.Option(64, "--batch", help="Images per forward pass."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode workers (default: half the CPU cores)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images (sorted by path)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="TSV/CSV mapping file -> label (e.g. the sample folder's labels.tsv)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    bf16: bool = typer.Option(False, "--bf16", help="Run the model under bfloat16 autocast (GPU speed; stats stay float32)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="k/n: process the k-th of n deterministic parts (1-based); merge with scope pack."),
+    weights: str = WeightsOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    input_size: Optional[int] = InputSizeOpt,
+    lossless: bool = typer.Option(False, "--lossless", help="Store patches as PNG instead of JPEG q90."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Dataset examples: top/bottom receptive-field patches, statistics and probe activations per unit."""
+    from scopecli.artifact import ArtifactWriter
+    from scopecli.collect import CollectSettings, collect, open_source, parse_shard
+
+    settings = CollectSettings(top_k=top_k, bottom_k=bottom_k, patch_size=patch_size, probe=probe, batch=batch,
+                               workers=workers, limit=limit, device=device, shard=parse_shard(shard), bf16=bf16,
+                               lossless=lossless)
+    settings.check()
+    source = open_source(data, labels=labels)
+    loaded = load_model(model, weights, mean, std, input_size)
+    k, n = settings.shard
+    path = out or (f"{loaded.name}.h5" if n == 1 else f"{loaded.name}.shard-{k}-of-{n}.h5")
+    notes: List[str] = []
+    params = settings.params() | {"data": source.describe(), "layers": _split_names(",".join(layer)) if layer else "default"}
+    with ArtifactWriter(path, loaded.info(), "collect", params) as writer:
+        res = collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, sink=writer,
+                      quiet=quiet or json_out, log=notes.append)
+    summary = res.summary() | {"output": path, "notes": notes}
+    if json_out:
+        _print_json(summary)
+        return
+    err = Console(file=sys.stderr, soft_wrap=True)
+    skips = [m for m in notes if m.startswith("skipped ")]
+    for m in skips[:10]:
+        err.print(m, markup=False)
+    if len(skips) > 10:
+        err.print(f"... and {len(skips) - 10} more skipped", markup=False)
+    for m in notes:
+        if not m.startswith("skipped "):
+            err.print(f"note: {m}", markup=False)
+    t = res.timings
+    _out().print(f"wrote {path}: {len(res.layers)} layers, {summary['units']} units, {len(res.images)} images "
+                 f"({len(res.images.skipped)} skipped), {t['patches']} patches; pass 1 {t['images_per_s']} img/s "
+                 f"on {t['device']}, {t['pass1_s'] + t['pass2_s']:.1f} s", markup=False)
+
+
 @app.command("pack")
 def pack_cmd(
     files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts of one model to merge (e.g. collect shards)."),
