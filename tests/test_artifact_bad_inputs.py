@@ -243,3 +243,19 @@ def test_wrong_encoding_type_is_refused(scope_cli, art_path):
         with pytest.raises(ScopeError, match="encoding-type"):
             art.renders(CONV)
     _check_validate_fails(scope_cli, art_path, "encoding-type")
+
+
+def test_declared_far_beyond_stored_bytes_refused(art_path):
+    """A dataset that stores nothing (fill values) but declares 1 GiB must not be allocated."""
+    with h5py.File(art_path, "r+") as f:
+        g = f[f"layers/{CONV_LINK}/renders"]
+        del g["traces"]
+        ds = g.create_dataset("traces", shape=(1 << 28,), dtype=np.float32, chunks=(1 << 20,),
+                              compression="gzip", fletcher32=True)
+        ds.attrs["encoding-type"] = "array"
+        ds.attrs["encoding-version"] = "1.0"
+        assert ds.id.get_storage_size() == 0
+    with open_artifact(art_path) as art:
+        with pytest.raises(ScopeError, match="stores only"):
+            art.unit(f"{CONV}:0")
+    assert any("stores only" in p for p in validate(art_path))

@@ -27,6 +27,7 @@ from scopecli.artifact.layout import (
 from scopecli.errors import ScopeError
 
 STR = h5py.string_dtype("utf-8")
+MAX_EXPANSION = 1100  # declared bytes per stored byte a reader accepts (gzip's limit is ~1032)
 GZIP_MIN_BYTES = 4096
 
 
@@ -215,6 +216,11 @@ def check_dataset_storage(ds: h5py.Dataset, where: str) -> None:
     item = ds.dtype.itemsize if ds.dtype.kind != "O" else 16
     if n * item > MAX_DATASET_BYTES:
         raise ScopeError(f"{where}: declared size {shape} ({n * item} bytes) is beyond sane bounds")
+    # no decompression bombs: what a read allocates must be proportional to what the file stores
+    # (gzip cannot exceed ~1032:1; unallocated storage reads as fill values and counts as nothing)
+    if n * item > (1 << 20) and n * item > MAX_EXPANSION * ds.id.get_storage_size():
+        raise ScopeError(f"{where}: declares {n * item} bytes but stores only {ds.id.get_storage_size()}; "
+                         "beyond sane bounds")
 
 
 def read_numeric(ds: h5py.Dataset, where: str, kind: str, ndim: int) -> np.ndarray:

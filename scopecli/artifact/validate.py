@@ -14,7 +14,7 @@ from importlib import resources
 import h5py
 import numpy as np
 
-from scopecli.artifact.h5io import ALLOWED_FILTERS, encoding_of, first_line
+from scopecli.artifact.h5io import check_dataset_storage, encoding_of, first_line
 from scopecli.artifact.images import decode_image, image_kind
 from scopecli.artifact.layout import (
     FORMAT_MAJOR,
@@ -168,15 +168,12 @@ class _Walker:
         sha = sha.decode() if isinstance(sha, bytes) else sha
         if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
             self.problem(f"{where}: missing or bad sha256 attribute")
-        if ds.is_virtual:
-            return self.problem(f"{where}: virtual datasets are not allowed")
-        if ds.external:
-            return self.problem(f"{where}: external storage is not allowed")
+        try:
+            check_dataset_storage(ds, where)  # virtual/external storage, filters, insane or bomb sizes
+        except ScopeError as exc:
+            return self.problem(str(exc))
         plist = ds.id.get_create_plist()
         filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
-        unknown = [f for f in filters if f not in ALLOWED_FILTERS]
-        if unknown:
-            return self.problem(f"{where}: filter {unknown[0]} is not allowed (only gzip, shuffle, fletcher32)")
         want = spec["dtype"]
         dt = ds.dtype
         if want == "str":
