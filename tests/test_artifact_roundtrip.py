@@ -300,3 +300,22 @@ def test_checkpoint_keeps_work_after_a_crash(tmp_path):
         w.checkpoint()
     with open_artifact(path) as art:
         assert len(art.provenance) == 2 and art.renders_present(conv.name).sum() == 4
+
+
+def test_examples_without_patches(tmp_path):
+    conv = fake_layers()[0]
+    ex = fake_examples(conv, [0, 1], 8, k=2)
+    ex.patches = [[None, None], [ex.patches[1][0], None]]
+    path = tmp_path / "a.h5"
+    with ArtifactWriter(path, fake_model_info(), "collect", {"patches": False}) as w:
+        w.ensure_layer(conv)
+        w.set_dataset(fake_image_table(8))
+        w.put_examples(conv.name, "top", ex)
+    with open_artifact(path) as art:
+        u0 = art.unit(conv.name, 0).examples["top"]
+        assert [e.image_index for e in u0] == ex.image_index[0].tolist() and u0[0].patch is None
+        assert art.unit(conv.name, 1).examples["top"][0].patch.shape == (16, 16, 3)
+        assert art.examples(conv.name, "top").patches[0][0] is None
+    from scopecli.artifact.validate import validate
+
+    assert validate(path) == []

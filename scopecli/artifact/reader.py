@@ -124,14 +124,16 @@ class Example:
 
     @property
     def encoded(self) -> bytes:
-        """The stored JPEG/PNG bytes of the patch."""
+        """The stored JPEG/PNG bytes of the patch (b"" when the run stored no patch)."""
         if self._encoded is None:
-            self._encoded = self._load()
+            self._encoded = self._load() if self._load is not None else b""
         return self._encoded
 
     @property
-    def patch(self) -> np.ndarray:
-        """HxWx3 uint8 receptive-field crop, decoded and checked against the declared size."""
+    def patch(self) -> np.ndarray | None:
+        """HxWx3 uint8 receptive-field crop, decoded and checked against the declared size (None if not stored)."""
+        if not self.encoded:
+            return None
         if self._patch is None:
             self._patch = decode_image(self.encoded, self.height, self.width, f"patch {self.layer}:{self.unit}#{self.rank}")
         return self._patch
@@ -317,8 +319,8 @@ class _ExampleSection:
             raise ScopeError(f"{where}/blob: expected a 1-D uint8 array")
         _check_spans(self.offset, self.length, self.blob.shape[0], where, allow_empty=True)
         has = self.length > 0
-        if ((self.image_index >= 0) != has).any():
-            raise ScopeError(f"{where}: patches and image indices disagree on which examples exist")
+        if (has & (self.image_index < 0)).any():
+            raise ScopeError(f"{where}: a patch is stored for a missing example (image_index -1)")
         _check_sizes(self.height[has], self.width[has], where)
         self._read = _blob_reader(self.blob, where)
         self._row_of = {int(x): i for i, x in enumerate(self.units)}
@@ -711,7 +713,7 @@ class Artifact:
                         image_path=paths.get(ii),
                         loc=(int(s.loc[row, k, 0]), int(s.loc[row, k, 1])),
                         box=tuple(int(x) for x in s.box[row, k]),
-                        height=int(s.height[row, k]), width=int(s.width[row, k]), _encoded=blobs[k],
+                        height=int(s.height[row, k]), width=int(s.width[row, k]), _encoded=blobs[k] or b"",
                     ))
             examples[which] = out
         st = self.stats(layer)
