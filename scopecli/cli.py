@@ -133,6 +133,7 @@ def diff_cmd(
     pair: Optional[List[str]] = typer.Option(None, "--pair", help="Unit-match this layer pair, LAYER_A=LAYER_B (repeatable; default: each A layer with its best B layer)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the stimulus-permutation controls."),
     permutations: int = typer.Option(20, "--permutations", help="Shuffles for the CKA floor (max over them)."),
+    max_images: int = typer.Option(1000, "--max-images", help="CKA on at most this many shared images (seeded subsample; memory grows with its square)."),
     top: int = typer.Option(5, "--top", help="Matched pairs / changed units listed per layer."),
     png: Optional[str] = typer.Option(None, "--png", help="Write a labelled CKA heatmap PNG."),
     save: Optional[str] = typer.Option(None, "--save", help="Write the diff as a small HDF5 file (format scope.diff)."),
@@ -148,7 +149,7 @@ def diff_cmd(
         if path:
             check_output(path, example)
     res = run_diff(file_a, file_b, _split_names(layers), _split_names(layers_b), pairs, seed=seed,
-                   permutations=permutations, quiet=quiet or json_out)
+                   permutations=permutations, quiet=quiet or json_out, max_images=max_images)
     if png:
         from scopecli.compare.drawing import save_png, cka_heatmap
 
@@ -209,7 +210,7 @@ def show_cmd(
 
     if out:
         check_output(out, "card.png")
-    info = load_unit(file, unit)
+    info = load_unit(file, unit, pixels=bool(out))
     if out:
         write_card(info, out)
     if json_out:

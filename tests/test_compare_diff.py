@@ -131,6 +131,16 @@ def test_layers_and_pairs_options(scope_cli, files):
     assert [(p["layer_a"], p["layer_b"]) for p in j["unit_matching"]] == [("conv2", "mid")]
 
 
+def test_cka_subsample_is_seeded(scope_cli, files):
+    paths, _ = files
+    j = _diff_json(scope_cli, paths["a"], paths["c"], "--max-images", "120", "--permutations", "2")
+    assert j["shared_images"] == N and j["cka_images"] == 120
+    assert j == _diff_json(scope_cli, paths["a"], paths["c"], "--max-images", "120", "--permutations", "2")
+    full = _diff_json(scope_cli, paths["a"], paths["c"], "--permutations", "2")
+    assert full["cka_images"] == N and full["cka_linear"] != j["cka_linear"]
+    assert full["unit_changes"] == j["unit_changes"]  # per-unit comparisons always use every shared image
+
+
 def test_png_and_saved_diff(scope_cli, files, tmp_path):
     paths, _ = files
     png, h5 = tmp_path / "heat.png", tmp_path / "d.h5"

@@ -58,6 +58,7 @@ class DiffResult:
     model_a: dict
     model_b: dict
     n_shared: int
+    n_cka: int  # images used for CKA (a seeded subsample when more than max_images are shared)
     seed: int
     permutations: int
     layers_a: list[str]
@@ -97,6 +98,7 @@ class DiffResult:
             "a": {"path": self.path_a, "model": self.model_a},
             "b": {"path": self.path_b, "model": self.model_b},
             "shared_images": self.n_shared,
+            "cka_images": self.n_cka,
             "seed": self.seed,
             "permutations": self.permutations,
             "floor": "max CKA over this many seeded shuffles of which image is which in B",
@@ -224,28 +226,33 @@ def run_diff(
     seed: int = 0,
     permutations: int = 20,
     quiet: bool = True,
+    max_images: int = 1000,
 ) -> DiffResult:
     """Compare two artifacts. Layers default to all layers with probe activations.
 
     `layers_b` defaults to `layers_a` when B has all of those layers, else to all of B's probed
     layers. `pairs` (A layer, B layer) select the unit matchings; default: each A layer with its
-    best B layer by debiased CKA.
+    best B layer by debiased CKA. CKA uses at most `max_images` shared images (a seeded subsample;
+    memory grows with its square); unit matching and per-unit changes use all of them.
     """
     if permutations < 1:
         raise ScopeError(f"--permutations must be at least 1 (the floor needs a shuffle), got {permutations}")
+    if max_images < 10:
+        raise ScopeError(f"--max-images must be at least 10, got {max_images}")
     same_file = Path(path_a).resolve() == Path(path_b).resolve()
     art_a = open_checked(path_a)
     art_b = art_a if same_file else open_checked(path_b)
     try:
         return _diff(art_a, art_b, str(path_a), str(path_b), layers_a, layers_b, pairs, seed,
-                     permutations, quiet)
+                     permutations, quiet, max_images)
     finally:
         art_a.close()
         if not same_file:
             art_b.close()
 
 
-def _diff(art_a, art_b, label_a, label_b, layers_a, layers_b, pairs, seed, permutations, quiet) -> DiffResult:
+def _diff(art_a, art_b, label_a, label_b, layers_a, layers_b, pairs, seed, permutations, quiet,
+          max_images) -> DiffResult:
     src_a = ProbeSource(art_a, label_a)
     src_b = src_a if art_b is art_a else ProbeSource(art_b, label_b)
     la = _pick_layers(src_a, layers_a)
@@ -280,11 +287,15 @@ def _diff(art_a, art_b, label_a, label_b, layers_a, layers_b, pairs, seed, permu
     change_layers = [n for n in la if n in lb] if same_arch else []
     n_steps = len(la) + len(lb) + permutations + max(len(pairs), len(la)) + len(change_layers)
     with progress(n_steps, "diff", quiet=quiet, unit="step") as bar:
+        # CKA holds one n x n Gram per layer: beyond max_images shared images, a seeded subsample
+        cka_rows = np.arange(len(shared))
+        if len(shared) > max_images:
+            cka_rows = np.sort(np.random.default_rng([seed, 1]).choice(len(shared), max_images, replace=False))
         grams = []
         for src, names in ((src_a, la), (src_b, lb)):
             mats = []
             for name in names:
-                mats.append(acts(src, name))
+                mats.append(acts(src, name)[cka_rows])
                 bar.advance()
             grams.append(GramSet.from_acts(names, mats))
             del mats
@@ -314,7 +325,7 @@ def _diff(art_a, art_b, label_a, label_b, layers_a, layers_b, pairs, seed, permu
 
     return DiffResult(
         path_a=label_a, path_b=label_b, model_a=dict(art_a.model), model_b=dict(art_b.model),
-        n_shared=len(shared), seed=seed, permutations=permutations, layers_a=la, layers_b=lb,
+        n_shared=len(shared), n_cka=len(cka_rows), seed=seed, permutations=permutations, layers_a=la, layers_b=lb,
         units_a=[int(art_a.layer(n).units) for n in la], units_b=[int(art_b.layer(n).units) for n in lb],
         cka_linear=lin, cka_debiased=deb, floor_linear=fl, floor_debiased=fd, pairs=matches,
         changes=changes, same_architecture=bool(same_arch),

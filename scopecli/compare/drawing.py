@@ -115,7 +115,7 @@ def cka_heatmap(res) -> Image.Image:
     bar = colour_bar(p1.height)
     header = [
         f"scope diff   rows: A = {a_name} ({res.path_a})   columns: B = {b_name} ({res.path_b})",
-        f"{res.n_shared} shared probe images; floor = max over {res.permutations} stimulus shuffles "
+        f"{res.n_cka} shared probe images; floor = max over {res.permutations} stimulus shuffles "
         f"(seed {res.seed}); X = not above floor; framed = best B layer per row",
     ]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))

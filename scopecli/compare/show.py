@@ -28,8 +28,9 @@ def _f(x) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
-def load_unit(path: str | Path, address: str) -> dict:
-    """Everything about one unit as plain data (JSON-able except the `_image`/`_patch` pixel arrays)."""
+def load_unit(path: str | Path, address: str, pixels: bool = False) -> dict:
+    """Everything about one unit as plain data; with `pixels`, also the decoded `_image`/`_patch`
+    arrays the card needs (the terminal and JSON views never decode an image)."""
     layer, index = parse_unit_address(address)
     art = open_checked(path)
     try:
@@ -55,13 +56,13 @@ def load_unit(path: str | Path, address: str) -> dict:
         renders = [{
             "objective": r.objective, "diversity_index": r.diversity_index, "param": r.param, "steps": r.steps,
             "size": r.size, "seed": r.seed, "act_final": _f(r.act_final), "act_robust": _f(r.act_robust),
-            "dataset_max_ratio": _f(r.dataset_max_ratio), "_image": r.image,
+            "dataset_max_ratio": _f(r.dataset_max_ratio), "_image": r.image if pixels else None,
         } for r in view.renders]
         examples = {}
         for which in ("top", "bottom"):
             examples[which] = [{
                 "rank": e.rank, "score": _f(e.score), "image_index": e.image_index, "image_path": e.image_path,
-                "class": cls(e.image_index), "box": list(e.box), "_patch": e.patch,
+                "class": cls(e.image_index), "box": list(e.box), "_patch": e.patch if pixels else None,
             } for e in view.examples.get(which, [])]
         return {
             "artifact": str(path), "model": art.model.get("name") or art.model.get("spec"),
@@ -104,7 +105,10 @@ def _fit(d: ImageDraw.ImageDraw, text: str, width: int) -> str:
 
 def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
     """A PNG-ready card: header with stats; renders with achieved activation; top and bottom examples
-    with score and class name."""
+    with score and class name. Needs `load_unit(..., pixels=True)`."""
+    if any(r["_image"] is None for r in info["renders"]) or any(
+            e["_patch"] is None for lst in info["examples"].values() for e in lst):
+        raise ScopeError("unit_card needs the pictures: load the unit with load_unit(path, address, pixels=True)")
     rows: list[tuple[str, list[tuple[np.ndarray, list[str]]]]] = []
     if info["renders"]:
         rows.append(("renders (act = activation achieved; ratio = act / dataset max)", [
