@@ -30,7 +30,8 @@ def image_table(n: int, labels: np.ndarray | None = None, prefix: str = "img", c
 
 def write_artifact(path, layers: dict[str, np.ndarray], table: ImageTable, name: str = "toy",
                    architecture: str = "ToyNet", fingerprint: str | None = None, k: int = 6,
-                   probe: bool = True, examples: bool = True, stats: bool = True, renders: bool = False) -> None:
+                   probe: bool = True, examples: bool = True, stats: bool = True, renders: bool = False,
+                   patches: bool = True) -> None:
     """One artifact; `layers` maps layer name -> activations [n images, units] over the whole table."""
     info = {"spec": name, "name": name, "architecture": architecture, "weights": "synthetic",
             "fingerprint": fingerprint or hashlib.sha256(name.encode()).hexdigest()}
@@ -46,7 +47,7 @@ def write_artifact(path, layers: dict[str, np.ndarray], table: ImageTable, name:
                 for which, sign in (("top", -1.0), ("bottom", 1.0)):
                     order = np.argsort(sign * acts, axis=0, kind="stable")[:k].T  # [U, k]
                     score = np.take_along_axis(acts.T, order, axis=1)
-                    patch = np.full((8, 8, 3), 128, np.uint8)
+                    patch = np.full((8, 8, 3), 128, np.uint8) if patches else None
                     w.put_examples(layer, which, ExampleSet(
                         units=np.arange(u, dtype=np.int64), score=score.astype(np.float32),
                         image_index=order.astype(np.int64), loc=np.zeros((u, k, 2), np.int32),

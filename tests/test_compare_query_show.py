@@ -28,11 +28,12 @@ def files(tmp_path_factory):
     b = {"block": rng.normal(size=(N, 8))}
     b["block"][:, 5] = a["conv2"][:, 6] * 0.5 + 0.3 * rng.normal(size=N)  # B's unit 5 behaves like A conv2:6
     b["block"][:, 1] = 10.0 + rng.normal(size=N)  # strongly positive unit
-    paths = {k: str(d / f"{k}.h5") for k in ("a", "b", "other", "noprobe")}
+    paths = {k: str(d / f"{k}.h5") for k in ("a", "b", "other", "noprobe", "nopatch")}
     write_artifact(paths["a"], a, table, name="A", renders=True)
     write_artifact(paths["b"], b, table, name="B")
     write_artifact(paths["other"], b, image_table(N, content_offset=5000), name="O")
     write_artifact(paths["noprobe"], b, table, name="NP", probe=False)
+    write_artifact(paths["nopatch"], b, table, name="NoPatch", patches=False)
     return paths, a, labels
 
 
@@ -141,3 +142,11 @@ def test_show_bad_output_and_missing_file(scope_cli, files, tmp_path):
     paths, _, _ = files
     assert_one_line_error(scope_cli("show", paths["a"], "conv2:1", "-o", tmp_path), 2, "is a directory")
     assert_one_line_error(scope_cli("show", tmp_path / "nope.h5", "conv2:1"), 2, "no such file")
+
+
+def test_card_without_stored_patches(scope_cli, files, tmp_path):
+    paths, _, _ = files
+    card = tmp_path / "c.png"
+    j = _json(scope_cli, "show", paths["nopatch"], "block:5", "-o", card)
+    assert len(j["examples"]["top"]) == 6 and j["examples"]["top"][0]["class"] == "golden retriever"
+    assert Image.open(card).size[0] >= 400

@@ -69,7 +69,7 @@ def load_unit(path: str | Path, address: str, pixels: bool = False) -> dict:
             "layer": layer, "unit": index, "units_in_layer": rec.units,
             "receptive_field": {"size": rec.rf_size, "stride": rec.rf_stride, "start": rec.rf_start},
             "stats": {k: _f(v) if isinstance(v, float) else v for k, v in view.stats.items()},
-            "renders": renders, "examples": examples,
+            "renders": renders, "examples": examples, "_pixels": pixels,
         }
     finally:
         art.close()
@@ -86,7 +86,13 @@ def unit_json(info: dict) -> dict:
     return out
 
 
-def _thumb(pixels: np.ndarray) -> Image.Image:
+def _thumb(pixels: np.ndarray | None) -> Image.Image:
+    if pixels is None:  # the collect run stored no patch for this example
+        canvas = Image.new("RGB", (THUMB, THUMB), (225, 225, 225))
+        d = ImageDraw.Draw(canvas)
+        w, h = text_size(d, "no patch stored")
+        d.text(((THUMB - w) // 2, (THUMB - h) // 2), "no patch stored", fill=(90, 90, 90), font=font())
+        return canvas
     img = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
     scale = THUMB / max(img.width, img.height)
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
@@ -106,8 +112,7 @@ def _fit(d: ImageDraw.ImageDraw, text: str, width: int) -> str:
 def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
     """A PNG-ready card: header with stats; renders with achieved activation; top and bottom examples
     with score and class name. Needs `load_unit(..., pixels=True)`."""
-    if any(r["_image"] is None for r in info["renders"]) or any(
-            e["_patch"] is None for lst in info["examples"].values() for e in lst):
+    if not info.get("_pixels"):
         raise ScopeError("unit_card needs the pictures: load the unit with load_unit(path, address, pixels=True)")
     rows: list[tuple[str, list[tuple[np.ndarray, list[str]]]]] = []
     if info["renders"]:
