@@ -100,6 +100,12 @@ def test_query_bad_input(scope_cli, files, args, contains):
     assert_one_line_error(scope_cli("query", paths["a"], *args), 2, contains)
 
 
+def test_label_without_labels(scope_cli, files, tmp_path):
+    p = tmp_path / "unlabelled.h5"
+    write_artifact(p, {"l": np.random.default_rng(0).normal(size=(20, 3))}, image_table(20, labels=np.full(20, -1)))
+    assert_one_line_error(scope_cli("query", p, "--label", "dog"), 2, "has labelled dataset examples")
+
+
 def test_like_without_shared_probe_images(scope_cli, files):
     paths, _, _ = files
     r = scope_cli("query", paths["other"], "--like", f"{paths['a']}:conv2:6")

@@ -189,6 +189,10 @@ def run_query(
             else:
                 cands += _stat_candidates(i, src, layers)
         if label is not None and not matched_any_class:
+            if not any(s.art.dataset is not None and s.art.dataset.class_names and (s.art.dataset.label >= 0).any()
+                       for s in sources):
+                raise ScopeError("none of the given artifacts has labelled dataset examples: run `scope collect` "
+                                 "with class folders or --labels")
             raise ScopeError(f"no class name contains '{label}' in the given artifacts")
         if ref is not None and not ref["any_shared"]:
             raise ScopeError(
