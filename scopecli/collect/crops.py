@@ -61,6 +61,28 @@ def crop_patches(pictures: np.ndarray, which: np.ndarray, boxes: np.ndarray, siz
     if not ((boxes[:, 2] - boxes[:, 0] == side) & (boxes[:, 3] - boxes[:, 1] == side)).all():
         raise ValueError("crop_patches needs square boxes of one size")
     h, w = pictures.shape[1:3]
+    which = np.asarray(which, dtype=np.int64)
+    if side > size:
+        # downscale: resize each needed picture once, then cut size x size windows at scaled positions
+        # (position rounding <= half an output pixel); far cheaper than resizing every big crop. Depends
+        # only on the picture and the box, so shards and single runs give identical patches.
+        f = size / side
+        pics = torch.from_numpy(np.ascontiguousarray(pictures))
+        used = np.unique(which)
+        hs, ws = max(1, round(h * f)), max(1, round(w * f))
+        small = torch.empty((len(used), hs, ws, 3), dtype=torch.uint8)
+        per = max(1, chunk_bytes // (h * w * 3))
+        for s0 in range(0, len(used), per):
+            sel = torch.from_numpy(used[s0 : s0 + per])
+            small[s0 : s0 + per] = F.interpolate(pics[sel].permute(0, 3, 1, 2), size=(hs, ws), mode="bicubic",
+                                                 antialias=True, align_corners=False).permute(0, 2, 3, 1)
+        row = np.searchsorted(used, which)
+        ys = np.round(boxes[:, 1] * f).astype(np.int64)
+        xs = np.round(boxes[:, 0] * f).astype(np.int64)
+        small_np = small.numpy()
+        for i, (t, y0, x0) in enumerate(zip(row.tolist(), ys.tolist(), xs.tolist())):
+            out[i] = cut_box(small_np[t], (x0, y0, x0 + size, y0 + size))
+        return out
     lo = int(max(0, -boxes[:, :2].min()))
     hi = int(max(0, boxes[:, 2].max() - w, boxes[:, 3].max() - h))
     pics = torch.from_numpy(np.ascontiguousarray(pictures))
@@ -68,26 +90,6 @@ def crop_patches(pictures: np.ndarray, which: np.ndarray, boxes: np.ndarray, siz
         padded = torch.full((pics.shape[0], h + lo + hi, w + lo + hi, 3), PAD_VALUE, dtype=torch.uint8)
         padded[:, lo : lo + h, lo : lo + w] = pics
         pics = padded
-    which = np.asarray(which, dtype=np.int64)
-    if side > size:
-        # downscale: resize each needed picture once, then cut size x size windows at scaled positions
-        # (position rounding <= half an output pixel); far cheaper than resizing every big crop
-        f = size / side
-        used = np.unique(which)
-        hs, ws = max(size, round(pics.shape[1] * f)), max(size, round(pics.shape[2] * f))
-        small = torch.empty((len(used), hs, ws, 3), dtype=torch.uint8)
-        per = max(1, chunk_bytes // (pics.shape[1] * pics.shape[2] * 3))
-        for s0 in range(0, len(used), per):
-            sel = torch.from_numpy(used[s0 : s0 + per])
-            small[s0 : s0 + per] = F.interpolate(pics[sel].permute(0, 3, 1, 2), size=(hs, ws), mode="bicubic",
-                                                 antialias=True, align_corners=False).permute(0, 2, 3, 1)
-        row = np.searchsorted(used, which)
-        ys = np.clip(np.round((boxes[:, 1] + lo) * f).astype(np.int64), 0, hs - size)
-        xs = np.clip(np.round((boxes[:, 0] + lo) * f).astype(np.int64), 0, ws - size)
-        small_np = small.numpy()
-        for i, (t, y0, x0) in enumerate(zip(row.tolist(), ys.tolist(), xs.tolist())):
-            out[i] = small_np[t, y0 : y0 + size, x0 : x0 + size]
-        return out
     step = max(1, chunk_bytes // (side * side * 3))
     nearest = size >= 2 * side
     for s0 in range(0, m, step):

@@ -1,0 +1,44 @@
+"""Builders for the collect tests: tiny models wrapped as LoadedModel, synthetic image folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from scopecli.models import LoadedModel, Preprocess
+
+
+def loaded(module: nn.Module, size: int, name: str = "tiny") -> LoadedModel:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    pre = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize=size, crop=size)
+    return LoadedModel(name=name, spec=name, architecture=type(module).__name__, weights="test", module=module,
+                       preprocess=pre)
+
+
+def small_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, stride=2, padding=1))
+
+
+def noise_images(folder: Path, n: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """n random RGB PNGs named img_000.png.. (lossless, so the test can recompute exact inputs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for i in range(n):
+        a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(a).save(folder / f"img_{i:03d}.png")
+        arrays.append(a)
+    return arrays
+
+
+def model_input(arrays: list[np.ndarray]) -> torch.Tensor:
+    """The normalized batch a size-preserving preprocess gives (resize/crop are identities here)."""
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - 0.5) / 0.5

@@ -1,0 +1,198 @@
+"""collect engine against brute force: top/bottom-k, locations, stats, probes, planted patterns, shards."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from collect_builders import loaded, model_input, noise_images, small_cnn
+from scopecli.collect import CollectSettings, collect, merge_examples, merge_stats, open_source
+from scopecli.collect.crops import crop_patch
+from scopecli.collect.stats import RELATIVE_ACCURACY
+
+
+def _brute_order(scores: np.ndarray, largest: bool) -> np.ndarray:
+    """Images sorted best first by (score, lower index): scores [N]."""
+    idx = np.arange(len(scores))
+    return np.lexsort((idx, -scores if largest else scores))
+
+
+@pytest.fixture(scope="module")
+def run64(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("imgs")
+    arrays = noise_images(folder, 64, 24, seed=1)
+    module = small_cnn(seed=3)
+    model = loaded(module, 24)
+    settings = CollectSettings(top_k=5, bottom_k=4, patch_size=16, probe=20, batch=10, workers=0, device="cpu")
+    res = collect(model, open_source(folder), ["1", "2"], settings)
+    with torch.no_grad():
+        x = model_input(arrays)
+        a1 = module[1](module[0](x))
+        a2 = module[2](a1)
+    return res, {"1": a1.numpy(), "2": a2.numpy()}, arrays
+
+
+@pytest.mark.parametrize("layer", ["1", "2"])
+def test_examples_equal_brute_force(run64, layer):
+    res, acts, arrays = run64
+    a = acts[layer]
+    n, c, h, w = a.shape
+    flat = a.reshape(n, c, h * w)
+    for which, k, largest in (("top", 5, True), ("bottom", 4, False)):
+        ex = res.examples[layer][which]
+        assert ex.score.shape == (c, k)
+        ext = flat.max(2) if largest else flat.min(2)
+        arg = flat.argmax(2) if largest else flat.argmin(2)
+        for u in range(c):
+            order = _brute_order(ext[:, u], largest)[:k]
+            assert ex.image_index[u].tolist() == order.tolist(), (which, u)
+            np.testing.assert_allclose(ex.score[u], ext[order, u], atol=1e-5, rtol=0)
+            assert ex.loc[u].tolist() == [[int(p // w), int(p % w)] for p in arg[order, u]]
+    # table: sorted paths with hashes and sizes
+    assert res.images.paths == [f"img_{i:03d}.png" for i in range(64)]
+    assert all(len(s) == 64 for s in res.images.sha256)
+    assert (res.images.width == 24).all() and (res.images.label == -1).all()
+
+
+def test_patch_is_receptive_field_crop(run64):
+    res, _, arrays = run64
+    ex = res.examples["2"]["top"]
+    rec = {r.name: r for r in res.layers}["2"]
+    assert (rec.rf_size, rec.rf_stride, rec.rf_start) == (5, 2, -2)
+    u, j = 3, 0
+    y, x = ex.loc[u, j]
+    assert ex.box[u, j].tolist() == [-2 + 2 * x, -2 + 2 * y, 3 + 2 * x, 3 + 2 * y]
+    img = arrays[ex.image_index[u, j]]
+    x0, y0, x1, y1 = ex.box[u, j]
+    padded = np.full((24 + 8, 24 + 8, 3), 127, np.uint8)
+    padded[4:28, 4:28] = img
+    window = padded[y0 + 4 : y1 + 4, x0 + 4 : x1 + 4]
+    assert np.array_equal(ex.patches[u][j], crop_patch(img, ex.box[u, j], 16))
+    # 5 px -> 16 px is nearest-neighbour enlargement: sampling the centres gives the window back
+    centres = ((np.arange(5) + 0.5) * 16 / 5).astype(int)
+    assert np.array_equal(ex.patches[u][j][centres][:, centres], window)
+
+
+@pytest.mark.parametrize("layer", ["1", "2"])
+def test_stats_agree_with_numpy(run64, layer):
+    res, acts, _ = run64
+    a = acts[layer].astype(np.float64)
+    per_unit = a.transpose(1, 0, 2, 3).reshape(a.shape[1], -1)
+    st = res.stats[layer]
+    assert (st.count == per_unit.shape[1]).all()
+    np.testing.assert_allclose(st.mean, per_unit.mean(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(st.std, per_unit.std(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(st.min, per_unit.min(1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(st.max, per_unit.max(1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(st.frac_pos, (per_unit > 0).mean(1))
+    true_q = np.quantile(per_unit, [0.5, 0.9, 0.99, 0.999], axis=1, method="lower").T
+    bound = np.abs(true_q) * RELATIVE_ACCURACY + 2.0**-16 + 1e-7
+    assert (np.abs(st.quantiles - true_q) <= bound).all()
+
+
+def test_probe_is_spatial_mean_of_first_images(run64):
+    res, acts, _ = run64
+    for layer in ("1", "2"):
+        pb = res.probe[layer]
+        assert pb.image_index.tolist() == list(range(20))
+        assert pb.acts.dtype == np.float16
+        np.testing.assert_allclose(pb.acts.astype(np.float32), acts[layer][:20].mean((2, 3)), rtol=2e-3, atol=2e-3)
+
+
+def test_planted_pattern_found_at_true_location(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    pattern = np.array([[1 if (i == 3 or j == 3) else -1 for j in range(7)] for i in range(7)], dtype=np.float32)
+    size, n = 48, 24
+    planted = {3: (10, 30), 11: (37, 8), 20: (24, 24)}  # image -> (y, x) centre
+    for i in range(n):
+        img = np.clip(128 + rng.normal(0, 12, (size, size, 3)), 0, 255)
+        if i in planted:
+            y, x = planted[i]
+            img[y - 3 : y + 4, x - 3 : x + 4] = (128 + 110 * pattern)[:, :, None]
+        Image.fromarray(img.astype(np.uint8)).save(tmp_path / f"p{i:02d}.png")
+    conv = nn.Conv2d(3, 1, 7, padding=3, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(np.repeat(pattern[None, None], 3, axis=1)))
+    model = loaded(nn.Sequential(conv), size, "detector")
+    res = collect(model, open_source(tmp_path), ["0"], CollectSettings(top_k=3, bottom_k=0, patch_size=28, probe=0,
+                                                                       batch=5, workers=0, device="cpu"))
+    ex = res.examples["0"]["top"]
+    assert sorted(ex.image_index[0].tolist()) == sorted(planted)
+    for j in range(3):
+        y, x = planted[int(ex.image_index[0, j])]
+        assert ex.loc[0, j].tolist() == [y, x]
+        assert ex.box[0, j].tolist() == [x - 3, y - 3, x + 4, y + 4]
+        patch = ex.patches[0][j].astype(int)  # 7 px -> 28 px, nearest: 4x4 blocks
+        assert np.array_equal(patch[2::4, 2::4, 0] > 128, pattern > 0)
+
+
+def test_shards_merge_to_single_run(tmp_path):
+    arrays = noise_images(tmp_path, 37, 20, seed=5)
+    model = loaded(small_cnn(seed=4), 20)
+    base = dict(top_k=4, bottom_k=3, patch_size=12, probe=9, batch=6, workers=0, device="cpu")
+    single = collect(model, open_source(tmp_path), ["1", "2"], CollectSettings(**base))
+    shards = [collect(model, open_source(tmp_path), ["1", "2"], CollectSettings(**base, shard=(k, 3))) for k in (1, 2, 3)]
+    assert sum(len(s.images) for s in shards) == 37
+    assert sum((s.images.paths for s in shards), []) == single.images.paths
+    offsets = np.cumsum([0] + [len(s.images) for s in shards])
+    for layer in ("1", "2"):
+        for which in ("top", "bottom"):
+            merged = None
+            for s, off in zip(shards, offsets):
+                ex = s.examples[layer][which]
+                ex.image_index = np.where(ex.image_index >= 0, ex.image_index + off, -1)
+                merged = ex if merged is None else merge_examples(merged, ex, which == "top")
+            want = single.examples[layer][which]
+            np.testing.assert_array_equal(merged.image_index, want.image_index)
+            np.testing.assert_array_equal(merged.score, want.score)
+            np.testing.assert_array_equal(merged.loc, want.loc)
+            np.testing.assert_array_equal(merged.box, want.box)
+            assert all(np.array_equal(p, q) for r1, r2 in zip(merged.patches, want.patches) for p, q in zip(r1, r2))
+        st = merge_stats(merge_stats(shards[0].stats[layer], shards[1].stats[layer]), shards[2].stats[layer])
+        want = single.stats[layer]
+        np.testing.assert_array_equal(st.sketch["hist"], want.sketch["hist"])
+        np.testing.assert_array_equal(st.count, want.count)
+        np.testing.assert_array_equal(st.quantiles, want.quantiles)
+        np.testing.assert_array_equal(st.frac_pos, want.frac_pos)
+        np.testing.assert_array_equal(st.min, want.min)
+        np.testing.assert_array_equal(st.max, want.max)
+        np.testing.assert_allclose(st.mean, want.mean, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(st.std, want.std, rtol=1e-12, atol=1e-12)
+        probes = [s.probe[layer] for s in shards if layer in s.probe]
+        got = np.concatenate([p.image_index + off for p, off in zip(probes, offsets)])
+        np.testing.assert_array_equal(got, single.probe[layer].image_index)
+        np.testing.assert_array_equal(np.concatenate([p.acts for p in probes]), single.probe[layer].acts)
+
+
+def test_cli_shards_then_pack_equal_single_collect(tmp_path, scope_cli):
+    from scopecli.artifact import open_artifact
+
+    data = tmp_path / "data"
+    noise_images(data, 14, 40, seed=2)
+    common = ["collect", "tinymodels:tiny_cnn", "--data", data, "--top-k", 3, "--bottom-k", 2, "--batch", 4,
+              "--probe", 6, "--patch-size", 16, "--workers", 0, "--quiet", "--lossless"]
+    assert scope_cli(*common, "-o", tmp_path / "single.h5").code == 0
+    for k in (1, 2):
+        r = scope_cli(*common, "--shard", f"{k}/2", "-o", tmp_path / f"s{k}.h5")
+        assert r.code == 0, r.stderr
+    r = scope_cli("pack", tmp_path / "s1.h5", tmp_path / "s2.h5", "-o", tmp_path / "packed.h5", "--quiet")
+    assert r.code == 0, r.stderr
+    with open_artifact(tmp_path / "single.h5") as a, open_artifact(tmp_path / "packed.h5") as b:
+        assert a.dataset.paths == b.dataset.paths and a.dataset.sha256 == b.dataset.sha256
+        assert list(a.layers) == list(b.layers) and len(a.layers) > 0
+        for layer in a.layers:
+            for which in ("top", "bottom"):
+                ea, eb = a.examples(layer, which), b.examples(layer, which)
+                for f in ("units", "score", "image_index", "loc", "box"):
+                    np.testing.assert_array_equal(getattr(ea, f), getattr(eb, f))
+                for ra, rb in zip(ea.patches, eb.patches):
+                    assert all(np.array_equal(p, q) for p, q in zip(ra, rb))
+            sa, sb = a.stats(layer), b.stats(layer)
+            np.testing.assert_array_equal(sa.quantiles, sb.quantiles)
+            np.testing.assert_array_equal(sa.sketch["hist"], sb.sketch["hist"])
+            np.testing.assert_allclose(sa.std, sb.std, rtol=1e-12)
+            pa, pb = a.probe(layer), b.probe(layer)
+            np.testing.assert_array_equal(pa.image_index, pb.image_index)
+            np.testing.assert_array_equal(pa.acts, pb.acts)
