@@ -471,6 +471,8 @@ class ArtifactWriter:
         if np.asarray(st.quantiles).shape != (n, len(QUANTILES)):
             raise ScopeError(f"stats {layer}: quantiles must be [units, {len(QUANTILES)}]")
         for k, v in st.sketch.items():
+            if not k or "/" in k or k in (".", ".."):
+                raise ScopeError(f"stats {layer}: sketch name {k!r} cannot be stored (no '/', not empty)")
             a = np.asarray(v)
             if a.dtype.kind not in "iuf" or a.ndim < 1 or a.shape[0] != n:
                 raise ScopeError(f"stats {layer}: sketch {k!r} must be numeric with {n} rows")
