@@ -1,0 +1,349 @@
+"""The render loop: many units per optimization, truncated forward, evidence recorded with every image.
+
+Each batch row renders its own target (unit, layer, objective, diversity index). Everything random about
+a row — its initial image and every transform it will see — comes from a CPU generator seeded by
+`derive_seed(seed, model fingerprint, layer, unit, diversity index)`, and the loss is the sum of per-row
+scores, so a unit renders the same alone, in any batch, or on another machine (up to float rounding).
+The forward pass stops after the deepest requested layer (`LayerTap`). On a GPU nothing is fetched from
+the device inside the step loop: the activation trace is kept on device and read once per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from scopecli.capture import LayerTap
+from scopecli.errors import ScopeError
+from scopecli.records import RenderRecord
+from scopecli.render import transforms as tf
+from scopecli.render.objectives import OBJECTIVES, RenderTarget, batch_objectives
+from scopecli.render.param import PARAMS, make_param
+from scopecli.render.redirect import RedirectedReLU
+
+MIN_SIZE = 16
+
+
+@dataclass
+class RenderSettings:
+    """Everything that decides a rendered image (all recorded in the artifact)."""
+
+    steps: int = 512
+    size: int = 224
+    param: str = "fft"
+    lr: float = 0.05
+    batch: int | str = "auto"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    diversity_weight: float = 1.0
+    redirect_steps: int = 16  # steps that use redirected ReLU gradients
+    trace_every: int = 32
+    robust_samples: int = 16
+    transforms: tf.TransformSpec = field(default_factory=tf.TransformSpec)
+    magnitude: np.ndarray | None = None  # MACO magnitude spectrum (param.spectrum_from_images); None = 1/f
+
+    def check(self) -> None:
+        """Raise ScopeError for settings that cannot work."""
+        if int(self.steps) <= 0:
+            raise ScopeError(f"--steps must be positive, got {self.steps}")
+        if int(self.size) < MIN_SIZE:
+            raise ScopeError(f"--size must be at least {MIN_SIZE} pixels, got {self.size}")
+        if self.param not in PARAMS:
+            raise ScopeError(f"unknown --param '{self.param}': choose one of {', '.join(PARAMS)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ScopeError(f"--lr must be a positive number, got {self.lr}")
+        if self.batch != "auto":
+            try:
+                ok = int(self.batch) >= 1
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ScopeError(f"--batch must be 'auto' or a positive integer, got {self.batch}")
+
+    def describe(self) -> dict:
+        """JSON-able parameters for the artifact's provenance."""
+        return {
+            "steps": int(self.steps),
+            "size": int(self.size),
+            "param": self.param,
+            "lr": float(self.lr),
+            "seed": int(self.seed),
+            "amp": bool(self.amp),
+            "diversity_weight": float(self.diversity_weight),
+            "redirect_steps": int(self.redirect_steps),
+            "trace_every": int(self.trace_every),
+            "robust_samples": int(self.robust_samples),
+            "transforms": self.transforms.describe(),
+            "maco_spectrum": "images" if self.magnitude is not None else "1/f",
+        }
+
+
+@dataclass
+class RenderResult:
+    """What a render run produced: (layer, record) pairs and the targets it had to skip, with why."""
+
+    records: list[tuple[str, RenderRecord]]
+    skipped: list[tuple[RenderTarget, str]]
+    seconds: float
+    batch_size: int
+    device: str
+
+
+def derive_seed(seed: int, fingerprint: str, layer: str, unit: int, diversity_index: int) -> int:
+    """A per-image seed (0 .. 2**63-1) from the run seed and what the image is of."""
+    text = f"scope-render|{int(seed)}|{fingerprint}|{layer}|{int(unit)}|{int(diversity_index)}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & (2**63 - 1)
+
+
+def plan_targets(layer_units, objective: str = "channel", diversity: int = 1) -> list[RenderTarget]:
+    """Targets for {layer: [units]} (or [(layer, units)]): K = `diversity` images per unit, contiguous.
+
+    deepdream renders one image per layer (unit -1) whatever the units.
+    """
+    if objective not in OBJECTIVES:
+        raise ScopeError(f"unknown --objective '{objective}': choose one of {', '.join(OBJECTIVES)}")
+    if int(diversity) < 1:
+        raise ScopeError(f"--diversity must be at least 1, got {diversity}")
+    items = layer_units.items() if isinstance(layer_units, dict) else layer_units
+    targets = []
+    for layer, units in items:
+        units = [-1] if objective == "deepdream" else list(units)
+        for unit in units:
+            for k in range(int(diversity)):
+                targets.append(RenderTarget(layer, int(unit), objective, k))
+    return targets
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; asking for cuda without one is an error."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ScopeError("--device cuda was asked for but no CUDA device is available (use --device cpu)")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ScopeError(f"unknown --device '{name}': use auto, cpu or cuda")
+
+
+def _unwrap(model, normalize, fingerprint):
+    """Accept a scopecli LoadedModel or a bare nn.Module (+ normalize/fingerprint)."""
+    if isinstance(model, nn.Module):
+        module = model
+    else:
+        module = model.module
+        if normalize is None:
+            normalize = model.preprocess.normalize
+        if fingerprint is None:
+            fingerprint = model.fingerprint
+    if normalize is None:
+        normalize = _identity
+    return module, normalize, fingerprint or "unknown-model"
+
+
+def _identity(x):
+    return x
+
+
+def _activation_bytes_per_sample(module, layers, size, device, normalize) -> int:
+    """Bytes of module outputs one sample produces up to the deepest layer (one probe forward)."""
+    total = [0]
+
+    def hook(_m, _i, out):
+        if isinstance(out, torch.Tensor):
+            total[0] += out[:1].numel() * 4
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad(), LayerTap(module, layers) as tap:
+            tap(normalize(torch.full((1, 3, size, size), 0.5, device=device)))
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total[0], 1)
+
+
+def auto_batch(module, layers, size, device, normalize=_identity, group: int = 1) -> int:
+    """Batch size from memory: saved activations + gradients ~ 4x the forward outputs per sample."""
+    per_sample = 4 * _activation_bytes_per_sample(module, layers, size, device, normalize)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        n = int(free * 0.5 // per_sample)
+        cap = 256
+    else:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 4 << 30
+        n = int(avail * 0.25 // per_sample)
+        cap = 16  # CPU throughput stops growing with batch long before memory runs out
+    n = max(1, min(n, cap))
+    return max(group, n // group * group)
+
+
+def _batches(targets: list[RenderTarget], size: int, group: int):
+    """Chunks of `size` (a multiple of the diversity group, so a unit's K images share a batch)."""
+    size = max(group, size // group * group)
+    for i in range(0, len(targets), size):
+        yield targets[i : i + size]
+
+
+def _autocast(device: torch.device, amp: bool):
+    if not amp:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def render_units(
+    model,
+    targets: list[RenderTarget],
+    settings: RenderSettings | None = None,
+    *,
+    normalize=None,
+    fingerprint: str | None = None,
+    dataset_max: dict[str, dict[int, float]] | None = None,
+    progress=None,
+    on_batch=None,
+) -> RenderResult:
+    """Render every target; return records (with evidence) and skipped targets.
+
+    model: a `scopecli.models.LoadedModel` or a bare nn.Module (then pass `normalize`, a function on
+    [0,1] NCHW images, and `fingerprint`, used for the per-image seeds).
+    dataset_max: {layer: {unit: dataset maximum}} to fill `dataset_max_ratio`.
+    progress: an object with `.advance(n)` (scopecli.progress), advanced in units.
+    on_batch(done_batches, total_batches, done_targets, elapsed_s): called after every batch.
+    """
+    settings = settings or RenderSettings()
+    settings.check()
+    module, normalize, fingerprint = _unwrap(model, normalize, fingerprint)
+    if not targets:
+        raise ScopeError("nothing to render: no units selected")
+    device = resolve_device(settings.device)
+    group = max(t.diversity_index for t in targets) + 1
+    was_training = module.training
+    module.eval()
+    module.to(device)
+    if device.type == "cuda":
+        module.to(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    try:
+        layers = list(dict.fromkeys(t.layer for t in targets))
+        if settings.batch == "auto":
+            batch_size = auto_batch(module, layers, int(settings.size), device, normalize, group)
+        else:
+            batch_size = int(settings.batch)
+        chunks = list(_batches(targets, batch_size, group))
+        records, skipped, done = [], [], 0
+        for b, chunk in enumerate(chunks):
+            seeds = [derive_seed(settings.seed, fingerprint, t.layer, t.unit, t.diversity_index) for t in chunk]
+            recs, skips = _render_batch(module, normalize, chunk, seeds, settings, device, dataset_max, progress)
+            records.extend(recs)
+            skipped.extend(skips)
+            done += len(chunk)
+            if on_batch is not None:
+                on_batch(b + 1, len(chunks), done, time.perf_counter() - start)
+        return RenderResult(records, skipped, time.perf_counter() - start, batch_size, str(device))
+    finally:
+        module.train(was_training)
+
+
+def _render_batch(module, normalize, targets, seeds, settings, device, dataset_max, progress):
+    """Optimize one batch; returns ([(layer, RenderRecord)], [(target, reason)])."""
+    t0 = time.perf_counter()
+    n, size, steps = len(targets), int(settings.size), int(settings.steps)
+    spec = settings.transforms
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    # Order of draws per sample is fixed: initial image, then every step's transform, then the
+    # robustness transforms — so it never depends on the batch.
+    param = make_param(settings.param, size, generators, settings.magnitude).to(device)
+    step_draws = torch.stack([tf.draw(g, steps) for g in generators], dim=1)  # (steps, n, 6)
+    robust_draws = torch.stack([tf.draw(g, settings.robust_samples) for g in generators], dim=1)
+    step_thetas = tf.affine_matrices(step_draws, size, spec).to(device)
+    robust_thetas = tf.affine_matrices(robust_draws, size, spec).to(device)
+
+    objective, measure = batch_objectives(targets, settings.diversity_weight)
+    layers = list(dict.fromkeys(t.layer for t in targets))
+    every = max(1, int(settings.trace_every))
+    trace = torch.zeros((steps + every - 1) // every, n, device=device)
+    optimizer = torch.optim.Adam([param.raw], lr=settings.lr)
+    channels_last = device.type == "cuda"
+    tick = max(1, steps // 16)
+
+    def forward(x, redirect=False):
+        x = normalize(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, settings.amp), (RedirectedReLU() if redirect else nullcontext()):
+            return tap(x)
+
+    with LayerTap(module, layers) as tap:
+        for step in range(steps):
+            image = param()
+            acts = forward(tf.warp(image, step_thetas[step], spec.pad_value), step < settings.redirect_steps)
+            score = objective(acts)
+            (grad,) = torch.autograd.grad(-score.sum(), [param.raw])
+            param.raw.grad = grad
+            optimizer.step()
+            if step % every == 0:
+                trace[step // every] = measure(acts).detach()
+            if progress is not None and (step + 1) % tick == 0:
+                progress.advance(n * tick / steps)
+        with torch.no_grad():
+            image = param().float()
+            final = measure(forward(image)).float()
+            robust = torch.zeros_like(final)
+            for r in range(robust_thetas.shape[0]):
+                robust += measure(forward(tf.warp(image, robust_thetas[r], spec.pad_value))).float()
+            robust /= max(1, robust_thetas.shape[0])
+            finite_image = torch.isfinite(image).flatten(1).all(dim=1)
+            pixels = (image.nan_to_num(0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    if progress is not None and steps % tick:
+        progress.advance(n * (steps % tick) / steps)
+    # One transfer back per batch.
+    pixels, final, robust, trace, finite_image = (
+        t.cpu() for t in (pixels, final, robust, trace, finite_image)
+    )
+    seconds = (time.perf_counter() - t0) / n
+    records, skipped = [], []
+    for i, target in enumerate(targets):
+        values = [float(final[i]), float(robust[i])]
+        if not (bool(finite_image[i]) and all(math.isfinite(v) for v in values)
+                and bool(torch.isfinite(trace[:, i]).all())):
+            what = f"{target.layer}:{target.unit}" if target.unit >= 0 else target.layer
+            skipped.append((target, f"{what} ({target.objective}, image {target.diversity_index}): loss became NaN/inf"))
+            continue
+        ratio = math.nan
+        if dataset_max and target.unit >= 0:
+            top = dataset_max.get(target.layer, {}).get(target.unit)
+            if top is not None and math.isfinite(top) and top > 0:
+                ratio = values[0] / top
+        rec = RenderRecord(
+            unit=target.unit,
+            objective=target.objective,
+            diversity_index=target.diversity_index,
+            image=np.ascontiguousarray(pixels[i].numpy()),
+            seed=seeds[i],
+            steps=steps,
+            size=size,
+            param=settings.param,
+            lr=float(settings.lr),
+            act_final=values[0],
+            act_robust=values[1],
+            act_trace=trace[:, i].numpy().astype(np.float32),
+            time_s=seconds,
+            dataset_max_ratio=ratio,
+        )
+        records.append((target.layer, rec))
+    return records, skipped
