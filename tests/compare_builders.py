@@ -42,7 +42,9 @@ def write_artifact(path, layers: dict[str, np.ndarray], table: ImageTable, name:
             n, u = acts.shape
             w.ensure_layer(LayerRecord(layer, u, (u, 4, 4), 11, 4, -3))
             if probe:
-                w.put_probe(layer, ProbeBlock(np.arange(n, dtype=np.int64), acts.astype(np.float16)))
+                with np.errstate(over="ignore"):  # tests plant values beyond float16 on purpose
+                    half = acts.astype(np.float16)
+                w.put_probe(layer, ProbeBlock(np.arange(n, dtype=np.int64), half))
             if examples:
                 for which, sign in (("top", -1.0), ("bottom", 1.0)):
                     order = np.argsort(sign * acts, axis=0, kind="stable")[:k].T  # [U, k]

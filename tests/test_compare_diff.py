@@ -36,11 +36,14 @@ def files(tmp_path_factory):
     c = {k: v + 0.01 * rng.normal(size=v.shape) for k, v in a.items()}
     c["conv2"][:, [3, 5]] = rng.normal(size=(N, 2))
     table = image_table(N)
-    paths = {k: str(d / f"{k}.h5") for k in ("a", "b", "c", "noprobe", "other", "few", "shuffled")}
+    paths = {k: str(d / f"{k}.h5") for k in ("a", "b", "c", "noprobe", "other", "few", "shuffled", "overflow")}
     write_artifact(paths["a"], a, table, name="modelA", architecture="NetA")
     write_artifact(paths["b"], b, table, name="modelB", architecture="NetB")
     write_artifact(paths["c"], c, table, name="modelA-ckpt2", architecture="NetA")
     write_artifact(paths["noprobe"], a, table, name="np", architecture="NetA", probe=False)
+    big = {k: v.copy() for k, v in a.items()}
+    big["conv2"][[4, 9, 30], 0] = 1e6  # beyond float16: stored as inf
+    write_artifact(paths["overflow"], big, table, name="big", architecture="NetA")
     write_artifact(paths["other"], b, image_table(N, content_offset=10_000), name="other", architecture="NetB")
     # only 60 images in common with A (contents 100..259)
     write_artifact(paths["few"], b, image_table(N, content_offset=100), name="few", architecture="NetB")
@@ -86,6 +89,15 @@ def test_images_are_matched_by_content_not_path_or_order(scope_cli, files):
     for ch in j["unit_changes"]:
         np.testing.assert_allclose(ch["self_corr"], 1.0, atol=1e-6)
         np.testing.assert_allclose(ch["jaccard"], 1.0)
+
+
+def test_images_with_overflowed_probes_are_left_out(scope_cli, files):
+    paths, _ = files
+    j = _diff_json(scope_cli, paths["a"], paths["overflow"], "--permutations", "2")
+    assert j["nonfinite_images_left_out"] == 3 and j["shared_images"] == N - 3
+    np.testing.assert_allclose(np.diag(np.array(j["cka_linear"], dtype=float)), 1.0, atol=1e-6)
+    hits = scope_cli("query", paths["overflow"], "--like", f"{paths['a']}:conv2:0", "--json")
+    assert hits.code == 0 and json.loads(hits.stdout)[0]["score"] > 0.999
 
 
 def test_same_file_twice_gives_unit_diagonal(scope_cli, files):

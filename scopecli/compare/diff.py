@@ -59,6 +59,7 @@ class DiffResult:
     model_b: dict
     n_shared: int
     n_cka: int  # images used for CKA (a seeded subsample when more than max_images are shared)
+    n_nonfinite: int  # shared images left out because a probe activation is inf/NaN (float16 overflow)
     seed: int
     permutations: int
     layers_a: list[str]
@@ -99,6 +100,7 @@ class DiffResult:
             "b": {"path": self.path_b, "model": self.model_b},
             "shared_images": self.n_shared,
             "cka_images": self.n_cka,
+            "nonfinite_images_left_out": self.n_nonfinite,
             "seed": self.seed,
             "permutations": self.permutations,
             "floor": "max CKA over this many seeded shuffles of which image is which in B",
@@ -268,8 +270,20 @@ def _diff(art_a, art_b, label_a, label_b, layers_a, layers_b, pairs, seed, permu
         src_a.require_layer(a_name)
         src_b.require_layer(b_name)
 
-    shared = common_images([(src_a, la + [p[0] for p in pairs]), (src_b, lb + [p[1] for p in pairs])])
+    used = [(src_a, list(dict.fromkeys(la + [p[0] for p in pairs]))),
+            (src_b, list(dict.fromkeys(lb + [p[1] for p in pairs])))]
+    shared = common_images(used)
     require_shared(len(shared), label_a, label_b)
+    # float16 probes overflow to inf for huge activations: leave out images that are not finite everywhere
+    finite = np.ones(len(shared), bool)
+    for src, names in used:
+        for name in names:
+            a, shas = src.get(name)
+            finite &= np.isfinite(a[rows_for(shas, shared)]).all(axis=1)
+    n_nonfinite = int((~finite).sum())
+    if n_nonfinite:
+        shared = [h for h, ok in zip(shared, finite) if ok]
+        require_shared(len(shared), label_a, label_b)
 
     cache: dict[tuple[int, str], np.ndarray] = {}
 
@@ -325,7 +339,7 @@ def _diff(art_a, art_b, label_a, label_b, layers_a, layers_b, pairs, seed, permu
 
     return DiffResult(
         path_a=label_a, path_b=label_b, model_a=dict(art_a.model), model_b=dict(art_b.model),
-        n_shared=len(shared), n_cka=len(cka_rows), seed=seed, permutations=permutations, layers_a=la, layers_b=lb,
+        n_shared=len(shared), n_cka=len(cka_rows), n_nonfinite=n_nonfinite, seed=seed, permutations=permutations, layers_a=la, layers_b=lb,
         units_a=[int(art_a.layer(n).units) for n in la], units_b=[int(art_b.layer(n).units) for n in lb],
         cka_linear=lin, cka_debiased=deb, floor_linear=fl, floor_debiased=fd, pairs=matches,
         changes=changes, same_architecture=bool(same_arch),

@@ -6,7 +6,8 @@ themselves, so it follows their conventions — format name and MAJOR.MINOR vers
 
 Layout 1.0:
   /                attrs format="scope.diff", format_version, writer_version, created_utc,
-                   seed, permutations, shared_images, cka_images, same_architecture
+                   seed, permutations, shared_images, cka_images, nonfinite_images_left_out,
+                   same_architecture
   /a, /b           attrs path; dataset `model` (JSON string of the artifact's model dict)
   /cka             layers_a, layers_b (strings), units_a, units_b, linear, debiased,
                    linear_floor, debiased_floor (float64 [La, Lb]), best_b (int64 [La], -1 none)
@@ -51,6 +52,7 @@ def _write(f: h5py.File, res) -> None:
     f.attrs["permutations"] = int(res.permutations)
     f.attrs["shared_images"] = int(res.n_shared)
     f.attrs["cka_images"] = int(res.n_cka)
+    f.attrs["nonfinite_images_left_out"] = int(res.n_nonfinite)
     f.attrs["same_architecture"] = bool(res.same_architecture)
     for key, path, model in (("a", res.path_a, res.model_a), ("b", res.path_b, res.model_b)):
         g = _group(f, key, "scope.diff-side")

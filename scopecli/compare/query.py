@@ -313,8 +313,12 @@ def _like_candidates(si: int, src: _Source, ref: dict, layers: list[str] | None)
         acts, shas = got
         if last is None or last[0] != shas:  # layers of one collect run share their probe images
             last = (shas, shared_rows(ref["shas"], shas))
-        ra, rb, common = last[1]
-        if len(common) < MIN_SHARED:
+        ra, rb, _ = last[1]
+        # float16 probes overflow to inf for huge activations: use only images finite in both
+        ok = np.isfinite(ref["vec"][ra]) & np.isfinite(acts[rb]).all(axis=1)
+        if not ok.all():
+            ra, rb = ra[ok], rb[ok]
+        if len(ra) < MIN_SHARED:
             continue
         ref["any_shared"] = True
         x = ref["vec"][ra]

@@ -35,7 +35,8 @@ def diff_summary(res, top: int = 5) -> Group:
     head = Text.assemble(
         ("A ", "bold"), f"{a} ({res.path_a})   ", ("B ", "bold"), f"{b} ({res.path_b})\n",
         f"{res.n_shared} shared probe images (matched by sha256"
-        + (f"; CKA on a seeded subsample of {res.n_cka}" if res.n_cka < res.n_shared else "") + "); floors in [brackets] = max CKA over "
+        + (f"; CKA on a seeded subsample of {res.n_cka}" if res.n_cka < res.n_shared else "")
+        + (f"; {res.n_nonfinite} left out: inf/NaN activations" if res.n_nonfinite else "") + "); floors in [brackets] = max CKA over "
         f"{res.permutations} seeded shuffles of B's images (seed {res.seed}); dim = not above floor",
     )
     t = Table(title="Layer similarity: best layer of B for each layer of A (by debiased CKA)")
