@@ -52,9 +52,12 @@ def parse_like(text: str) -> tuple[str, str, int]:
 
 
 def _match_classes(class_names: list[str], text: str) -> np.ndarray:
-    """Class indices whose name contains `text` (case-insensitive), or whose index is `text`."""
-    t = text.strip().lower()
-    hit = [i for i, name in enumerate(class_names) if t and t in str(name).lower()]
+    """Class indices whose name contains `text` (case-, space- and underscore-insensitive), or whose index is `text`."""
+    def norm(x: str) -> str:  # "golden retriever" finds "golden_retriever" and vice versa
+        return " ".join(str(x).replace("_", " ").lower().split())
+
+    t = norm(text)
+    hit = [i for i, name in enumerate(class_names) if t and t in norm(name)]
     if t.isdigit() and int(t) < len(class_names):
         hit.append(int(t))
     return np.array(sorted(set(hit)), dtype=np.int64)
