@@ -325,6 +325,72 @@ def collect_cmd(
                  f"on {t['device']}, {t['pass1_s'] + t['pass2_s']:.1f} s", markup=False)
 
 
+@app.command("render")
+def render_cmd(
+    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Artifact to add to (default <model>.h5)."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layer name (repeatable or comma-separated); default: the default layer set."),
+    units: Optional[str] = typer.Option(None, "--units", "-u", help="Units per layer: all, 0:64, 3,5,9 (default all)."),
+    objective: str = typer.Option("channel", "--objective", help="channel (mean over positions), neuron (center position) or negative."),
+    deepdream: bool = typer.Option(False, "--deepdream", help="One DeepDream image per layer (stored as unit -1)."),
+    steps: int = typer.Option(512, "--steps", help="Optimization steps."),
+    size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: the model's input size)."),
+    param: str = typer.Option("fft", "--param", help="fft (Lucid), pixel, or maco (phase only; magnitude from --data or 1/f)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Image folder whose mean spectrum MACO keeps (with --param maco)."),
+    lr: float = typer.Option(0.05, "--lr", help="Adam learning rate."),
+    batch: str = typer.Option("auto", "--batch", help="Images optimized together: auto (from memory) or N."),
+    seed: int = typer.Option(0, "--seed", help="Run seed; every image's seed derives from it and the unit."),
+    diversity: int = typer.Option(1, "--diversity", help="K different images per unit (Gram-matrix diversity penalty)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast (GPU speed)."),
+    weights: str = WeightsOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    input_size: Optional[int] = InputSizeOpt,
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Feature visualizations: optimize images that drive units, stored with their evidence in the artifact."""
+    from scopecli.progress import progress
+    from scopecli.render import RenderSettings
+    from scopecli.render.job import plan_render, run_render
+
+    if batch != "auto":
+        try:
+            batch_n = int(batch)
+        except ValueError:
+            raise ScopeError(f"--batch must be 'auto' or a positive integer, got {batch}") from None
+    settings = RenderSettings(steps=steps, size=size or 16, param=param, lr=lr, batch=batch if batch == "auto" else batch_n,
+                              seed=seed, device=device, amp=amp)
+    settings.check()
+    loaded = load_model(model, weights, mean, std, input_size)
+    settings.size = size or loaded.preprocess.crop
+    plan = plan_render(loaded, _split_names(",".join(layer)) if layer else None, units,
+                       "deepdream" if deepdream else objective, diversity, settings, data)
+    path = out or f"{loaded.name}.h5"
+    err = Console(file=sys.stderr, soft_wrap=True)
+    talk = not (quiet or json_out)
+    if talk:
+        err.print(f"rendering {plan.n_units} image{'s' if plan.n_units != 1 else ''} of {len(plan.layers)} "
+                  f"layer{'s' if len(plan.layers) != 1 else ''} ({settings.steps} steps, {settings.size}px, "
+                  f"{settings.param}) into {path}", markup=False)
+
+    def on_batch(done, total, done_units, elapsed):
+        if talk and done == 1 and total > 1:
+            err.print(f"first batch: {elapsed:.0f} s; estimated total {elapsed * total / 60:.1f} min", markup=False)
+
+    with progress(plan.n_units, "render", quiet=quiet or json_out, unit="units") as bar:
+        summary = run_render(loaded, plan, path, progress=bar, on_batch=on_batch)
+    if json_out:
+        _print_json(summary)
+        return
+    for why in summary["skipped"]:
+        err.print(f"skipped {why}", markup=False)
+    _out().print(f"wrote {path}: {summary['rendered']} of {summary['requested']} images, "
+                 f"{summary['units_per_minute']} units/min on {summary['device']} (batch {summary['batch']}), "
+                 f"{summary['seconds']:.1f} s", markup=False)
+
+
 @app.command("pack")
 def pack_cmd(
     files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts of one model to merge (e.g. collect shards)."),
@@ -381,7 +447,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: every failure is one line on stderr and a non-zero exit code, never a traceback."""
     err = sys.stderr
     try:
-        app(args=argv, prog_name="scope", standalone_mode=False)
+        rc = app(args=argv, prog_name="scope", standalone_mode=False)
+        if rc == 130:  # typer turns Ctrl-C into a returned exit code 130 when not standalone
+            raise KeyboardInterrupt
     except ScopeError as exc:
         err.write(f"error: {_one_line(exc)}\n")
         sys.exit(exc.exit_code)

@@ -216,6 +216,7 @@ def render_units(
     dataset_max: dict[str, dict[int, float]] | None = None,
     progress=None,
     on_batch=None,
+    on_records=None,
 ) -> RenderResult:
     """Render every target; return records (with evidence) and skipped targets.
 
@@ -224,6 +225,7 @@ def render_units(
     dataset_max: {layer: {unit: dataset maximum}} to fill `dataset_max_ratio`.
     progress: an object with `.advance(n)` (scopecli.progress), advanced in units.
     on_batch(done_batches, total_batches, done_targets, elapsed_s): called after every batch.
+    on_records(records): called with each batch's [(layer, RenderRecord)] (e.g. to store them at once).
     """
     settings = settings or RenderSettings()
     settings.check()
@@ -251,6 +253,8 @@ def render_units(
             recs, skips = _render_batch(module, normalize, chunk, seeds, settings, device, dataset_max, progress)
             records.extend(recs)
             skipped.extend(skips)
+            if on_records is not None and recs:
+                on_records(recs)
             done += len(chunk)
             if on_batch is not None:
                 on_batch(b + 1, len(chunks), done, time.perf_counter() - start)

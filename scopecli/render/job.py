@@ -1,0 +1,124 @@
+"""`scope render` as one library call: pick layers and units, render, store in the artifact.
+
+Kept out of the CLI so Python users (and `scope demo`) get exactly what the command does. The
+artifact is written through `ArtifactWriter`: the existing file is only replaced on success, so an
+interrupted or failed run leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from scopecli.errors import ScopeError
+from scopecli.layers import find_layer, layer_table
+from scopecli.render.engine import RenderSettings, plan_targets, render_units, resolve_device
+from scopecli.render.param import spectrum_from_images
+from scopecli.units import parse_units
+
+CHECKPOINT_S = 600.0  # long runs commit what they have every 10 minutes
+
+
+@dataclass
+class RenderPlan:
+    """What a render run will do, known before any optimization starts."""
+
+    layers: dict[str, list[int]]  # layer -> units
+    targets: list
+    settings: RenderSettings
+    layer_records: dict = field(default_factory=dict)
+
+    @property
+    def n_units(self) -> int:
+        return len(self.targets)
+
+
+def plan_render(loaded, layers=None, units: str | None = None, objective: str = "channel",
+                diversity: int = 1, settings: RenderSettings | None = None, data_dir=None) -> RenderPlan:
+    """Resolve layer names (default set when none), unit selections and settings; raise ScopeError early."""
+    settings = settings or RenderSettings(size=loaded.preprocess.crop)
+    settings.check()
+    resolve_device(settings.device)
+    table = layer_table(loaded.module, loaded.preprocess.crop)
+    names = list(dict.fromkeys(layers)) if layers else [info.name for info in table if info.default]
+    if not names:
+        raise ScopeError("the model has no default layers; name some with --layer")
+    chosen, records = {}, {}
+    for name in names:
+        info = find_layer(table, name)
+        chosen[name] = parse_units(units if units is not None else "all", info.channels)
+        records[name] = info.record()
+    if data_dir is not None:
+        if settings.param != "maco":
+            raise ScopeError("--data gives MACO its magnitude spectrum; use it with --param maco")
+        settings.magnitude = spectrum_from_images(data_dir, int(settings.size))
+    targets = plan_targets(chosen, objective, diversity)
+    return RenderPlan(chosen, targets, settings, records)
+
+
+def _dataset_maxima(existing, layers) -> dict[str, dict[int, float]]:
+    """{layer: {unit: dataset max}} from the artifact's statistics, where it has them."""
+    out = {}
+    if existing is None:
+        return out
+    for layer in layers:
+        if layer not in existing.layers:
+            continue
+        stats = existing.stats(layer)
+        if stats is None:
+            continue
+        out[layer] = {int(u): float(m) for u, m in zip(stats.units, stats.max)}
+    return out
+
+
+def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", progress=None,
+               on_batch=None) -> dict:
+    """Render the plan into `output` (created or extended); returns a JSON-able summary."""
+    from scopecli.artifact import ArtifactWriter
+
+    params = dict(plan.settings.describe(), layers={k: len(v) for k, v in plan.layers.items()},
+                  objective=plan.targets[0].objective if plan.targets else None,
+                  diversity=max((t.diversity_index for t in plan.targets), default=0) + 1)
+    start = time.perf_counter()
+    with ArtifactWriter(output, loaded.info(), command, params) as writer:
+        for rec in plan.layer_records.values():
+            writer.ensure_layer(rec)
+        maxima = _dataset_maxima(writer.existing, plan.layers)
+        last_checkpoint = [time.perf_counter()]
+
+        def store(records):
+            by_layer: dict[str, list] = {}
+            for layer, rec in records:
+                by_layer.setdefault(layer, []).append(rec)
+            for layer, recs in by_layer.items():
+                writer.put_renders(layer, recs)
+            if time.perf_counter() - last_checkpoint[0] > CHECKPOINT_S:
+                writer.checkpoint()
+                for rec in plan.layer_records.values():
+                    writer.ensure_layer(rec)
+                last_checkpoint[0] = time.perf_counter()
+
+        result = render_units(loaded, plan.targets, plan.settings, dataset_max=maxima, progress=progress,
+                              on_batch=on_batch, on_records=store)
+        writer.add_timing("render", result.seconds)
+    seconds = time.perf_counter() - start
+    per_layer = Counter(layer for layer, _ in result.records)
+    finals = [rec.act_final for _, rec in result.records]
+    ratios = [rec.dataset_max_ratio for _, rec in result.records if rec.dataset_max_ratio == rec.dataset_max_ratio]
+    return {
+        "output": output,
+        "model": loaded.name,
+        "fingerprint": loaded.fingerprint,
+        "device": result.device,
+        "batch": result.batch_size,
+        "requested": plan.n_units,
+        "rendered": len(result.records),
+        "skipped": [why for _, why in result.skipped],
+        "layers": dict(per_layer),
+        "seconds": round(seconds, 3),
+        "units_per_minute": round(60.0 * len(result.records) / max(result.seconds, 1e-9), 2),
+        "mean_act_final": sum(finals) / len(finals) if finals else None,
+        "mean_dataset_max_ratio": sum(ratios) / len(ratios) if ratios else None,
+        "settings": plan.settings.describe(),
+    }
