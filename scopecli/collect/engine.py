@@ -321,12 +321,13 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
                     continue
                 mx, amx = a.max(dim=2)
                 mn, amn = a.min(dim=2)
-                var, mean = torch.var_mean(a, dim=2, correction=0)
-                stats[rec.name].update(a, mean, var, mx, mn)
+                total = a.sum(dim=2)
+                sumsq = torch.linalg.vector_norm(a, dim=2).square_()
+                stats[rec.name].update(a, total, sumsq, mx, mn)
                 extremes[rec.name]["top"].update(mx, amx, gidx)
                 extremes[rec.name]["bottom"].update(mn, amn, gidx)
                 if probe_sel is not None:
-                    probe_parts[rec.name].append(mean.index_select(0, probe_sel).half().cpu())
+                    probe_parts[rec.name].append((total.index_select(0, probe_sel) / a.shape[2]).half().cpu())
             del outs
             bar.advance(len(idx))
     probe = {}
