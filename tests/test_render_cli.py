@@ -149,3 +149,22 @@ def test_maco_with_user_images(tmp_path, scope_cli):
         assert art.renders("2")[0].param == "maco"
     r = scope_cli("render", *MODEL, "--layer", "2", "--units", "0", *FAST, "--data", data, "-o", out)
     assert_one_line_error(r, 2, "--param maco")
+
+
+def test_default_layers_all_units_with_plan_message(tmp_path, scope_cli):
+    from scopecli.artifact import open_artifact
+    from scopecli.layers import default_layers, layer_table
+    from scopecli.models import resolve_model
+
+    loaded = resolve_model("tinymodels:tiny_cnn", weights="random", input_size=32)
+    table = {info.name: info for info in layer_table(loaded.module, 32)}
+    names = default_layers(loaded.module, 32)
+    total = sum(table[n].channels for n in names)
+    out = tmp_path / "tiny.h5"
+    r = scope_cli("render", *MODEL, "--steps", "2", "--size", "32", "--batch", "16", "--device", "cpu", "-o", out)
+    assert r.code == 0, r.stderr
+    assert f"rendering {total} images of {len(names)} layers" in r.stderr
+    assert "estimated total" in r.stderr
+    with open_artifact(out) as art:
+        for name in names:
+            assert sorted(v.unit for v in art.renders(name)) == list(range(table[name].channels))

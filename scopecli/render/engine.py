@@ -144,7 +144,7 @@ def _unwrap(model, normalize, fingerprint):
     else:
         module = model.module
         if normalize is None:
-            normalize = model.preprocess.normalize
+            normalize = _Normalize(model.preprocess.mean, model.preprocess.std)
         if fingerprint is None:
             fingerprint = model.fingerprint
     if normalize is None:
@@ -154,6 +154,22 @@ def _unwrap(model, normalize, fingerprint):
 
 def _identity(x):
     return x
+
+
+class _Normalize:
+    """(x - mean) / std with the constants made once per device (no host-to-device copy per step)."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std, self._cache = tuple(mean), tuple(std), {}
+
+    def __call__(self, x):
+        key = (x.device, x.dtype)
+        if key not in self._cache:
+            mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1).to(x.device)
+            std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1).to(x.device)
+            self._cache[key] = (mean, std)
+        mean, std = self._cache[key]
+        return (x - mean) / std
 
 
 def _activation_bytes_per_sample(module, layers, size, device, normalize) -> int:
