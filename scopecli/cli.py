@@ -360,11 +360,11 @@ def render_cmd(
             batch_n = int(batch)
         except ValueError:
             raise ScopeError(f"--batch must be 'auto' or a positive integer, got {batch}") from None
-    settings = RenderSettings(steps=steps, size=size or 16, param=param, lr=lr, batch=batch if batch == "auto" else batch_n,
+    settings = RenderSettings(steps=steps, size=16 if size is None else size, param=param, lr=lr, batch=batch if batch == "auto" else batch_n,
                               seed=seed, device=device, amp=amp)
     settings.check()
     loaded = load_model(model, weights, mean, std, input_size)
-    settings.size = size or loaded.preprocess.crop
+    settings.size = loaded.preprocess.crop if size is None else size
     plan = plan_render(loaded, _split_names(",".join(layer)) if layer else None, units,
                        "deepdream" if deepdream else objective, diversity, settings, data)
     path = out or f"{loaded.name}.h5"

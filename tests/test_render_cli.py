@@ -80,6 +80,7 @@ def test_dataset_max_ratio_uses_the_artifacts_statistics(tmp_path, scope_cli):
         (["--layer", "2", "--units", "99"], "out of range"),
         (["--layer", "nope"], "unknown layer"),
         (["--layer", "2", "--size", "8"], "--size"),
+        (["--layer", "2", "--size", "0"], "--size"),
         (["--layer", "2", "--steps", "0"], "--steps"),
         (["--layer", "2", "--param", "wavelet"], "--param"),
         (["--layer", "2", "--objective", "happy"], "objective"),

@@ -11,7 +11,7 @@ whatever batch it is in. The model always sees `size` x `size` pixels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
