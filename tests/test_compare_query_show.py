@@ -28,6 +28,7 @@ def files(tmp_path_factory):
     b = {"block": rng.normal(size=(N, 8))}
     b["block"][:, 5] = a["conv2"][:, 6] * 0.5 + 0.3 * rng.normal(size=N)  # B's unit 5 behaves like A conv2:6
     b["block"][:, 1] = 10.0 + rng.normal(size=N)  # strongly positive unit
+    b["block"][:, 7] = 3.0  # a constant unit: no correlation is defined
     paths = {k: str(d / f"{k}.h5") for k in ("a", "b", "other", "noprobe", "nopatch")}
     write_artifact(paths["a"], a, table, name="A", renders=True)
     write_artifact(paths["b"], b, table, name="B")
@@ -65,6 +66,8 @@ def test_like_finds_the_correlated_unit_in_other_artifacts(scope_cli, files):
     assert hits[0]["score"] > 0.9
     assert not any(h["artifact"] == paths["a"] and h["layer"] == "conv2" and h["unit"] == 6 for h in hits)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    everything = run_query([paths["b"]], like=f"{paths['a']}:conv2:6", top=100)
+    assert len(everything) == 7 and 7 not in [h.unit for h in everything]  # the constant unit is no answer
 
 
 def test_statistics_filters_and_sort(scope_cli, files):

@@ -317,21 +317,19 @@ def _like_candidates(si: int, src: _Source, ref: dict, layers: list[str] | None)
         if last is None or last[0] != shas:  # layers of one collect run share their probe images
             last = (shas, shared_rows(ref["shas"], shas))
         ra, rb, _ = last[1]
+        y = np.asarray(acts[rb], dtype=np.float32)
+        x = ref["vec"][ra]
         # float16 probes overflow to inf for huge activations: use only images finite in both
-        ok = np.isfinite(ref["vec"][ra]) & np.isfinite(acts[rb]).all(axis=1)
-        if not ok.all():
-            ra, rb = ra[ok], rb[ok]
-        if len(ra) < MIN_SHARED:
+        if not (np.isfinite(y.sum(axis=0)).all() and np.isfinite(x).all()):
+            ok = np.isfinite(x) & np.isfinite(y).all(axis=1)
+            x, y = x[ok], y[ok]
+        if len(x) < MIN_SHARED:
             continue
         ref["any_shared"] = True
-        x = ref["vec"][ra]
         x = (x - x.mean()).astype(np.float32)
-        nx = float(np.sqrt((x.astype(np.float64) ** 2).sum()))
-        y = np.asarray(acts[rb], dtype=np.float32)
-        # x is centred, so x.y needs no centring of y; |y - mean|^2 = sum y^2 - n mean^2 (float64 sums)
-        ysum = y.sum(axis=0, dtype=np.float64)
-        ny = np.sqrt(np.maximum(np.einsum("ij,ij->j", y, y, dtype=np.float64) - ysum * ysum / len(rb), 0.0))
-        ny[ny <= 1e-6 * np.abs(ysum) / np.sqrt(len(rb))] = 0.0  # constant units (rounding left ~0)
+        nx = float(np.sqrt(np.dot(x.astype(np.float64), x.astype(np.float64))))
+        y -= y.mean(axis=0, dtype=np.float64).astype(np.float32)
+        ny = np.sqrt(np.einsum("ij,ij->j", y, y).astype(np.float64))
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where((ny > 0) & (nx > 0), (x @ y).astype(np.float64) / (nx * np.where(ny > 0, ny, 1.0)), np.nan)
         if same_file and layer == ref["layer"]:
