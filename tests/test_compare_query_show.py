@@ -28,7 +28,7 @@ def files(tmp_path_factory):
     b = {"block": rng.normal(size=(N, 8))}
     b["block"][:, 5] = a["conv2"][:, 6] * 0.5 + 0.3 * rng.normal(size=N)  # B's unit 5 behaves like A conv2:6
     b["block"][:, 1] = 10.0 + rng.normal(size=N)  # strongly positive unit
-    b["block"][:, 7] = 3.0  # a constant unit: no correlation is defined
+    b["block"][:, 7] = -3.0  # a constant unit: no correlation is defined
     paths = {k: str(d / f"{k}.h5") for k in ("a", "b", "other", "noprobe", "nopatch")}
     write_artifact(paths["a"], a, table, name="A", renders=True)
     write_artifact(paths["b"], b, table, name="B")
