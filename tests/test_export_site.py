@@ -314,3 +314,26 @@ def test_deepdream_only_layer_and_empty_layer(tmp_path):
     assert 'href="01-dream/index.html"' in model and "02-empty" not in model and "nothing stored" in model
     assert not (site / "m/01-dream/02-empty").exists() and not (layer / "u").exists()
     check_site_links(site)
+
+
+def test_progress_factory_sees_every_unit(two, tmp_path):
+    import contextlib
+
+    a, b = two
+    calls = []
+
+    class Bar:
+        def __init__(self):
+            self.done = 0
+
+        def advance(self, n=1, **_):
+            self.done += n
+
+    @contextlib.contextmanager
+    def factory(total, description):
+        bar = Bar()
+        yield bar
+        calls.append((total, description, bar.done))
+
+    res = export_site([a, b], tmp_path / "site", progress=factory)
+    assert calls == [(15, "export", 15)] and res["units"] == 15

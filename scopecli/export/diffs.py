@@ -93,17 +93,6 @@ def load_diff(path: str, artifacts: list[tuple[str, str]], names: list[str]) -> 
         raise ScopeError(f"--diff {path}: is a directory, not a diff file")
     from scopecli.compare.diffsave import read_diff
 
-    import h5py
-
-    floors: list[float] = []  # read_diff leaves out group attributes other than the layer names
-    try:
-        with h5py.File(p, "r") as f:
-            side_paths = {k: str(f[k].attrs.get("path", "")) for k in ("a", "b") if k in f}
-            if "matching" in f:
-                groups = sorted(f["matching"].items(), key=lambda kv: int(kv[0]))
-                floors = [_f(g.attrs.get("floor", math.nan)) for _, g in groups]
-    except (OSError, ValueError, TypeError, KeyError):
-        side_paths = {}
     try:
         d = read_diff(p)
     except ScopeError as exc:
@@ -113,16 +102,16 @@ def load_diff(path: str, artifacts: list[tuple[str, str]], names: list[str]) -> 
     sides = {}
     for key in ("a", "b"):
         model = d.get(f"model_{key}") or {}
-        sp = side_paths.get(key, "")
+        sp = str(d.get(f"path_{key}") or "")
         idx = _resolve_side(sp, model, str(p), artifacts) if sp or model else None
         label = names[idx] if idx is not None else (model.get("name") or model.get("spec") or os.path.basename(sp) or key)
         sides[key] = Side(idx, str(label), sp)
     out = DiffSummary(path=str(path), a=sides["a"], b=sides["b"], pairs=[])
     name = p.name
     try:
-        for i, m in enumerate(d.get("matching", [])):
+        for m in d.get("matching", []):
             la, lb = str(m["layer_a"]), str(m["layer_b"])
-            floor = _f(m.get("floor", floors[i] if i < len(floors) else math.nan))
+            floor = _f(m.get("floor", math.nan))
             best_b = np.asarray(m.get("best_b", []), dtype=np.int64).reshape(-1)
             best_c = np.asarray(m.get("best_b_corr", []), dtype=np.float64).reshape(-1)
             buddies = {(int(a), int(b)) for a, b in np.asarray(m.get("buddies", np.zeros((0, 2))), np.int64).reshape(-1, 2)}

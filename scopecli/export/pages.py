@@ -186,7 +186,7 @@ def model_page(m: ModelView) -> str:
     body = (
         f"<h1>{esc(m.name)}</h1>" + _facts(facts)
         + '<h2>Layers</h2><table class="list layers"><thead><tr><th>layer</th><th class="num">units</th><th class="num">grid</th>'
-        '<th class="num">RF size/stride</th><th class="num">rendered</th><th class="num">collected</th><th>units</th></tr></thead><tbody>'
+        '<th class="num">RF size/stride</th><th class="num">rendered</th><th class="num">collected</th><th>preview</th></tr></thead><tbody>'
         + "".join(rows) + "</tbody></table>"
     )
     return page(f"{m.name} · scope", root, [(m.name, None)], body)
