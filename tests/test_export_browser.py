@@ -91,8 +91,12 @@ def test_gallery_pages_load_cleanly_offline(site, tmp_path):
         assert "<script>alert('x')</script>" in text
         # links navigate: the unit page's "next" goes to unit 2
         page.evaluate("document.querySelector('a.next').click()")
-        page.settle(0.5)
-        assert page.evaluate("location.pathname").endswith("/u/2.html")
+        for _ in range(100):  # navigation is asynchronous: poll up to 10 s
+            page.settle(0.1)
+            path = page.evaluate("location.pathname")
+            if path.endswith("/u/2.html"):
+                break
+        assert path.endswith("/u/2.html")
     for png in shots.glob("*.png"):
         _not_blank(png)
     keep = shutil.copytree(shots, tmp_path.parent / "export-screenshots", dirs_exist_ok=True)

@@ -337,3 +337,13 @@ def test_progress_factory_sees_every_unit(two, tmp_path):
 
     res = export_site([a, b], tmp_path / "site", progress=factory)
     assert calls == [(15, "export", 15)] and res["units"] == 15
+
+
+def test_export_is_reproducible(two, tmp_path):
+    a, b = two
+    one, two_ = tmp_path / "one", tmp_path / "two"
+    export_site([a, b], one)
+    export_site([a, b], two_)
+    files = site_files(one)
+    assert files == site_files(two_)
+    assert all((one / f).read_bytes() == (two_ / f).read_bytes() for f in files)
