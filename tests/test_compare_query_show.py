@@ -94,12 +94,13 @@ def test_parse_like_allows_colons_in_paths():
     (["--like", "{a}:nope:1"], "no layer named nope"),
     (["--like", "conv2:6"], "FILE:layer:unit"),
     (["--layer", "conv7"], "no layer named conv7"),
+    (["--like", "{b}:block:7"], "constant on the probe images"),
     (["--sort", "colour"], "--sort must be one of"),
     (["--label", "golden", "--like", "{a}:conv2:6"], "either --label or --like"),
 ])
 def test_query_bad_input(scope_cli, files, args, contains):
     paths, _, _ = files
-    args = [x.format(a=paths["a"]) for x in args]
+    args = [x.format(a=paths["a"], b=paths["b"]) for x in args]
     assert_one_line_error(scope_cli("query", paths["a"], *args), 2, contains)
 
 

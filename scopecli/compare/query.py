@@ -299,8 +299,13 @@ def _like_reference(like: str) -> dict:
         if unit >= units:
             raise ScopeError(f"--like {like}: unit {unit} is out of range for layer {layer} (0..{units - 1})")
         acts, shas = src.get(layer)
+        vec = np.asarray(acts[:, unit], dtype=np.float64)
+        fin = vec[np.isfinite(vec)]
+        if fin.size == 0 or fin.max() == fin.min():
+            raise ScopeError(f"--like {like}: this unit is constant on the probe images "
+                             f"({fin[0] if fin.size else 'no finite value'}), so no correlation is defined")
         return {"path": path, "resolved": str(Path(path).resolve()), "layer": layer, "unit": unit,
-                "vec": np.asarray(acts[:, unit], dtype=np.float64), "shas": shas, "any_shared": False}
+                "vec": vec, "shas": shas, "any_shared": False}
     finally:
         art.close()
 
