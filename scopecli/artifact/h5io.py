@@ -8,6 +8,7 @@ Readers go through `check_element` so every element is dispatched on its encodin
 from __future__ import annotations
 
 import math
+import os
 
 import h5py
 import numpy as np
@@ -262,3 +263,55 @@ def is_finite_number(x) -> bool:
         return math.isfinite(float(x))
     except (TypeError, ValueError):
         return False
+
+
+GCOL_HEADER = b"GCOL\x01\x00\x00\x00"  # global heap collection, version 1, 3 reserved zero bytes
+
+
+def check_global_heaps(path: str) -> None:
+    """Refuse a file whose HDF5 global heap holds a zero-size free-space object.
+
+    Variable-length strings live in global heap collections; libhdf5 (up to 2.0 at least) loops forever
+    decoding a collection whose free-space object has size 0 (e.g. zeroed bytes), holding the GIL, so not even
+    Ctrl-C stops it. Found by fuzzing. A collection is recognised by its 8-byte header and walked like libhdf5
+    does; random image bytes would also need the size field and a zero object to match, so valid files pass.
+    """
+    import mmap
+
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size < 16:
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            p = mm.find(GCOL_HEADER)
+            while p >= 0:
+                coll = int.from_bytes(mm[p + 8 : p + 16], "little")
+                end = p + coll
+                if 16 <= coll and end <= size:
+                    q = p + 16
+                    while q + 16 <= end:
+                        idx = int.from_bytes(mm[q : q + 2], "little")
+                        osize = int.from_bytes(mm[q + 8 : q + 16], "little")
+                        if idx == 0:
+                            if osize == 0:
+                                raise ScopeError(f"{path}: corrupt HDF5 global heap at byte {q} "
+                                                 "(a zero-size object); the file is damaged")
+                            q += osize
+                        else:
+                            q += 16 + ((osize + 7) // 8) * 8
+                p = mm.find(GCOL_HEADER, p + 1)
+
+
+H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError)
+
+
+def raised_by_h5py(exc: BaseException) -> bool:
+    """True when the innermost frame of `exc` is inside h5py: corrupt metadata, not a bug in scope."""
+    if not isinstance(exc, H5_ERRORS):
+        return False
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    return last is not None and "h5py" in last.tb_frame.f_code.co_filename

@@ -9,6 +9,7 @@ Reading one unit touches only that unit's bytes (plus the small per-layer index 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from scopecli.artifact.h5io import (
     attr_str,
     attr_str_list,
     check_element,
+    H5_ERRORS,
+    check_global_heaps,
+    raised_by_h5py,
     first_line,
     get_dataset,
     get_group,
@@ -387,6 +391,7 @@ def _check_path(path) -> str:
             ok = False
         if not ok:
             raise ScopeError(f"{p}: not a scope artifact (not an HDF5 file)")
+    check_global_heaps(p)
     return p
 
 
@@ -569,9 +574,12 @@ class Artifact:
         sk_r = read_strings(get_dataset(g, "skipped_reasons", w), f"{w}/skipped_reasons")
         if len(sk_p) != len(sk_r):
             raise ScopeError(f"{w}: skipped_paths and skipped_reasons differ in length")
+        class_names = read_strings(get_dataset(g, "class_names", w), f"{w}/class_names")
+        if n and ((cols["label"] < -1).any() or (cols["label"] >= len(class_names)).any()):
+            raise ScopeError(f"{w}/label: class index outside -1..{len(class_names) - 1} (the class_names table)")
         return ImageTable(
             paths=paths, sha256=sha, width=cols["width"], height=cols["height"], label=cols["label"],
-            class_names=read_strings(get_dataset(g, "class_names", w), f"{w}/class_names"),
+            class_names=class_names,
             skipped=list(zip(sk_p, sk_r)),
         )
 
@@ -823,6 +831,30 @@ def _read_probe(g: h5py.Group, units: int, n_images: int | None, where: str) -> 
         raise ScopeError(f"{where}/image_index: index out of range of the image table")
     return ProbeBlock(image_index=ii, acts=acts)
 
+
+def _corruption_is_clean(fn):
+    """Turn errors that libhdf5 raises on damaged metadata (read lazily, long after open) into ScopeError."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except H5_ERRORS as exc:
+            if not raised_by_h5py(exc):
+                raise
+            raise ScopeError(f"{self.path}: unreadable artifact ({type(exc).__name__}: {first_line(exc)}); "
+                             "the file is corrupt") from None
+
+    return wrapper
+
+
+for _name in ("layer", "renders_present", "examples_present", "stats_present", "probe_count", "renders", "examples",
+              "stats", "probe", "unit", "info", "_image_paths", "_renders", "_examples"):
+    setattr(Artifact, _name, _corruption_is_clean(getattr(Artifact, _name)))
+for _name in ("dataset", "spec_text"):
+    _prop = getattr(Artifact, _name)
+    setattr(Artifact, _name, property(_corruption_is_clean(_prop.fget), doc=_prop.__doc__))
+del _name, _prop
 
 _READERS = {1: Artifact}
 

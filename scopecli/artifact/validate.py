@@ -14,7 +14,7 @@ from importlib import resources
 import h5py
 import numpy as np
 
-from scopecli.artifact.h5io import check_dataset_storage, encoding_of, first_line
+from scopecli.artifact.h5io import check_dataset_storage, encoding_of, first_line, raised_by_h5py
 from scopecli.artifact.images import decode_image, image_kind
 from scopecli.artifact.layout import (
     FORMAT_MAJOR,
@@ -231,44 +231,54 @@ def validate(path, quick: bool = False) -> list[str]:
     except OSError as exc:
         return [f"{p}: not a readable HDF5 file ({first_line(exc)}); it may be truncated or corrupt"]
     try:
-        fmt = f.attrs.get("format")
-        fmt = fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt
-        if fmt != FORMAT_NAME:
-            return [f"{p}: not a scope artifact (HDF5 file without format={FORMAT_NAME!r})"]
-        ver = f.attrs.get("format_version")
-        ver = ver.decode("utf-8", "replace") if isinstance(ver, bytes) else ver
-        m = re.fullmatch(r"([0-9]+)\.([0-9]+)", ver) if isinstance(ver, str) else None
-        if m is None:
-            return [f"{p}: bad format_version {ver!r}"]
-        major, minor = int(m.group(1)), int(m.group(2))
-        if major > FORMAT_MAJOR:
-            return [f"{p}: artifact format {ver} is newer than this scope validates ({FORMAT_MAJOR}.x); upgrade scope"]
-        walker = _Walker(load_schema(), strict_extras=minor <= FORMAT_MINOR)
-        try:
-            walker.group(f, walker.schema["root"], "/", {})
-        except Exception as exc:  # corrupt metadata
-            walker.problem(f"{p}: unreadable structure ({type(exc).__name__}: {first_line(exc)})")
-        problems = walker.problems
-        if not quick:
-            for where, ds in walker.datasets:
-                want = ds.attrs.get("sha256")
-                want = want.decode() if isinstance(want, bytes) else want
-                try:
-                    data = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) is not None else ds[()]
-                except Exception as exc:
-                    problems.append(f"{where}: data unreadable ({first_line(exc)}) — checksum (fletcher32) mismatch or corruption")
-                    continue
-                if ds.ndim == 0 and h5py.check_string_dtype(ds.dtype) is not None:
-                    data = np.array([data], dtype=object)
-                if isinstance(want, str) and canonical_bytes_sha256(data) != want:
-                    problems.append(f"{where}: sha256 mismatch (content changed since it was written)")
-                if len(problems) >= MAX_PROBLEMS:
-                    break
+        problems = _structure_problems(f, p, quick)
+    except Exception as exc:  # corrupt metadata anywhere surfaces as assorted h5py errors
+        if not raised_by_h5py(exc):
+            raise
+        problems = [f"{p}: unreadable structure ({type(exc).__name__}: {first_line(exc)})"]
     finally:
         f.close()
     if problems:
         return problems
     problems.extend(_semantic_checks(p, quick, open_artifact))
+    return problems
+
+
+def _structure_problems(f: h5py.File, p: str, quick: bool) -> list[str]:
+    """Format/version, schema walk and (full check) every dataset's checksum; [] when all is well."""
+    fmt = f.attrs.get("format")
+    fmt = fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt
+    if fmt != FORMAT_NAME:
+        return [f"{p}: not a scope artifact (HDF5 file without format={FORMAT_NAME!r})"]
+    ver = f.attrs.get("format_version")
+    ver = ver.decode("utf-8", "replace") if isinstance(ver, bytes) else ver
+    m = re.fullmatch(r"([0-9]+)\.([0-9]+)", ver) if isinstance(ver, str) else None
+    if m is None:
+        return [f"{p}: bad format_version {ver!r}"]
+    major, minor = int(m.group(1)), int(m.group(2))
+    if major > FORMAT_MAJOR:
+        return [f"{p}: artifact format {ver} is newer than this scope validates ({FORMAT_MAJOR}.x); upgrade scope"]
+    walker = _Walker(load_schema(), strict_extras=minor <= FORMAT_MINOR)
+    try:
+        walker.group(f, walker.schema["root"], "/", {})
+    except Exception as exc:  # corrupt metadata
+        walker.problem(f"{p}: unreadable structure ({type(exc).__name__}: {first_line(exc)})")
+    problems = walker.problems
+    if not quick:
+        for where, ds in walker.datasets:
+            want = ds.attrs.get("sha256")
+            want = want.decode() if isinstance(want, bytes) else want
+            try:
+                data = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) is not None else ds[()]
+            except Exception as exc:
+                problems.append(f"{where}: data unreadable ({first_line(exc)}) — checksum (fletcher32) mismatch or corruption")
+                continue
+            if ds.ndim == 0 and h5py.check_string_dtype(ds.dtype) is not None:
+                data = np.array([data], dtype=object)
+            if isinstance(want, str) and canonical_bytes_sha256(data) != want:
+                problems.append(f"{where}: sha256 mismatch (content changed since it was written)")
+            if len(problems) >= MAX_PROBLEMS:
+                break
     return problems
 
 
