@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -290,23 +291,37 @@ def collect_cmd(
     json_out: bool = JsonOpt,
 ):
     """Dataset examples: top/bottom receptive-field patches, statistics and probe activations per unit."""
+    from scopecli import distributed as dist
     from scopecli.artifact import ArtifactWriter
-    from scopecli.collect import CollectSettings, collect, open_source, parse_shard
+    from scopecli.collect import CollectSettings, collect, open_source
 
+    share = dist.resolve_share(shard)
     settings = CollectSettings(top_k=top_k, bottom_k=bottom_k, patch_size=patch_size, probe=probe, batch=batch,
-                               workers=workers, limit=limit, device=device, shard=parse_shard(shard), bf16=bf16,
+                               workers=workers, limit=limit, device=device, shard=(share.k, share.n), bf16=bf16,
                                lossless=lossless)
     settings.check()
     source = open_source(data, labels=labels)
     loaded = load_model(model, weights, mean, std, input_size)
     k, n = settings.shard
-    path = out or (f"{loaded.name}.h5" if n == 1 else f"{loaded.name}.shard-{k}-of-{n}.h5")
+    path = out or (f"{loaded.name}.h5" if n == 1 or share.torchrun else f"{loaded.name}.shard-{k}-of-{n}.h5")
+    final = path
+    if share.torchrun:
+        path = dist.part_path(final, k, n)
+        quiet = quiet or not share.leader
     notes: List[str] = []
     params = settings.params() | {"data": source.describe(), "layers": _split_names(",".join(layer)) if layer else "default"}
-    with ArtifactWriter(path, loaded.info(), "collect", params) as writer:
-        res = collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, sink=writer,
-                      quiet=quiet or json_out, log=notes.append)
-    summary = res.summary() | {"output": path, "notes": notes}
+    with dist.RankGroup(share, device) as ranks:
+        with ArtifactWriter(path, loaded.info(), "collect", params) as writer:
+            res = collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, sink=writer,
+                          quiet=quiet or json_out, log=notes.append)
+        summary = res.summary() | {"output": path, "notes": notes}
+        if share.torchrun:
+            ranks.barrier()
+            if not share.leader:
+                return
+            packed = dist.pack_parts(final, [dist.part_path(final, i, n) for i in range(1, n + 1)])
+            summary = summary | {"output": final, "ranks": n, "packed": packed}
+            path = final
     if json_out:
         _print_json(summary)
         return
@@ -320,6 +335,10 @@ def collect_cmd(
         if not m.startswith("skipped "):
             err.print(f"note: {m}", markup=False)
     t = res.timings
+    if share.torchrun:
+        _out().print(f"wrote {path}: {summary['packed']['layers']} layers, {summary['packed']['images']} images "
+                     f"from {n} ranks; rank 1 pass 1 {t['images_per_s']} img/s on {t['device']}", markup=False)
+        return
     _out().print(f"wrote {path}: {len(res.layers)} layers, {summary['units']} units, {len(res.images)} images "
                  f"({len(res.images.skipped)} skipped), {t['patches']} patches; pass 1 {t['images_per_s']} img/s "
                  f"on {t['device']}, {t['pass1_s'] + t['pass2_s']:.1f} s", markup=False)
@@ -343,6 +362,7 @@ def render_cmd(
     diversity: int = typer.Option(1, "--diversity", help="K different images per unit (Gram-matrix diversity penalty)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast (GPU speed)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="k/n: render the k-th of n deterministic shares of the units (1-based); merge with scope pack. Under torchrun each rank takes its share itself."),
     weights: str = WeightsOpt,
     mean: Optional[str] = MeanOpt,
     std: Optional[str] = StdOpt,
@@ -367,7 +387,18 @@ def render_cmd(
     settings.size = loaded.preprocess.crop if size is None else size
     plan = plan_render(loaded, _split_names(",".join(layer)) if layer else None, units,
                        "deepdream" if deepdream else objective, diversity, settings, data)
-    path = out or f"{loaded.name}.h5"
+    from scopecli import distributed as dist
+
+    share = dist.resolve_share(shard)
+    k, n = share.k, share.n
+    path = out or (f"{loaded.name}.h5" if n == 1 or share.torchrun else f"{loaded.name}.shard-{k}-of-{n}.h5")
+    final, n_all = path, plan.n_units
+    if n > 1:
+        plan.targets = dist.split_units(plan.targets, k, n)
+        if not plan.targets and not share.torchrun:
+            raise ScopeError(f"--shard {k}/{n}: this share has no units (the plan has {n_all} images); use fewer shards")
+        path = dist.part_path(final, k, n) if share.torchrun else path
+    quiet = quiet or (share.torchrun and not share.leader)
     err = Console(file=sys.stderr, soft_wrap=True)
     talk = not (quiet or json_out)
     if talk:
@@ -379,10 +410,32 @@ def render_cmd(
         if talk and done == 1 and total > 1:
             err.print(f"first batch: {elapsed:.0f} s; estimated total {elapsed * total / 60:.1f} min", markup=False)
 
-    with progress(plan.n_units, "render", quiet=quiet or json_out, unit="units") as bar:
-        summary = run_render(loaded, plan, path, progress=bar, on_batch=on_batch)
+    with dist.RankGroup(share, device) as ranks:
+        if plan.targets:
+            with progress(plan.n_units, "render", quiet=quiet or json_out, unit="units") as bar:
+                summary = run_render(loaded, plan, path, progress=bar, on_batch=on_batch,
+                                     stats_from=final if path != final else None)
+        else:
+            summary = {"output": path, "requested": 0, "rendered": 0, "skipped": [], "seconds": 0.0}
+        if share.torchrun:
+            dist.write_part_summary(path, summary)
+            ranks.barrier()
+            if not share.leader:
+                return
+            parts = [dist.part_path(final, i, n) for i in range(1, n + 1)]
+            ranks_summary = dist.read_part_summaries(parts)
+            parts = [p for p, r in zip(parts, ranks_summary) if r.get("requested")]  # ranks with no units wrote none
+            packed = dist.pack_parts(final, parts)
+            summary = dict(summary, output=final, ranks=n, **dist.combine_counts(ranks_summary, ("requested", "rendered")),
+                           skipped=[w for r in ranks_summary for w in r.get("skipped", [])], packed=packed)
     if json_out:
         _print_json(summary)
+        return
+    if share.torchrun:
+        for why in summary["skipped"]:
+            err.print(f"skipped {why}", markup=False)
+        _out().print(f"wrote {final}: {summary['rendered']} of {summary['requested']} images from {n} ranks",
+                     markup=False)
         return
     for why in summary["skipped"]:
         err.print(f"skipped {why}", markup=False)

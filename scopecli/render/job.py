@@ -7,6 +7,7 @@ interrupted or failed run leaves it as it was.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -73,8 +74,11 @@ def _dataset_maxima(existing, layers) -> dict[str, dict[int, float]]:
 
 
 def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", progress=None,
-               on_batch=None) -> dict:
-    """Render the plan into `output` (created or extended); returns a JSON-able summary."""
+               on_batch=None, stats_from: str | None = None) -> dict:
+    """Render the plan into `output` (created or extended); returns a JSON-able summary.
+
+    stats_from: another artifact of the model whose statistics give `dataset_max_ratio` (a torchrun part
+    file is new, the statistics live in the final file)."""
     from scopecli.artifact import ArtifactWriter
 
     params = dict(plan.settings.describe(), layers={k: len(v) for k, v in plan.layers.items()},
@@ -85,6 +89,11 @@ def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", p
         for rec in plan.layer_records.values():
             writer.ensure_layer(rec)
         maxima = _dataset_maxima(writer.existing, plan.layers)
+        if stats_from is not None and os.path.exists(stats_from) and not maxima:
+            from scopecli.artifact import open_artifact
+
+            with open_artifact(stats_from) as other:
+                maxima = _dataset_maxima(other, plan.layers)
         last_checkpoint = [time.perf_counter()]
 
         def store(records):
