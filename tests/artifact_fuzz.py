@@ -248,10 +248,11 @@ def m_floats(f, rng, cat) -> str:
     _, path, _, shape = _pick(rng, cands)
     arr = f[path][()]
     flat = arr.reshape(-1)
-    for _ in range(int(rng.integers(1, 5))):
-        flat[int(rng.integers(len(flat)))] = _pick(rng, [np.nan, np.inf, -np.inf, 1e300, -1e300, 0.0, 6e4])
-    if rng.random() < 0.3:
-        flat[:] = _pick(rng, [np.nan, np.inf, 0.0])
+    with np.errstate(all="ignore"):
+        for _ in range(int(rng.integers(1, 5))):
+            flat[int(rng.integers(len(flat)))] = _pick(rng, [np.nan, np.inf, -np.inf, 1e300, -1e300, 0.0, 6e4])
+        if rng.random() < 0.3:
+            flat[:] = _pick(rng, [np.nan, np.inf, 0.0])
     _replace_dataset(f, path, arr.astype(arr.dtype), chunks=f[path].chunks)
     return f"odd floats in {path}"
 
@@ -438,7 +439,7 @@ class FuzzReport:
         return self.failures
 
 
-def _worker(conn, bases, cats, work, seed0, mutations):
+def _worker(conn, bases, cats, work, seed0, mutations, per_case):
     import warnings
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -468,7 +469,10 @@ def _worker(conn, bases, cats, work, seed0, mutations):
             conn.send(("case", case, "unmutable", f"{bname}: {type(exc).__name__}: {exc}"))
             continue
         conn.send(("case", case, kind, f"{bname}: {desc}"))
-        for argv in commands(path, bases["full"], cwork, rng):
+        argvs = commands(path, bases["full"], cwork, rng)
+        if per_case:
+            argvs = [argvs[i] for i in sorted(rng.choice(len(argvs), size=min(per_case, len(argvs)), replace=False))]
+        for argv in argvs:
             conn.send(("start", argv[0]))
             code, out, err = run_cli(argv)
             conn.send(("done", argv[0], code, err[-2000:]))
@@ -490,8 +494,11 @@ _RANK = {"ok": 0, "clean": 1, "noise": 2, "crash": 3, "memory": 4, "hang": 5}
 
 
 def fuzz(n_cases: int, seed: int = 0, start: int = 0, timeout_s: float = 20.0, rss_limit_mb: float = 2000.0,
-         mutations: list[str] | None = None, on_case=None, recycle: int = 2000) -> FuzzReport:
-    """Run `n_cases` seeded cases; each command is killed after timeout_s or beyond rss_limit_mb of RSS."""
+         mutations: list[str] | None = None, on_case=None, recycle: int = 2000,
+         per_case: int | None = None) -> FuzzReport:
+    """Run `n_cases` seeded cases; each command is killed after timeout_s or beyond rss_limit_mb of RSS.
+
+    per_case: run only that many of the commands, drawn per case (the test suite's quick mode)."""
     rep = FuzzReport()
     t0 = time.perf_counter()
     root = tempfile.mkdtemp(prefix="scope-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
@@ -509,7 +516,7 @@ def fuzz(n_cases: int, seed: int = 0, start: int = 0, timeout_s: float = 20.0, r
                     proc.join(10)
                 work = tempfile.mkdtemp(dir=root)
                 conn, child = ctx.Pipe()
-                proc = ctx.Process(target=_worker, args=(child, bases, cats, work, seed, mutations), daemon=True)
+                proc = ctx.Process(target=_worker, args=(child, bases, cats, work, seed, mutations, per_case), daemon=True)
                 proc.start()
                 done_in_worker = 0
             conn.send(case)

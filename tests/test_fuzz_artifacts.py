@@ -1,0 +1,96 @@
+"""Broken artifacts from strangers: a seeded mutation fuzz over every read command, plus the cases it found."""
+
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from artifact_factory import make_artifact
+from artifact_fuzz import ALL_MUTATIONS, build_bases, catalogue, fuzz, judge, mutate
+from scopecli.artifact import open_artifact
+from scopecli.artifact.h5io import GCOL_HEADER
+from scopecli.artifact.layout import canonical_bytes_sha256
+from scopecli.errors import ScopeError
+
+
+def test_seeded_fuzz_only_clean_errors():
+    """250 mutated files (every mutation kind), two read commands each: exit 0 or one clean error line."""
+    rep = fuzz(250, seed=2026, timeout_s=20, rss_limit_mb=2500, per_case=2)
+    assert rep.cases == 250
+    assert rep.failures == [], rep.failures[:5]
+    assert rep.verdicts["clean"] > 200  # the mutations really break files
+    kinds = {k for k, _ in rep.by_mutation}
+    assert kinds == set(ALL_MUTATIONS)
+
+
+def test_mutations_are_deterministic(tmp_path):
+    bases = build_bases(str(tmp_path))
+    cat = catalogue(bases["full"])
+    for kind in ALL_MUTATIONS:
+        a, b = tmp_path / f"{kind}-a.h5", tmp_path / f"{kind}-b.h5"
+        assert mutate(bases["full"], cat, str(a), 7, kind) == mutate(bases["full"], cat, str(b), 7, kind)
+        if kind in ("bitflip", "truncate", "fill"):
+            assert a.read_bytes() == b.read_bytes() != open(bases["full"], "rb").read()
+
+
+def test_judge():
+    assert judge(0, "") == "ok"
+    assert judge(2, "error: x.h5: no such file\n") == "clean"
+    assert judge(1, "error: internal error KeyError: 'a' (please report this)\n") == "crash"
+    assert judge(2, "Traceback (most recent call last):\nerror: x\n") == "crash"
+    assert judge(0, "RuntimeWarning: invalid value\n") == "noise"
+
+
+def _zero_first_heap_object(path):
+    raw = bytearray(open(path, "rb").read())
+    p = raw.find(GCOL_HEADER)
+    assert p >= 0
+    raw[p + 16 : p + 32] = bytes(16)  # object 0 (free space) of size 0: libhdf5 would loop forever
+    open(path, "wb").write(raw)
+
+
+def test_zeroed_global_heap_is_refused_instead_of_hanging(tmp_path):
+    path = make_artifact(tmp_path / "a.h5")
+    _zero_first_heap_object(path)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for cmd in (["info", path], ["validate", path], ["show", path, "head.fc:1"]):
+        r = subprocess.run([sys.executable, "-m", "scopecli", *cmd], capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode in (1, 2), r.stderr
+        assert "global heap" in r.stderr + r.stdout
+        assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+
+
+def test_damaged_metadata_read_late_is_a_clean_error(tmp_path, scope_cli):
+    """Section attributes are read lazily, after open: h5py's errors there must still be one line."""
+    path = make_artifact(tmp_path / "a.h5")
+    raw = bytearray(open(path, "rb").read())
+    i = raw.find((11).to_bytes(8, "little") + b"scope.stats")  # a heap object: size, then the string
+    assert i > 0
+    raw[i : i + 8] = (1 << 40).to_bytes(8, "little")  # declares 1 TiB: libhdf5 runs off its buffer on read
+    open(path, "wb").write(raw)
+    with open_artifact(path) as art:  # opening reads no section attribute
+        assert art.layers
+    for cmd in (["info", path], ["export", path, "-o", tmp_path / "site", "--quiet"]):
+        r = scope_cli(*cmd)
+        assert judge(r.code, r.stderr) == "clean", r.stderr
+        assert "the file is corrupt" in r.stderr
+
+
+def test_labels_outside_the_class_table_are_refused(tmp_path, scope_cli):
+    path = make_artifact(tmp_path / "a.h5")
+    with h5py.File(path, "r+") as f:
+        lab = f["dataset/label"][()]
+        lab[0] = 7  # three classes
+        attrs = dict(f["dataset/label"].attrs)
+        del f["dataset/label"]
+        ds = f["dataset"].create_dataset("label", data=lab)
+        for k, v in attrs.items():
+            ds.attrs[k] = v
+        ds.attrs["sha256"] = canonical_bytes_sha256(lab)
+    with open_artifact(path) as art, pytest.raises(ScopeError, match="class index outside"):
+        art.dataset
+    r = scope_cli("query", path, "--label", "cat")
+    assert judge(r.code, r.stderr) == "clean", r.stderr
