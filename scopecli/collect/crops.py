@@ -44,64 +44,71 @@ def cut_box(image: np.ndarray, box) -> np.ndarray:
     return out
 
 
+def _windows(pics: np.ndarray, which: np.ndarray, x0: np.ndarray, y0: np.ndarray, side: int) -> np.ndarray:
+    """Gather side x side windows at (x0, y0) (may leave the picture: PAD_VALUE there) -> [M, side, side, 3]."""
+    h, w = pics.shape[1:3]
+    lo = int(max(0, -x0.min(), -y0.min()))
+    hi = int(max(0, (x0 + side).max() - w, (y0 + side).max() - h))
+    if lo or hi:
+        padded = np.full((pics.shape[0], h + lo + hi, w + lo + hi, 3), PAD_VALUE, dtype=np.uint8)
+        padded[:, lo : lo + h, lo : lo + w] = pics
+        pics = padded
+    out = np.empty((len(which), side, side, 3), dtype=np.uint8)
+    for i, (t, y, x) in enumerate(zip(which.tolist(), (y0 + lo).tolist(), (x0 + lo).tolist())):
+        out[i] = pics[t, y : y + side, x : x + side]  # row-contiguous copies: faster than fancy indexing
+    return out
+
+
 def crop_patches(pictures: np.ndarray, which: np.ndarray, boxes: np.ndarray, size: int,
                  chunk_bytes: int = 256 << 20) -> np.ndarray:
     """Batched crop + resize: pictures [T, H, W, 3] uint8, which [M] rows of pictures, boxes [M, 4] all of
     one side length -> [M, size, size, 3] uint8.
 
-    Enlarging 2x or more uses nearest (pixels stay honest), otherwise antialiased bicubic; shrinking
-    resizes each picture once and cuts the windows from it.
+    Enlarging 2x or more uses nearest (pixels stay honest), otherwise antialiased bicubic. Shrinking
+    resizes each picture once and cuts the windows at scaled positions (rounding <= half an output
+    pixel): far cheaper than resizing every big crop. Every patch depends only on its picture and box,
+    so shards and single runs give identical patches.
     """
     boxes = np.asarray(boxes, dtype=np.int64)
     m = len(boxes)
-    out = np.empty((m, size, size, 3), dtype=np.uint8)
     if m == 0:
-        return out
+        return np.empty((0, size, size, 3), dtype=np.uint8)
     side = int(boxes[0, 2] - boxes[0, 0])
     if not ((boxes[:, 2] - boxes[:, 0] == side) & (boxes[:, 3] - boxes[:, 1] == side)).all():
         raise ValueError("crop_patches needs square boxes of one size")
+    pictures = np.ascontiguousarray(pictures)
     h, w = pictures.shape[1:3]
     which = np.asarray(which, dtype=np.int64)
     if side > size:
-        # downscale: resize each needed picture once, then cut size x size windows at scaled positions
-        # (position rounding <= half an output pixel); far cheaper than resizing every big crop. Depends
-        # only on the picture and the box, so shards and single runs give identical patches.
         f = size / side
-        pics = torch.from_numpy(np.ascontiguousarray(pictures))
-        used = np.unique(which)
+        used, row = np.unique(which, return_inverse=True)
         hs, ws = max(1, round(h * f)), max(1, round(w * f))
-        small = torch.empty((len(used), hs, ws, 3), dtype=torch.uint8)
+        small = np.empty((len(used), hs, ws, 3), dtype=np.uint8)
         per = max(1, chunk_bytes // (h * w * 3))
+        pics = torch.from_numpy(pictures)
         for s0 in range(0, len(used), per):
             sel = torch.from_numpy(used[s0 : s0 + per])
             small[s0 : s0 + per] = F.interpolate(pics[sel].permute(0, 3, 1, 2), size=(hs, ws), mode="bicubic",
-                                                 antialias=True, align_corners=False).permute(0, 2, 3, 1)
-        row = np.searchsorted(used, which)
+                                                 antialias=True, align_corners=False).permute(0, 2, 3, 1).numpy()
         ys = np.round(boxes[:, 1] * f).astype(np.int64)
         xs = np.round(boxes[:, 0] * f).astype(np.int64)
-        small_np = small.numpy()
-        for i, (t, y0, x0) in enumerate(zip(row.tolist(), ys.tolist(), xs.tolist())):
-            out[i] = cut_box(small_np[t], (x0, y0, x0 + size, y0 + size))
-        return out
-    lo = int(max(0, -boxes[:, :2].min()))
-    hi = int(max(0, boxes[:, 2].max() - w, boxes[:, 3].max() - h))
-    pics = torch.from_numpy(np.ascontiguousarray(pictures))
-    if lo or hi:
-        padded = torch.full((pics.shape[0], h + lo + hi, w + lo + hi, 3), PAD_VALUE, dtype=torch.uint8)
-        padded[:, lo : lo + h, lo : lo + w] = pics
-        pics = padded
-    step = max(1, chunk_bytes // (side * side * 3))
+        return _windows(small, row.reshape(-1), xs, ys, size)
+    out = np.empty((m, size, size, 3), dtype=np.uint8)
+    step = max(1, chunk_bytes // (side * side * 3 * 2))
     nearest = size >= 2 * side
     for s0 in range(0, m, step):
-        part = boxes[s0 : s0 + step]
-        crops = torch.empty((len(part), side, side, 3), dtype=torch.uint8)
-        for i, (t, (x0, y0)) in enumerate(zip(which[s0 : s0 + step].tolist(), (part[:, :2] + lo).tolist())):
-            crops[i] = pics[t, y0 : y0 + side, x0 : x0 + side]
-        if side != size:  # uint8 channels-last resize (fast path in torch)
-            mode = "nearest-exact" if nearest else "bicubic"
-            extra = {} if nearest else {"antialias": True, "align_corners": False}
-            crops = F.interpolate(crops.permute(0, 3, 1, 2), size=(size, size), mode=mode, **extra).permute(0, 2, 3, 1)
-        out[s0 : s0 + step] = crops.numpy()
+        sl = slice(s0, s0 + step)
+        crops = _windows(pictures, which[sl], boxes[sl, 0], boxes[sl, 1], side)
+        if side == size:
+            out[sl] = crops
+            continue
+        if nearest:  # same sampling as torch's nearest-exact: src = floor((dst + 0.5) * side / size)
+            src = np.minimum(((np.arange(size) + 0.5) * side / size).astype(np.int64), side - 1)
+            out[sl] = crops[:, src][:, :, src]
+            continue
+        x = torch.from_numpy(crops).permute(0, 3, 1, 2)  # uint8 channels-last: torch's fast path
+        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        out[sl] = x.permute(0, 2, 3, 1).numpy()
     return out
 
 

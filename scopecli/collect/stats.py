@@ -160,6 +160,21 @@ def stats_from_sketch(
     )
 
 
+_SCRATCH_ELEMENTS = 1 << 24  # histogram scratch: 2 x 64 MiB of int32 at most, whatever the layer
+_SCRATCH: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _scratch(device: torch.device, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reusable key/index buffers of at least m elements, and m ones (an expanded view: no memory)."""
+    buf = _SCRATCH.get(device)
+    if buf is None or buf[0].numel() < m:
+        size = max(m, min(_SCRATCH_ELEMENTS, 1 << 20))
+        buf = (torch.empty(size, dtype=torch.int32, device=device), torch.empty(size, dtype=torch.int32, device=device),
+               torch.ones(1, dtype=torch.int64, device=device).expand(size))
+        _SCRATCH[device] = buf
+    return buf[0][:m], buf[1][:m], buf[2][:m]
+
+
 class LayerStats:
     """Streaming statistics of one layer's units, updated on the activations' device with batched ops."""
 
@@ -173,9 +188,6 @@ class LayerStats:
         self.vmax = torch.full((channels,), float("-inf"), dtype=torch.float64, device=device)
         self.hist = torch.zeros(channels * NUM_BUCKETS, dtype=torch.int64, device=device)
         self._offsets = (torch.arange(channels, device=device, dtype=torch.int32) * NUM_BUCKETS).view(1, -1, 1)
-        self._key: torch.Tensor | None = None  # scratch buffers, reused across batches
-        self._idx: torch.Tensor | None = None
-        self._ones: torch.Tensor | None = None
 
     def update(self, v: torch.Tensor, img_sum: torch.Tensor, img_sumsq: torch.Tensor,
                img_max: torch.Tensor, img_min: torch.Tensor) -> None:
@@ -197,19 +209,19 @@ class LayerStats:
         self.vmax = torch.maximum(self.vmax, img_max.double().amax(0))
         self.vmin = torch.minimum(self.vmin, img_min.double().amin(0))
         # histogram: float bits -> key (sign, exponent, top mantissa bits) -> bucket via lookup table
-        # -> + per-unit offset -> index_add of ones (several times faster than bincount on CPU)
+        # -> + per-unit offset -> index_add of ones (several times faster than bincount on CPU).
+        # Images go in chunks so the int32 scratch buffers (shared by all layers) stay bounded.
         v = v.contiguous()
-        if self._key is None or self._key.numel() < v.numel():
-            self._key = torch.empty(v.numel(), dtype=torch.int32, device=v.device)
-            self._idx = torch.empty(v.numel(), dtype=torch.int32, device=v.device)
-            self._ones = torch.ones(1, dtype=torch.int64, device=v.device).expand(v.numel())
-        key = self._key[: v.numel()]
-        idx = self._idx[: v.numel()]
-        torch.bitwise_right_shift(v.view(torch.int32).view(-1), _SHIFT, out=key)
-        key &= _KEY_MASK
-        torch.index_select(_lut(v.device), 0, key, out=idx)
-        idx.view(n, c, p).add_(self._offsets)
-        self.hist.index_add_(0, idx, self._ones[: v.numel()])
+        per = max(1, _SCRATCH_ELEMENTS // (c * p))
+        for i0 in range(0, n, per):
+            part = v[i0 : i0 + per]
+            m = part.numel()
+            key, idx, ones = _scratch(v.device, m)
+            torch.bitwise_right_shift(part.view(torch.int32).view(-1), _SHIFT, out=key)
+            key &= _KEY_MASK
+            torch.index_select(_lut(v.device), 0, key, out=idx)
+            idx.view(part.shape[0], c, p).add_(self._offsets)
+            self.hist.index_add_(0, idx, ones)
 
     def finalize(self, units: np.ndarray | None = None) -> StatsBlock:
         units = np.arange(self.channels) if units is None else np.asarray(units)
