@@ -40,16 +40,20 @@ class _RedirectedClamp(torch.autograd.Function):
         inside = x > lo
         if hi is not None:
             inside = inside & (x < hi)
-        true_grad = torch.where(inside, grad, torch.zeros_like(grad))
+        true_grad = torch.where(inside, grad, 0.0)
+        if x.dim() == 0:
+            alive = true_grad != 0
+        else:
+            alive = (true_grad != 0).flatten(1).any(dim=1)
+        # On the CPU a host check is free: skip the redirect work when every sample is alive.
+        if x.device.type == "cpu" and bool(alive.all()):
+            return true_grad, None, None
         # grad is d(loss)/dy with loss minimized: grad > 0 means descent pushes y down.
         blocked = (x <= lo) & (grad > 0)
         if hi is not None:
             blocked = blocked | ((x >= hi) & (grad < 0))
-        redirected = torch.where(blocked, torch.zeros_like(grad), grad)
-        if x.dim() == 0:
-            alive = true_grad.abs() > 0
-        else:
-            alive = true_grad.flatten(1).abs().amax(dim=1) > 0
+        redirected = torch.where(blocked, 0.0, grad)
+        if x.dim() > 0:
             alive = alive.view(-1, *([1] * (x.dim() - 1)))
         return torch.where(alive, true_grad, redirected), None, None
 
