@@ -43,7 +43,8 @@ def main() -> None:
             print(f"  {rep.cases}/{args.n} cases, {dict(rep.case_verdicts)}", file=sys.stderr, flush=True)
 
     rep = fuzz(args.n, seed=args.seed, start=args.start, timeout_s=args.timeout, rss_limit_mb=args.rss_mb, mutations=args.mutation,
-               on_case=tick)
+               on_case=tick, on_failure=lambda f: print(f"  FOUND case {f[0]} [{f[1]}] {f[2]}: {f[3]}: {f[4][-300:]}",
+                                                        file=sys.stderr, flush=True))
     clean_cases = rep.case_verdicts["ok"] + rep.case_verdicts["clean"]
     summary = {
         "cases": rep.cases, "first_case": args.start, "seed": args.seed, "commands_run": rep.commands, "seconds": round(rep.seconds, 1),

@@ -495,7 +495,7 @@ _RANK = {"ok": 0, "clean": 1, "noise": 2, "crash": 3, "memory": 4, "hang": 5}
 
 def fuzz(n_cases: int, seed: int = 0, start: int = 0, timeout_s: float = 20.0, rss_limit_mb: float = 2000.0,
          mutations: list[str] | None = None, on_case=None, recycle: int = 2000,
-         per_case: int | None = None) -> FuzzReport:
+         per_case: int | None = None, on_failure=None) -> FuzzReport:
     """Run `n_cases` seeded cases; each command is killed after timeout_s or beyond rss_limit_mb of RSS.
 
     per_case: run only that many of the commands, drawn per case (the test suite's quick mode)."""
@@ -540,6 +540,8 @@ def fuzz(n_cases: int, seed: int = 0, start: int = 0, timeout_s: float = 20.0, r
                         rep.verdicts[v] += 1
                         if v in ("crash", "noise"):
                             rep.failures.append((case, desc, msg[1], v, msg[3].strip()[-600:]))
+                            if on_failure:
+                                on_failure(rep.failures[-1])
                         worst = max(worst, v, key=_RANK.get)
                         current = None
                     elif msg[0] == "end":
@@ -562,6 +564,8 @@ def fuzz(n_cases: int, seed: int = 0, start: int = 0, timeout_s: float = 20.0, r
                     rep.commands += 1
                     rep.verdicts[v] += 1
                     rep.failures.append((case, desc, current, v, ""))
+                    if on_failure:
+                        on_failure(rep.failures[-1])
                     worst = max(worst, v, key=_RANK.get)
                     proc.kill()
                     proc.join()

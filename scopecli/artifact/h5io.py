@@ -269,11 +269,11 @@ GCOL_HEADER = b"GCOL\x01\x00\x00\x00"  # global heap collection, version 1, 3 re
 
 
 def check_global_heaps(path: str) -> None:
-    """Refuse a file whose HDF5 global heap holds a zero-size free-space object.
+    """Refuse a file whose HDF5 global heap holds a zero-size free-space object or reaches past the file's end.
 
     Variable-length strings live in global heap collections; libhdf5 (up to 2.0 at least) loops forever
     decoding a collection whose free-space object has size 0 (e.g. zeroed bytes), holding the GIL, so not even
-    Ctrl-C stops it. Found by fuzzing. A collection is recognised by its 8-byte header and walked like libhdf5
+    Ctrl-C stops it; and it allocates a collection's declared size before reading it. Found by fuzzing. A collection is recognised by its 8-byte header and walked like libhdf5
     does; random image bytes would also need the size field and a zero object to match, so valid files pass.
     """
     import mmap
@@ -287,18 +287,20 @@ def check_global_heaps(path: str) -> None:
             while p >= 0:
                 coll = int.from_bytes(mm[p + 8 : p + 16], "little")
                 end = p + coll
-                if 16 <= coll and end <= size:
+                if end > size:  # libhdf5 would allocate `coll` bytes (up to 16 EiB) before noticing
+                    raise ScopeError(f"{path}: corrupt HDF5 global heap at byte {p} (declares {coll} bytes, beyond "
+                                     "the end of the file); the file is damaged")
+                if 16 <= coll:
                     q = p + 16
                     while q + 16 <= end:
                         idx = int.from_bytes(mm[q : q + 2], "little")
                         osize = int.from_bytes(mm[q + 8 : q + 16], "little")
-                        if idx == 0:
-                            if osize == 0:
-                                raise ScopeError(f"{path}: corrupt HDF5 global heap at byte {q} "
-                                                 "(a zero-size object); the file is damaged")
-                            q += osize
-                        else:
-                            q += 16 + ((osize + 7) // 8) * 8
+                        step = osize if idx == 0 else 16 + ((osize + 7) // 8) * 8
+                        if step == 0 or q + step > end:  # loops forever / reads (and allocates) past the heap
+                            raise ScopeError(f"{path}: corrupt HDF5 global heap object at byte {q} "
+                                             f"({'zero size' if step == 0 else 'larger than its heap'}); "
+                                             "the file is damaged")
+                        q += step
                 p = mm.find(GCOL_HEADER, p + 1)
 
 

@@ -574,6 +574,9 @@ class Artifact:
         sk_r = read_strings(get_dataset(g, "skipped_reasons", w), f"{w}/skipped_reasons")
         if len(sk_p) != len(sk_r):
             raise ScopeError(f"{w}: skipped_paths and skipped_reasons differ in length")
+        bad = next((i for i, x in enumerate(sha) if len(x) != 64 or x.strip("0123456789abcdef")), None)
+        if bad is not None:
+            raise ScopeError(f"{w}/sha256: row {bad} is not a sha256 hex digest")
         class_names = read_strings(get_dataset(g, "class_names", w), f"{w}/class_names")
         if n and ((cols["label"] < -1).any() or (cols["label"] >= len(class_names)).any()):
             raise ScopeError(f"{w}/label: class index outside -1..{len(class_names) - 1} (the class_names table)")
