@@ -287,6 +287,8 @@ def collect_cmd(
     std: Optional[str] = StdOpt,
     input_size: Optional[int] = InputSizeOpt,
     lossless: bool = typer.Option(False, "--lossless", help="Store patches as PNG instead of JPEG q90."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its saved pass-1 state (OUT.collect-state)."),
+    checkpoint: float = typer.Option(300.0, "--checkpoint", help="Save the pass-1 state at most every S seconds (0: every batch), so --resume loses little."),
     quiet: bool = QuietOpt,
     json_out: bool = JsonOpt,
 ):
@@ -310,10 +312,19 @@ def collect_cmd(
         quiet = quiet or not share.leader
     notes: List[str] = []
     params = settings.params() | {"data": source.describe(), "layers": _split_names(",".join(layer)) if layer else "default"}
+    from scopecli.resume import Pass1Checkpoint, paths_digest
+
+    if checkpoint < 0:
+        raise ScopeError(f"--checkpoint must be >= 0 seconds, got {checkpoint}")
+    state = Pass1Checkpoint(path, {k: v for k, v in params.items() if k != "workers"} | {
+        "model": loaded.fingerprint, "images": paths_digest(source.paths)}, every_s=checkpoint, resume=resume)
     with dist.RankGroup(share, device) as ranks:
         with ArtifactWriter(path, loaded.info(), "collect", params) as writer:
             res = collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, sink=writer,
-                          quiet=quiet or json_out, log=notes.append)
+                          quiet=quiet or json_out, log=notes.append, checkpoint=state)
+        state.remove()
+        if state.loaded is not None:
+            notes.append(f"resumed pass 1 after {state.start_batch} batches")
         summary = res.summary() | {"output": path, "notes": notes}
         if share.torchrun:
             ranks.barrier()
@@ -363,6 +374,8 @@ def render_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast (GPU speed)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="k/n: render the k-th of n deterministic shares of the units (1-based); merge with scope pack. Under torchrun each rank takes its share itself."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: skip images OUT already holds with the same settings."),
+    checkpoint: float = typer.Option(300.0, "--checkpoint", help="Commit finished batches to OUT at most every S seconds (0: every batch), so --resume loses little."),
     weights: str = WeightsOpt,
     mean: Optional[str] = MeanOpt,
     std: Optional[str] = StdOpt,
@@ -414,7 +427,8 @@ def render_cmd(
         if plan.targets:
             with progress(plan.n_units, "render", quiet=quiet or json_out, unit="units") as bar:
                 summary = run_render(loaded, plan, path, progress=bar, on_batch=on_batch,
-                                     stats_from=final if path != final else None)
+                                     stats_from=final if path != final else None, resume=resume,
+                                     checkpoint_s=checkpoint)
         else:
             summary = {"output": path, "requested": 0, "rendered": 0, "skipped": [], "seconds": 0.0}
         if share.torchrun:
@@ -439,6 +453,8 @@ def render_cmd(
         return
     for why in summary["skipped"]:
         err.print(f"skipped {why}", markup=False)
+    if summary.get("already_done"):
+        err.print(f"resumed: {summary['already_done']} images were already in {path}", markup=False)
     _out().print(f"wrote {path}: {summary['rendered']} of {summary['requested']} images, "
                  f"{summary['units_per_minute']} units/min on {summary['device']} (batch {summary['batch']}), "
                  f"{summary['seconds']:.1f} s", markup=False)

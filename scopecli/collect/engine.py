@@ -176,10 +176,11 @@ def _as_units(a: torch.Tensor) -> torch.Tensor:
 
 
 def collect(model, source: ImageSource, layers: list[str] | None = None, settings: CollectSettings | None = None,
-            sink=None, quiet: bool = True, log=None) -> CollectResult:
+            sink=None, quiet: bool = True, log=None, checkpoint=None) -> CollectResult:
     """Run collect for a LoadedModel over an ImageSource; records go to `sink` (default: kept in memory).
 
     `log(message)` receives one-line notes (skipped images, partial results) for the CLI to print.
+    `checkpoint`: a `scopecli.resume.Pass1Checkpoint` that saves pass 1 as it goes (and restores it on --resume).
     """
     settings = settings or CollectSettings()
     settings.check()
@@ -207,7 +208,7 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
 
     module.to(device)
     t0 = time.perf_counter()
-    state = _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet)
+    state = _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet, checkpoint)
     t1 = time.perf_counter()
 
     ok = state["ok"]
@@ -274,9 +275,9 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
     return result
 
 
-def _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet) -> dict:
-    dataset = ModelInputs(source.files, cand, pre.resize, pre.crop, pre.interpolation, settings.max_pixels)
-    loader = make_loader(dataset, settings.batch, workers, pin_memory=device.type == "cuda")
+def _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet, checkpoint=None) -> dict:
+    from scopecli.resume import restore_pass1, save_pass1
+
     stats = {r.name: LayerStats(r.units, device) for r in records}
     extremes = {
         r.name: {"top": StreamingExtremes(r.units, settings.top_k, True, device),
@@ -291,10 +292,16 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
     width = [0] * m
     height = [0] * m
     reason = [""] * m
+    resumable = (records, stats, extremes, probe_parts, probe_index, ok, sha, width, height, reason)
+    done_batches = restore_pass1(checkpoint, resumable)  # batches an interrupted run already did
+    rest = range(min(cand.start + done_batches * settings.batch, cand.stop), cand.stop)
+    dataset = ModelInputs(source.files, rest, pre.resize, pre.crop, pre.interpolation, settings.max_pixels)
+    loader = make_loader(dataset, settings.batch, workers, pin_memory=device.type == "cuda")
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if settings.bf16
                 else contextlib.nullcontext())
     with LayerTap(module, names) as tap, torch.no_grad(), \
             progress_bar(m, "collect: pass 1 (activations)", quiet=quiet, unit="img") as bar:
+        bar.advance(rest.start - cand.start)
         for batch in loader:
             idx = batch["index"].numpy().astype(np.int64)
             rel = idx - cand.start
@@ -330,6 +337,9 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
                     probe_parts[rec.name].append((total.index_select(0, probe_sel) / a.shape[2]).half().cpu())
             del outs
             bar.advance(len(idx))
+            done_batches += 1
+            save_pass1(checkpoint, done_batches, resumable)
+    save_pass1(checkpoint, done_batches, resumable, force=True, pass1_done=True)
     probe = {}
     if probe_index:
         pi = np.concatenate(probe_index)

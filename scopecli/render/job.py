@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from scopecli.errors import ScopeError
 from scopecli.layers import find_layer, layer_table
-from scopecli.render.engine import RenderSettings, plan_targets, render_units, resolve_device
+from scopecli.render.engine import RenderResult, RenderSettings, plan_targets, render_units, resolve_device
 from scopecli.render.param import spectrum_from_images
 from scopecli.units import parse_units
 
@@ -74,11 +74,14 @@ def _dataset_maxima(existing, layers) -> dict[str, dict[int, float]]:
 
 
 def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", progress=None,
-               on_batch=None, stats_from: str | None = None) -> dict:
+               on_batch=None, stats_from: str | None = None, resume: bool = False,
+               checkpoint_s: float = CHECKPOINT_S) -> dict:
     """Render the plan into `output` (created or extended); returns a JSON-able summary.
 
     stats_from: another artifact of the model whose statistics give `dataset_max_ratio` (a torchrun part
-    file is new, the statistics live in the final file)."""
+    file is new, the statistics live in the final file).
+    resume: skip images `output` already holds with the same settings and seeds (an interrupted run's
+    checkpoints). checkpoint_s: commit finished batches to `output` at most this often (0: every batch)."""
     from scopecli.artifact import ArtifactWriter
 
     params = dict(plan.settings.describe(), layers={k: len(v) for k, v in plan.layers.items()},
@@ -95,6 +98,14 @@ def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", p
             with open_artifact(stats_from) as other:
                 maxima = _dataset_maxima(other, plan.layers)
         last_checkpoint = [time.perf_counter()]
+        targets = plan.targets
+        if resume:
+            from scopecli.resume import render_done_keys
+
+            done = render_done_keys(writer.existing, plan.layers, plan.settings, loaded.fingerprint)
+            targets = [t for t in targets if (t.layer, t.unit, t.objective, t.diversity_index) not in done]
+            if progress is not None and len(targets) < len(plan.targets):
+                progress.advance(len(plan.targets) - len(targets))
 
         def store(records):
             by_layer: dict[str, list] = {}
@@ -102,14 +113,17 @@ def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", p
                 by_layer.setdefault(layer, []).append(rec)
             for layer, recs in by_layer.items():
                 writer.put_renders(layer, recs)
-            if time.perf_counter() - last_checkpoint[0] > CHECKPOINT_S:
+            if time.perf_counter() - last_checkpoint[0] >= checkpoint_s:
                 writer.checkpoint()
                 for rec in plan.layer_records.values():
                     writer.ensure_layer(rec)
                 last_checkpoint[0] = time.perf_counter()
 
-        result = render_units(loaded, plan.targets, plan.settings, dataset_max=maxima, progress=progress,
-                              on_batch=on_batch, on_records=store)
+        if targets:
+            result = render_units(loaded, targets, plan.settings, dataset_max=maxima, progress=progress,
+                                  on_batch=on_batch, on_records=store)
+        else:  # --resume found everything done
+            result = RenderResult([], [], 0.0, 0, str(resolve_device(plan.settings.device)))
         writer.add_timing("render", result.seconds)
     seconds = time.perf_counter() - start
     per_layer = Counter(layer for layer, _ in result.records)
@@ -123,6 +137,7 @@ def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", p
         "batch": result.batch_size,
         "requested": plan.n_units,
         "rendered": len(result.records),
+        "already_done": plan.n_units - len(targets),
         "skipped": [why for _, why in result.skipped],
         "layers": dict(per_layer),
         "seconds": round(seconds, 3),
