@@ -319,9 +319,13 @@ def collect_cmd(
     state = Pass1Checkpoint(path, {k: v for k, v in params.items() if k != "workers"} | {
         "model": loaded.fingerprint, "images": paths_digest(source.paths)}, every_s=checkpoint, resume=resume)
     with dist.RankGroup(share, device) as ranks:
-        with ArtifactWriter(path, loaded.info(), "collect", params) as writer:
-            res = collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, sink=writer,
-                          quiet=quiet or json_out, log=notes.append, checkpoint=state)
+        try:
+            with ArtifactWriter(path, loaded.info(), "collect", params) as writer:
+                res = collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings,
+                              sink=writer, quiet=quiet or json_out, log=notes.append, checkpoint=state)
+        except ScopeError:
+            state.remove()  # bad input (no usable images, changed dataset): nothing worth resuming
+            raise
         state.remove()
         if state.loaded is not None:
             notes.append(f"resumed pass 1 after {state.start_batch} batches")
@@ -402,6 +406,8 @@ def render_cmd(
                        "deepdream" if deepdream else objective, diversity, settings, data)
     from scopecli import distributed as dist
 
+    if checkpoint < 0:
+        raise ScopeError(f"--checkpoint must be >= 0 seconds, got {checkpoint}")
     share = dist.resolve_share(shard)
     k, n = share.k, share.n
     path = out or (f"{loaded.name}.h5" if n == 1 or share.torchrun else f"{loaded.name}.shard-{k}-of-{n}.h5")
