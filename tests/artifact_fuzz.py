@@ -475,7 +475,7 @@ def _worker(conn, bases, cats, work, seed0, mutations, per_case):
         for argv in argvs:
             conn.send(("start", argv[0]))
             code, out, err = run_cli(argv)
-            conn.send(("done", argv[0], code, err[-2000:]))
+            conn.send(("done", argv[0], judge(code, err), err[:1000] + (" … " + err[-1000:] if len(err) > 2000 else err[1000:2000])))
         conn.send(("end", case))
 
 
@@ -535,7 +535,7 @@ def fuzz(n_cases: int, seed: int = 0, start: int = 0, timeout_s: float = 20.0, r
                     elif msg[0] == "start":
                         current, started = msg[1], time.perf_counter()
                     elif msg[0] == "done":
-                        v = judge(msg[2], msg[3])
+                        v = msg[2]  # judged in the worker, on the whole stderr
                         rep.commands += 1
                         rep.verdicts[v] += 1
                         if v in ("crash", "noise"):

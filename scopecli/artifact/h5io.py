@@ -149,11 +149,11 @@ def check_element(obj, enc_type: str, where: str, kind: type | None = None) -> N
         raise ScopeError(f"{where}: expected an HDF5 {kind.__name__.lower()}, found {type(obj).__name__.lower()}")
     t, v = encoding_of(obj)
     if t != enc_type:
-        raise ScopeError(f"{where}: encoding-type is {t!r}, expected {enc_type!r}")
+        raise ScopeError(f"{where}: encoding-type is {short_repr(t)}, expected {enc_type!r}")
     try:
         major = int(str(v).split(".")[0])
     except ValueError:
-        raise ScopeError(f"{where}: bad encoding-version {v!r}")
+        raise ScopeError(f"{where}: bad encoding-version {short_repr(v)}")
     if major > int(ENCODING_VERSION.split(".")[0]):
         raise ScopeError(f"{where}: encoding {t} version {v} is newer than this reader; upgrade scope")
 
@@ -317,3 +317,9 @@ def raised_by_h5py(exc: BaseException) -> bool:
         last = tb
         tb = tb.tb_next
     return last is not None and "h5py" in last.tb_frame.f_code.co_filename
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """repr() for error messages, cut to `limit` characters (a hostile file may hold megabyte strings)."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 1] + "…"

@@ -25,6 +25,7 @@ from scopecli.artifact.h5io import (
     H5_ERRORS,
     check_global_heaps,
     raised_by_h5py,
+    short_repr,
     first_line,
     get_dataset,
     get_group,
@@ -414,7 +415,7 @@ def open_artifact(path) -> "Artifact":
         try:
             major, minor = (int(x) for x in version.split("."))
         except ValueError:
-            raise ScopeError(f"{p}: bad format_version {version!r}")
+            raise ScopeError(f"{p}: bad format_version {short_repr(version)}")
         if major > FORMAT_MAJOR:
             raise ScopeError(f"{p}: artifact format {version} is newer than this scope reads ({FORMAT_MAJOR}.x); upgrade scope")
         reader = _READERS.get(major)
@@ -478,7 +479,7 @@ class Artifact:
             check_element(g, ENC_LAYER, lw)
             name = attr_str(g, "name", lw)
             if name != unescape_name(link):
-                raise ScopeError(f"{lw}: name attribute {name!r} does not match the group name")
+                raise ScopeError(f"{lw}: name attribute {short_repr(name)} does not match the group name")
             shape = np.asarray(g.attrs.get("shape", ()))
             if shape.shape != (3,) or shape.dtype.kind not in "iu" or (shape < 0).any():
                 raise ScopeError(f"{lw}: bad shape attribute")
