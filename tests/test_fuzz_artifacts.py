@@ -94,3 +94,19 @@ def test_labels_outside_the_class_table_are_refused(tmp_path, scope_cli):
         art.dataset
     r = scope_cli("query", path, "--label", "cat")
     assert judge(r.code, r.stderr) == "clean", r.stderr
+
+
+def test_string_declaring_gigabytes_is_refused_before_allocation(tmp_path, scope_cli):
+    """A damaged string descriptor (length 2**32-1) made libhdf5 allocate 4 GiB before failing."""
+    path = make_artifact(tmp_path / "a.h5")
+    with h5py.File(path, "r") as f:
+        off = f["spec/schema"].id.get_offset()
+        runs = f["provenance/runs"].id.get_offset()
+    raw = bytearray(open(path, "rb").read())
+    raw[off : off + 16] = b"\xff" * 16
+    raw[runs : runs + 4] = (1 << 31).to_bytes(4, "little")  # first run: 2 GiB
+    open(path, "wb").write(raw)
+    r = scope_cli("validate", path)
+    assert judge(r.code, r.stderr) == "clean" and "/spec/schema: a string declares 4294967295 bytes" in r.stdout
+    r = scope_cli("info", path)
+    assert judge(r.code, r.stderr) == "clean" and "/provenance/runs: a string declares 2147483648 bytes" in r.stderr

@@ -23,6 +23,7 @@ from scopecli.artifact.layout import (
     ENCODING_VERSION,
     MAX_DATASET_BYTES,
     MAX_ELEMENTS_PER_DIM,
+    MAX_STRING_BYTES,
     canonical_bytes_sha256,
 )
 from scopecli.errors import ScopeError
@@ -234,9 +235,44 @@ def read_numeric(ds: h5py.Dataset, where: str, kind: str, ndim: int) -> np.ndarr
         raise ScopeError(f"{where}: unreadable data ({first_line(exc)}); the file is corrupt")
 
 
+def check_string_lengths(ds: h5py.Dataset, where: str) -> None:
+    """Refuse variable-length strings that declare more than MAX_STRING_BYTES each, before libhdf5 reads them.
+
+    libhdf5 allocates each string's declared length (up to 4 GiB) before it finds the heap address bad, so a
+    damaged descriptor costs gigabytes of memory (found by fuzzing). Strings are stored contiguous (spec), so
+    their descriptors (uint32 length, heap address, heap index) are read straight from the file."""
+    if ds.dtype.kind != "O":
+        return
+    n = 1
+    for d in ds.shape or ():
+        n *= d
+    if n == 0:
+        return
+    if ds.chunks is not None:
+        raise ScopeError(f"{where}: variable-length strings must be stored contiguous")
+    off, size = ds.id.get_offset(), ds.id.get_storage_size()
+    if off is None or size == 0:
+        return
+    if size % n or size // n not in (12, 16):
+        raise ScopeError(f"{where}: string storage of {size} bytes does not hold {n} string descriptors")
+    try:
+        with open(ds.file.filename, "rb") as fh:
+            fh.seek(off)
+            raw = fh.read(size)
+    except OSError as exc:
+        raise ScopeError(f"{where}: unreadable strings ({first_line(exc)})")
+    if len(raw) != size:
+        raise ScopeError(f"{where}: string descriptors run past the end of the file; the file is truncated")
+    lengths = np.frombuffer(raw, dtype=np.dtype([("len", "<u4"), ("rest", f"V{size // n - 4}")]))["len"]
+    if lengths.max() > MAX_STRING_BYTES or int(lengths.sum(dtype=np.uint64)) > MAX_DATASET_BYTES:
+        raise ScopeError(f"{where}: a string declares {int(lengths.max())} bytes, beyond sane bounds; "
+                         "the file is corrupt")
+
+
 def read_strings(ds: h5py.Dataset, where: str) -> list[str]:
     if ds.dtype.kind not in ("O", "S") or ds.ndim != 1:
         raise ScopeError(f"{where}: expected a 1-D string array, found {ds.dtype} {ds.shape}")
+    check_string_lengths(ds, where)
     try:
         return list(ds.asstr()[()]) if ds.shape[0] else []
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -246,6 +282,7 @@ def read_strings(ds: h5py.Dataset, where: str) -> list[str]:
 def read_string(ds: h5py.Dataset, where: str) -> str:
     if ds.dtype.kind not in ("O", "S") or ds.ndim != 0:
         raise ScopeError(f"{where}: expected a scalar string, found {ds.dtype} {ds.shape}")
+    check_string_lengths(ds, where)
     try:
         v = ds.asstr()[()]
     except (OSError, UnicodeDecodeError, ValueError) as exc:

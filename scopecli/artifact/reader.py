@@ -24,6 +24,7 @@ from scopecli.artifact.h5io import (
     check_element,
     H5_ERRORS,
     check_global_heaps,
+    check_string_lengths,
     raised_by_h5py,
     short_repr,
     first_line,
@@ -749,6 +750,7 @@ class Artifact:
             paths = self.dataset.paths
             return {i: paths[i] for i in indices}
         ds = get_dataset(self._dataset_group, "paths", "/dataset")
+        check_string_lengths(ds, "/dataset/paths")
         out = {}
         for i in sorted(set(indices)):
             try:

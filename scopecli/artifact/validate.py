@@ -14,7 +14,13 @@ from importlib import resources
 import h5py
 import numpy as np
 
-from scopecli.artifact.h5io import check_dataset_storage, encoding_of, first_line, raised_by_h5py
+from scopecli.artifact.h5io import (
+    check_dataset_storage,
+    check_string_lengths,
+    encoding_of,
+    first_line,
+    raised_by_h5py,
+)
 from scopecli.artifact.images import decode_image, image_kind
 from scopecli.artifact.layout import (
     FORMAT_MAJOR,
@@ -269,6 +275,7 @@ def _structure_problems(f: h5py.File, p: str, quick: bool) -> list[str]:
             want = ds.attrs.get("sha256")
             want = want.decode() if isinstance(want, bytes) else want
             try:
+                check_string_lengths(ds, where)
                 data = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) is not None else ds[()]
             except Exception as exc:
                 problems.append(f"{where}: data unreadable ({first_line(exc)}) — checksum (fletcher32) mismatch or corruption")
