@@ -427,7 +427,9 @@ def render_cmd(
 
     def on_batch(done, total, done_units, elapsed):
         if talk and done == 1 and total > 1:
-            err.print(f"first batch: {elapsed:.0f} s; estimated total {elapsed * total / 60:.1f} min", markup=False)
+            est = elapsed * total
+            err.print(f"first batch: {elapsed:.1f} s; estimated total "
+                      f"{f'{est / 60:.1f} min' if est >= 60 else f'{est:.0f} s'}", markup=False)
 
     with dist.RankGroup(share, device) as ranks:
         if plan.targets:
