@@ -9,7 +9,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)  # tinymodels, artifact_factory
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+torch.set_num_threads(1)  # tests are small; one thread avoids oversubscription on shared CPUs
 
 
 @dataclass
