@@ -515,6 +515,32 @@ def export_cmd(
     _out().print(f"open {res['url']}")
 
 
+@app.command("demo")
+def demo_cmd(
+    out: str = typer.Option("scope-demo", "-o", "--out", help="Folder for demo.h5, the photos and the gallery."),
+    steps: int = typer.Option(192, "--steps", help="Optimization steps per feature visualization."),
+    size: int = typer.Option(128, "--size", help="Feature visualization size in pixels."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """End to end, offline: pretrained EfficientNet-Lite0, open photos, examples, renders, HTML gallery."""
+    from scopecli.demo import run_demo
+
+    summary = run_demo(out, steps=steps, size=size, quiet=quiet or json_out)
+    if json_out:
+        _print_json(summary)
+        return
+    seconds = summary["seconds"]
+    _out().print(
+        f"demo done in {seconds['total']:.0f} s (collect {seconds['collect']:.0f} s, render {seconds['render']:.0f} s, "
+        f"export {seconds['export']:.0f} s): {summary['rendered']} feature visualizations and examples of "
+        f"{summary['collected_units']} units on {summary['images']} photos",
+        markup=False,
+    )
+    _out().print(f"artifact: {summary['artifact']}", markup=False)
+    _out().print(f"open the gallery: {summary['site']}", markup=False)
+
+
 def _one_line(text: str) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     return lines[0] if lines else ""

@@ -1,0 +1,95 @@
+"""`scope demo`: the whole product on a laptop, offline, in a few minutes.
+
+Pretrained EfficientNet-Lite0 (the `[demo]` extra), openly licensed photos from scikit-image,
+dataset examples for an early, a middle and a late block, feature visualizations of the 8 strongest
+units of each, and an HTML gallery of the result.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from scopecli.errors import ScopeError
+
+DEMO_LAYERS = ("_blocks.2", "_blocks.8", "_blocks.14")  # early, middle, late
+UNITS_PER_LAYER = 8
+
+
+def strongest_units(art, layer: str, n: int) -> list[int]:
+    """The n units whose activations stand out most on the photos: highest p99.9 over std."""
+    stats = art.stats(layer)
+    if stats is None:
+        return list(range(n))
+    p999 = stats.quantiles[:, -1]
+    spread = np.maximum(stats.std, 1e-6)
+    order = np.argsort(-(p999 - stats.mean) / spread, kind="stable")
+    return sorted(int(stats.units[i]) for i in order[:n])
+
+
+def run_demo(out_dir, steps: int = 192, size: int = 128, quiet: bool = False, log=print) -> dict:
+    """Collect, render and export into out_dir; returns timings and the paths to open."""
+    from scopecli.artifact import ArtifactWriter, open_artifact
+    from scopecli.collect import CollectSettings, collect, open_source
+    from scopecli.demo_photos import prepare_photos
+    from scopecli.export import export_site
+    from scopecli.models import resolve_model
+    from scopecli.progress import progress
+    from scopecli.render import RenderSettings
+    from scopecli.render.engine import plan_targets
+    from scopecli.render.job import plan_render, run_render
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ScopeError(f"demo output {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    artifact = out / "demo.h5"
+    if artifact.exists():
+        with open_artifact(artifact):  # only ever replace a scope artifact
+            pass
+        artifact.unlink()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    t = time.perf_counter()
+    photos, labels = prepare_photos(out / "photos")
+    loaded = resolve_model("efficientnet_lite0")
+    timings["setup"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    source = open_source(str(photos), labels=str(labels))
+    settings = CollectSettings(top_k=8, bottom_k=4, patch_size=96, probe=len(source.paths), batch=16)
+    settings.check()
+    params = settings.params() | {"data": source.describe(), "layers": list(DEMO_LAYERS)}
+    with ArtifactWriter(str(artifact), loaded.info(), "demo collect", params) as writer:
+        collected = collect(loaded, source, list(DEMO_LAYERS), settings, sink=writer, quiet=quiet, log=lambda m: None)
+    collected_summary = collected.summary()
+    timings["collect"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    with open_artifact(artifact) as art:
+        chosen = {layer: strongest_units(art, layer, UNITS_PER_LAYER) for layer in DEMO_LAYERS}
+    render_settings = RenderSettings(steps=steps, size=size)
+    plan = plan_render(loaded, list(DEMO_LAYERS), "0", "channel", 1, render_settings)
+    plan.layers = chosen
+    plan.targets = plan_targets(chosen, "channel", 1)
+    with progress(plan.n_units, "render", quiet=quiet, unit="units") as bar:
+        rendered = run_render(loaded, plan, str(artifact), command="demo render", progress=bar)
+    timings["render"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    site = export_site([str(artifact)], str(out / "site"))
+    timings["export"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    return {
+        "artifact": str(artifact),
+        "site": site["index"],
+        "images": collected_summary["images"],
+        "layers": list(DEMO_LAYERS),
+        "units": {layer: units for layer, units in chosen.items()},
+        "collected_units": collected_summary["units"],
+        "rendered": rendered["rendered"],
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+    }

