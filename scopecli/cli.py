@@ -293,54 +293,23 @@ def collect_cmd(
     json_out: bool = JsonOpt,
 ):
     """Dataset examples: top/bottom receptive-field patches, statistics and probe activations per unit."""
-    from scopecli import distributed as dist
-    from scopecli.artifact import ArtifactWriter
-    from scopecli.collect import CollectSettings, collect, open_source
+    from scopecli.collect import CollectSettings, open_source
+    from scopecli.collect.job import run_collect
 
-    share = dist.resolve_share(shard)
     settings = CollectSettings(top_k=top_k, bottom_k=bottom_k, patch_size=patch_size, probe=probe, batch=batch,
-                               workers=workers, limit=limit, device=device, shard=(share.k, share.n), bf16=bf16,
-                               lossless=lossless)
+                               workers=workers, limit=limit, device=device, bf16=bf16, lossless=lossless)
     settings.check()
     source = open_source(data, labels=labels)
     loaded = load_model(model, weights, mean, std, input_size)
-    k, n = settings.shard
-    path = out or (f"{loaded.name}.h5" if n == 1 or share.torchrun else f"{loaded.name}.shard-{k}-of-{n}.h5")
-    final = path
-    if share.torchrun:
-        path = dist.part_path(final, k, n)
-        quiet = quiet or not share.leader
-    notes: List[str] = []
-    params = settings.params() | {"data": source.describe(), "layers": _split_names(",".join(layer)) if layer else "default"}
-    from scopecli.resume import Pass1Checkpoint, paths_digest
-
-    if checkpoint < 0:
-        raise ScopeError(f"--checkpoint must be >= 0 seconds, got {checkpoint}")
-    state = Pass1Checkpoint(path, {k: v for k, v in params.items() if k != "workers"} | {
-        "model": loaded.fingerprint, "images": paths_digest(source.paths)}, every_s=checkpoint, resume=resume)
-    with dist.RankGroup(share, device) as ranks:
-        try:
-            with ArtifactWriter(path, loaded.info(), "collect", params) as writer:
-                res = collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings,
-                              sink=writer, quiet=quiet or json_out, log=notes.append, checkpoint=state)
-        except ScopeError:
-            state.remove()  # bad input (no usable images, changed dataset): nothing worth resuming
-            raise
-        state.remove()
-        if state.loaded is not None:
-            notes.append(f"resumed pass 1 after {state.start_batch} batches")
-        summary = res.summary() | {"output": path, "notes": notes}
-        if share.torchrun:
-            ranks.barrier()
-            if not share.leader:
-                return
-            packed = dist.pack_parts(final, [dist.part_path(final, i, n) for i in range(1, n + 1)])
-            summary = summary | {"output": final, "ranks": n, "packed": packed}
-            path = final
+    summary = run_collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, out, shard,
+                          resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out)
+    if summary is None:  # a torchrun rank other than the leader
+        return
     if json_out:
         _print_json(summary)
         return
     err = Console(file=sys.stderr, soft_wrap=True)
+    notes = summary["notes"]
     skips = [m for m in notes if m.startswith("skipped ")]
     for m in skips[:10]:
         err.print(m, markup=False)
@@ -349,14 +318,14 @@ def collect_cmd(
     for m in notes:
         if not m.startswith("skipped "):
             err.print(f"note: {m}", markup=False)
-    t = res.timings
-    if share.torchrun:
-        _out().print(f"wrote {path}: {summary['packed']['layers']} layers, {summary['packed']['images']} images "
-                     f"from {n} ranks; rank 1 pass 1 {t['images_per_s']} img/s on {t['device']}", markup=False)
+    if "ranks" in summary:
+        _out().print(f"wrote {summary['output']}: {summary['packed']['layers']} layers, {summary['packed']['images']} "
+                     f"images from {summary['ranks']} ranks; rank 1 pass 1 {summary['images_per_s']} img/s on "
+                     f"{summary['device']}", markup=False)
         return
-    _out().print(f"wrote {path}: {len(res.layers)} layers, {summary['units']} units, {len(res.images)} images "
-                 f"({len(res.images.skipped)} skipped), {t['patches']} patches; pass 1 {t['images_per_s']} img/s "
-                 f"on {t['device']}, {t['pass1_s'] + t['pass2_s']:.1f} s", markup=False)
+    _out().print(f"wrote {summary['output']}: {len(summary['layers'])} layers, {summary['units']} units, "
+                 f"{summary['images']} images ({summary['skipped']} skipped), {summary['patches']} patches; pass 1 "
+                 f"{summary['images_per_s']} img/s on {summary['device']}, {summary['seconds']:.1f} s", markup=False)
 
 
 @app.command("render")
@@ -388,9 +357,8 @@ def render_cmd(
     json_out: bool = JsonOpt,
 ):
     """Feature visualizations: optimize images that drive units, stored with their evidence in the artifact."""
-    from scopecli.progress import progress
     from scopecli.render import RenderSettings
-    from scopecli.render.job import plan_render, run_render
+    from scopecli.render.job import plan_render, render_job
 
     if batch != "auto":
         try:
@@ -404,66 +372,23 @@ def render_cmd(
     settings.size = loaded.preprocess.crop if size is None else size
     plan = plan_render(loaded, _split_names(",".join(layer)) if layer else None, units,
                        "deepdream" if deepdream else objective, diversity, settings, data)
-    from scopecli import distributed as dist
-
-    if checkpoint < 0:
-        raise ScopeError(f"--checkpoint must be >= 0 seconds, got {checkpoint}")
-    share = dist.resolve_share(shard)
-    k, n = share.k, share.n
-    path = out or (f"{loaded.name}.h5" if n == 1 or share.torchrun else f"{loaded.name}.shard-{k}-of-{n}.h5")
-    final, n_all = path, plan.n_units
-    if n > 1:
-        plan.targets = dist.split_units(plan.targets, k, n)
-        if not plan.targets and not share.torchrun:
-            raise ScopeError(f"--shard {k}/{n}: this share has no units (the plan has {n_all} images); use fewer shards")
-        path = dist.part_path(final, k, n) if share.torchrun else path
-    quiet = quiet or (share.torchrun and not share.leader)
     err = Console(file=sys.stderr, soft_wrap=True)
-    talk = not (quiet or json_out)
-    if talk:
-        err.print(f"rendering {plan.n_units} image{'s' if plan.n_units != 1 else ''} of {len(plan.layers)} "
-                  f"layer{'s' if len(plan.layers) != 1 else ''} ({settings.steps} steps, {settings.size}px, "
-                  f"{settings.param}) into {path}", markup=False)
-
-    def on_batch(done, total, done_units, elapsed):
-        if talk and done == 1 and total > 1:
-            est = elapsed * total
-            err.print(f"first batch: {elapsed:.1f} s; estimated total "
-                      f"{f'{est / 60:.1f} min' if est >= 60 else f'{est:.0f} s'}", markup=False)
-
-    with dist.RankGroup(share, device) as ranks:
-        if plan.targets:
-            with progress(plan.n_units, "render", quiet=quiet or json_out, unit="units") as bar:
-                summary = run_render(loaded, plan, path, progress=bar, on_batch=on_batch,
-                                     stats_from=final if path != final else None, resume=resume,
-                                     checkpoint_s=checkpoint)
-        else:
-            summary = {"output": path, "requested": 0, "rendered": 0, "skipped": [], "seconds": 0.0}
-        if share.torchrun:
-            dist.write_part_summary(path, summary)
-            ranks.barrier()
-            if not share.leader:
-                return
-            parts = [dist.part_path(final, i, n) for i in range(1, n + 1)]
-            ranks_summary = dist.read_part_summaries(parts)
-            parts = [p for p, r in zip(parts, ranks_summary) if r.get("requested")]  # ranks with no units wrote none
-            packed = dist.pack_parts(final, parts)
-            summary = dict(summary, output=final, ranks=n, **dist.combine_counts(ranks_summary, ("requested", "rendered")),
-                           skipped=[w for r in ranks_summary for w in r.get("skipped", [])], packed=packed)
+    summary = render_job(loaded, plan, out, shard, resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out,
+                         log=lambda message: err.print(message, markup=False))
+    if summary is None:  # a torchrun rank other than the leader
+        return
     if json_out:
         _print_json(summary)
         return
-    if share.torchrun:
-        for why in summary["skipped"]:
-            err.print(f"skipped {why}", markup=False)
-        _out().print(f"wrote {final}: {summary['rendered']} of {summary['requested']} images from {n} ranks",
-                     markup=False)
-        return
     for why in summary["skipped"]:
         err.print(f"skipped {why}", markup=False)
+    if "ranks" in summary:
+        _out().print(f"wrote {summary['output']}: {summary['rendered']} of {summary['requested']} images from "
+                     f"{summary['ranks']} ranks", markup=False)
+        return
     if summary.get("already_done"):
-        err.print(f"resumed: {summary['already_done']} images were already in {path}", markup=False)
-    _out().print(f"wrote {path}: {summary['rendered']} of {summary['requested']} images, "
+        err.print(f"resumed: {summary['already_done']} images were already in {summary['output']}", markup=False)
+    _out().print(f"wrote {summary['output']}: {summary['rendered']} of {summary['requested']} images, "
                  f"{summary['units_per_minute']} units/min on {summary['device']} (batch {summary['batch']}), "
                  f"{summary['seconds']:.1f} s", markup=False)
 

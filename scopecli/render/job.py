@@ -146,3 +146,58 @@ def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", p
         "mean_dataset_max_ratio": sum(ratios) / len(ratios) if ratios else None,
         "settings": plan.settings.describe(),
     }
+
+
+def render_job(loaded, plan: RenderPlan, output: str | None = None, shard: str | None = None, resume: bool = False,
+               checkpoint_s: float = CHECKPOINT_S, quiet: bool = False, log=None) -> dict | None:
+    """`scope render` whole: this process's share of the units (`--shard k/n` or torchrun), progress, artifact,
+    and under torchrun the leader's packing of the parts. Returns the summary (None on other torchrun ranks).
+
+    log: optional callable for human messages (what will be rendered, the first batch's time estimate)."""
+    from scopecli import distributed as dist
+    from scopecli.progress import progress
+
+    if checkpoint_s < 0:
+        raise ScopeError(f"--checkpoint must be >= 0 seconds, got {checkpoint_s}")
+    share = dist.resolve_share(shard)
+    k, n = share.k, share.n
+    final = output or (f"{loaded.name}.h5" if n == 1 or share.torchrun else f"{loaded.name}.shard-{k}-of-{n}.h5")
+    path, n_all = final, plan.n_units
+    if n > 1:
+        plan.targets = dist.split_units(plan.targets, k, n)
+        if not plan.targets and not share.torchrun:
+            raise ScopeError(f"--shard {k}/{n}: this share has no units (the plan has {n_all} images); use fewer shards")
+        path = dist.part_path(final, k, n) if share.torchrun else path
+    quiet = quiet or (share.torchrun and not share.leader)
+    say = log if (log is not None and not quiet) else (lambda message: None)
+    say(f"rendering {plan.n_units} image{'s' if plan.n_units != 1 else ''} of {len(plan.layers)} "
+        f"layer{'s' if len(plan.layers) != 1 else ''} ({plan.settings.steps} steps, {plan.settings.size}px, "
+        f"{plan.settings.param}) into {path}")
+
+    def on_batch(done, total, done_units, elapsed):
+        if done == 1 and total > 1:
+            est = elapsed * total
+            say(f"first batch: {elapsed:.1f} s; estimated total {f'{est / 60:.1f} min' if est >= 60 else f'{est:.0f} s'}")
+
+    with dist.RankGroup(share, plan.settings.device) as ranks:
+        if plan.targets:
+            with progress(plan.n_units, "render", quiet=quiet, unit="units") as bar:
+                summary = run_render(loaded, plan, path, progress=bar, on_batch=on_batch,
+                                     stats_from=final if path != final else None, resume=resume,
+                                     checkpoint_s=checkpoint_s)
+        else:
+            summary = {"output": path, "requested": 0, "rendered": 0, "skipped": [], "seconds": 0.0}
+        if share.torchrun:
+            dist.write_part_summary(path, summary)
+            ranks.barrier()
+            if not share.leader:
+                return None
+            parts = [dist.part_path(final, i, n) for i in range(1, n + 1)]
+            ranks_summary = dist.read_part_summaries(parts)
+            parts = [p for p, r in zip(parts, ranks_summary) if r.get("requested")]  # ranks with no units wrote none
+            packed = dist.pack_parts(final, parts)
+            summary = dict(summary, output=final, ranks=n,
+                           **dist.combine_counts(ranks_summary, ("requested", "rendered")),
+                           skipped=[w for r in ranks_summary for w in r.get("skipped", [])], packed=packed)
+    return summary
+
