@@ -31,8 +31,9 @@ def strongest_units(art, layer: str, n: int) -> list[int]:
 
 def run_demo(out_dir, steps: int = 192, size: int = 128, quiet: bool = False, log=print) -> dict:
     """Collect, render and export into out_dir; returns timings and the paths to open."""
-    from scopecli.artifact import ArtifactWriter, open_artifact
-    from scopecli.collect import CollectSettings, collect, open_source
+    from scopecli.artifact import open_artifact
+    from scopecli.collect import CollectSettings, open_source
+    from scopecli.collect.job import run_collect
     from scopecli.demo_photos import prepare_photos
     from scopecli.export import export_site
     from scopecli.models import resolve_model
@@ -61,11 +62,7 @@ def run_demo(out_dir, steps: int = 192, size: int = 128, quiet: bool = False, lo
     t = time.perf_counter()
     source = open_source(str(photos), labels=str(labels))
     settings = CollectSettings(top_k=8, bottom_k=4, patch_size=96, probe=len(source.paths), batch=16)
-    settings.check()
-    params = settings.params() | {"data": source.describe(), "layers": list(DEMO_LAYERS)}
-    with ArtifactWriter(str(artifact), loaded.info(), "demo collect", params) as writer:
-        collected = collect(loaded, source, list(DEMO_LAYERS), settings, sink=writer, quiet=quiet, log=lambda m: None)
-    collected_summary = collected.summary()
+    collected_summary = run_collect(loaded, source, list(DEMO_LAYERS), settings, str(artifact), quiet=quiet)
     timings["collect"] = time.perf_counter() - t
 
     t = time.perf_counter()
