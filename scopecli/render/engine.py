@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from scopecli.capture import LayerTap
+from scopecli.devices import resolve_device
 from scopecli.errors import ScopeError
 from scopecli.records import RenderRecord
 from scopecli.render import transforms as tf
@@ -121,20 +122,6 @@ def plan_targets(layer_units, objective: str = "channel", diversity: int = 1) ->
             for k in range(int(diversity)):
                 targets.append(RenderTarget(layer, int(unit), objective, k))
     return targets
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; asking for cuda without one is an error."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ScopeError("--device cuda was asked for but no CUDA device is available (use --device cpu)")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ScopeError(f"unknown --device '{name}': use auto, cpu or cuda")
 
 
 def _unwrap(model, normalize, fingerprint):

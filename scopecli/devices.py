@@ -1,0 +1,31 @@
+"""One reading of `--device` for every command that runs a model."""
+
+from __future__ import annotations
+
+import torch
+
+from scopecli.errors import ScopeError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """auto -> cuda when available, else cpu; asking for a device that is not there is a clear error."""
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ScopeError(f"--device {spec}: no CUDA device is available (use --device cpu or auto)")
+        try:
+            device = torch.device(spec)
+        except RuntimeError:
+            raise ScopeError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N") from None
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ScopeError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return device
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "mps":
+        if not torch.backends.mps.is_available():
+            raise ScopeError("--device mps: Apple MPS is not available")
+        return torch.device("mps")
+    raise ScopeError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N")
