@@ -110,3 +110,12 @@ def test_string_declaring_gigabytes_is_refused_before_allocation(tmp_path, scope
     assert judge(r.code, r.stderr) == "clean" and "/spec/schema: a string declares 4294967295 bytes" in r.stdout
     r = scope_cli("info", path)
     assert judge(r.code, r.stderr) == "clean" and "/provenance/runs: a string declares 2147483648 bytes" in r.stderr
+
+
+@pytest.mark.parametrize("case", [2525, 5701, 5729, 8289, 9063])
+def test_findings_of_the_10000_case_run_stay_fixed(case):
+    """seed 0 cases that failed once: array-valued root `format` crashed validate (2525, 5729); inf-inf probe
+    activations printed a RuntimeWarning in query --like (5701); a 100,000-character class name / objective
+    made the show card fit its caption for minutes (8289, 9063)."""
+    rep = fuzz(1, seed=0, start=case, timeout_s=20)
+    assert rep.commands == 6 and rep.failures == [], rep.failures

@@ -254,7 +254,7 @@ def _structure_problems(f: h5py.File, p: str, quick: bool) -> list[str]:
     """Format/version, schema walk and (full check) every dataset's checksum; [] when all is well."""
     fmt = f.attrs.get("format")
     fmt = fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt
-    if fmt != FORMAT_NAME:
+    if not isinstance(fmt, str) or fmt != FORMAT_NAME:
         return [f"{p}: not a scope artifact (HDF5 file without format={FORMAT_NAME!r})"]
     ver = f.attrs.get("format_version")
     ver = ver.decode("utf-8", "replace") if isinstance(ver, bytes) else ver

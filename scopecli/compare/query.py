@@ -325,7 +325,7 @@ def _like_candidates(si: int, src: _Source, ref: dict, layers: list[str] | None)
         y = np.asarray(acts[rb], dtype=np.float32)
         x = ref["vec"][ra]
         # float16 probes overflow to inf for huge activations: use only images finite in both
-        if not (np.isfinite(y.sum(axis=0)).all() and np.isfinite(x).all()):
+        if not (np.isfinite(y).all() and np.isfinite(x).all()):  # (no arithmetic: inf - inf would warn)
             ok = np.isfinite(x) & np.isfinite(y).all(axis=1)
             x, y = x[ok], y[ok]
         if len(x) < MIN_SHARED:

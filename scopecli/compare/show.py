@@ -104,6 +104,8 @@ def _thumb(pixels: np.ndarray | None) -> Image.Image:
 
 
 def _fit(d: ImageDraw.ImageDraw, text: str, width: int) -> str:
+    if len(text) > width:  # every glyph is at least a pixel wide; a 100k-character class name took minutes
+        text = text[: max(width, 1)]
     while text and text_size(d, text)[0] > width:
         text = text[:-2] + "…" if len(text) > 2 else ""
     return text
