@@ -326,15 +326,9 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
                     a = a.index_select(0, sel)
                 if a.shape[0] == 0:
                     continue
-                mx, amx = a.max(dim=2)
-                mn, amn = a.min(dim=2)
-                total = a.sum(dim=2)
-                sumsq = torch.linalg.vector_norm(a, dim=2).square_()
-                stats[rec.name].update(a, total, sumsq, mx, mn)
-                extremes[rec.name]["top"].update(mx, amx, gidx)
-                extremes[rec.name]["bottom"].update(mn, amn, gidx)
-                if probe_sel is not None:
-                    probe_parts[rec.name].append((total.index_select(0, probe_sel) / a.shape[2]).half().cpu())
+                probe = _observe_layer(stats[rec.name], extremes[rec.name], a, gidx, probe_sel)
+                if probe is not None:
+                    probe_parts[rec.name].append(probe.cpu())
             del outs
             bar.advance(len(idx))
             done_batches += 1
@@ -347,6 +341,29 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
             probe[rec.name] = (pi, torch.cat(probe_parts[rec.name]).numpy().astype(np.float16))
     return {"ok": ok, "sha256": sha, "width": width, "height": height, "reason": reason,
             "stats": stats, "extremes": extremes, "probe": probe}
+
+
+def _observe_layer(stats: LayerStats, extremes: dict, a: torch.Tensor, gidx: torch.Tensor,
+                   probe_sel: torch.Tensor | None) -> torch.Tensor | None:
+    """One layer's batch [N, C, P] into its statistics and top/bottom trackers; returns the probe rows'
+    spatial means (float16 [len(probe_sel), C]) or None. Everything per unit runs on the stats threads,
+    each for its own unit range, so the main thread issues no small ops."""
+    a = a.contiguous()
+    top, bottom = extremes["top"], extremes["bottom"]
+    new_top, new_bottom = top.start(a.shape[0]), bottom.start(a.shape[0])
+    probe = None if probe_sel is None else torch.empty(len(probe_sel), a.shape[1], dtype=torch.float16,
+                                                       device=a.device)
+
+    def per_units(lo, hi, mx, mn, total):
+        top.merge_units(new_top, lo, hi, mx, gidx, a[:, lo:hi])
+        bottom.merge_units(new_bottom, lo, hi, mn, gidx, a[:, lo:hi])
+        if probe is not None:
+            probe[:, lo:hi] = total.index_select(0, probe_sel) / a.shape[2]
+
+    stats.observe(a, per_units)
+    top.commit(new_top)
+    bottom.commit(new_bottom)
+    return probe
 
 
 def _layer_groups(records, winners, settings) -> list[list[LayerRecord]]:

@@ -29,6 +29,8 @@ Counts are int64 while accumulating and stored as int32 when they fit (gzip shri
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -160,19 +162,64 @@ def stats_from_sketch(
     )
 
 
-_SCRATCH_ELEMENTS = 1 << 24  # histogram scratch: 2 x 64 MiB of int32 at most, whatever the layer
-_SCRATCH: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_CHUNK_ELEMENTS = 1 << 18  # on CPU activations are swept in blocks of about this many values (1 MiB, in cache)
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
 
 
-def _scratch(device: torch.device, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reusable key/index buffers of at least m elements, and m ones (an expanded view: no memory)."""
-    buf = _SCRATCH.get(device)
-    if buf is None or buf[0].numel() < m:
-        size = max(m, min(_SCRATCH_ELEMENTS, 1 << 20))
-        buf = (torch.empty(size, dtype=torch.int32, device=device), torch.empty(size, dtype=torch.int32, device=device),
-               torch.ones(1, dtype=torch.int64, device=device).expand(size))
-        _SCRATCH[device] = buf
-    return buf[0][:m], buf[1][:m], buf[2][:m]
+def _sweep_threads(device: torch.device) -> int:
+    """CPU: one sweep thread per intra-op thread (each runs single-threaded torch ops on its own units)."""
+    return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
+
+
+def _run_parallel(tasks: list) -> None:
+    """Run callables on the sweep pool with intra-op parallelism off (workers read it once, when they start).
+
+    Why: many small OpenMP regions cost a thread wake-up each and spin while index_add_ runs serially;
+    disjoint unit ranges on plain threads (torch ops release the GIL) keep every core busy instead.
+    """
+    global _POOL, _POOL_SIZE
+    if len(tasks) == 1:
+        tasks[0]()
+        return
+    if _POOL is None or _POOL_SIZE < len(tasks):
+        _POOL, _POOL_SIZE = ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="scope-stats"), len(tasks)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for f in [_POOL.submit(t) for t in tasks]:
+            f.result()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _ones(device: torch.device, m: int) -> torch.Tensor:
+    """m int64 ones as an expanded view (no memory)."""
+    return torch.ones(1, dtype=torch.int64, device=device).expand(m)
+
+
+def _blocks(n: int, c: int, p: int, parts: int, device: torch.device) -> list[tuple[int, int, list]]:
+    """Split an [n, c, p] activation into `parts` unit ranges (lo, hi, blocks): blocks (i0, i1, u0, u1) hold
+    about _CHUNK_ELEMENTS values; ranges are disjoint, so their histogram rows and top-k rows never
+    overlap. Off the CPU there is no cache to fit: one block."""
+    if device.type != "cpu":
+        return [(0, c, [(0, n, 0, c)])]
+    parts = max(1, min(parts, c))
+    out = []
+    for t in range(parts):
+        lo, hi = t * c // parts, (t + 1) * c // parts
+        if (hi - lo) * p <= _CHUNK_ELEMENTS:  # several images' rows of these units per block
+            per = max(1, _CHUNK_ELEMENTS // ((hi - lo) * p))
+            out.append((lo, hi, [(i, min(n, i + per), lo, hi) for i in range(0, n, per)]))
+        else:  # one image, a sub-range of units per block
+            ub = max(1, _CHUNK_ELEMENTS // p)
+            out.append((lo, hi, [(i, i + 1, u, min(hi, u + ub)) for i in range(n) for u in range(lo, hi, ub)]))
+    return out
+
+
+def _image_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of [N, U] over images, in image order whatever U (so any split of units gives the same bits)."""
+    return x.cumsum(0)[-1]
 
 
 class LayerStats:
@@ -195,33 +242,85 @@ class LayerStats:
         n, c, p = v.shape
         if n == 0:
             return
-        # moments: per-image (P, mean, M2) from float32 sums, combined with Chan's formula in float64
+        self._moments(p, img_sum, img_sumsq, img_max, img_min)
+        self.count += n * p
+        v = v.contiguous()
+        scratch = None
+        for i0, i1, u0, u1 in _blocks(n, c, p, 1, v.device)[0][2]:
+            scratch = self._histogram(v[i0:i1, u0:u1], u0, scratch)
+
+    def observe(self, v: torch.Tensor, per_units=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Add a batch of float32 [N, C, P] activations; returns their per-image (max, min, sum) [N, C].
+        `per_units(lo, hi, vmax, vmin, total)` (optional) runs on the same thread once units lo:hi are
+        swept, with their [N, hi - lo] reductions (the engine updates those units' top-k rows and probes).
+
+        Same result as `update` with those reductions, in one sweep over cache-sized blocks of (image,
+        unit) rows: every reduction and the histogram read a block while it is in cache, instead of
+        several passes over the whole activation from memory. On CPU, threads take disjoint unit ranges.
+        """
+        n, c, p = v.shape
+        v = v.contiguous()
+        out = torch.empty(4, n, c, dtype=v.dtype, device=v.device)
+        vmax, vmin, total, norm = out.unbind(0)
+
+        def sweep(lo, hi, blocks):
+            scratch = None
+            for i0, i1, u0, u1 in blocks:
+                part = v[i0:i1, u0:u1]
+                torch.amax(part, 2, out=vmax[i0:i1, u0:u1])
+                torch.amin(part, 2, out=vmin[i0:i1, u0:u1])
+                torch.sum(part, 2, out=total[i0:i1, u0:u1])
+                torch.linalg.vector_norm(part, dim=2, out=norm[i0:i1, u0:u1])
+                scratch = self._histogram(part, u0, scratch)
+            self._moments(p, total[:, lo:hi], norm[:, lo:hi].square(), vmax[:, lo:hi], vmin[:, lo:hi], lo, hi)
+            if per_units is not None:
+                per_units(lo, hi, vmax[:, lo:hi], vmin[:, lo:hi], total[:, lo:hi])
+
+        if n:
+            parts = _blocks(n, c, p, _sweep_threads(v.device), v.device)
+            _run_parallel([lambda part=part: sweep(*part) for part in parts])
+            self.count += n * p
+        return vmax, vmin, total
+
+    def _moments(self, p: int, img_sum: torch.Tensor, img_sumsq: torch.Tensor,
+                 img_max: torch.Tensor, img_min: torch.Tensor, lo: int = 0, hi: int | None = None) -> None:
+        """Fold per-image sums of units lo:hi into mean/m2/min/max (in place; the caller advances count)."""
+        # per-image (P, mean, M2) from float32 sums, combined with Chan's formula in float64. Sums over
+        # images are sequential scans (cumsum): unlike vectorized reductions, whose last few columns round
+        # differently, they do not depend on how units are split among threads, so results are exact.
+        hi = self.channels if hi is None else hi
+        n = img_sum.shape[0]
         sums = img_sum.double()
         means = sums / p
-        bmean = means.mean(0)
-        bm2 = (img_sumsq.double() - sums * means).clamp_(min=0).sum(0) + p * ((means - bmean) ** 2).sum(0)
+        bmean = _image_sum(means) / n
+        dev = means - bmean
+        bm2 = _image_sum((img_sumsq.double() - sums * means).clamp_(min=0)) + p * _image_sum(dev * dev)
         bn = n * p
         tot = self.count + bn
-        delta = bmean - self.mean
-        self.mean += delta * (bn / tot)
-        self.m2 += bm2 + delta * delta * (self.count * bn / tot)
-        self.count = tot
-        self.vmax = torch.maximum(self.vmax, img_max.double().amax(0))
-        self.vmin = torch.minimum(self.vmin, img_min.double().amin(0))
-        # histogram: float bits -> key (sign, exponent, top mantissa bits) -> bucket via lookup table
-        # -> + per-unit offset -> index_add of ones (several times faster than bincount on CPU).
-        # Images go in chunks so the int32 scratch buffers (shared by all layers) stay bounded.
-        v = v.contiguous()
-        per = max(1, _SCRATCH_ELEMENTS // (c * p))
-        for i0 in range(0, n, per):
-            part = v[i0 : i0 + per]
-            m = part.numel()
-            key, idx, ones = _scratch(v.device, m)
-            torch.bitwise_right_shift(part.view(torch.int32).view(-1), _SHIFT, out=key)
-            key &= _KEY_MASK
-            torch.index_select(_lut(v.device), 0, key, out=idx)
-            idx.view(part.shape[0], c, p).add_(self._offsets)
-            self.hist.index_add_(0, idx, ones)
+        delta = bmean - self.mean[lo:hi]
+        self.mean[lo:hi] += delta * (bn / tot)
+        self.m2[lo:hi] += bm2 + delta * delta * (self.count * bn / tot)
+        torch.maximum(self.vmax[lo:hi], img_max.double().amax(0), out=self.vmax[lo:hi])  # exact either way
+        torch.minimum(self.vmin[lo:hi], img_min.double().amin(0), out=self.vmin[lo:hi])
+
+    def _histogram(self, part: torch.Tensor, u0: int, scratch):
+        """Count an [images, units u0.., P] block into the histogram; returns reusable scratch.
+
+        float bits -> key (sign, exponent, top mantissa bits) -> bucket via lookup table -> + the unit's
+        offset -> index_add of ones (several times faster than bincount on CPU).
+        """
+        ni, nu, p = part.shape
+        m = part.numel()
+        if scratch is None or scratch[0].numel() < m:
+            scratch = (torch.empty(m, dtype=torch.int32, device=part.device),
+                       torch.empty(m, dtype=torch.int32, device=part.device))
+        key, idx = scratch[0][:m], scratch[1][:m]
+        torch.bitwise_right_shift(part.view(torch.int32), _SHIFT, out=key.view(ni, nu, p))  # part may be strided
+        key &= _KEY_MASK
+        torch.index_select(_lut(part.device), 0, key, out=idx)
+        idx.view(ni, nu, p).add_(self._offsets[:, u0 : u0 + nu])
+        self.hist.index_add_(0, idx, _ones(part.device, m))
+        return scratch
 
     def finalize(self, units: np.ndarray | None = None) -> StatsBlock:
         units = np.arange(self.channels) if units is None else np.asarray(units)

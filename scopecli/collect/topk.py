@@ -39,6 +39,57 @@ class StreamingExtremes:
         self.image = torch.gather(im, 1, order)
         self.pos = torch.gather(p, 1, order)
 
+    def update_located(self, score: torch.Tensor, image: torch.Tensor, values: torch.Tensor) -> None:
+        """Like `update`, but the spatial position is found only for the new winners: score [N, C] per-image
+        extremes of values [N, C, P]; the position is the first arg-max (arg-min), as `Tensor.max(dim)` gives.
+        Most (image, unit) pairs never enter the top K, so this skips an arg-reduction over the whole batch."""
+        new = self.start(score.shape[0])
+        if new is not None:
+            self.merge_units(new, 0, score.shape[1], score, image, values)
+            self.commit(new)
+
+    def start(self, n: int):
+        """New state for a batch of n images, filled unit range by unit range (merge_units), then commit."""
+        if self.k == 0 or n == 0:
+            return None
+        c, old = self.score.shape
+        kn = min(self.k, old + n)
+        dev = self.score.device
+        return (torch.empty(c, kn, dtype=torch.float32, device=dev), torch.empty(c, kn, dtype=torch.int64, device=dev),
+                torch.empty(c, kn, dtype=torch.int64, device=dev))
+
+    def merge_units(self, new, lo: int, hi: int, score: torch.Tensor, image: torch.Tensor,
+                    values: torch.Tensor) -> None:
+        """Units lo:hi of a batch into `new`: score [N, hi - lo], image [N], values [N, hi - lo, P]."""
+        if new is None or hi <= lo:
+            return
+        new_score, new_image, new_pos = new
+        old = self.score.shape[1]
+        c = hi - lo
+        s = torch.cat([self.score[lo:hi], score.t().float()], dim=1)
+        im = torch.cat([self.image[lo:hi], image.view(1, -1).expand(c, -1)], dim=1)
+        fill = float("-inf") if self.largest else float("inf")
+        key = torch.nan_to_num(s, nan=fill)
+        order = torch.sort(key, dim=1, descending=self.largest, stable=True).indices[:, : new_score.shape[1]]
+        torch.gather(s, 1, order, out=new_score[lo:hi])
+        torch.gather(im, 1, order, out=new_image[lo:hi])
+        pos = new_pos[lo:hi]
+        if values.device.type != "cpu":  # accelerators: a full arg-reduction beats a host sync (nonzero)
+            arg = (values.argmax(2) if self.largest else values.argmin(2)).t().long()
+            torch.gather(torch.cat([self.pos[lo:hi], arg], dim=1), 1, order, out=pos)
+            return
+        if old:
+            torch.gather(self.pos[lo:hi], 1, order.clamp(max=old - 1), out=pos)
+        unit, col = torch.nonzero(order >= old, as_tuple=True)
+        if unit.numel():
+            rows = values[order[unit, col] - old, unit]
+            pos[unit, col] = (rows.argmax(1) if self.largest else rows.argmin(1)).long()
+
+    def commit(self, new) -> None:
+        """Make the state filled by merge_units current."""
+        if new is not None:
+            self.score, self.image, self.pos = new
+
     def result(self, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(score float32 [C, K], image int64 [C, K], loc int32 [C, K, 2]); missing: NaN, -1, 0."""
         c, n = self.score.shape
