@@ -22,6 +22,7 @@ from scopecli.collect.data import MAX_PIXELS, ImageSource, ModelInputs, default_
 from scopecli.collect.stats import LayerStats
 from scopecli.collect.topk import StreamingExtremes
 from scopecli.capture import LayerTap
+from scopecli.devices import resolve_device
 from scopecli.errors import ScopeError
 from scopecli.layers import find_layer, layer_table
 from scopecli.progress import progress as progress_bar
@@ -124,23 +125,6 @@ class MemorySink:
 
     def put_examples(self, layer: str, which: str, ex: ExampleSet, **encoding) -> None:
         self.examples.setdefault(layer, {})[which] = ex
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    spec = (spec or "auto").lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ScopeError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
-        return torch.device(spec)
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "mps":
-        if not torch.backends.mps.is_available():
-            raise ScopeError("--device mps: Apple MPS is not available")
-        return torch.device("mps")
-    raise ScopeError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N")
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
