@@ -159,34 +159,33 @@ def check_element(obj, enc_type: str, where: str, kind: type | None = None) -> N
         raise ScopeError(f"{where}: encoding {t} version {v} is newer than this reader; upgrade scope")
 
 
-def get_dataset(group: h5py.Group, name: str, where: str, required: bool = True) -> h5py.Dataset | None:
-    """A child dataset, refusing links that leave the file, virtual/external storage and unknown filters."""
+def _hard_child(group: h5py.Group, name: str, where: str, required: bool, kind: type, what: str):
+    """A child reached by a hard link only (no soft/external links out of the file), of the expected kind."""
     link = group.get(name, getlink=True)
     if link is None:
         if required:
-            raise ScopeError(f"{where}: missing dataset {name!r}")
+            raise ScopeError(f"{where}: missing {what} {name!r}")
         return None
     if not isinstance(link, h5py.HardLink):
         raise ScopeError(f"{where}/{name}: {type(link).__name__} is not allowed in an artifact")
-    ds = group[name]
-    if not isinstance(ds, h5py.Dataset):
-        raise ScopeError(f"{where}/{name}: expected a dataset, found a group")
-    check_dataset_storage(ds, f"{where}/{name}")
+    child = group[name]
+    if not isinstance(child, kind):
+        found = "group" if isinstance(child, h5py.Group) else "dataset"
+        raise ScopeError(f"{where}/{name}: expected a {what}, found a {found}")
+    return child
+
+
+def get_dataset(group: h5py.Group, name: str, where: str, required: bool = True) -> h5py.Dataset | None:
+    """A child dataset, refusing links that leave the file, virtual/external storage and unknown filters."""
+    ds = _hard_child(group, name, where, required, h5py.Dataset, "dataset")
+    if ds is not None:
+        check_dataset_storage(ds, f"{where}/{name}")
     return ds
 
 
 def get_group(group: h5py.Group, name: str, where: str, required: bool = True) -> h5py.Group | None:
-    link = group.get(name, getlink=True)
-    if link is None:
-        if required:
-            raise ScopeError(f"{where}: missing group {name!r}")
-        return None
-    if not isinstance(link, h5py.HardLink):
-        raise ScopeError(f"{where}/{name}: {type(link).__name__} is not allowed in an artifact")
-    g = group[name]
-    if not isinstance(g, h5py.Group):
-        raise ScopeError(f"{where}/{name}: expected a group, found a dataset")
-    return g
+    """A child group, refusing links that leave the file."""
+    return _hard_child(group, name, where, required, h5py.Group, "group")
 
 
 ALLOWED_FILTERS = {
