@@ -13,13 +13,6 @@ MODEL = ["tinymodels:tiny_cnn", "--weights", "random", "--input-size", "32"]
 FAST = ["--steps", "8", "--size", "32", "--batch", "4", "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_render_writes_images_with_evidence_and_validates(tmp_path, scope_cli):
     from scopecli.artifact import open_artifact

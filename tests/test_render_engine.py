@@ -13,14 +13,6 @@ from scopecli.render import RenderSettings, RenderTarget, derive_seed, plan_targ
 from scopecli.render.engine import auto_batch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPUs are shared: two OpenMP threads under load are far slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def small_cnn(seed=0):
     """conv-relu-conv(stride 2)-relu-conv-relu with weights large enough that every unit can move."""
