@@ -1,0 +1,72 @@
+"""Files written by scope 0.1.0 read exactly as 0.1.0 read them (fixtures: scripts/make_golden.py).
+
+`info --json`, `show --json` and the exported gallery of the frozen files must stay identical: images
+byte for byte, pages up to white space and the version in the footer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from scopecli import __version__
+
+FIX = Path(__file__).parent / "fixtures" / "v0.1.0"
+GOLDEN = json.loads((FIX / "golden.json").read_text())
+
+
+def _page_digest(text: str) -> str:
+    text = text.replace(f"scope {__version__}", "scope 0.1.0")
+    folded = re.sub(r"\s+", " ", re.sub(r">\s+<", "><", text)).strip()
+    return hashlib.sha256(folded.encode("utf-8")).hexdigest()
+
+
+@pytest.fixture
+def old_files(tmp_path):
+    for name in ("tiny.h5", "nasty.h5", "diff.h5"):
+        shutil.copy(FIX / name, tmp_path / name)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["tiny.h5", "nasty.h5"])
+def test_info_json_unchanged(scope_cli, old_files, monkeypatch, name):
+    monkeypatch.chdir(old_files)
+    r = scope_cli("info", name, "--json")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout) == GOLDEN["info"][name]
+
+
+@pytest.mark.parametrize("key", sorted(GOLDEN["show"]))
+def test_show_json_unchanged(scope_cli, old_files, monkeypatch, key):
+    monkeypatch.chdir(old_files)
+    name, unit = key.split(" ", 1)
+    r = scope_cli("show", name, unit, "--json")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout) == GOLDEN["show"][key]
+
+
+@pytest.mark.parametrize("name", ["tiny.h5", "nasty.h5"])
+def test_old_files_validate(scope_cli, old_files, name):
+    r = scope_cli("validate", old_files / name)
+    assert r.code == 0, r.stdout + r.stderr
+
+
+def test_export_unchanged(scope_cli, old_files, monkeypatch):
+    monkeypatch.chdir(old_files)
+    r = scope_cli("export", "tiny.h5", "nasty.h5", "--diff", "diff.h5", "-o", "site", "--quiet")
+    assert r.code == 0, r.stderr
+    site = old_files / "site"
+    got = {}
+    for p in sorted(site.rglob("*")):
+        if p.is_file() and p.name != ".scope-export.json":
+            data = p.read_bytes()
+            rel = p.relative_to(site).as_posix()
+            got[rel] = _page_digest(data.decode("utf-8")) if p.suffix == ".html" else hashlib.sha256(data).hexdigest()
+    assert sorted(got) == sorted(GOLDEN["export"])
+    changed = [rel for rel in got if got[rel] != GOLDEN["export"][rel]]
+    assert not changed, changed[:10]
