@@ -229,17 +229,15 @@ def info_cmd(
     file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
     json_out: bool = JsonOpt,
 ):
-    """What an artifact holds: model, format version, layers with rendered/collected counts, dataset, size."""
-    from scopecli.artifact import open_artifact
+    """What a scope file holds: an artifact's model, format, layers with rendered/collected counts, dataset, size;
+    a diff file's models and layer pairs."""
+    from scopecli.artifact.formats import describe
 
-    with open_artifact(file) as art:
-        info = art.info()
+    fmt, info = describe(file)
     if json_out:
         _print_json(info)
         return
-    from scopecli.artifact.report import info_report
-
-    _out().print(info_report(info))
+    _out().print(fmt.report(info))
 
 
 @app.command("validate")

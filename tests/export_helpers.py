@@ -59,7 +59,7 @@ def check_site_links(site: Path) -> int:
 
 def loglinear_stats(units, acts: np.ndarray):
     """A StatsBlock with a real collect sketch (log-linear histogram) of acts [positions, units]."""
-    from scopecli.collect.stats import NUM_BUCKETS, bucket_index_numpy, stats_from_sketch
+    from scopecli.sketch import NUM_BUCKETS, bucket_index_numpy, stats_from_sketch
 
     acts = np.asarray(acts, np.float32)
     hist = np.zeros((acts.shape[1], NUM_BUCKETS), np.int64)

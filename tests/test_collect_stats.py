@@ -3,8 +3,9 @@
 import numpy as np
 import torch
 
-from scopecli.collect.merge import merge_examples, merge_stats
-from scopecli.collect.stats import NUM_BUCKETS, RELATIVE_ACCURACY, LayerStats, bucket_index_numpy, bucket_representatives
+from scopecli.sketch import merge_examples, merge_stats
+from scopecli.collect.stats import LayerStats
+from scopecli.sketch import NUM_BUCKETS, RELATIVE_ACCURACY, bucket_index_numpy, bucket_representatives
 from scopecli.records import ExampleSet
 
 

@@ -7,6 +7,7 @@ import torch
 
 from scopecli.collect import stats as stats_mod
 from scopecli.collect.stats import LayerStats
+from scopecli import sketch
 from scopecli.collect.topk import StreamingExtremes
 
 
@@ -33,7 +34,7 @@ def test_observe_equals_update_with_plain_reductions(monkeypatch, threads):
     a, b = plain.finalize(), swept.finalize()
     np.testing.assert_array_equal(a.sketch["hist"], b.sketch["hist"])
     ref = torch.cat(_batches()).permute(1, 0, 2).reshape(5, -1).numpy()
-    want = np.stack([np.bincount(stats_mod.bucket_index_numpy(r), minlength=stats_mod.NUM_BUCKETS) for r in ref])
+    want = np.stack([np.bincount(sketch.bucket_index_numpy(r), minlength=sketch.NUM_BUCKETS) for r in ref])
     np.testing.assert_array_equal(b.sketch["hist"], want)
     for f in ("count", "mean", "std", "min", "max", "frac_pos", "quantiles"):
         np.testing.assert_allclose(getattr(a, f), getattr(b, f), rtol=1e-12, equal_nan=True)

@@ -1,14 +1,19 @@
-"""Low-level HDF5 element I/O for the artifact: typed datasets with encoding attributes and sha256.
+"""Low-level HDF5 I/O for scope files: typed datasets with encoding attributes and sha256, bounded reads.
 
 Writers go through `write_array` / `write_strings` / `write_blob` so every dataset gets the same
 storage rules (chunked + fletcher32 for non-empty numeric data, gzip only, sha256 of canonical bytes).
-Readers go through `check_element` so every element is dispatched on its encoding type and version.
+Readers check each element's encoding type and version with `check_element` (the element registry
+picks the element by its place in the file), fetch children with `get_dataset`/`get_group` (hard
+links only, sane sizes, allowed filters) and attributes with `read_attr`, whose memory is bounded:
+a damaged file from a stranger must not make libhdf5 allocate gigabytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 
 import h5py
 import numpy as np
@@ -100,8 +105,86 @@ def str_list_attr(values) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- reading
 
 
+MAX_ATTR_BYTES = 1 << 20  # declared bytes of one attribute's value (spec: small scalars and short lists)
+ATTR_READ_MEMORY = 256 << 20  # what reading one variable-length attribute may allocate at most
+_MISSING = object()
+_MEMORY_LOCK = threading.Lock()
+
+
+def _vm_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def bounded_memory(extra: int = ATTR_READ_MEMORY):
+    """Let the block allocate at most `extra` more bytes of address space (Linux; elsewhere no bound).
+
+    Why: a variable-length string keeps its length in a descriptor that libhdf5 trusts; a damaged one
+    makes it allocate (and fill) up to 4 GiB per string before it finds the heap object too short. For
+    datasets the descriptors are checked straight from the file (`check_string_lengths`); attributes
+    live inside object headers, so their reads run under an address-space limit instead, and a huge
+    allocation fails inside libhdf5 as a read error.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        yield
+        return
+    with _MEMORY_LOCK:
+        vm = _vm_bytes()
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = None if vm is None else vm + extra
+        if limit is not None and hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        if limit is not None and soft != resource.RLIM_INFINITY:
+            limit = min(limit, soft)
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+        try:
+            yield
+        finally:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def read_attr(obj, key: str, where: str, default=_MISSING):
+    """One attribute's value (as h5py gives it), refusing sizes beyond MAX_ATTR_BYTES and reading
+    variable-length values under `bounded_memory`. `default` is returned when it is absent."""
+    try:
+        if key not in obj.attrs:
+            if default is _MISSING:
+                raise ScopeError(f"{where}: missing attribute {key!r}")
+            return default
+        aid = h5py.h5a.open(obj.id, key.encode("utf-8"))
+        shape = aid.shape
+        dtype = aid.dtype
+    except ScopeError:
+        raise
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise ScopeError(f"{where}: attribute {short_repr(key)} unreadable ({first_line(exc)}); the file is corrupt")
+    n = 1
+    for d in shape or ():
+        n *= int(d)
+    variable = dtype.kind == "O"
+    declared = n * (16 if variable else dtype.itemsize)
+    if declared > MAX_ATTR_BYTES or n > MAX_ATTR_BYTES:
+        raise ScopeError(f"{where}: attribute {short_repr(key)} declares {declared} bytes, beyond sane bounds; "
+                         "the file is corrupt")
+    try:
+        if variable:
+            with bounded_memory():
+                return obj.attrs[key]
+        return obj.attrs[key]
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError, MemoryError, UnicodeDecodeError) as exc:
+        raise ScopeError(f"{where}: attribute {short_repr(key)} unreadable ({first_line(exc)}); the file is corrupt")
+
+
 def attr_str(obj, key: str, where: str) -> str:
-    v = obj.attrs.get(key)
+    v = read_attr(obj, key, where, None)
     if isinstance(v, bytes):
         try:
             v = v.decode("utf-8")
@@ -113,7 +196,7 @@ def attr_str(obj, key: str, where: str) -> str:
 
 
 def attr_int(obj, key: str, where: str, lo: int = -(1 << 62), hi: int = 1 << 62) -> int:
-    v = obj.attrs.get(key)
+    v = read_attr(obj, key, where, None)
     if isinstance(v, np.ndarray) and v.shape in ((), (1,)):
         v = v.reshape(-1)[0]
     if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
@@ -125,7 +208,7 @@ def attr_int(obj, key: str, where: str, lo: int = -(1 << 62), hi: int = 1 << 62)
 
 
 def attr_str_list(obj, key: str, where: str) -> list[str]:
-    v = obj.attrs.get(key)
+    v = read_attr(obj, key, where, None)
     if v is None:
         raise ScopeError(f"{where}: missing attribute {key!r}")
     arr = np.asarray(v).reshape(-1)
@@ -137,18 +220,25 @@ def attr_str_list(obj, key: str, where: str) -> list[str]:
     return out
 
 
-def encoding_of(obj) -> tuple[str | None, str | None]:
-    t, v = obj.attrs.get("encoding-type"), obj.attrs.get("encoding-version")
-    t = t.decode() if isinstance(t, bytes) else t
-    v = v.decode() if isinstance(v, bytes) else v
-    return (t if isinstance(t, str) else None, v if isinstance(v, str) else None)
+def attr_text(obj, key: str, where: str, default: str | None = None) -> str | None:
+    """A string attribute decoded leniently (bytes -> UTF-8 with replacement), or `default` when absent
+    or not a string: for optional attributes whose absence is not an error."""
+    v = read_attr(obj, key, where, None)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v if isinstance(v, str) else default
+
+
+def encoding_of(obj, where: str = "") -> tuple[str | None, str | None]:
+    """(encoding-type, encoding-version) of an element; None for what is absent or not a string."""
+    return attr_text(obj, "encoding-type", where or str(obj.name)), attr_text(obj, "encoding-version", where or str(obj.name))
 
 
 def check_element(obj, enc_type: str, where: str, kind: type | None = None) -> None:
     """Refuse an element that is not of encoding `enc_type` at a major version this reader knows."""
     if kind is not None and not isinstance(obj, kind):
         raise ScopeError(f"{where}: expected an HDF5 {kind.__name__.lower()}, found {type(obj).__name__.lower()}")
-    t, v = encoding_of(obj)
+    t, v = encoding_of(obj, where)
     if t != enc_type:
         raise ScopeError(f"{where}: encoding-type is {short_repr(t)}, expected {enc_type!r}")
     try:

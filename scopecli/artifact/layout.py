@@ -15,24 +15,21 @@ FORMAT_VERSION = "1.0"
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 0
 
-# Features a reader must understand; the writer lists the ones a file uses in the root attribute.
-KNOWN_FEATURES = frozenset(
-    {"layers", "provenance", "dataset", "renders", "examples", "stats", "probe", "png", "jpeg"}
-)
+# Features a reader must understand; the writer lists the ones a file uses in the root attribute. These
+# are the format's own; every registered element adds its own (`registry.known_features`).
+FORMAT_FEATURES = frozenset({"layers", "provenance", "dataset", "png", "jpeg"})
 
-# Element encodings (anndata-style): every group and dataset carries encoding-type and encoding-version.
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+# Encodings of the file's frame (anndata-style: every group and dataset carries encoding-type and
+# encoding-version). Elements (renders, examples, ...) name their own encodings in their modules.
 ENC_ROOT = "scope.artifact"
 ENC_DICT = "scope.dict"
+ENC_SPEC = "scope.spec"
+ENC_MODEL = "scope.model"
 ENC_PROVENANCE = "scope.provenance"
-ENC_DATASET = "scope.image-table"
 ENC_LAYERS = "scope.layers"
 ENC_LAYER = "scope.layer"
-ENC_RENDERS = "scope.renders"
-ENC_EXAMPLES = "scope.examples"
-ENC_EXAMPLE_SET = "scope.example-set"
-ENC_STATS = "scope.stats"
-ENC_PROBE = "scope.probe"
-ENC_SPEC = "scope.spec"
 ENC_ARRAY = "array"
 ENC_STRINGS = "string-array"
 ENC_STRING = "string"

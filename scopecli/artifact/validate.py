@@ -1,7 +1,9 @@
-"""`scope validate`: check an artifact against schema/artifact-1.0.json, every checksum and every image.
+"""`scope validate`: check a scope file against its schema (schema/*.json), every checksum and every image.
 
 Returns a list of problems (empty = valid) instead of stopping at the first one, so a user who got a
-broken file from someone can say exactly what is wrong with it.
+broken file from someone can say exactly what is wrong with it. Every file scope writes is checked:
+artifacts and diff files (`registry.file_format`); artifact elements not described by the shipped
+schema are checked against the schema node their registered element carries.
 """
 
 from __future__ import annotations
@@ -14,30 +16,29 @@ from importlib import resources
 import h5py
 import numpy as np
 
+from scopecli.artifact import registry
 from scopecli.artifact.h5io import (
+    attr_text,
     check_dataset_storage,
     check_string_lengths,
     encoding_of,
     first_line,
     raised_by_h5py,
+    read_attr,
+    short_repr,
 )
-from scopecli.artifact.images import decode_image, image_kind
-from scopecli.artifact.layout import (
-    FORMAT_MAJOR,
-    FORMAT_MINOR,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    canonical_bytes_sha256,
-    dataset_fingerprint,
-)
+from scopecli.artifact.layout import ENC_LAYER, FORMAT_NAME, FORMAT_VERSION, canonical_bytes_sha256
+from scopecli.artifact.reader import check_scope_file
+from scopecli.artifact.registry import FileFormat, file_format
 from scopecli.errors import ScopeError
+from scopecli.fileio import check_input_file
 
 MAX_PROBLEMS = 200
 
 
-def load_schema(version: str = FORMAT_VERSION) -> dict:
-    """The machine-readable schema shipped in scopecli.schema."""
-    text = (resources.files("scopecli.schema") / f"artifact-{version}.json").read_text("utf-8")
+def load_schema(name: str = f"artifact-{FORMAT_VERSION}.json") -> dict:
+    """A machine-readable schema shipped in scopecli.schema (default: this scope's artifact format)."""
+    text = (resources.files("scopecli.schema") / name).read_text("utf-8")
     return json.loads(text)
 
 
@@ -65,8 +66,18 @@ class _Walker:
     def node(self, spec: dict) -> dict:
         return self.defs[spec["$ref"]] if "$ref" in spec else spec
 
+    def element_node(self, spec: dict, name: str) -> dict | None:
+        """The schema node a registered layer element carries, for a layer child the shipped schema lacks."""
+        if spec.get("encoding-type") != ENC_LAYER:
+            return None
+        try:
+            el = registry.layer_element(name)
+        except ScopeError:
+            return None
+        return el.schema
+
     def check_encoding(self, obj, spec: dict, where: str) -> None:
-        t, v = encoding_of(obj)
+        t, v = encoding_of(obj, where)
         if t != spec.get("encoding-type"):
             self.problem(f"{where}: encoding-type {t!r}, expected {spec.get('encoding-type')!r}")
         if not (isinstance(v, str) and re.fullmatch(r"[0-9]+\.[0-9]+", v)):
@@ -80,9 +91,9 @@ class _Walker:
                     self.problem(f"{where}: missing attribute {name!r}")
                 continue
             try:
-                val = obj.attrs[name]
-            except Exception as exc:  # unreadable attribute
-                self.problem(f"{where}: attribute {name!r} unreadable ({first_line(exc)})")
+                val = read_attr(obj, name, where)
+            except ScopeError as exc:  # unreadable or oversized attribute
+                self.problem(str(exc))
                 continue
             self.check_attr_value(val, a, f"{where}@{name}", scope)
         if not spec.get("any_attrs"):
@@ -110,6 +121,14 @@ class _Walker:
                 return self.problem(f"{where}: {int(val)} is outside {a.get('min')}..{a.get('max')}")
             if "binds" in a:
                 scope[a["binds"]] = int(val)
+        elif t == "float":
+            if isinstance(val, np.ndarray) and val.shape == (1,):
+                val = val[0]
+            if not isinstance(val, (float, np.floating, int, np.integer)) or isinstance(val, (bool, np.bool_)):
+                return self.problem(f"{where}: expected a number, found {type(val).__name__}")
+        elif t == "bool":
+            if not isinstance(val, (bool, np.bool_)):
+                return self.problem(f"{where}: expected a boolean, found {type(val).__name__}")
         elif t in ("int[]", "float[]", "str[]"):
             arr = np.asarray(val)
             if arr.ndim != 1:
@@ -122,8 +141,11 @@ class _Walker:
             if t == "int[]" and "min" in a and arr.size and arr.min() < a["min"]:
                 return self.problem(f"{where}: values below {a['min']}")
             if t == "str[]" and "allowed" in a:
-                vals = [x.decode() if isinstance(x, bytes) else str(x) for x in arr]
-                bad = [x for x in vals if x not in a["allowed"]]
+                allowed = set(a["allowed"])
+                if where.endswith("@required_features"):  # registered elements bring their own features
+                    allowed |= registry.known_features(())
+                vals = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in arr]
+                bad = [x for x in vals if x not in allowed]
                 if bad:
                     return self.problem(f"{where}: unknown values {bad}")
 
@@ -148,12 +170,15 @@ class _Walker:
         ordered = sorted(names, key=lambda n: isinstance(g[n], h5py.Group))
         for name in ordered:
             obj = g[name]
-            child = children.get(name) or any_child
+            child = children.get(name) or any_child or self.element_node(spec, name)
             path = f"{where.rstrip('/')}/{name}"
             if child is None:
                 (self.problem if self.strict else self.notes.append)(f"{path}: not described by the format")
                 continue
             child = self.node(child)
+            if "name_pattern" in child and not re.fullmatch(child["name_pattern"], name):
+                (self.problem if self.strict else self.notes.append)(f"{path}: not described by the format")
+                continue
             if child["kind"] == "group":
                 if not isinstance(obj, h5py.Group):
                     self.problem(f"{path}: expected a group, found a dataset")
@@ -170,8 +195,7 @@ class _Walker:
         for name in ds.attrs:
             if name not in ("encoding-type", "encoding-version", "sha256"):
                 (self.problem if self.strict else self.notes.append)(f"{where}: unknown attribute {name!r}")
-        sha = ds.attrs.get("sha256")
-        sha = sha.decode() if isinstance(sha, bytes) else sha
+        sha = attr_text(ds, "sha256", where)
         if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
             self.problem(f"{where}: missing or bad sha256 attribute")
         try:
@@ -217,63 +241,60 @@ class _Walker:
 
 
 def validate(path, quick: bool = False) -> list[str]:
-    """Problems found in the artifact at `path` (empty list: valid).
+    """Problems found in the scope file at `path` (empty list: valid): an artifact or a diff file.
 
     quick=True checks structure, attributes and index tables only; the full check also verifies
     every dataset's sha256 (and fletcher32) and decodes every image against its declared shape.
     """
-    from scopecli.artifact.reader import _check_path, open_artifact
-
-    p = os.fspath(path)
-    if not os.path.exists(p):
-        raise ScopeError(f"{p}: no such file")
-    if os.path.isdir(p):
-        raise ScopeError(f"{p}: is a directory, not an artifact file")
+    p = check_input_file(path, "scope file")
     try:
-        _check_path(p)
+        check_scope_file(p)
         f = h5py.File(p, "r")
     except ScopeError as exc:
         return [str(exc)]
     except OSError as exc:
         return [f"{p}: not a readable HDF5 file ({first_line(exc)}); it may be truncated or corrupt"]
+    fmt = None
     try:
-        problems = _structure_problems(f, p, quick)
+        fmt, problems = _structure_problems(f, p, quick)
+    except ScopeError as exc:
+        problems = [str(exc)]
     except Exception as exc:  # corrupt metadata anywhere surfaces as assorted h5py errors
         if not raised_by_h5py(exc):
             raise
         problems = [f"{p}: unreadable structure ({type(exc).__name__}: {first_line(exc)})"]
     finally:
         f.close()
-    if problems:
+    if problems or fmt is None:
         return problems
-    problems.extend(_semantic_checks(p, quick, open_artifact))
-    return problems
+    return fmt.check(p, quick)
 
 
-def _structure_problems(f: h5py.File, p: str, quick: bool) -> list[str]:
-    """Format/version, schema walk and (full check) every dataset's checksum; [] when all is well."""
-    fmt = f.attrs.get("format")
-    fmt = fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt
-    if not isinstance(fmt, str) or fmt != FORMAT_NAME:
-        return [f"{p}: not a scope artifact (HDF5 file without format={FORMAT_NAME!r})"]
-    ver = f.attrs.get("format_version")
-    ver = ver.decode("utf-8", "replace") if isinstance(ver, bytes) else ver
+def _structure_problems(f: h5py.File, p: str, quick: bool) -> tuple[FileFormat | None, list[str]]:
+    """The file's format, and its problems from the format/version check, the schema walk and (full
+    check) every dataset's checksum; [] when all is well."""
+    fmt_name = attr_text(f, "format", p)
+    fmt = file_format(fmt_name)
+    if fmt is None:
+        return None, [f"{p}: not a scope artifact (HDF5 file without format={FORMAT_NAME!r})"]
+    ver = attr_text(f, "format_version", p)
     m = re.fullmatch(r"([0-9]+)\.([0-9]+)", ver) if isinstance(ver, str) else None
     if m is None:
-        return [f"{p}: bad format_version {ver!r}"]
+        return None, [f"{p}: bad format_version {short_repr(ver)}"]
     major, minor = int(m.group(1)), int(m.group(2))
-    if major > FORMAT_MAJOR:
-        return [f"{p}: artifact format {ver} is newer than this scope validates ({FORMAT_MAJOR}.x); upgrade scope"]
-    walker = _Walker(load_schema(), strict_extras=minor <= FORMAT_MINOR)
+    if major > fmt.major:
+        return None, [f"{p}: {fmt.what} format {ver} is newer than this scope validates ({fmt.major}.x); upgrade scope"]
+    walker = _Walker(load_schema(fmt.schema), strict_extras=minor <= fmt.minor)
     try:
         walker.group(f, walker.schema["root"], "/", {})
+    except ScopeError as exc:
+        walker.problem(str(exc))
     except Exception as exc:  # corrupt metadata
         walker.problem(f"{p}: unreadable structure ({type(exc).__name__}: {first_line(exc)})")
     problems = walker.problems
     if not quick:
         for where, ds in walker.datasets:
-            want = ds.attrs.get("sha256")
-            want = want.decode() if isinstance(want, bytes) else want
+            want = attr_text(ds, "sha256", where)
             try:
                 check_string_lengths(ds, where)
                 data = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) is not None else ds[()]
@@ -286,92 +307,40 @@ def _structure_problems(f: h5py.File, p: str, quick: bool) -> list[str]:
                 problems.append(f"{where}: sha256 mismatch (content changed since it was written)")
             if len(problems) >= MAX_PROBLEMS:
                 break
-    return problems
+    return fmt, problems
 
 
-def _semantic_checks(p: str, quick: bool, open_artifact) -> list[str]:
-    """Cross-element rules the schema cannot express, checked through the real reader."""
+def check_artifact(p: str, quick: bool) -> list[str]:
+    """Cross-element rules the schema cannot express, checked through the real reader by every element."""
+    from scopecli.artifact.elements import dataset as image_table
+    from scopecli.artifact.reader import open_artifact
+
     problems: list[str] = []
     try:
         art = open_artifact(p)
     except ScopeError as exc:
         return [str(exc)]
     with art:
-        if art.dataset_fingerprint is not None:
-            try:
-                t = art.dataset
-                if dataset_fingerprint(t.paths, t.sha256) != art.dataset_fingerprint:
-                    problems.append("/dataset: fingerprint does not match the paths and sha256 columns")
-                if t.paths != sorted(t.paths):
-                    problems.append("/dataset/paths: not sorted")
-                if len(set(t.paths)) != len(t.paths):
-                    problems.append("/dataset/paths: duplicate paths")
-            except ScopeError as exc:
-                problems.append(str(exc))
         used = set()
-        for name in art.layers:
-            for what, fn in (("renders", art._renders), ("stats", art.stats), ("probe", art.probe)):
-                try:
-                    sec = fn(name)
-                except ScopeError as exc:
-                    problems.append(str(exc))
-                    continue
-                if sec is None:
-                    continue
-                used.add(what)
-                if what == "renders":
-                    used.add("png")
-                    want = np.zeros(art.layer(name).units, bool)
-                    u = sec.cols["unit"]
-                    want[u[u >= 0]] = True
-                    if not np.array_equal(want, sec.present):
-                        problems.append(f"layer {name}: renders/present disagrees with the render table")
-                    if not quick:
-                        for i in range(sec.n):
-                            v = sec.view(i)
-                            try:
-                                decode_image(v.encoded, v.height, v.width, f"layer {name} render row {i}")
-                            except ScopeError as exc:
-                                problems.append(str(exc))
-                elif what == "stats":
-                    if not np.array_equal(art.stats_present(name), _present_flag(art, name, "stats")):
-                        problems.append(f"layer {name}: stats/present disagrees with stats/units")
-            for which in ("top", "bottom"):
-                try:
-                    sec = art._examples(name, which)
-                except ScopeError as exc:
-                    problems.append(str(exc))
-                    continue
-                if sec is None:
-                    continue
-                used.add("examples")
-                want = np.zeros(art.layer(name).units, bool)
-                want[sec.units] = True
-                if not np.array_equal(want, sec.present):
-                    problems.append(f"layer {name}: examples/{which}/present disagrees with its units")
-                if quick:
-                    continue
-                for row in range(len(sec.units)):
-                    for k in range(sec.k):
-                        if sec.length[row, k] == 0:
-                            continue
-                        data = sec.patch_bytes(row, k)
-                        used.add(image_kind(data) or "?")
-                        try:
-                            decode_image(data, int(sec.height[row, k]), int(sec.width[row, k]),
-                                         f"layer {name} {which} patch unit {int(sec.units[row])} rank {k}")
-                        except ScopeError as exc:
-                            problems.append(str(exc))
-                        if len(problems) >= MAX_PROBLEMS:
-                            return problems
         if art.dataset_fingerprint is not None:
-            used.add("dataset")
+            problems.extend(image_table.check_table(art))
+            used.add(image_table.FEATURE)
+        for name in art.layers:
+            slot = art.slot(name)
+            for el in registry.layer_elements():
+                try:
+                    sec = art.section(name, el.name)
+                    if sec is None:
+                        continue
+                    found, feats = el.check(sec, slot, art, quick)
+                except ScopeError as exc:
+                    problems.append(str(exc))
+                    continue
+                problems.extend(found)
+                used |= feats
+                if len(problems) >= MAX_PROBLEMS:
+                    return problems[:MAX_PROBLEMS]
         missing = sorted(x for x in used if x not in art.required_features and x != "?")
         if missing:
             problems.append(f"required_features lacks {', '.join(missing)} which the file uses")
     return problems
-
-
-def _present_flag(art, layer: str, section: str) -> np.ndarray:
-    g = art._entry(layer).group[section]
-    return np.asarray(g["present"][()]).astype(bool)

@@ -6,7 +6,7 @@
 
 from scopecli.collect.data import ImageSource, open_source, read_labels
 from scopecli.collect.engine import CollectResult, CollectSettings, MemorySink, collect, parse_shard, shard_range
-from scopecli.collect.merge import merge_examples, merge_stats
+from scopecli.sketch import merge_examples, merge_stats
 
 __all__ = ["CollectResult", "CollectSettings", "ImageSource", "MemorySink", "collect", "merge_examples",
            "merge_stats", "open_source", "parse_shard", "read_labels", "shard_range"]

@@ -3,28 +3,8 @@
 Why this design: `collect` must report mean/std/min/max/fraction-positive and p50/p90/p99/p99.9 per unit
 over billions of positions, on the device, with batched ops, and shards must merge to the same answer.
 
-Moments are kept as (count, mean, M2) in float64 and merged with Chan's formula. Quantiles come from a
-fixed log-linear histogram (the float32 bit pattern truncated to 8 exponent + 5 mantissa bits, like
-HdrHistogram / a DDSketch with a linear-interpolated mapping): merging adds counts, so merged shards equal
-a single run bit for bit.
-
-Accuracy (documented in the artifact's `sketch_attrs`): for a quantile q the reported value v estimates
-x_r, the element of 0-based rank r = floor(q * (count - 1)) in sorted order (numpy's method="lower"), with
-  |v - x_r| <= |x_r| / 64                        when 2**-16 <= |x_r| < 2**16,
-  |v - x_r| <= 2**-16                            when |x_r| < 2**-16 (reported as 0),
-and v is clamped to the exact [min, max]. Beyond +-2**16 the bucket saturates and the exact max/min is
-reported. frac_pos is exact (positives are counted in their own buckets; float32 denormals
-below 2**-132 count as zero).
-
-Histogram layout (2053 buckets per unit, values ascending; R = 1024 regular buckets per sign, C = R + 2):
-  0                  x <= -2**16 (negative overflow)
-  1 .. R             negative regular buckets, largest magnitude first
-  C - 1              -2**-16 < x < 0 (negative tiny)
-  C                  x == 0
-  C + 1              0 < x < 2**-16 (positive tiny)
-  C + 2 .. 2C - 1    positive regular buckets, ascending
-  2C                 x >= 2**16 (positive overflow, also +-inf/nan)
-Counts are int64 while accumulating and stored as int32 when they fit (gzip shrinks the empty buckets).
+The sketch itself (histogram layout, accuracy, merging) is numpy-only and lives in `scopecli.sketch`;
+this module fills it on the device with batched torch ops.
 """
 
 from __future__ import annotations
@@ -34,132 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from scopecli.records import QUANTILES, StatsBlock
+from scopecli.records import StatsBlock
+from scopecli.sketch import BUCKET_LUT, KEY_MASK, KEY_SHIFT, NUM_BUCKETS, stats_from_sketch
 
-MANTISSA_BITS = 5
-MIN_EXPONENT = -16
-MAX_EXPONENT = 16
-REGULAR = (MAX_EXPONENT - MIN_EXPONENT) << MANTISSA_BITS  # 1024 regular buckets per sign
-CENTER = REGULAR + 2  # index of the exact-zero bucket (1026)
-NUM_BUCKETS = 2 * CENTER + 1  # 2053
-RELATIVE_ACCURACY = 1.0 / (2 << MANTISSA_BITS)  # 1/64
-_SHIFT = 23 - MANTISSA_BITS  # float32 mantissa bits dropped
-_KEY_LO = (127 + MIN_EXPONENT) << MANTISSA_BITS  # key of 2**MIN_EXPONENT
-_KEY_MASK = (1 << (32 - _SHIFT)) - 1
-
-SKETCH_ATTRS = {
-    "kind": "loglinear-float32-histogram",
-    "mantissa_bits": MANTISSA_BITS,
-    "min_exponent": MIN_EXPONENT,
-    "max_exponent": MAX_EXPONENT,
-    "num_buckets": NUM_BUCKETS,
-    "relative_accuracy": RELATIVE_ACCURACY,
-    "absolute_accuracy_near_zero": 2.0**MIN_EXPONENT,
-    "quantile_rank": "floor(q*(count-1)), 0-based (numpy method=lower)",
-    "moments": "count, mean, m2 (Chan parallel merge, float64)",
-}
-
-
-def _lut_numpy() -> np.ndarray:
-    """Map the top bits of a float32 ((bits >> _SHIFT) & _KEY_MASK: sign, exponent, mantissa) to a bucket."""
-    key = np.arange(1 << (32 - _SHIFT), dtype=np.int64)
-    negative = key >> (31 - _SHIFT)
-    mag = key & ((1 << (31 - _SHIFT)) - 1)  # exponent byte + mantissa bits of |x|
-    r = np.clip(mag - _KEY_LO, -1, REGULAR)  # -1 tiny, 0..REGULAR-1 regular, REGULAR overflow
-    idx = np.where(negative == 1, CENTER - 2 - r, CENTER + 2 + r)
-    # key 0 is +-0.0 and float32 denormals below 2**-(127+MANTISSA_BITS): all counted as zero
-    idx[0] = idx[1 << (31 - _SHIFT)] = CENTER
-    return idx.astype(np.int32)
-
-
-_LUT_NP = _lut_numpy()
 _LUTS: dict[torch.device, torch.Tensor] = {}
 
 
 def _lut(device: torch.device) -> torch.Tensor:
     lut = _LUTS.get(device)
     if lut is None:
-        lut = torch.from_numpy(_LUT_NP).to(device)
+        lut = torch.from_numpy(BUCKET_LUT).to(device)
         _LUTS[device] = lut
     return lut
-
-
-def bucket_index_numpy(x: np.ndarray) -> np.ndarray:
-    """Bucket of every value (reference implementation, used by tests and docs)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    key = (x.view(np.int32) >> _SHIFT) & _KEY_MASK
-    return _LUT_NP[key]
-
-
-def bucket_representatives() -> np.ndarray:
-    """Value reported for each bucket: the midpoint of regular buckets, 0 for tiny/zero, NaN for overflow."""
-    rep = np.full(NUM_BUCKETS, np.nan)
-    r = np.arange(REGULAR)
-    exp = MIN_EXPONENT + (r >> MANTISSA_BITS)
-    frac = (r & ((1 << MANTISSA_BITS) - 1)).astype(np.float64)
-    lo = np.ldexp(1.0 + frac / (1 << MANTISSA_BITS), exp)
-    hi = np.ldexp(1.0 + (frac + 1) / (1 << MANTISSA_BITS), exp)
-    mid = (lo + hi) / 2
-    rep[CENTER + 2 + r] = mid
-    rep[CENTER - 2 - r] = -mid
-    rep[CENTER - 1 : CENTER + 2] = 0.0
-    return rep
-
-
-_REPS = bucket_representatives()
-
-
-def quantiles_from_hist(hist: np.ndarray, vmin: np.ndarray, vmax: np.ndarray) -> np.ndarray:
-    """Quantiles (records.QUANTILES) of each row of a [U, NUM_BUCKETS] histogram, clamped to [min, max]."""
-    hist = np.asarray(hist, dtype=np.int64)
-    count = hist.sum(axis=1)
-    cum = np.cumsum(hist, axis=1)
-    out = np.full((hist.shape[0], len(QUANTILES)), np.nan)
-    for j, q in enumerate(QUANTILES):
-        rank = np.floor(q * (count - 1)).astype(np.int64)
-        b = (cum <= rank[:, None]).sum(axis=1)  # first bucket whose cumulative count exceeds rank
-        b = np.minimum(b, NUM_BUCKETS - 1)
-        v = _REPS[b]
-        v = np.where(b == 0, vmin, v)
-        v = np.where(b == NUM_BUCKETS - 1, vmax, v)
-        v = np.clip(v, vmin, vmax)
-        out[:, j] = np.where(count > 0, v, np.nan)
-    return out
-
-
-def stats_from_sketch(
-    units: np.ndarray,
-    count: np.ndarray,
-    mean: np.ndarray,
-    m2: np.ndarray,
-    vmin: np.ndarray,
-    vmax: np.ndarray,
-    hist: np.ndarray,
-) -> StatsBlock:
-    """Build the reported StatsBlock from the mergeable state (the only place fields are derived)."""
-    count = np.asarray(count, dtype=np.int64)
-    hist64 = np.asarray(hist, dtype=np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        std = np.sqrt(np.maximum(m2, 0.0) / count)
-        frac_pos = hist64[:, CENTER + 1 :].sum(axis=1) / count
-    store_dtype = np.int32 if hist64.size == 0 or hist64.max() <= np.iinfo(np.int32).max else np.int64
-    return StatsBlock(
-        units=np.asarray(units, dtype=np.int64),
-        count=count,
-        mean=np.asarray(mean, dtype=np.float64),
-        std=std.astype(np.float64),
-        min=np.asarray(vmin, dtype=np.float64),
-        max=np.asarray(vmax, dtype=np.float64),
-        frac_pos=frac_pos.astype(np.float64),
-        quantiles=quantiles_from_hist(hist64, np.asarray(vmin, np.float64), np.asarray(vmax, np.float64)),
-        sketch={
-            "count": count,
-            "mean": np.asarray(mean, dtype=np.float64),
-            "m2": np.asarray(m2, dtype=np.float64),
-            "hist": hist64.astype(store_dtype),
-        },
-        sketch_attrs=dict(SKETCH_ATTRS),
-    )
 
 
 _CHUNK_ELEMENTS = 1 << 18  # on CPU activations are swept in blocks of about this many values (1 MiB, in cache)
@@ -315,8 +181,8 @@ class LayerStats:
             scratch = (torch.empty(m, dtype=torch.int32, device=part.device),
                        torch.empty(m, dtype=torch.int32, device=part.device))
         key, idx = scratch[0][:m], scratch[1][:m]
-        torch.bitwise_right_shift(part.view(torch.int32), _SHIFT, out=key.view(ni, nu, p))  # part may be strided
-        key &= _KEY_MASK
+        torch.bitwise_right_shift(part.view(torch.int32), KEY_SHIFT, out=key.view(ni, nu, p))  # part may be strided
+        key &= KEY_MASK
         torch.index_select(_lut(part.device), 0, key, out=idx)
         idx.view(ni, nu, p).add_(self._offsets[:, u0 : u0 + nu])
         self.hist.index_add_(0, idx, _ones(part.device, m))

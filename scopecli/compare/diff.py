@@ -119,7 +119,7 @@ class DiffResult:
         }
 
     def save(self, path: str | Path) -> None:
-        from scopecli.compare.diffsave import save_diff
+        from scopecli.artifact.difffile import save_diff
 
         save_diff(self, path)
 

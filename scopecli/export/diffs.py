@@ -91,7 +91,7 @@ def load_diff(path: str, artifacts: list[tuple[str, str]], names: list[str]) -> 
         raise ScopeError(f"--diff {path}: no such file")
     if p.is_dir():
         raise ScopeError(f"--diff {path}: is a directory, not a diff file")
-    from scopecli.compare.diffsave import read_diff
+    from scopecli.artifact.difffile import read_diff
 
     try:
         d = read_diff(p)

@@ -1,0 +1,6 @@
+"""The built-in artifact elements, registered in the order the writer stores them.
+
+Each module is one element: how it is read, written, validated and merged (see `registry.py`).
+"""
+
+from scopecli.artifact.elements import renders, examples, stats, probe  # noqa: F401  (registration order)

@@ -1,0 +1,144 @@
+"""Element `/dataset` [scope.image-table]: the images a collect run saw; image indices elsewhere index it.
+
+Root-level (one per file). Merging unites the inputs' tables sorted by path and gives every input its
+old -> new index map, which the layer elements apply to their image indices.
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+from scopecli.artifact.h5io import get_dataset, read_numeric, read_strings, set_encoding, write_array, write_strings
+from scopecli.artifact.layout import dataset_fingerprint
+from scopecli.errors import ScopeError
+from scopecli.records import ImageTable
+
+NAME = "dataset"
+ENCODING = "scope.image-table"
+FEATURE = "dataset"
+
+
+def read_table(g: h5py.Group, n: int) -> ImageTable:
+    """The whole table of `count` n rows, every column checked."""
+    w = "/dataset"
+    paths = read_strings(get_dataset(g, "paths", w), f"{w}/paths")
+    sha = read_strings(get_dataset(g, "sha256", w), f"{w}/sha256")
+    cols = {k: read_numeric(get_dataset(g, k, w), f"{w}/{k}", "i", 1).astype(np.int32) for k in ("width", "height", "label")}
+    for k, v in [("paths", paths), ("sha256", sha)] + list(cols.items()):
+        if len(v) != n:
+            raise ScopeError(f"{w}/{k}: has {len(v)} rows, expected count={n}")
+    sk_p = read_strings(get_dataset(g, "skipped_paths", w), f"{w}/skipped_paths")
+    sk_r = read_strings(get_dataset(g, "skipped_reasons", w), f"{w}/skipped_reasons")
+    if len(sk_p) != len(sk_r):
+        raise ScopeError(f"{w}: skipped_paths and skipped_reasons differ in length")
+    bad = next((i for i, x in enumerate(sha) if len(x) != 64 or x.strip("0123456789abcdef")), None)
+    if bad is not None:
+        raise ScopeError(f"{w}/sha256: row {bad} is not a sha256 hex digest")
+    class_names = read_strings(get_dataset(g, "class_names", w), f"{w}/class_names")
+    if n and ((cols["label"] < -1).any() or (cols["label"] >= len(class_names)).any()):
+        raise ScopeError(f"{w}/label: class index outside -1..{len(class_names) - 1} (the class_names table)")
+    return ImageTable(paths=paths, sha256=sha, width=cols["width"], height=cols["height"], label=cols["label"],
+                      class_names=class_names, skipped=list(zip(sk_p, sk_r)))
+
+
+def read_paths(g: h5py.Group, indices) -> dict[int, str]:
+    """Relative paths of some rows, read one by one (for tables too large to load for a few examples)."""
+    from scopecli.artifact.h5io import check_string_lengths, first_line
+
+    ds = get_dataset(g, "paths", "/dataset")
+    check_string_lengths(ds, "/dataset/paths")
+    out = {}
+    for i in sorted(set(indices)):
+        try:
+            v = ds[i]
+        except (OSError, ValueError) as exc:
+            raise ScopeError(f"/dataset/paths: unreadable ({first_line(exc)})")
+        out[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+    return out
+
+
+def check_new_table(table: ImageTable) -> ImageTable:
+    """A normalised copy of a table a run hands the writer, or a one-line error."""
+    n = len(table.paths)
+    if len(table.sha256) != n or any(len(np.asarray(a).reshape(-1)) != n for a in (table.width, table.height, table.label)):
+        raise ScopeError("image table columns have different lengths")
+    paths = [str(x) for x in table.paths]
+    if any(a >= b for a, b in zip(paths, paths[1:])):
+        raise ScopeError("image table paths must be sorted and unique (relative POSIX paths)")
+    if any(not isinstance(h, str) or len(h) != 64 for h in table.sha256):
+        raise ScopeError("image table sha256 entries must be 64-character hex digests")
+    return ImageTable(
+        paths=paths, sha256=[str(s) for s in table.sha256],
+        width=np.asarray(table.width, np.int32).reshape(-1), height=np.asarray(table.height, np.int32).reshape(-1),
+        label=np.asarray(table.label, np.int32).reshape(-1), class_names=[str(c) for c in table.class_names],
+        skipped=[(str(a), str(b)) for a, b in table.skipped],
+    )
+
+
+def write_table(f: h5py.File, t: ImageTable) -> None:
+    g = f.create_group(NAME)
+    set_encoding(g, ENCODING)
+    g.attrs["fingerprint"] = dataset_fingerprint(t.paths, t.sha256)
+    g.attrs["count"] = np.int64(len(t))
+    write_strings(g, "paths", t.paths)
+    write_strings(g, "sha256", t.sha256)
+    write_array(g, "width", t.width, np.int32)
+    write_array(g, "height", t.height, np.int32)
+    write_array(g, "label", t.label, np.int32)
+    write_strings(g, "class_names", t.class_names)
+    write_strings(g, "skipped_paths", [a for a, _ in t.skipped])
+    write_strings(g, "skipped_reasons", [b for _, b in t.skipped])
+
+
+def check_table(art) -> list[str]:
+    """Rules the schema cannot express: the fingerprint matches, paths are sorted and unique."""
+    problems = []
+    try:
+        t = art.dataset
+        if dataset_fingerprint(t.paths, t.sha256) != art.dataset_fingerprint:
+            problems.append("/dataset: fingerprint does not match the paths and sha256 columns")
+        if t.paths != sorted(t.paths):
+            problems.append("/dataset/paths: not sorted")
+        if len(set(t.paths)) != len(t.paths):
+            problems.append("/dataset/paths: duplicate paths")
+    except ScopeError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def union_tables(tables: list[ImageTable | None], names: list[str]) -> tuple[ImageTable | None, list[np.ndarray | None]]:
+    """Union of the inputs' tables sorted by path, and each input's old -> new row map (None: no table).
+
+    One path with two different sha256, or different class-name lists, cannot be merged."""
+    rows: dict[str, tuple] = {}
+    classes: list[str] | None = None
+    skipped: dict[str, str] = {}
+    for t, name in zip(tables, names):
+        if t is None:
+            continue
+        if t.class_names:
+            if classes is None or not classes:
+                classes = list(t.class_names)
+            elif list(t.class_names) != classes:
+                raise ScopeError(f"{name}: its class names differ from the other inputs'; cannot pack different label sets")
+        for i, p in enumerate(t.paths):
+            r = (t.sha256[i], int(t.width[i]), int(t.height[i]), int(t.label[i]))
+            old = rows.get(p)
+            if old is not None and old[0] != r[0]:
+                raise ScopeError(f"{name}: image {p} has different content (sha256) than in another input")
+            rows.setdefault(p, r)
+        for p, why in t.skipped:
+            skipped.setdefault(p, why)
+    if all(t is None for t in tables):
+        return None, [None] * len(tables)
+    paths = sorted(rows)
+    pos = {p: i for i, p in enumerate(paths)}
+    maps = [None if t is None else np.array([pos[p] for p in t.paths], np.int64) for t in tables]
+    table = ImageTable(
+        paths=paths, sha256=[rows[p][0] for p in paths],
+        width=np.array([rows[p][1] for p in paths], np.int32), height=np.array([rows[p][2] for p in paths], np.int32),
+        label=np.array([rows[p][3] for p in paths], np.int32), class_names=classes or [],
+        skipped=sorted((p, w) for p, w in skipped.items() if p not in pos),
+    )
+    return table, maps

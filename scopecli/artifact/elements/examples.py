@@ -1,0 +1,524 @@
+"""Element `examples` [scope.examples]: each unit's top and bottom dataset examples with their patches.
+
+Two children, `top` and `bottom` [scope.example-set], each a [units, k] table (score, image, grid
+position, receptive-field box) plus JPEG/PNG patches stored back to back. Shards merge exactly: by
+score, ties to the lower image index (`scopecli.sketch.merge_ranked`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+
+from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, present_mask
+from scopecli.artifact.h5io import (
+    attr_text,
+    check_element,
+    get_dataset,
+    get_group,
+    read_attr,
+    read_numeric,
+    set_encoding,
+    write_array,
+    write_blob,
+)
+from scopecli.artifact.images import PATCH_FORMATS, decode_image, encode_patch, image_kind
+from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element, remap_images
+from scopecli.errors import ScopeError
+from scopecli.records import ExampleSet
+from scopecli.sketch import merge_ranked, take_ranked
+
+WHICH = ("top", "bottom")
+SET_ENCODING = "scope.example-set"
+
+
+@dataclass
+class Example:
+    """One dataset example of a unit: where it came from, its score, and its patch (decoded lazily)."""
+
+    layer: str
+    unit: int
+    rank: int
+    score: float
+    image_index: int
+    image_path: str | None
+    loc: tuple[int, int]  # (y, x) in the activation grid
+    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in model-input pixels, unclipped
+    height: int
+    width: int
+    _load: object = field(repr=False, default=None)
+    _encoded: bytes | None = field(repr=False, default=None)
+    _patch: np.ndarray | None = field(repr=False, default=None)
+
+    @property
+    def encoded(self) -> bytes:
+        """The stored JPEG/PNG bytes of the patch (b"" when the run stored no patch)."""
+        if self._encoded is None:
+            self._encoded = self._load() if self._load is not None else b""
+        return self._encoded
+
+    @property
+    def patch(self) -> np.ndarray | None:
+        """HxWx3 uint8 receptive-field crop, decoded and checked against the declared size (None if not stored)."""
+        if not self.encoded:
+            return None
+        if self._patch is None:
+            self._patch = decode_image(self.encoded, self.height, self.width, f"patch {self.layer}:{self.unit}#{self.rank}")
+        return self._patch
+
+
+class ExampleSection:
+    """Index table of one layer's top or bottom examples (loaded once); patches read per unit."""
+
+    def __init__(self, g: h5py.Group, slot: LayerSlot, where: str):
+        check_element(g, SET_ENCODING, where, h5py.Group)
+        self.layer, self.where = slot.name, where
+        self.group = g
+        self.units = read_numeric(get_dataset(g, "units", where), f"{where}/units", "i", 1).astype(np.int64)
+        u = len(self.units)
+        self.score = read_numeric(get_dataset(g, "score", where), f"{where}/score", "f", 2).astype(np.float32)
+        k = self.score.shape[1] if self.score.ndim == 2 else 0
+        self.k = k
+        want = {
+            "image_index": ("i", (u, k)), "loc": ("i", (u, k, 2)), "box": ("i", (u, k, 4)),
+            "offset": ("i", (u, k)), "length": ("i", (u, k)), "height": ("i", (u, k)), "width": ("i", (u, k)),
+        }
+        for name, (kind, shape) in want.items():
+            arr = read_numeric(get_dataset(g, name, where), f"{where}/{name}", kind, len(shape))
+            if arr.shape != shape:
+                raise ScopeError(f"{where}/{name}: shape {arr.shape}, expected {shape}")
+            setattr(self, name, arr.astype(np.int64) if name in ("image_index", "offset", "length") else arr.astype(np.int32))
+        if self.score.shape != (u, k):
+            raise ScopeError(f"{where}/score: shape {self.score.shape}, expected {(u, k)}")
+        self.present = read_numeric(get_dataset(g, "present", where), f"{where}/present", "u", 1).astype(bool)
+        if self.present.shape != (slot.units,):
+            raise ScopeError(f"{where}/present: shape {self.present.shape}, expected ({slot.units},)")
+        if u and ((self.units < 0).any() or (self.units >= slot.units).any()):
+            raise ScopeError(f"{where}/units: unit index out of range 0..{slot.units - 1}")
+        if u > 1 and (np.diff(self.units) <= 0).any():
+            raise ScopeError(f"{where}/units: not strictly increasing")
+        if self.image_index.size:
+            hi = slot.n_images if slot.n_images is not None else 0
+            if ((self.image_index < -1) | (self.image_index >= hi)).any():
+                raise ScopeError(f"{where}/image_index: index out of range of the image table ({hi} images)")
+        self.blob = get_dataset(g, "blob", where)
+        check_blob(self.blob, where)
+        check_spans(self.offset, self.length, self.blob.shape[0], where, allow_empty=True)
+        has = self.length > 0
+        if (has & (self.image_index < 0)).any():
+            raise ScopeError(f"{where}: a patch is stored for a missing example (image_index -1)")
+        check_sizes(self.height[has], self.width[has], where)
+        self._read = blob_reader(self.blob, where)
+        self._row_of = {int(x): i for i, x in enumerate(self.units)}
+
+    def formats(self) -> tuple[set[str], int]:
+        """(patch formats, JPEG quality) the set declares."""
+        fmt = attr_text(self.group, "patch_format", self.where, "jpeg")
+        quality = read_attr(self.group, "quality", self.where, 90)
+        try:
+            quality = int(np.asarray(quality).reshape(-1)[0])
+        except (TypeError, ValueError, IndexError):
+            quality = 90
+        return {x for x in fmt.split("+") if x in PATCH_FORMATS}, quality
+
+    def row_of(self, unit: int) -> int | None:
+        return self._row_of.get(unit)
+
+    def patch_bytes(self, row: int, k: int) -> bytes:
+        return self._read(int(self.offset[row, k]), int(self.length[row, k]))
+
+    def patch(self, row: int, k: int) -> np.ndarray | None:
+        if self.length[row, k] == 0:
+            return None
+        return decode_image(self.patch_bytes(row, k), int(self.height[row, k]), int(self.width[row, k]),
+                            f"patch {self.layer}:{int(self.units[row])}#{k}")
+
+    def row_bytes(self, row: int) -> list[bytes | None]:
+        """All encoded patches of one unit with ONE read (they are stored contiguously)."""
+        ln = self.length[row]
+        if not (ln > 0).any():
+            return [None] * self.k
+        offs = self.offset[row]
+        lo = int(offs[ln > 0].min())
+        hi = int((offs + ln)[ln > 0].max())
+        chunk = self._read(lo, hi - lo)
+        return [chunk[int(o) - lo : int(o) - lo + int(n)] if n > 0 else None for o, n in zip(offs, ln)]
+
+    def example_set(self) -> ExampleSet:
+        return ExampleSet(units=self.units.copy(), score=self.score.copy(), image_index=self.image_index.copy(),
+                          loc=self.loc.copy(), box=self.box.copy(), patches=LazyPatches(self, np.arange(len(self.units))))
+
+    def staged(self) -> "ExampleRows":
+        """Every row with its encoded patches (one read of the byte array)."""
+        blob = self.blob[()].tobytes() if self.blob.shape[0] else b""
+        formats, quality = self.formats()
+        rows = ExampleRows(formats=formats, quality=quality)
+        for row, u in enumerate(self.units):
+            rows.rows[int(u)] = StoredExamples(
+                score=self.score[row].copy(), image_index=self.image_index[row].copy(), loc=self.loc[row].copy(),
+                box=self.box[row].copy(),
+                patches=[blob[int(o) : int(o) + int(n)] if n > 0 else None
+                         for o, n in zip(self.offset[row], self.length[row])],
+                hw=np.stack([self.height[row], self.width[row]], -1).astype(np.int32),
+            )
+        return rows
+
+
+class LazyPatches:
+    """`ExampleSet.patches` that decodes patch [u][k] only when indexed (None where no example)."""
+
+    def __init__(self, section: ExampleSection, rows: np.ndarray):
+        self._s, self._rows = section, rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return _LazyPatchRow(self._s, int(self._rows[i]))
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+
+class _LazyPatchRow:
+    def __init__(self, section: ExampleSection, row: int):
+        self._s, self._row = section, row
+
+    def __len__(self) -> int:
+        return self._s.k
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        if not -self._s.k <= k < self._s.k:
+            raise IndexError(k)
+        return self._s.patch(self._row, k % self._s.k)
+
+    def __iter__(self):
+        for k in range(len(self)):
+            yield self[k]
+
+
+@dataclass
+class StoredExamples:
+    """One unit's examples as the writer holds them: columns [k, ...] and encoded patches (None: none)."""
+
+    score: np.ndarray  # float32 [k]
+    image_index: np.ndarray  # int64 [k]
+    loc: np.ndarray  # int32 [k, 2]
+    box: np.ndarray  # int32 [k, 4]
+    patches: list[bytes | None]
+    hw: np.ndarray  # int32 [k, 2] decoded patch sizes
+
+    def same(self, other: "StoredExamples") -> bool:
+        return (np.array_equal(self.image_index, other.image_index)
+                and np.array_equal(self.score, other.score, equal_nan=True) and np.array_equal(self.loc, other.loc)
+                and np.array_equal(self.box, other.box) and self.patches == other.patches)
+
+
+@dataclass
+class ExampleRows:
+    """Staged top (or bottom) set: rows by unit, the patch formats used and the JPEG quality."""
+
+    rows: dict[int, StoredExamples] = field(default_factory=dict)
+    formats: set[str] = field(default_factory=set)
+    quality: int = 90
+
+
+@dataclass
+class ExamplesStage:
+    """What the writer holds: the sets put this session (loaded from `stored` on first put); a set never
+    put is copied from `stored` as it is, never decoded."""
+
+    stored: "ExamplesSection | None" = None
+    sets: dict[str, ExampleRows] = field(default_factory=dict)
+
+    def set(self, which: str) -> ExampleRows:
+        if which not in self.sets:
+            old = self.stored.set(which) if self.stored is not None else None
+            self.sets[which] = old.staged() if old is not None else ExampleRows()
+        return self.sets[which]
+
+    def untouched(self) -> dict[str, "ExampleSection"]:
+        """Stored sets that this session never put to, by which."""
+        if self.stored is None:
+            return {}
+        return {w: s for w in WHICH if w not in self.sets and (s := self.stored.set(w)) is not None}
+
+
+class ExamplesSection:
+    """Both sets of a layer (either may be absent), parsed on first use."""
+
+    def __init__(self, g: h5py.Group, slot: LayerSlot):
+        self.where = slot.where + "/examples"
+        check_element(g, ExamplesElement.encoding, self.where)
+        self.group, self.slot = g, slot
+        self._sets: dict[str, ExampleSection | None] = {}
+
+    def set(self, which: str) -> ExampleSection | None:
+        if which not in WHICH:
+            raise ScopeError(f"examples must be 'top' or 'bottom', got {which!r}")
+        if which not in self._sets:
+            g = get_group(self.group, which, self.where, required=False)
+            self._sets[which] = None if g is None else ExampleSection(g, self.slot, f"{self.where}/{which}")
+        return self._sets[which]
+
+
+def _stack_rows(units: list[int], rows: dict[int, StoredExamples]):
+    """[U, k] columns of staged rows (k = the longest row; shorter rows padded as missing)."""
+    k = max(len(rows[u].score) for u in units)
+    n = len(units)
+    score = np.full((n, k), np.nan, np.float32)
+    ii = np.full((n, k), -1, np.int64)
+    loc = np.zeros((n, k, 2), np.int32)
+    box = np.zeros((n, k, 4), np.int32)
+    hw = np.zeros((n, k, 2), np.int32)
+    patches: list[list[bytes | None]] = []
+    for i, u in enumerate(units):
+        r = rows[u]
+        kk = len(r.score)
+        score[i, :kk], ii[i, :kk], loc[i, :kk], box[i, :kk], hw[i, :kk] = r.score, r.image_index, r.loc, r.box, r.hw
+        patches.append(list(r.patches) + [None] * (k - kk))
+    return k, score, ii, loc, box, hw, patches
+
+
+@register_layer_element
+class ExamplesElement(LayerElement):
+    name = "examples"
+    encoding = "scope.examples"
+    features = ("examples",)
+    uses_images = True
+    unit_field = "examples"
+
+    def read(self, group, slot):
+        return ExamplesSection(group, slot)
+
+    def present(self, group, slot, section=None, which: str = "top"):
+        s = (section or self.read(group, slot)).set(which)
+        return s.present.copy() if s is not None else np.zeros(slot.units, bool)
+
+    def info(self, group, slot, section=None):
+        return {"collected": 0 if group is None else int(self.present(group, slot, section).sum())}
+
+    def unit_value(self, section, unit, slot, art):
+        out: dict[str, list[Example]] = {}
+        for which in WHICH:
+            s = section.set(which) if section is not None else None
+            row = s.row_of(unit) if s is not None else None
+            items: list[Example] = []
+            if row is not None:
+                blobs = s.row_bytes(row)
+                paths = art.image_paths([int(x) for x in s.image_index[row] if x >= 0])
+                for k in range(s.k):
+                    ii = int(s.image_index[row, k])
+                    if ii < 0:
+                        continue
+                    items.append(Example(
+                        layer=slot.name, unit=unit, rank=k, score=float(s.score[row, k]), image_index=ii,
+                        image_path=paths.get(ii), loc=(int(s.loc[row, k, 0]), int(s.loc[row, k, 1])),
+                        box=tuple(int(x) for x in s.box[row, k]), height=int(s.height[row, k]),
+                        width=int(s.width[row, k]), _encoded=blobs[k] or b"",
+                    ))
+            out[which] = items
+        return out
+
+    def features_in(self, group) -> set[str]:
+        feats = set(self.features)
+        for w in WHICH:
+            if w in group:
+                fmt = attr_text(group[w], "patch_format", w, "") or ""
+                feats.update(x for x in fmt.split("+") if x in PATCH_FORMATS)
+        return feats
+
+    # -- write
+    def new(self) -> ExamplesStage:
+        return ExamplesStage()
+
+    def stage(self, section, slot) -> ExamplesStage:
+        return ExamplesStage(stored=section)
+
+    def put(self, staged: ExamplesStage, value: ExampleSet, slot, which: str = "top", patch_format: str = "jpeg",
+            quality: int = 90, **options) -> None:
+        if which not in WHICH:
+            raise ScopeError(f"examples must be 'top' or 'bottom', got {which!r}")
+        if patch_format not in PATCH_FORMATS:
+            raise ScopeError(f"unknown patch format {patch_format!r}; use one of: {', '.join(PATCH_FORMATS)}")
+        st = staged.set(which)
+        ex, layer = value, slot.name
+        units = np.asarray(ex.units, np.int64).reshape(-1)
+        u = len(units)
+        score = np.asarray(ex.score, np.float32)
+        if score.ndim != 2 or score.shape[0] != u:
+            raise ScopeError(f"examples {layer}/{which}: score must be [units, k], got {score.shape}")
+        k = score.shape[1]
+        ii = np.asarray(ex.image_index, np.int64)
+        loc = np.asarray(ex.loc, np.int32)
+        box = np.asarray(ex.box, np.int32)
+        for name, arr, shape in (("image_index", ii, (u, k)), ("loc", loc, (u, k, 2)), ("box", box, (u, k, 4))):
+            if arr.shape != shape:
+                raise ScopeError(f"examples {layer}/{which}: {name} has shape {arr.shape}, expected {shape}")
+        if len(ex.patches) != u or any(len(row) != k for row in ex.patches):
+            raise ScopeError(f"examples {layer}/{which}: patches must be a [units][k] list")
+        if u and ((units < 0).any() or (units >= slot.units).any() or len(set(units.tolist())) != u):
+            raise ScopeError(f"examples {layer}/{which}: units must be distinct and within 0..{slot.units - 1}")
+        if (ii < -1).any():
+            raise ScopeError(f"examples {layer}/{which}: image_index must be >= -1")
+        for row in range(u):
+            blobs, hw = [], np.zeros((k, 2), np.int32)
+            for j in range(k):
+                p = ex.patches[row][j]
+                if ii[row, j] < 0 or p is None:
+                    if ii[row, j] < 0 and p is not None:
+                        raise ScopeError(f"examples {layer}/{which}: unit {units[row]} rank {j} has a patch but no image")
+                    blobs.append(None)
+                    continue
+                arr = np.asarray(p)
+                blobs.append(encode_patch(arr, patch_format, quality))
+                hw[j] = arr.shape[:2]
+            st.rows[int(units[row])] = StoredExamples(score=score[row].copy(), image_index=ii[row].copy(),
+                                                      loc=loc[row].copy(), box=box[row].copy(), patches=blobs, hw=hw)
+        st.formats.add(patch_format)
+        if patch_format == "jpeg":
+            st.quality = int(quality)
+
+    def is_empty(self, staged: ExamplesStage) -> bool:
+        return not any(s.rows for s in staged.sets.values()) and not staged.untouched()
+
+    def check_references(self, staged: ExamplesStage, slot) -> None:
+        n = slot.n_images
+        for which, st in staged.sets.items():
+            for u, row in st.rows.items():
+                if (row.image_index >= 0).any() and (n is None or row.image_index.max() >= n):
+                    raise ScopeError(f"examples {slot.name}/{which} unit {u} refer to images beyond the image table "
+                                     f"({n or 0} images); call set_dataset with the run's ImageTable")
+
+    def write(self, group, staged: ExamplesStage, slot) -> None:
+        eg = group.create_group(self.name)
+        set_encoding(eg, self.encoding, self.version)
+        untouched = staged.untouched()
+        for w in WHICH:
+            st = staged.sets.get(w)
+            if st is not None and st.rows:
+                self._write_set(eg, w, slot, st)
+            elif w in untouched:
+                eg.copy(untouched[w].group, eg, w)
+
+    def _write_set(self, eg, which: str, slot: LayerSlot, st: ExampleRows) -> None:
+        g = eg.create_group(which)
+        set_encoding(g, SET_ENCODING, self.version)
+        units = sorted(st.rows)
+        k, score, ii, loc, box, hw, patches = _stack_rows(units, st.rows)
+        n = len(units)
+        off = np.zeros((n, k), np.int64)
+        ln = np.zeros((n, k), np.int64)
+        parts, pos = [], 0
+        for i in range(n):
+            for j, b in enumerate(patches[i]):
+                if b:
+                    off[i, j], ln[i, j] = pos, len(b)
+                    parts.append(b)
+                    pos += len(b)
+        g.attrs["k"] = np.int64(k)
+        g.attrs["patch_format"] = "+".join(sorted(st.formats)) or "jpeg"
+        g.attrs["quality"] = np.int64(st.quality)
+        write_array(g, "present", present_mask(slot.units, units), np.uint8)
+        write_array(g, "units", units, np.int64)
+        write_array(g, "score", score, np.float32)
+        write_array(g, "image_index", ii, np.int64)
+        write_array(g, "loc", loc, np.int32)
+        write_array(g, "box", box, np.int32)
+        write_array(g, "offset", off, np.int64)
+        write_array(g, "length", ln, np.int64)
+        write_array(g, "height", hw[..., 0], np.int32)
+        write_array(g, "width", hw[..., 1], np.int32)
+        write_blob(g, "blob", b"".join(parts))
+
+    # -- validate
+    def check(self, section, slot, art, quick):
+        problems, used = [], set()
+        for which in WHICH:
+            try:
+                sec = section.set(which)
+            except ScopeError as exc:
+                problems.append(str(exc))
+                continue
+            if sec is None:
+                continue
+            used.add("examples")
+            want = np.zeros(slot.units, bool)
+            want[sec.units] = True
+            if not np.array_equal(want, sec.present):
+                problems.append(f"layer {slot.name}: examples/{which}/present disagrees with its units")
+            if quick:
+                continue
+            for row in range(len(sec.units)):
+                for k in range(sec.k):
+                    if sec.length[row, k] == 0:
+                        continue
+                    data = sec.patch_bytes(row, k)
+                    used.add(image_kind(data) or "?")
+                    try:
+                        decode_image(data, int(sec.height[row, k]), int(sec.width[row, k]),
+                                     f"layer {slot.name} {which} patch unit {int(sec.units[row])} rank {k}")
+                    except ScopeError as exc:
+                        problems.append(str(exc))
+        return problems, used
+
+    # -- merge: disjoint image sets (shards) merge exactly; other overlaps are conflicts unless prefer=last
+    def merge(self, inputs: list[MergeInput], slot, plan: MergePlan) -> ExamplesStage:
+        out = ExamplesStage()
+        for which in WHICH:
+            merged: dict[int, StoredExamples] = {}
+            src: dict[int, list[int]] = {}
+            formats, quality = set(), 90
+            for inp in inputs:
+                sec = inp.section.set(which)
+                if sec is None:
+                    continue
+                st = sec.staged()
+                formats |= st.formats
+                quality = st.quality
+                for r in st.rows.values():
+                    r.image_index = remap_images(r.image_index, inp.image_map)
+                to_merge = []
+                for u in sorted(st.rows):
+                    if u not in merged:
+                        continue
+                    if merged[u].same(st.rows[u]):
+                        continue
+                    if all(plan.disjoint(j, inp.index) for j in src[u]):
+                        to_merge.append(u)
+                    elif plan.prefer == "last":
+                        merged[u], src[u] = st.rows[u], [inp.index]
+                    else:
+                        plan.conflict(f"{slot.name}:{u} {which} examples in {plan.names[src[u][-1]]} and {inp.name} "
+                                      "(overlapping images)")
+                for u in to_merge:
+                    merged[u] = _merge_rows(merged[u], st.rows[u], which == "top")
+                    src[u].append(inp.index)
+                for u, r in st.rows.items():
+                    if u not in src:
+                        merged[u], src[u] = r, [inp.index]
+            if merged:
+                out.sets[which] = ExampleRows(rows=merged, formats=formats, quality=quality)
+        return out
+
+
+def _merge_rows(a: StoredExamples, b: StoredExamples, largest: bool) -> StoredExamples:
+    """The best k of two stored rows of one unit (k = the longer), exactly as one run would rank them."""
+    k = max(len(a.score), len(b.score))
+    _, score, ii, loc, box, hw, patches = _stack_rows([0, 1], {0: a, 1: b})
+    cat = lambda x: x.reshape((1, -1) + x.shape[2:])  # noqa: E731  (both rows side by side as candidates)
+    picks = merge_ranked(cat(score), cat(ii), k, largest)
+    flat = patches[0] + patches[1]
+    return StoredExamples(
+        score=take_ranked(cat(score), picks, np.nan)[0].astype(np.float32),
+        image_index=take_ranked(cat(ii), picks, -1)[0].astype(np.int64),
+        loc=take_ranked(cat(loc), picks, 0)[0].astype(np.int32), box=take_ranked(cat(box), picks, 0)[0].astype(np.int32),
+        patches=[flat[i] if i >= 0 else None for i in picks[0]], hw=take_ranked(cat(hw), picks, 0)[0].astype(np.int32),
+    )

@@ -1,0 +1,271 @@
+"""Element `renders` [scope.renders]: feature visualizations of a layer's units, PNG, with their evidence.
+
+One row per (unit, objective, diversity_index), sorted; unit -1 is a layer-wide render (deepdream).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+
+from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, pack_offsets, present_mask
+from scopecli.artifact.h5io import check_element, get_dataset, read_numeric, read_strings, set_encoding, write_array, write_blob, write_strings
+from scopecli.artifact.images import decode_image, encode_png
+from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
+from scopecli.errors import ScopeError
+from scopecli.records import RenderRecord
+
+
+@dataclass
+class RenderView:
+    """One stored render: the metadata fields of RenderRecord, with the image decoded on first access."""
+
+    layer: str
+    unit: int
+    objective: str
+    diversity_index: int
+    height: int
+    width: int
+    seed: int
+    steps: int
+    size: int
+    param: str
+    lr: float
+    act_final: float
+    act_robust: float
+    act_trace: np.ndarray
+    time_s: float
+    dataset_max_ratio: float
+    _load: object = field(repr=False, default=None)
+    _encoded: bytes | None = field(repr=False, default=None)
+    _image: np.ndarray | None = field(repr=False, default=None)
+
+    @property
+    def encoded(self) -> bytes:
+        """The stored PNG bytes (e.g. to embed in HTML without re-encoding)."""
+        if self._encoded is None:
+            self._encoded = self._load()
+        return self._encoded
+
+    @property
+    def image(self) -> np.ndarray:
+        """HxWx3 uint8 pixels, decoded and checked against the declared size."""
+        if self._image is None:
+            self._image = decode_image(
+                self.encoded, self.height, self.width, f"render {self.layer}:{self.unit} ({self.objective})"
+            )
+        return self._image
+
+
+@dataclass
+class StoredRender:
+    """A render as the writer holds it: its metadata and its PNG bytes (copied, never re-encoded)."""
+
+    unit: int
+    objective: str
+    diversity_index: int
+    png: bytes
+    height: int
+    width: int
+    seed: int
+    steps: int
+    size: int
+    param: str
+    lr: float
+    act_final: float
+    act_robust: float
+    act_trace: np.ndarray
+    time_s: float
+    dataset_max_ratio: float
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return (self.unit, self.objective, self.diversity_index)
+
+
+INT64_COLS = ("unit", "offset", "length", "trace_offset", "trace_length", "seed")
+INT32_COLS = ("diversity_index", "height", "width", "steps", "size")
+FLOAT_COLS = ("lr", "act_final", "act_robust", "time_s", "dataset_max_ratio")
+# stored per-row columns, in the order they are written, with their dtypes
+WRITTEN = (("height", np.int32), ("width", np.int32), ("seed", np.int64), ("steps", np.int32), ("size", np.int32),
+           ("lr", np.float64), ("act_final", np.float64), ("act_robust", np.float64), ("time_s", np.float64),
+           ("dataset_max_ratio", np.float64))
+
+
+class RenderSection:
+    """Index table of one layer's renders (loaded once), and lazy access to their PNG bytes."""
+
+    def __init__(self, g: h5py.Group, slot: LayerSlot):
+        where = slot.where + "/renders"
+        check_element(g, RendersElement.encoding, where, h5py.Group)
+        self.layer, self.where = slot.name, where
+        cols = {}
+        for name in INT64_COLS + INT32_COLS:
+            cols[name] = read_numeric(get_dataset(g, name, where), f"{where}/{name}", "i", 1).astype(np.int64)
+        for name in FLOAT_COLS:
+            cols[name] = read_numeric(get_dataset(g, name, where), f"{where}/{name}", "f", 1).astype(np.float64)
+        for name in ("objective", "param"):
+            cols[name] = np.array(read_strings(get_dataset(g, name, where), f"{where}/{name}"), dtype=object)
+        n = len(cols["unit"])
+        for k, v in cols.items():
+            if len(v) != n:
+                raise ScopeError(f"{where}/{k}: has {len(v)} rows, expected {n}")
+        self.present = read_numeric(get_dataset(g, "present", where), f"{where}/present", "u", 1).astype(bool)
+        if self.present.shape != (slot.units,):
+            raise ScopeError(f"{where}/present: shape {self.present.shape}, expected ({slot.units},)")
+        if n and ((cols["unit"] < -1).any() or (cols["unit"] >= slot.units).any()):
+            raise ScopeError(f"{where}/unit: unit index out of range 0..{slot.units - 1}")
+        if n > 1 and (np.diff(cols["unit"]) < 0).any():
+            raise ScopeError(f"{where}/unit: rows are not sorted by unit")
+        self.blob = get_dataset(g, "blob", where)
+        check_blob(self.blob, where)
+        check_spans(cols["offset"], cols["length"], self.blob.shape[0], where, allow_empty=False)
+        check_sizes(cols["height"], cols["width"], where)
+        self.traces_ds = get_dataset(g, "traces", where)
+        if self.traces_ds.dtype.kind != "f" or self.traces_ds.ndim != 1:
+            raise ScopeError(f"{where}/traces: expected a 1-D float array")
+        check_spans(cols["trace_offset"], cols["trace_length"], self.traces_ds.shape[0], f"{where}/traces", True)
+        self.cols = cols
+        self.n = n
+        self._read = blob_reader(self.blob, where)
+        self._traces = None
+
+    def traces(self) -> np.ndarray:
+        if self._traces is None:
+            self._traces = read_numeric(self.traces_ds, f"{self.where}/traces", "f", 1).astype(np.float32)
+        return self._traces
+
+    def rows_of(self, unit: int) -> range:
+        u = self.cols["unit"]
+        return range(int(np.searchsorted(u, unit, "left")), int(np.searchsorted(u, unit, "right")))
+
+    def _meta(self, i: int) -> dict:
+        c = self.cols
+        toff, tln = int(c["trace_offset"][i]), int(c["trace_length"][i])
+        return dict(
+            unit=int(c["unit"][i]), objective=str(c["objective"][i]), diversity_index=int(c["diversity_index"][i]),
+            height=int(c["height"][i]), width=int(c["width"][i]), seed=int(c["seed"][i]), steps=int(c["steps"][i]),
+            size=int(c["size"][i]), param=str(c["param"][i]), lr=float(c["lr"][i]),
+            act_final=float(c["act_final"][i]), act_robust=float(c["act_robust"][i]),
+            act_trace=self.traces()[toff : toff + tln].copy() if tln else np.zeros(0, np.float32),
+            time_s=float(c["time_s"][i]), dataset_max_ratio=float(c["dataset_max_ratio"][i]),
+        )
+
+    def view(self, i: int) -> RenderView:
+        off, ln = int(self.cols["offset"][i]), int(self.cols["length"][i])
+        return RenderView(layer=self.layer, _load=lambda off=off, ln=ln: self._read(off, ln), **self._meta(i))
+
+    def stored(self) -> dict[tuple[int, str, int], StoredRender]:
+        """Every row with its PNG bytes (one read of the byte array)."""
+        blob = self.blob[()].tobytes() if self.blob.shape[0] else b""
+        out = {}
+        for i in range(self.n):
+            off, ln = int(self.cols["offset"][i]), int(self.cols["length"][i])
+            r = StoredRender(png=blob[off : off + ln], **self._meta(i))
+            out[r.key] = r
+        return out
+
+
+@register_layer_element
+class RendersElement(LayerElement):
+    name = "renders"
+    encoding = "scope.renders"
+    features = ("renders", "png")
+    unit_field = "renders"
+
+    def read(self, group, slot):
+        return RenderSection(group, slot)
+
+    def present(self, group, slot, section=None):
+        return (section or self.read(group, slot)).present.copy()
+
+    def info(self, group, slot, section=None):
+        if group is None:
+            return {"rendered": 0, "renders": 0}
+        sec = section or self.read(group, slot)
+        return {"rendered": int(sec.present.sum()), "renders": len(sec.cols["unit"])}
+
+    def unit_value(self, section, unit, slot, art):
+        return [] if section is None else [section.view(i) for i in section.rows_of(unit)]
+
+    # -- write
+    def new(self) -> dict:
+        return {}
+
+    def stage(self, section, slot):
+        return section.stored()
+
+    def put(self, staged: dict, value: list[RenderRecord], slot, **options) -> None:
+        for r in value:
+            u = int(r.unit)
+            if not -1 <= u < slot.units:
+                raise ScopeError(f"render unit {u} is out of range for layer {slot.name!r} (0..{slot.units - 1}, or -1)")
+            if not isinstance(r.objective, str) or not r.objective:
+                raise ScopeError(f"render {slot.name}:{u}: objective must be a non-empty string")
+            img = np.asarray(r.image)
+            s = StoredRender(
+                unit=u, objective=r.objective, diversity_index=int(r.diversity_index),
+                png=encode_png(img, f"render {slot.name}:{u}"), height=img.shape[0], width=img.shape[1],
+                seed=int(r.seed), steps=int(r.steps), size=int(r.size), param=str(r.param), lr=float(r.lr),
+                act_final=float(r.act_final), act_robust=float(r.act_robust),
+                act_trace=np.asarray(r.act_trace, np.float32).reshape(-1), time_s=float(r.time_s),
+                dataset_max_ratio=float(r.dataset_max_ratio),
+            )
+            staged[s.key] = s
+
+    def is_empty(self, staged) -> bool:
+        return not staged
+
+    def write(self, group, staged: dict, slot) -> None:
+        rg = group.create_group(self.name)
+        set_encoding(rg, self.encoding, self.version)
+        keys = sorted(staged)
+        rows = [staged[k] for k in keys]
+        offsets, lengths = pack_offsets([len(r.png) for r in rows])
+        to, tl = pack_offsets([len(r.act_trace) for r in rows])
+        write_array(rg, "present", present_mask(slot.units, [k[0] for k in keys]), np.uint8)
+        write_array(rg, "unit", [k[0] for k in keys], np.int64)
+        write_strings(rg, "objective", [k[1] for k in keys])
+        write_array(rg, "diversity_index", [k[2] for k in keys], np.int32)
+        write_array(rg, "offset", offsets, np.int64)
+        write_array(rg, "length", lengths, np.int64)
+        for col, dt in WRITTEN:
+            write_array(rg, col, [getattr(r, col) for r in rows], dt)
+        write_strings(rg, "param", [r.param for r in rows])
+        write_array(rg, "trace_offset", to, np.int64)
+        write_array(rg, "trace_length", tl, np.int64)
+        traces = np.concatenate([r.act_trace for r in rows]).astype(np.float32) if rows else np.zeros(0, np.float32)
+        write_array(rg, "traces", traces, np.float32)
+        write_blob(rg, "blob", b"".join(r.png for r in rows))
+
+    # -- validate
+    def check(self, section, slot, art, quick):
+        problems = []
+        want = np.zeros(slot.units, bool)
+        u = section.cols["unit"]
+        want[u[u >= 0]] = True
+        if not np.array_equal(want, section.present):
+            problems.append(f"layer {slot.name}: renders/present disagrees with the render table")
+        if not quick:
+            for i in range(section.n):
+                v = section.view(i)
+                try:
+                    decode_image(v.encoded, v.height, v.width, f"layer {slot.name} render row {i}")
+                except ScopeError as exc:
+                    problems.append(str(exc))
+        return problems, set(self.features)
+
+    # -- merge: union by (unit, objective, diversity_index); the same key with other pixels is a conflict
+    def merge(self, inputs: list[MergeInput], slot, plan: MergePlan) -> dict:
+        out: dict = {}
+        src: dict = {}
+        for inp in inputs:
+            for key, row in inp.section.stored().items():
+                if key in out and out[key].png != row.png and plan.prefer is None:
+                    plan.conflict(f"{slot.name}:{key[0]} render ({key[1]}, {key[2]}) in {plan.names[src[key]]} "
+                                  f"and {inp.name}")
+                out[key], src[key] = row, inp.index
+        return out
+
