@@ -3,14 +3,20 @@
 A unit read = `art.unit("layer:u")` + decode its render + decode its 16 patches (8 top + 8 bottom),
 the work `scope show` / `export` do per unit. Images are crops of real photos (realistic PNG/JPEG sizes).
 Usage: .venv/bin/python scripts/bench_artifact.py [--layers 2] [--units 128] [--reads 300] [--out DIR]
+       .venv/bin/python scripts/bench_artifact.py --baseline REV [--rounds 3]
+The second form measures this tree and the code at git revision REV side by side, alternating rounds
+(each in its own process, the same file sizes), and prints medians and ratios (this tree / REV).
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import random
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,8 +59,15 @@ def main() -> None:
     ap.add_argument("--render", type=int, default=224, help="render side in pixels")
     ap.add_argument("--reads", type=int, default=300)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--baseline", default=None, help="git revision to measure side by side with this tree")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds with --baseline")
+    ap.add_argument("--json", action="store_true", help="print the figures as one JSON object (used by --baseline)")
     args = ap.parse_args()
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall times include waiting for a CPU)")
+    if args.baseline:
+        return side_by_side(args)
+    say = (lambda *a, **k: None) if args.json else print
+    say(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall times include waiting for a CPU)")
+    figures = {}
 
     photos = load_photos(64, args.render)
     patches = [np.ascontiguousarray(p[: args.patch, : args.patch]) for p in photos]
@@ -95,11 +108,12 @@ def main() -> None:
     t_commit = time.perf_counter() - tc
     t_write = time.perf_counter() - t0
     size = os.path.getsize(path)
-    print(f"artifact: {args.layers} layers x {args.units} units, render {args.render}px PNG, "
-          f"{2 * args.k} patches/unit {args.patch}px JPEG q90 -> {size / 1e6:.1f} MB")
-    print(f"write: {n_units / t_write:.1f} units/s, {size / 1e6 / t_write:.1f} MB/s overall "
-          f"(encode+buffer {t_put:.2f} s, commit {t_commit:.2f} s incl. fsync)")
-    print(f"bytes per unit: {size / n_units / 1e3:.1f} kB")
+    say(f"artifact: {args.layers} layers x {args.units} units, render {args.render}px PNG, "
+        f"{2 * args.k} patches/unit {args.patch}px JPEG q90 -> {size / 1e6:.1f} MB")
+    say(f"write: {n_units / t_write:.1f} units/s, {size / 1e6 / t_write:.1f} MB/s overall "
+        f"(encode+buffer {t_put:.2f} s, commit {t_commit:.2f} s incl. fsync)")
+    say(f"bytes per unit: {size / n_units / 1e3:.1f} kB")
+    figures.update(write_s=t_write, put_s=t_put, commit_s=t_commit, bytes_per_unit=size / n_units)
 
     addrs = [f"{rec.name}:{u}" for rec in layers for u in range(args.units)]
     random.seed(0)
@@ -130,9 +144,10 @@ def main() -> None:
             u = art.unit(a)
             u.renders[0].encoded
             fetch.append(time.perf_counter() - t)
-    print(f"warm unit read (render + {2 * args.k} patches decoded): median {pct(times, 50):.2f} ms, "
-          f"p99 {pct(times, 99):.2f} ms wall; CPU time of this process: mean {np.mean(cpu) * 1000:.2f} ms; "
-          f"bytes only (no decode): median {pct(fetch, 50):.2f} ms")
+    say(f"warm unit read (render + {2 * args.k} patches decoded): median {pct(times, 50):.2f} ms, "
+        f"p99 {pct(times, 99):.2f} ms wall; CPU time of this process: mean {np.mean(cpu) * 1000:.2f} ms; "
+        f"bytes only (no decode): median {pct(fetch, 50):.2f} ms")
+    figures.update(warm_read_ms=pct(times, 50), warm_read_cpu_ms=float(np.mean(cpu) * 1000), fetch_ms=pct(fetch, 50))
 
     # cold: fresh open + first unit (index tables of that layer loaded on demand); page cache evicted
     cold, cold_cached = [], []
@@ -148,12 +163,43 @@ def main() -> None:
         with open_artifact(path) as art:
             read(art, a)
         (cold if evict else cold_cached).append(time.perf_counter() - t)
-    print(f"cold unit read (open file + load layer index + read/decode): page cache evicted median "
-          f"{pct(cold, 50):.2f} ms p99 {pct(cold, 99):.2f} ms; page cache warm median {pct(cold_cached, 50):.2f} ms "
-          f"p99 {pct(cold_cached, 99):.2f} ms")
+    say(f"cold unit read (open file + load layer index + read/decode): page cache evicted median "
+        f"{pct(cold, 50):.2f} ms p99 {pct(cold, 99):.2f} ms; page cache warm median {pct(cold_cached, 50):.2f} ms "
+        f"p99 {pct(cold_cached, 99):.2f} ms")
+    figures.update(cold_read_ms=pct(cold, 50), open_read_ms=pct(cold_cached, 50))
+    if args.json:
+        print(json.dumps(figures))
     if not args.out:
         os.unlink(path)
         os.rmdir(d)
+
+
+def side_by_side(args) -> None:
+    """This tree vs the code at --baseline, alternating rounds in fresh processes; medians and ratios."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    old = tempfile.mkdtemp(prefix="scope-baseline-")
+    try:
+        archive = subprocess.run(["git", "-C", root, "archive", args.baseline], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+        os.symlink(os.path.join(old, "schema"), os.path.join(old, "scopecli", "schema"))
+        child = [sys.executable, os.path.abspath(__file__), "--json", "--layers", str(args.layers), "--units",
+                 str(args.units), "--k", str(args.k), "--reads", str(args.reads)]
+        runs: dict[str, list[dict]] = {"this tree": [], args.baseline: []}
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.rounds} alternating rounds")
+        for r in range(args.rounds):
+            for name, code in (("this tree", root), (args.baseline, old)):
+                env = dict(os.environ, PYTHONPATH=code + os.pathsep + os.path.join(root, "tests"))
+                out = subprocess.run(child, env=env, capture_output=True, text=True, check=True).stdout
+                runs[name].append(json.loads(out.strip().splitlines()[-1]))
+        keys = ("write_s", "warm_read_ms", "warm_read_cpu_ms", "fetch_ms", "cold_read_ms", "open_read_ms", "bytes_per_unit")
+        print(f"{'figure':<18}{'this tree':>12}{args.baseline[:12]:>14}{'ratio':>9}  (median of {args.rounds}; ratio < 1: faster/smaller)")
+        for k in keys:
+            a = float(np.median([x[k] for x in runs["this tree"]]))
+            b = float(np.median([x[k] for x in runs[args.baseline]]))
+            print(f"{k:<18}{a:>12.3f}{b:>14.3f}{a / b if b else float('nan'):>9.3f}")
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 if __name__ == "__main__":
