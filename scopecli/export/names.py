@@ -2,7 +2,7 @@
 
 Why: artifacts come from strangers. Layer names hold dots and slashes, class names may hold
 `<script>`, image paths may hold apostrophes. Everything a page shows is escaped by the templates'
-autoescape (with `esc`, see `pages.py`; the SVG charts call it themselves), every link goes through
+autoescape (see `pages.py`; the SVG charts, built in Python, use `esc`), every link goes through
 `href` (a template filter), and every file name the site writes is built by `slug` (plus a numeric
 prefix that makes it unique), so no stored string can escape its element or its folder.
 """
@@ -20,7 +20,7 @@ SLUG_MAX = 60
 
 
 def esc(text) -> str:
-    """Text for HTML element content or a quoted attribute value."""
+    """Text for HTML element content or a quoted attribute value (for HTML built in Python: charts.py)."""
     return html.escape(str(text), quote=True)
 
 

@@ -19,19 +19,10 @@ import jinja2
 from markupsafe import Markup
 
 from scopecli import __version__
-from scopecli.export.names import esc, fmt, href, short_hash
+from scopecli.export.names import fmt, href, short_hash
 
 CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'self' file: 'unsafe-inline'; "
        "base-uri 'none'; form-action 'none'")
-
-
-def _escape(value) -> Markup:
-    """Autoescape for every `{{ value }}`: markup stays as it is, anything else is escaped.
-
-    Jinja escapes with markupsafe (`'` as `&#39;`); escaping here first, as `html.escape` does
-    (`&#x27;`, `&quot;`), keeps pages byte-comparable with earlier exports. Both are safe.
-    """
-    return value if hasattr(value, "__html__") else Markup(esc(value))
 
 
 @functools.cache
@@ -40,11 +31,11 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("scopecli.export", "templates"),
         autoescape=True,
-        finalize=_escape,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        auto_reload=False,  # package data: read once a process
     )
     env.filters.update(href=href, fmt=fmt, short_hash=short_hash)
     env.globals.update(csp=CSP, version=__version__)
@@ -52,7 +43,12 @@ def environment() -> jinja2.Environment:
 
 
 def _render(template: str, **context) -> str:
-    return environment().get_template(template).render(**context)
+    page = environment().get_template(template).render(**context)
+    # Autoescape (markupsafe) writes ' and " as &#39; and &#34;; pages before the templates had
+    # &#x27; and &quot; (html.escape). The same characters either way (a stored "&#39;" is written
+    # "&amp;#39;", so only escapes match, and the pages have no <script> or <style>); spelling them as
+    # before keeps exports comparable across versions.
+    return page.replace("&#39;", "&#x27;").replace("&#34;", "&quot;")
 
 
 def _svg(svg: str | None) -> Markup | None:
