@@ -1,9 +1,10 @@
 """Safe names for the gallery: HTML-escaped text, percent-encoded relative URLs, file-system slugs.
 
 Why: artifacts come from strangers. Layer names hold dots and slashes, class names may hold
-`<script>`, image paths may hold apostrophes. Everything shown goes through `esc`, every link
-through `href`, and every file name the site writes is built by `slug` (plus a numeric prefix
-that makes it unique), so no stored string can escape its element or its folder.
+`<script>`, image paths may hold apostrophes. Everything a page shows is escaped by the templates'
+autoescape (see `pages.py`; the SVG charts, built in Python, use `esc`), every link goes through
+`href` (a template filter), and every file name the site writes is built by `slug` (plus a numeric
+prefix that makes it unique), so no stored string can escape its element or its folder.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ SLUG_MAX = 60
 
 
 def esc(text) -> str:
-    """Text for HTML element content or a quoted attribute value."""
+    """Text for HTML element content or a quoted attribute value (for HTML built in Python: charts.py)."""
     return html.escape(str(text), quote=True)
 
 
 def href(path: str) -> str:
-    """A relative URL for an attribute: each path segment percent-encoded, then HTML-escaped."""
-    return esc(quote(path, safe="/"))
+    """A relative URL for an attribute: each path segment percent-encoded.
+
+    Only letters, digits, `_.-~` and `/` stay as they are, so no scheme (`javascript:`), query,
+    fragment or HTML-special character survives; autoescape then has nothing left to escape.
+    """
+    return quote(str(path), safe="/")
 
 
 def slug(text: str, fallback: str = "x") -> str:

@@ -30,8 +30,10 @@ from scopecli.artifact.images import encode_jpeg, image_kind
 from scopecli.errors import ScopeError
 from scopecli.export import charts, folder
 from scopecli.export.diffs import load_diff
-from scopecli.export.names import esc, fmt, href, slug
+from scopecli.export.names import fmt, slug
 from scopecli.export.pages import (
+    DiffRow,
+    DiffSide,
     ExampleCard,
     LayerView,
     LinkRow,
@@ -129,14 +131,14 @@ def _unit_url(target_model: ModelView, layer_slug: str, unit: int) -> str:
 def _link_rows(links, plan, listed_sets) -> list[LinkRow]:
     rows = []
     for ln in links:
-        label = f"{ln.target.name} · {ln.layer}:{ln.unit}"
-        html_target = f"<span>{esc(label)}</span>"
+        url = None
         if ln.target.artifact is not None:
             mv = plan[ln.target.artifact][0]
             lv = next((x for x in mv.layers if x.name == ln.layer), None)
             if lv is not None and ln.unit in listed_sets[ln.target.artifact].get(ln.layer, ()):
-                html_target = f'<a href="{href(_unit_url(mv, lv.slug, ln.unit))}">{esc(label)}</a>'
-        rows.append(LinkRow(html_target, ln.corr, ln.kinds, ln.above_floor, ln.floor, ln.diff_name))
+                url = _unit_url(mv, lv.slug, ln.unit)
+        rows.append(LinkRow(f"{ln.target.name} · {ln.layer}:{ln.unit}", url, ln.corr, ln.kinds, ln.above_floor,
+                            ln.floor, ln.diff_name))
     return rows
 
 
@@ -327,13 +329,10 @@ def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page:
         finally:
             if bar_cm is not None:
                 bar_cm.__exit__(None, None, None)
-        diff_rows = []
-        for d in diffs:
-            def side(s):
-                if s.artifact is None:
-                    return f"{esc(s.name)} <span class=\"muted\">(not exported)</span>"
-                return f'<a href="{href(f"m/{plan[s.artifact][0].slug}/index.html")}">{esc(s.name)}</a>'
-            diff_rows.append({"file": Path(d.path).name, "a": side(d.a), "b": side(d.b), "pairs": d.pairs})
+        def side(s) -> DiffSide:
+            return DiffSide(s.name, None if s.artifact is None else f"m/{plan[s.artifact][0].slug}/index.html")
+
+        diff_rows = [DiffRow(Path(d.path).name, side(d.a), side(d.b), d.pairs) for d in diffs]
         _write(staging / "index.html", index_page([mv for mv, _ in plan], diff_rows), counts)
         _write(staging / "style.css", (STATIC / "style.css").read_bytes(), counts)
         folder.write_marker(staging, {"writer": f"scope {__version__}", "artifacts": [Path(p).name for p in paths]})
