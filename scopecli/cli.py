@@ -43,7 +43,7 @@ JsonOpt = typer.Option(False, "--json", help="Machine-readable output on stdout.
 
 def load_model(model: str, weights: str, mean: Optional[str], std: Optional[str], input_size: Optional[int]):
     """Resolve the model for a command (the one place the CLI touches models)."""
-    from scopecli.models import resolve_model
+    from scopecli.model import resolve_model
 
     return resolve_model(model, weights=weights, mean=mean, std=std, input_size=input_size)
 
@@ -64,7 +64,7 @@ def _root(
 @app.command("models")
 def models_cmd(json_out: bool = JsonOpt):
     """List the model specs scope resolves (plus custom package.module:factory)."""
-    from scopecli.models import catalogue
+    from scopecli.model import catalogue
 
     rows = catalogue()
     if json_out:
@@ -89,7 +89,7 @@ def layers_cmd(
     json_out: bool = JsonOpt,
 ):
     """Addressable layers: output channels, spatial size, receptive field; * marks the default set."""
-    from scopecli.layers import layer_table
+    from scopecli.model.layers import layer_table
 
     loaded = load_model(model, weights, mean, std, input_size)
     table = layer_table(loaded.module, loaded.preprocess.crop)

@@ -21,10 +21,10 @@ from scopecli.collect.crops import crop_patches, patch_windows
 from scopecli.collect.data import MAX_PIXELS, ImageSource, ModelInputs, default_workers, make_loader
 from scopecli.collect.stats import LayerStats
 from scopecli.collect.topk import StreamingExtremes
-from scopecli.capture import LayerTap
 from scopecli.devices import resolve_device
 from scopecli.errors import ScopeError
-from scopecli.layers import find_layer, layer_table
+from scopecli.model.capture import LayerTap
+from scopecli.model.layers import find_layer, layer_table
 from scopecli.progress import progress as progress_bar
 from scopecli.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock
 

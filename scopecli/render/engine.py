@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from scopecli.capture import LayerTap
 from scopecli.devices import resolve_device
 from scopecli.errors import ScopeError
+from scopecli.model.capture import LayerTap
 from scopecli.records import RenderRecord
 from scopecli.render import transforms as tf
 from scopecli.render.objectives import OBJECTIVES, RenderTarget, batch_objectives
@@ -223,7 +223,7 @@ def render_units(
 ) -> RenderResult:
     """Render every target; return records (with evidence) and skipped targets.
 
-    model: a `scopecli.models.LoadedModel` or a bare nn.Module (then pass `normalize`, a function on
+    model: a `scopecli.model.LoadedModel` or a bare nn.Module (then pass `normalize`, a function on
     [0,1] NCHW images, and `fingerprint`, used for the per-image seeds).
     dataset_max: {layer: {unit: dataset maximum}} to fill `dataset_max_ratio`.
     progress: an object with `.advance(n)` (scopecli.progress), advanced in units.

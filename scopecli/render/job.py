@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from scopecli.errors import ScopeError
-from scopecli.layers import find_layer, layer_table
+from scopecli.model.layers import find_layer, layer_table
 from scopecli.render.engine import RenderResult, RenderSettings, plan_targets, render_units, resolve_device
 from scopecli.render.param import spectrum_from_images
 from scopecli.units import parse_units
