@@ -5,8 +5,9 @@
 """
 
 from scopecli.collect.data import ImageSource, open_source, read_labels
-from scopecli.collect.engine import CollectResult, CollectSettings, MemorySink, collect, parse_shard, shard_range
+from scopecli.collect.engine import CollectResult, CollectSettings, MemorySink, collect, shard_range
 from scopecli.collect.merge import merge_examples, merge_stats
+from scopecli.distributed import parse_shard
 
 __all__ = ["CollectResult", "CollectSettings", "ImageSource", "MemorySink", "collect", "merge_examples",
            "merge_stats", "open_source", "parse_shard", "read_labels", "shard_range"]
