@@ -143,12 +143,12 @@ def diff_cmd(
 ):
     """Compare two artifacts from their files: layer CKA with permutation floors, unit matching, unit changes."""
     from scopecli.compare.diff import parse_pair, run_diff
-    from scopecli.compare.drawing import check_output
+    from scopecli.fileio import check_output_file
 
     pairs = [parse_pair(p) for p in pair] if pair else None
     for path, example in ((png, "diff.png"), (save, "diff.h5")):
         if path:
-            check_output(path, example)
+            check_output_file(path, example)
     res = run_diff(file_a, file_b, _split_names(layers), _split_names(layers_b), pairs, seed=seed,
                    permutations=permutations, quiet=quiet or json_out, max_images=max_images)
     if png:
@@ -202,15 +202,14 @@ def query_cmd(
 def show_cmd(
     file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
     unit: str = typer.Argument(..., metavar="LAYER:UNIT", help="Unit address, e.g. layer4.2:117."),
-    out: Optional[str] = typer.Option(None, "-o", "--out", help="Write a unit card PNG."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Write the unit card as a PNG (a name ending in .png)."),
     json_out: bool = JsonOpt,
 ):
     """One unit: statistics, renders and examples; -o writes its card as PNG."""
-    from scopecli.compare.drawing import check_output
-    from scopecli.compare.show import load_unit, unit_json, write_card
+    from scopecli.compare.show import check_card_output, load_unit, unit_json, write_card
 
     if out:
-        check_output(out, "card.png")
+        check_card_output(out)
     info = load_unit(file, unit, pixels=bool(out))
     if out:
         write_card(info, out)

@@ -15,6 +15,7 @@ import numpy as np
 
 from scopecli.compare.probes import MIN_SHARED, NO_PROBE_HINT, ProbeSource, open_checked, shared_rows
 from scopecli.errors import ScopeError
+from scopecli.fileio import did_you_mean
 from scopecli.units import parse_unit_address
 
 SORT_KEYS = ("score", "max", "mean", "std", "frac-positive", "purity", "strength")
@@ -145,12 +146,9 @@ def _check_layers(sources: list[_Source], wanted: list[str] | None) -> None:
         return
     for w in wanted:
         if not any(w in s.art.layers for s in sources):
-            import difflib
-
             names = sorted({n for s in sources for n in s.art.layers})
-            close = difflib.get_close_matches(w, names, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ScopeError(f"no layer named {w} in any of the given artifacts{hint}")
+            raise ScopeError(f"no layer named {w} in any of the given artifacts"
+                             + did_you_mean(w, names, n=3, listing="`scope info FILE` lists a file's layers"))
 
 
 def run_query(
