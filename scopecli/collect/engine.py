@@ -26,14 +26,17 @@ from scopecli.model.capture import LayerTap
 from scopecli.model.layers import find_layer, layer_table
 from scopecli.progress import progress as progress_bar
 from scopecli.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock
+from scopecli.settings import CheckedSettings, reads
 
 
 JPEG_QUALITY = 90
 
 
 @dataclass
-class CollectSettings:
-    """Everything that changes what collect computes (recorded in the artifact's params)."""
+class CollectSettings(CheckedSettings):
+    """Everything that changes what collect computes (recorded in the artifact's params).
+
+    `check()` refuses values that cannot work; each rule runs once per value (scopecli/settings.py)."""
 
     top_k: int = 16
     bottom_k: int = 8
@@ -55,20 +58,30 @@ class CollectSettings:
         d["shard"] = f"{self.shard[0]}/{self.shard[1]}"
         return d
 
-    def check(self) -> None:
+    @reads("top_k", "bottom_k", "probe")
+    def _counts(self) -> None:
         for name in ("top_k", "bottom_k", "probe"):
             if getattr(self, name) < 0:
                 raise ScopeError(f"--{name.replace('_', '-')} must be >= 0")
         if self.top_k == 0 and self.bottom_k == 0:
             raise ScopeError("--top-k and --bottom-k are both 0: nothing to collect")
+
+    @reads("patch_size")
+    def _patch_size(self) -> None:
         if self.patch_size < 8 or self.patch_size > 1024:
             raise ScopeError("--patch-size must be between 8 and 1024 pixels")
+
+    @reads("batch", "workers", "limit")
+    def _loader(self) -> None:
         if self.batch < 1:
             raise ScopeError("--batch must be >= 1")
         if self.workers is not None and self.workers < 0:
             raise ScopeError("--workers must be >= 0")
         if self.limit is not None and self.limit < 1:
             raise ScopeError("--limit must be >= 1")
+
+    @reads("shard")
+    def _shard(self) -> None:
         k, n = self.shard
         if not (n >= 1 and 1 <= k <= n):
             raise ScopeError(f"--shard {k}/{n}: need 1 <= k <= n")

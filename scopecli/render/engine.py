@@ -29,13 +29,16 @@ from scopecli.render import transforms as tf
 from scopecli.render.objectives import OBJECTIVES, RenderTarget, batch_objectives
 from scopecli.render.param import PARAMS, make_param
 from scopecli.render.redirect import RedirectedReLU
+from scopecli.settings import CheckedSettings, reads
 
 MIN_SIZE = 16
 
 
 @dataclass
-class RenderSettings:
-    """Everything that decides a rendered image (all recorded in the artifact)."""
+class RenderSettings(CheckedSettings):
+    """Everything that decides a rendered image (all recorded in the artifact).
+
+    `check()` refuses values that cannot work; each rule runs once per value (scopecli/settings.py)."""
 
     steps: int = 512
     size: int = 224
@@ -52,16 +55,28 @@ class RenderSettings:
     transforms: tf.TransformSpec = field(default_factory=tf.TransformSpec)
     magnitude: np.ndarray | None = None  # MACO magnitude spectrum (param.spectrum_from_images); None = 1/f
 
-    def check(self) -> None:
-        """Raise ScopeError for settings that cannot work."""
+    @reads("steps")
+    def _steps(self) -> None:
         if int(self.steps) <= 0:
             raise ScopeError(f"--steps must be positive, got {self.steps}")
+
+    @reads("size")
+    def _size(self) -> None:
         if int(self.size) < MIN_SIZE:
             raise ScopeError(f"--size must be at least {MIN_SIZE} pixels, got {self.size}")
+
+    @reads("param")
+    def _param(self) -> None:
         if self.param not in PARAMS:
             raise ScopeError(f"unknown --param '{self.param}': choose one of {', '.join(PARAMS)}")
+
+    @reads("lr")
+    def _lr(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ScopeError(f"--lr must be a positive number, got {self.lr}")
+
+    @reads("batch")
+    def _batch(self) -> None:
         if self.batch != "auto":
             try:
                 ok = int(self.batch) >= 1
