@@ -26,7 +26,7 @@ from scopecli.errors import ScopeError
 from scopecli.model.capture import LayerTap
 from scopecli.records import RenderRecord
 from scopecli.render import transforms as tf
-from scopecli.render.objectives import OBJECTIVES, RenderTarget, batch_objectives
+from scopecli.render.objectives import OBJECTIVE_KINDS, OBJECTIVES, RenderTarget, batch_objectives
 from scopecli.render.param import PARAMS, make_param
 from scopecli.render.redirect import RedirectedReLU
 from scopecli.settings import CheckedSettings, reads
@@ -123,16 +123,17 @@ def derive_seed(seed: int, fingerprint: str, layer: str, unit: int, diversity_in
 def plan_targets(layer_units, objective: str = "channel", diversity: int = 1) -> list[RenderTarget]:
     """Targets for {layer: [units]} (or [(layer, units)]): K = `diversity` images per unit, contiguous.
 
-    deepdream renders one image per layer (unit -1) whatever the units.
+    Per-layer objectives (deepdream) render one image per layer (unit -1) whatever the units.
     """
     if objective not in OBJECTIVES:
         raise ScopeError(f"unknown --objective '{objective}': choose one of {', '.join(OBJECTIVES)}")
+    per_layer = OBJECTIVE_KINDS[objective].per_layer
     if int(diversity) < 1:
         raise ScopeError(f"--diversity must be at least 1, got {diversity}")
     items = layer_units.items() if isinstance(layer_units, dict) else layer_units
     targets = []
     for layer, units in items:
-        units = [-1] if objective == "deepdream" else list(units)
+        units = [-1] if per_layer else list(units)
         for unit in units:
             for k in range(int(diversity)):
                 targets.append(RenderTarget(layer, int(unit), objective, k))
