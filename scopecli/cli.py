@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
 from scopecli import __version__
 from scopecli.errors import ScopeError
@@ -327,17 +328,32 @@ def collect_cmd(
                  f"{summary['images_per_s']} img/s on {summary['device']}, {summary['seconds']:.1f} s", markup=False)
 
 
-@app.command("render")
+class _RenderCommand(TyperCommand):
+    """`scope render --help` lists the registered objectives and parameterizations. They are read only when
+    the help is shown, because the registries import torch and other commands must start fast."""
+
+    def format_help(self, ctx, formatter):
+        from scopecli.render.objectives import objectives_help
+        from scopecli.render.param import params_help
+
+        lists = {"objective": objectives_help(), "param": params_help()}
+        for param in self.params:
+            if param.name in lists and not param.help.endswith("."):  # once, if formatted twice
+                param.help = f"{param.help}: {lists[param.name]}."
+        return super().format_help(ctx, formatter)
+
+
+@app.command("render", cls=_RenderCommand)
 def render_cmd(
     model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Artifact to add to (default <model>.h5)."),
     layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layer name (repeatable or comma-separated); default: the default layer set."),
     units: Optional[str] = typer.Option(None, "--units", "-u", help="Units per layer: all, 0:64, 3,5,9 (default all)."),
-    objective: str = typer.Option("channel", "--objective", help="channel (mean over positions), neuron (center position) or negative."),
+    objective: str = typer.Option("channel", "--objective", help="What each image maximizes"),
     deepdream: bool = typer.Option(False, "--deepdream", help="One DeepDream image per layer (stored as unit -1)."),
     steps: int = typer.Option(512, "--steps", help="Optimization steps."),
     size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: the model's input size)."),
-    param: str = typer.Option("fft", "--param", help="fft (Lucid), pixel, or maco (phase only; magnitude from --data or 1/f)."),
+    param: str = typer.Option("fft", "--param", help="Image parameterization"),
     data: Optional[str] = typer.Option(None, "--data", help="Image folder whose mean spectrum MACO keeps (with --param maco)."),
     lr: float = typer.Option(0.05, "--lr", help="Adam learning rate."),
     batch: str = typer.Option("auto", "--batch", help="Images optimized together: auto (from memory) or N."),
