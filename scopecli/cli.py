@@ -62,270 +62,12 @@ def _root(
     """scope: Microscope for any PyTorch vision model."""
 
 
-@app.command("models")
-def models_cmd(json_out: bool = JsonOpt):
-    """List the model specs scope resolves (plus custom package.module:factory)."""
-    from scopecli.model import catalogue
-
-    rows = catalogue()
-    if json_out:
-        _print_json(rows)
-        return
-    table = Table(title="Models (or any custom package.module:factory)")
-    for col in ("name", "source", "weights", "available"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(row["name"], row["source"], row["weights"], "yes" if row["available"] else "no")
-    _out().print(table)
-
-
-@app.command("layers")
-def layers_cmd(
-    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
-    weights: str = WeightsOpt,
-    mean: Optional[str] = MeanOpt,
-    std: Optional[str] = StdOpt,
-    input_size: Optional[int] = InputSizeOpt,
-    default_only: bool = typer.Option(False, "--default", help="Only the default layer set."),
-    json_out: bool = JsonOpt,
-):
-    """Addressable layers: output channels, spatial size, receptive field; * marks the default set."""
-    from scopecli.model.layers import layer_table
-
-    loaded = load_model(model, weights, mean, std, input_size)
-    table = layer_table(loaded.module, loaded.preprocess.crop)
-    if default_only:
-        table = [info for info in table if info.default]
-    if json_out:
-        _print_json(
-            {
-                "model": loaded.info(),
-                "input_size": loaded.preprocess.crop,
-                "layers": [info.to_dict() for info in table],
-            }
-        )
-        return
-    out = Table(title=f"{loaded.name} ({loaded.weights}) at {loaded.preprocess.crop}px — * default layer set")
-    for col in ("", "layer", "type", "units", "HxW", "RF size", "RF stride", "RF start"):
-        out.add_column(col, justify="right" if col in ("units", "HxW", "RF size", "RF stride", "RF start") else "left")
-    for info in table:
-        out.add_row(
-            "*" if info.default else "",
-            info.name,
-            info.kind,
-            str(info.channels),
-            f"{info.height}x{info.width}",
-            str(info.rf_size),
-            str(info.rf_stride),
-            str(info.rf_start),
-        )
-    _out().print(out)
+# The commands below are defined in the order of the work, which is the order `scope --help` lists them:
+# make (render, collect), look (show), compare (diff, query), share (export); then file tools and helpers.
 
 
 def _split_names(text: Optional[str]) -> Optional[List[str]]:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
-
-
-@app.command("diff")
-def diff_cmd(
-    file_a: str = typer.Argument(..., metavar="A.h5", help="First artifact (rows)."),
-    file_b: str = typer.Argument(..., metavar="B.h5", help="Second artifact (columns); may be A itself."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers of A (default: all with probe activations)."),
-    layers_b: Optional[str] = typer.Option(None, "--layers-b", help="Layers of B (default: the --layers names if B has them all, else all)."),
-    pair: Optional[List[str]] = typer.Option(None, "--pair", help="Unit-match this layer pair, LAYER_A=LAYER_B (repeatable; default: each A layer with its best B layer)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the stimulus-permutation controls."),
-    permutations: int = typer.Option(20, "--permutations", help="Shuffles for the CKA floor (max over them)."),
-    max_images: int = typer.Option(1000, "--max-images", help="CKA on at most this many shared images (seeded subsample; memory grows with its square)."),
-    top: int = typer.Option(5, "--top", help="Matched pairs / changed units listed per layer."),
-    png: Optional[str] = typer.Option(None, "--png", help="Write a labelled CKA heatmap PNG."),
-    save: Optional[str] = typer.Option(None, "--save", help="Write the diff as a small HDF5 file (format scope.diff)."),
-    quiet: bool = QuietOpt,
-    json_out: bool = JsonOpt,
-):
-    """Compare two artifacts from their files: layer CKA with permutation floors, unit matching, unit changes."""
-    from scopecli.compare.diff import parse_pair, run_diff
-    from scopecli.fileio import check_output_file
-
-    pairs = [parse_pair(p) for p in pair] if pair else None
-    for path, example in ((png, "diff.png"), (save, "diff.h5")):
-        if path:
-            check_output_file(path, example)
-    res = run_diff(file_a, file_b, _split_names(layers), _split_names(layers_b), pairs, seed=seed,
-                   permutations=permutations, quiet=quiet or json_out, max_images=max_images)
-    if png:
-        from scopecli.compare.drawing import save_png, cka_heatmap
-
-        save_png(cka_heatmap(res), png)
-    if save:
-        res.save(save)
-    if json_out:
-        _print_json(res.to_json(top=top))
-        return
-    from scopecli.compare.report import diff_summary
-
-    _out().print(diff_summary(res, top=top))
-    for what, path in (("heatmap", png), ("diff file", save)):
-        if path:
-            _out().print(f"wrote {what} {path}")
-
-
-@app.command("query")
-def query_cmd(
-    files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts to search."),
-    label: Optional[str] = typer.Option(None, "--label", help="Units whose top examples concentrate on classes whose name contains TEXT."),
-    like: Optional[str] = typer.Option(None, "--like", help="Units whose probe activations correlate most with FILE:layer:unit."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="Only these layers (comma-separated)."),
-    top: int = typer.Option(20, "--top", help="How many units to list."),
-    min_max: Optional[float] = typer.Option(None, "--min-max", help="Only units whose dataset max activation is >= X."),
-    min_frac_positive: Optional[float] = typer.Option(None, "--min-frac-positive", help="Only units positive on at least this fraction of positions."),
-    sort: str = typer.Option("score", "--sort", help="score | max | mean | std | frac-positive | purity | strength (descending)."),
-    json_out: bool = JsonOpt,
-):
-    """Find units across artifacts by class label, by likeness to a unit, or by statistics."""
-    from scopecli.compare.query import run_query
-
-    hits = run_query(files, label=label, like=like, layers=_split_names(layer), top=top, min_max=min_max,
-                     min_frac_positive=min_frac_positive, sort=sort)
-    if json_out:
-        _print_json([h.to_json() for h in hits])
-        return
-    from scopecli.compare.report import query_table
-
-    what = (f"label '{label}' (score = purity of top examples)" if label is not None else
-            f"like {like} (score = correlation over shared probe images)" if like is not None else
-            "statistics (score = max activation)")
-    _out().print(query_table(hits, f"Units by {what}, sorted by {sort}"))
-    if not hits:
-        _out().print("no unit matched")
-
-
-@app.command("show")
-def show_cmd(
-    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
-    unit: str = typer.Argument(..., metavar="LAYER:UNIT", help="Unit address, e.g. layer4.2:117."),
-    out: Optional[str] = typer.Option(None, "-o", "--out", help="Write the unit card as a PNG (a name ending in .png)."),
-    json_out: bool = JsonOpt,
-):
-    """One unit: statistics, renders and examples; -o writes its card as PNG."""
-    from scopecli.compare.show import check_card_output, load_unit, unit_json, write_card
-
-    if out:
-        check_card_output(out)
-    info = load_unit(file, unit, pixels=bool(out))
-    if out:
-        write_card(info, out)
-    if json_out:
-        _print_json(unit_json(info))
-        return
-    from scopecli.compare.report import unit_summary
-
-    _out().print(unit_summary(info))
-    if out:
-        _out().print(f"wrote card {out}")
-
-
-@app.command("info")
-def info_cmd(
-    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
-    json_out: bool = JsonOpt,
-):
-    """What an artifact holds: model, format version, layers with rendered/collected counts, dataset, size."""
-    from scopecli.artifact import open_artifact
-
-    with open_artifact(file) as art:
-        info = art.info()
-    if json_out:
-        _print_json(info)
-        return
-    from scopecli.artifact.report import info_report
-
-    _out().print(info_report(info))
-
-
-@app.command("validate")
-def validate_cmd(
-    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
-    quick: bool = typer.Option(False, "--quick", help="Structure and index tables only (skip checksums and image decoding)."),
-    json_out: bool = JsonOpt,
-):
-    """Check an artifact against the format spec, every checksum and every image; exit 1 listing problems."""
-    from scopecli.artifact.validate import validate
-
-    problems = validate(file, quick=quick)
-    if json_out:
-        _print_json({"file": file, "valid": not problems, "quick": quick, "problems": problems})
-    elif problems:
-        for p in problems:
-            sys.stdout.write(f"problem: {p}\n")
-    else:
-        sys.stdout.write(f"valid{' (quick check)' if quick else ''}: {file}\n")
-    if problems:
-        from scopecli.errors import ValidationFailed
-
-        raise ValidationFailed(f"{file}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
-
-
-@app.command("collect")
-def collect_cmd(
-    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
-    data: str = typer.Option(..., "--data", help="Image folder (ImageFolder tree or flat, recursive) or a text file of image paths."),
-    out: Optional[str] = typer.Option(None, "-o", "--out", help="Artifact to add to (default <model>.h5; shards <model>.shard-K-of-N.h5)."),
-    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layer name (repeatable or comma-separated); default: the default layer set."),
-    top_k: int = typer.Option(16, "--top-k", help="Top examples per unit."),
-    bottom_k: int = typer.Option(8, "--bottom-k", help="Bottom (most negative) examples per unit."),
-    patch_size: int = typer.Option(96, "--patch-size", help="Side of the stored receptive-field patches, in pixels."),
-    probe: int = typer.Option(500, "--probe", help="Store spatial-mean activations on the first N images (for scope diff)."),
-    batch: int = typer.Option(64, "--batch", help="Images per forward pass."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decode workers (default: half the CPU cores)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images (sorted by path)."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="TSV/CSV mapping file -> label (e.g. the sample folder's labels.tsv)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    bf16: bool = typer.Option(False, "--bf16", help="Run the model under bfloat16 autocast (GPU speed; stats stay float32)."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="k/n: process the k-th of n deterministic parts (1-based); merge with scope pack."),
-    weights: str = WeightsOpt,
-    mean: Optional[str] = MeanOpt,
-    std: Optional[str] = StdOpt,
-    input_size: Optional[int] = InputSizeOpt,
-    lossless: bool = typer.Option(False, "--lossless", help="Store patches as PNG instead of JPEG q90."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its saved pass-1 state (OUT.collect-state)."),
-    checkpoint: float = typer.Option(300.0, "--checkpoint", help="Save the pass-1 state at most every S seconds (0: every batch), so --resume loses little."),
-    quiet: bool = QuietOpt,
-    json_out: bool = JsonOpt,
-):
-    """Dataset examples: top/bottom receptive-field patches, statistics and probe activations per unit."""
-    from scopecli.collect import CollectSettings, open_source
-    from scopecli.collect.job import run_collect
-
-    settings = CollectSettings(top_k=top_k, bottom_k=bottom_k, patch_size=patch_size, probe=probe, batch=batch,
-                               workers=workers, limit=limit, device=device, bf16=bf16, lossless=lossless)
-    settings.check()
-    source = open_source(data, labels=labels)
-    loaded = load_model(model, weights, mean, std, input_size)
-    summary = run_collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, out, shard,
-                          resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out)
-    if summary is None:  # a torchrun rank other than the leader
-        return
-    if json_out:
-        _print_json(summary)
-        return
-    err = Console(file=sys.stderr, soft_wrap=True)
-    notes = summary["notes"]
-    skips = [m for m in notes if m.startswith("skipped ")]
-    for m in skips[:10]:
-        err.print(m, markup=False)
-    if len(skips) > 10:
-        err.print(f"... and {len(skips) - 10} more skipped", markup=False)
-    for m in notes:
-        if not m.startswith("skipped "):
-            err.print(f"note: {m}", markup=False)
-    if "ranks" in summary:
-        _out().print(f"wrote {summary['output']}: {summary['packed']['layers']} layers, {summary['packed']['images']} "
-                     f"images from {summary['ranks']} ranks; rank 1 pass 1 {summary['images_per_s']} img/s on "
-                     f"{summary['device']}", markup=False)
-        return
-    _out().print(f"wrote {summary['output']}: {len(summary['layers'])} layers, {summary['units']} units, "
-                 f"{summary['images']} images ({summary['skipped']} skipped), {summary['patches']} patches; pass 1 "
-                 f"{summary['images_per_s']} img/s on {summary['device']}, {summary['seconds']:.1f} s", markup=False)
 
 
 class _RenderCommand(TyperCommand):
@@ -408,26 +150,165 @@ def render_cmd(
                  f"{summary['seconds']:.1f} s", markup=False)
 
 
-@app.command("pack")
-def pack_cmd(
-    files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts of one model to merge (e.g. collect shards)."),
-    out: str = typer.Option(..., "-o", "--out", help="Output artifact."),
-    prefer: Optional[str] = typer.Option(None, "--prefer", help="'last': on conflicting units keep the later input's version."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists and is not an input."),
+@app.command("collect")
+def collect_cmd(
+    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
+    data: str = typer.Option(..., "--data", help="Image folder (ImageFolder tree or flat, recursive) or a text file of image paths."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Artifact to add to (default <model>.h5; shards <model>.shard-K-of-N.h5)."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layer name (repeatable or comma-separated); default: the default layer set."),
+    top_k: int = typer.Option(16, "--top-k", help="Top examples per unit."),
+    bottom_k: int = typer.Option(8, "--bottom-k", help="Bottom (most negative) examples per unit."),
+    patch_size: int = typer.Option(96, "--patch-size", help="Side of the stored receptive-field patches, in pixels."),
+    probe: int = typer.Option(500, "--probe", help="Store spatial-mean activations on the first N images (for scope diff)."),
+    batch: int = typer.Option(64, "--batch", help="Images per forward pass."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode workers (default: half the CPU cores)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images (sorted by path)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="TSV/CSV mapping file -> label (e.g. the sample folder's labels.tsv)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    bf16: bool = typer.Option(False, "--bf16", help="Run the model under bfloat16 autocast (GPU speed; stats stay float32)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="k/n: process the k-th of n deterministic parts (1-based); merge with scope pack."),
+    weights: str = WeightsOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    input_size: Optional[int] = InputSizeOpt,
+    lossless: bool = typer.Option(False, "--lossless", help="Store patches as PNG instead of JPEG q90."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its saved pass-1 state (OUT.collect-state)."),
+    checkpoint: float = typer.Option(300.0, "--checkpoint", help="Save the pass-1 state at most every S seconds (0: every batch), so --resume loses little."),
     quiet: bool = QuietOpt,
     json_out: bool = JsonOpt,
 ):
-    """Merge artifacts of one model: union of layers/units; shards merge exactly (top-k, stats, probes)."""
-    from scopecli.artifact.pack import pack
+    """Dataset examples: top/bottom receptive-field patches, statistics and probe activations per unit."""
+    from scopecli.collect import CollectSettings, open_source
+    from scopecli.collect.job import run_collect
 
-    res = pack(files, out, prefer=prefer, force=force, quiet=quiet or json_out)
-    if json_out:
-        _print_json(res)
+    settings = CollectSettings(top_k=top_k, bottom_k=bottom_k, patch_size=patch_size, probe=probe, batch=batch,
+                               workers=workers, limit=limit, device=device, bf16=bf16, lossless=lossless)
+    settings.check()
+    source = open_source(data, labels=labels)
+    loaded = load_model(model, weights, mean, std, input_size)
+    summary = run_collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, out, shard,
+                          resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out)
+    if summary is None:  # a torchrun rank other than the leader
         return
-    from scopecli.artifact.report import human_bytes
+    if json_out:
+        _print_json(summary)
+        return
+    err = Console(file=sys.stderr, soft_wrap=True)
+    notes = summary["notes"]
+    skips = [m for m in notes if m.startswith("skipped ")]
+    for m in skips[:10]:
+        err.print(m, markup=False)
+    if len(skips) > 10:
+        err.print(f"... and {len(skips) - 10} more skipped", markup=False)
+    for m in notes:
+        if not m.startswith("skipped "):
+            err.print(f"note: {m}", markup=False)
+    if "ranks" in summary:
+        _out().print(f"wrote {summary['output']}: {summary['packed']['layers']} layers, {summary['packed']['images']} "
+                     f"images from {summary['ranks']} ranks; rank 1 pass 1 {summary['images_per_s']} img/s on "
+                     f"{summary['device']}", markup=False)
+        return
+    _out().print(f"wrote {summary['output']}: {len(summary['layers'])} layers, {summary['units']} units, "
+                 f"{summary['images']} images ({summary['skipped']} skipped), {summary['patches']} patches; pass 1 "
+                 f"{summary['images_per_s']} img/s on {summary['device']}, {summary['seconds']:.1f} s", markup=False)
 
-    _out().print(f"wrote {res['output']}: {len(res['inputs'])} inputs, {res['layers']} layers, "
-                 f"{res['images']} images, {human_bytes(res['size_bytes'])}")
+
+@app.command("show")
+def show_cmd(
+    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
+    unit: str = typer.Argument(..., metavar="LAYER:UNIT", help="Unit address, e.g. layer4.2:117."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Write the unit card as a PNG (a name ending in .png)."),
+    json_out: bool = JsonOpt,
+):
+    """One unit: statistics, renders and examples; -o writes its card as PNG."""
+    from scopecli.compare.show import check_card_output, load_unit, unit_json, write_card
+
+    if out:
+        check_card_output(out)
+    info = load_unit(file, unit, pixels=bool(out))
+    if out:
+        write_card(info, out)
+    if json_out:
+        _print_json(unit_json(info))
+        return
+    from scopecli.compare.report import unit_summary
+
+    _out().print(unit_summary(info))
+    if out:
+        _out().print(f"wrote card {out}")
+
+
+@app.command("diff")
+def diff_cmd(
+    file_a: str = typer.Argument(..., metavar="A.h5", help="First artifact (rows)."),
+    file_b: str = typer.Argument(..., metavar="B.h5", help="Second artifact (columns); may be A itself."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers of A (default: all with probe activations)."),
+    layers_b: Optional[str] = typer.Option(None, "--layers-b", help="Layers of B (default: the --layers names if B has them all, else all)."),
+    pair: Optional[List[str]] = typer.Option(None, "--pair", help="Unit-match this layer pair, LAYER_A=LAYER_B (repeatable; default: each A layer with its best B layer)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the stimulus-permutation controls."),
+    permutations: int = typer.Option(20, "--permutations", help="Shuffles for the CKA floor (max over them)."),
+    max_images: int = typer.Option(1000, "--max-images", help="CKA on at most this many shared images (seeded subsample; memory grows with its square)."),
+    top: int = typer.Option(5, "--top", help="Matched pairs / changed units listed per layer."),
+    png: Optional[str] = typer.Option(None, "--png", help="Write a labelled CKA heatmap PNG."),
+    save: Optional[str] = typer.Option(None, "--save", help="Write the diff as a small HDF5 file (format scope.diff)."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Compare two artifacts from their files: layer CKA with permutation floors, unit matching, unit changes."""
+    from scopecli.compare.diff import parse_pair, run_diff
+    from scopecli.fileio import check_output_file
+
+    pairs = [parse_pair(p) for p in pair] if pair else None
+    for path, example in ((png, "diff.png"), (save, "diff.h5")):
+        if path:
+            check_output_file(path, example)
+    res = run_diff(file_a, file_b, _split_names(layers), _split_names(layers_b), pairs, seed=seed,
+                   permutations=permutations, quiet=quiet or json_out, max_images=max_images)
+    if png:
+        from scopecli.compare.drawing import save_png, cka_heatmap
+
+        save_png(cka_heatmap(res), png)
+    if save:
+        res.save(save)
+    if json_out:
+        _print_json(res.to_json(top=top))
+        return
+    from scopecli.compare.report import diff_summary
+
+    _out().print(diff_summary(res, top=top))
+    for what, path in (("heatmap", png), ("diff file", save)):
+        if path:
+            _out().print(f"wrote {what} {path}")
+
+
+@app.command("query")
+def query_cmd(
+    files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts to search."),
+    label: Optional[str] = typer.Option(None, "--label", help="Units whose top examples concentrate on classes whose name contains TEXT."),
+    like: Optional[str] = typer.Option(None, "--like", help="Units whose probe activations correlate most with FILE:layer:unit."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Only these layers (comma-separated)."),
+    top: int = typer.Option(20, "--top", help="How many units to list."),
+    min_max: Optional[float] = typer.Option(None, "--min-max", help="Only units whose dataset max activation is >= X."),
+    min_frac_positive: Optional[float] = typer.Option(None, "--min-frac-positive", help="Only units positive on at least this fraction of positions."),
+    sort: str = typer.Option("score", "--sort", help="score | max | mean | std | frac-positive | purity | strength (descending)."),
+    json_out: bool = JsonOpt,
+):
+    """Find units across artifacts by class label, by likeness to a unit, or by statistics."""
+    from scopecli.compare.query import run_query
+
+    hits = run_query(files, label=label, like=like, layers=_split_names(layer), top=top, min_max=min_max,
+                     min_frac_positive=min_frac_positive, sort=sort)
+    if json_out:
+        _print_json([h.to_json() for h in hits])
+        return
+    from scopecli.compare.report import query_table
+
+    what = (f"label '{label}' (score = purity of top examples)" if label is not None else
+            f"like {like} (score = correlation over shared probe images)" if like is not None else
+            "statistics (score = max activation)")
+    _out().print(query_table(hits, f"Units by {what}, sorted by {sort}"))
+    if not hits:
+        _out().print("no unit matched")
 
 
 @app.command("export")
@@ -453,6 +334,129 @@ def export_cmd(
     _out().print(f"wrote {res['pages']} pages and {res['images']} images for {res['units']} units "
                  f"({res['models']} models, {res['layers']} layers) to {res['site']}")
     _out().print(f"open {res['url']}")
+
+
+@app.command("pack")
+def pack_cmd(
+    files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts of one model to merge (e.g. collect shards)."),
+    out: str = typer.Option(..., "-o", "--out", help="Output artifact."),
+    prefer: Optional[str] = typer.Option(None, "--prefer", help="'last': on conflicting units keep the later input's version."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists and is not an input."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Merge artifacts of one model: union of layers/units; shards merge exactly (top-k, stats, probes)."""
+    from scopecli.artifact.pack import pack
+
+    res = pack(files, out, prefer=prefer, force=force, quiet=quiet or json_out)
+    if json_out:
+        _print_json(res)
+        return
+    from scopecli.artifact.report import human_bytes
+
+    _out().print(f"wrote {res['output']}: {len(res['inputs'])} inputs, {res['layers']} layers, "
+                 f"{res['images']} images, {human_bytes(res['size_bytes'])}")
+
+
+@app.command("info")
+def info_cmd(
+    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
+    json_out: bool = JsonOpt,
+):
+    """What an artifact holds: model, format version, layers with rendered/collected counts, dataset, size."""
+    from scopecli.artifact import open_artifact
+
+    with open_artifact(file) as art:
+        info = art.info()
+    if json_out:
+        _print_json(info)
+        return
+    from scopecli.artifact.report import info_report
+
+    _out().print(info_report(info))
+
+
+@app.command("validate")
+def validate_cmd(
+    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
+    quick: bool = typer.Option(False, "--quick", help="Structure and index tables only (skip checksums and image decoding)."),
+    json_out: bool = JsonOpt,
+):
+    """Check an artifact against the format spec, every checksum and every image; exit 1 listing problems."""
+    from scopecli.artifact.validate import validate
+
+    problems = validate(file, quick=quick)
+    if json_out:
+        _print_json({"file": file, "valid": not problems, "quick": quick, "problems": problems})
+    elif problems:
+        for p in problems:
+            sys.stdout.write(f"problem: {p}\n")
+    else:
+        sys.stdout.write(f"valid{' (quick check)' if quick else ''}: {file}\n")
+    if problems:
+        from scopecli.errors import ValidationFailed
+
+        raise ValidationFailed(f"{file}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
+
+
+@app.command("layers")
+def layers_cmd(
+    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
+    weights: str = WeightsOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    input_size: Optional[int] = InputSizeOpt,
+    default_only: bool = typer.Option(False, "--default", help="Only the default layer set."),
+    json_out: bool = JsonOpt,
+):
+    """Addressable layers: output channels, spatial size, receptive field; * marks the default set."""
+    from scopecli.model.layers import layer_table
+
+    loaded = load_model(model, weights, mean, std, input_size)
+    table = layer_table(loaded.module, loaded.preprocess.crop)
+    if default_only:
+        table = [info for info in table if info.default]
+    if json_out:
+        _print_json(
+            {
+                "model": loaded.info(),
+                "input_size": loaded.preprocess.crop,
+                "layers": [info.to_dict() for info in table],
+            }
+        )
+        return
+    out = Table(title=f"{loaded.name} ({loaded.weights}) at {loaded.preprocess.crop}px — * default layer set")
+    for col in ("", "layer", "type", "units", "HxW", "RF size", "RF stride", "RF start"):
+        out.add_column(col, justify="right" if col in ("units", "HxW", "RF size", "RF stride", "RF start") else "left")
+    for info in table:
+        out.add_row(
+            "*" if info.default else "",
+            info.name,
+            info.kind,
+            str(info.channels),
+            f"{info.height}x{info.width}",
+            str(info.rf_size),
+            str(info.rf_stride),
+            str(info.rf_start),
+        )
+    _out().print(out)
+
+
+@app.command("models")
+def models_cmd(json_out: bool = JsonOpt):
+    """List the model specs scope resolves (plus custom package.module:factory)."""
+    from scopecli.model import catalogue
+
+    rows = catalogue()
+    if json_out:
+        _print_json(rows)
+        return
+    table = Table(title="Models (or any custom package.module:factory)")
+    for col in ("name", "source", "weights", "available"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["name"], row["source"], row["weights"], "yes" if row["available"] else "no")
+    _out().print(table)
 
 
 @app.command("demo")
