@@ -56,6 +56,10 @@ class ProbeSource:
                 self._cache[layer] = (np.asarray(pb.acts), shas)
         return self._cache[layer]
 
+    def find(self, layer: str) -> tuple[np.ndarray, list[str]] | None:
+        """(acts, sha256 per row) of one layer, or None when it has no probe activations."""
+        return self._load(layer) if layer in self.art.layers else None
+
     def get(self, layer: str) -> tuple[np.ndarray, list[str]]:
         """(acts float16 [P, U], sha256 per row) of one layer; ScopeError if the layer has no probe."""
         self.require_layer(layer)

@@ -313,7 +313,7 @@ def _like_candidates(si: int, src: _Source, ref: dict, layers: list[str] | None)
     same_file = str(Path(src.path).resolve()) == ref["resolved"]
     last: tuple[list[str], tuple] | None = None
     for layer in src.layers(layers):
-        got = src.probes._load(layer)
+        got = src.probes.find(layer)
         if got is None:
             continue
         acts, shas = got
