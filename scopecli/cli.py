@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
 from scopecli import __version__
 from scopecli.errors import ScopeError
@@ -43,7 +44,7 @@ JsonOpt = typer.Option(False, "--json", help="Machine-readable output on stdout.
 
 def load_model(model: str, weights: str, mean: Optional[str], std: Optional[str], input_size: Optional[int]):
     """Resolve the model for a command (the one place the CLI touches models)."""
-    from scopecli.models import resolve_model
+    from scopecli.model import resolve_model
 
     return resolve_model(model, weights=weights, mean=mean, std=std, input_size=input_size)
 
@@ -61,206 +62,92 @@ def _root(
     """scope: Microscope for any PyTorch vision model."""
 
 
-@app.command("models")
-def models_cmd(json_out: bool = JsonOpt):
-    """List the model specs scope resolves (plus custom package.module:factory)."""
-    from scopecli.models import catalogue
-
-    rows = catalogue()
-    if json_out:
-        _print_json(rows)
-        return
-    table = Table(title="Models (or any custom package.module:factory)")
-    for col in ("name", "source", "weights", "available"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(row["name"], row["source"], row["weights"], "yes" if row["available"] else "no")
-    _out().print(table)
-
-
-@app.command("layers")
-def layers_cmd(
-    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
-    weights: str = WeightsOpt,
-    mean: Optional[str] = MeanOpt,
-    std: Optional[str] = StdOpt,
-    input_size: Optional[int] = InputSizeOpt,
-    default_only: bool = typer.Option(False, "--default", help="Only the default layer set."),
-    json_out: bool = JsonOpt,
-):
-    """Addressable layers: output channels, spatial size, receptive field; * marks the default set."""
-    from scopecli.layers import layer_table
-
-    loaded = load_model(model, weights, mean, std, input_size)
-    table = layer_table(loaded.module, loaded.preprocess.crop)
-    if default_only:
-        table = [info for info in table if info.default]
-    if json_out:
-        _print_json(
-            {
-                "model": loaded.info(),
-                "input_size": loaded.preprocess.crop,
-                "layers": [info.to_dict() for info in table],
-            }
-        )
-        return
-    out = Table(title=f"{loaded.name} ({loaded.weights}) at {loaded.preprocess.crop}px — * default layer set")
-    for col in ("", "layer", "type", "units", "HxW", "RF size", "RF stride", "RF start"):
-        out.add_column(col, justify="right" if col in ("units", "HxW", "RF size", "RF stride", "RF start") else "left")
-    for info in table:
-        out.add_row(
-            "*" if info.default else "",
-            info.name,
-            info.kind,
-            str(info.channels),
-            f"{info.height}x{info.width}",
-            str(info.rf_size),
-            str(info.rf_stride),
-            str(info.rf_start),
-        )
-    _out().print(out)
+# The commands below are defined in the order of the work, which is the order `scope --help` lists them:
+# make (render, collect), look (show), compare (diff, query), share (export); then file tools and helpers.
 
 
 def _split_names(text: Optional[str]) -> Optional[List[str]]:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
-@app.command("diff")
-def diff_cmd(
-    file_a: str = typer.Argument(..., metavar="A.h5", help="First artifact (rows)."),
-    file_b: str = typer.Argument(..., metavar="B.h5", help="Second artifact (columns); may be A itself."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers of A (default: all with probe activations)."),
-    layers_b: Optional[str] = typer.Option(None, "--layers-b", help="Layers of B (default: the --layers names if B has them all, else all)."),
-    pair: Optional[List[str]] = typer.Option(None, "--pair", help="Unit-match this layer pair, LAYER_A=LAYER_B (repeatable; default: each A layer with its best B layer)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the stimulus-permutation controls."),
-    permutations: int = typer.Option(20, "--permutations", help="Shuffles for the CKA floor (max over them)."),
-    max_images: int = typer.Option(1000, "--max-images", help="CKA on at most this many shared images (seeded subsample; memory grows with its square)."),
-    top: int = typer.Option(5, "--top", help="Matched pairs / changed units listed per layer."),
-    png: Optional[str] = typer.Option(None, "--png", help="Write a labelled CKA heatmap PNG."),
-    save: Optional[str] = typer.Option(None, "--save", help="Write the diff as a small HDF5 file (format scope.diff)."),
+class _RenderCommand(TyperCommand):
+    """`scope render --help` lists the registered objectives and parameterizations. They are read only when
+    the help is shown, because the registries import torch and other commands must start fast."""
+
+    def format_help(self, ctx, formatter):
+        from scopecli.render.objectives import objectives_help
+        from scopecli.render.param import params_help
+
+        lists = {"objective": objectives_help(), "param": params_help()}
+        for param in self.params:
+            if param.name in lists and not param.help.endswith("."):  # once, if formatted twice
+                param.help = f"{param.help}: {lists[param.name]}."
+        return super().format_help(ctx, formatter)
+
+
+@app.command("render", cls=_RenderCommand)
+def render_cmd(
+    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Artifact to add to (default <model>.h5)."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layer name (repeatable or comma-separated); default: the default layer set."),
+    units: Optional[str] = typer.Option(None, "--units", "-u", help="Units per layer: all, 0:64, 3,5,9 (default all)."),
+    objective: str = typer.Option("channel", "--objective", help="What each image maximizes"),
+    deepdream: bool = typer.Option(False, "--deepdream", help="One DeepDream image per layer (stored as unit -1)."),
+    steps: int = typer.Option(512, "--steps", help="Optimization steps."),
+    size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: the model's input size)."),
+    param: str = typer.Option("fft", "--param", help="Image parameterization"),
+    data: Optional[str] = typer.Option(None, "--data", help="Image folder whose mean spectrum MACO keeps (with --param maco)."),
+    lr: float = typer.Option(0.05, "--lr", help="Adam learning rate."),
+    batch: str = typer.Option("auto", "--batch", help="Images optimized together: auto (from memory) or N."),
+    seed: int = typer.Option(0, "--seed", help="Run seed; every image's seed derives from it and the unit."),
+    diversity: int = typer.Option(1, "--diversity", help="K different images per unit (Gram-matrix diversity penalty)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast (GPU speed)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="k/n: render the k-th of n deterministic shares of the units (1-based); merge with scope pack. Under torchrun each rank takes its share itself."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: skip images OUT already holds with the same settings."),
+    checkpoint: float = typer.Option(300.0, "--checkpoint", help="Commit finished batches to OUT at most every S seconds (0: every batch), so --resume loses little."),
+    weights: str = WeightsOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    input_size: Optional[int] = InputSizeOpt,
     quiet: bool = QuietOpt,
     json_out: bool = JsonOpt,
 ):
-    """Compare two artifacts from their files: layer CKA with permutation floors, unit matching, unit changes."""
-    from scopecli.compare.diff import parse_pair, run_diff
-    from scopecli.compare.drawing import check_output
+    """Feature visualizations: optimize images that drive units, stored with their evidence in the artifact."""
+    from scopecli.render import RenderSettings
+    from scopecli.render.job import plan_render, render_job
 
-    pairs = [parse_pair(p) for p in pair] if pair else None
-    for path, example in ((png, "diff.png"), (save, "diff.h5")):
-        if path:
-            check_output(path, example)
-    res = run_diff(file_a, file_b, _split_names(layers), _split_names(layers_b), pairs, seed=seed,
-                   permutations=permutations, quiet=quiet or json_out, max_images=max_images)
-    if png:
-        from scopecli.compare.drawing import save_png, cka_heatmap
-
-        save_png(cka_heatmap(res), png)
-    if save:
-        res.save(save)
-    if json_out:
-        _print_json(res.to_json(top=top))
+    if batch != "auto":
+        try:
+            batch_n = int(batch)
+        except ValueError:
+            raise ScopeError(f"--batch must be 'auto' or a positive integer, got {batch}") from None
+    settings = RenderSettings(steps=steps, size=16 if size is None else size, param=param, lr=lr, batch=batch if batch == "auto" else batch_n,
+                              seed=seed, device=device, amp=amp)
+    settings.check()
+    loaded = load_model(model, weights, mean, std, input_size)
+    settings.size = loaded.preprocess.crop if size is None else size
+    plan = plan_render(loaded, _split_names(",".join(layer)) if layer else None, units,
+                       "deepdream" if deepdream else objective, diversity, settings, data)
+    err = Console(file=sys.stderr, soft_wrap=True)
+    summary = render_job(loaded, plan, out, shard, resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out,
+                         log=lambda message: err.print(message, markup=False))
+    if summary is None:  # a torchrun rank other than the leader
         return
-    from scopecli.compare.report import diff_summary
-
-    _out().print(diff_summary(res, top=top))
-    for what, path in (("heatmap", png), ("diff file", save)):
-        if path:
-            _out().print(f"wrote {what} {path}")
-
-
-@app.command("query")
-def query_cmd(
-    files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts to search."),
-    label: Optional[str] = typer.Option(None, "--label", help="Units whose top examples concentrate on classes whose name contains TEXT."),
-    like: Optional[str] = typer.Option(None, "--like", help="Units whose probe activations correlate most with FILE:layer:unit."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="Only these layers (comma-separated)."),
-    top: int = typer.Option(20, "--top", help="How many units to list."),
-    min_max: Optional[float] = typer.Option(None, "--min-max", help="Only units whose dataset max activation is >= X."),
-    min_frac_positive: Optional[float] = typer.Option(None, "--min-frac-positive", help="Only units positive on at least this fraction of positions."),
-    sort: str = typer.Option("score", "--sort", help="score | max | mean | std | frac-positive | purity | strength (descending)."),
-    json_out: bool = JsonOpt,
-):
-    """Find units across artifacts by class label, by likeness to a unit, or by statistics."""
-    from scopecli.compare.query import run_query
-
-    hits = run_query(files, label=label, like=like, layers=_split_names(layer), top=top, min_max=min_max,
-                     min_frac_positive=min_frac_positive, sort=sort)
     if json_out:
-        _print_json([h.to_json() for h in hits])
+        _print_json(summary)
         return
-    from scopecli.compare.report import query_table
-
-    what = (f"label '{label}' (score = purity of top examples)" if label is not None else
-            f"like {like} (score = correlation over shared probe images)" if like is not None else
-            "statistics (score = max activation)")
-    _out().print(query_table(hits, f"Units by {what}, sorted by {sort}"))
-    if not hits:
-        _out().print("no unit matched")
-
-
-@app.command("show")
-def show_cmd(
-    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
-    unit: str = typer.Argument(..., metavar="LAYER:UNIT", help="Unit address, e.g. layer4.2:117."),
-    out: Optional[str] = typer.Option(None, "-o", "--out", help="Write a unit card PNG."),
-    json_out: bool = JsonOpt,
-):
-    """One unit: statistics, renders and examples; -o writes its card as PNG."""
-    from scopecli.compare.drawing import check_output
-    from scopecli.compare.show import load_unit, unit_json, write_card
-
-    if out:
-        check_output(out, "card.png")
-    info = load_unit(file, unit, pixels=bool(out))
-    if out:
-        write_card(info, out)
-    if json_out:
-        _print_json(unit_json(info))
+    for why in summary["skipped"]:
+        err.print(f"skipped {why}", markup=False)
+    if "ranks" in summary:
+        _out().print(f"wrote {summary['output']}: {summary['rendered']} of {summary['requested']} images from "
+                     f"{summary['ranks']} ranks", markup=False)
         return
-    from scopecli.compare.report import unit_summary
-
-    _out().print(unit_summary(info))
-    if out:
-        _out().print(f"wrote card {out}")
-
-
-@app.command("info")
-def info_cmd(
-    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
-    json_out: bool = JsonOpt,
-):
-    """What a scope file holds: an artifact's model, format, layers with rendered/collected counts, dataset, size;
-    a diff file's models and layer pairs."""
-    from scopecli.artifact.formats import describe
-
-    fmt, info = describe(file)
-    if json_out:
-        _print_json(info)
-        return
-    _out().print(fmt.report(info))
-
-
-@app.command("validate")
-def validate_cmd(
-    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
-    quick: bool = typer.Option(False, "--quick", help="Structure and index tables only (skip checksums and image decoding)."),
-    json_out: bool = JsonOpt,
-):
-    """Check an artifact against the format spec, every checksum and every image; exit 1 listing problems."""
-    from scopecli.artifact.validate import validate
-
-    problems = validate(file, quick=quick)
-    if json_out:
-        _print_json({"file": file, "valid": not problems, "quick": quick, "problems": problems})
-    elif problems:
-        for p in problems:
-            sys.stdout.write(f"problem: {p}\n")
-    else:
-        sys.stdout.write(f"valid{' (quick check)' if quick else ''}: {file}\n")
-    if problems:
-        from scopecli.errors import ValidationFailed
-
-        raise ValidationFailed(f"{file}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
+    if summary.get("already_done"):
+        err.print(f"resumed: {summary['already_done']} images were already in {summary['output']}", markup=False)
+    _out().print(f"wrote {summary['output']}: {summary['rendered']} of {summary['requested']} images, "
+                 f"{summary['units_per_minute']} units/min on {summary['device']} (batch {summary['batch']}), "
+                 f"{summary['seconds']:.1f} s", markup=False)
 
 
 @app.command("collect")
@@ -326,91 +213,102 @@ def collect_cmd(
                  f"{summary['images_per_s']} img/s on {summary['device']}, {summary['seconds']:.1f} s", markup=False)
 
 
-@app.command("render")
-def render_cmd(
-    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
-    out: Optional[str] = typer.Option(None, "-o", "--out", help="Artifact to add to (default <model>.h5)."),
-    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layer name (repeatable or comma-separated); default: the default layer set."),
-    units: Optional[str] = typer.Option(None, "--units", "-u", help="Units per layer: all, 0:64, 3,5,9 (default all)."),
-    objective: str = typer.Option("channel", "--objective", help="channel (mean over positions), neuron (center position) or negative."),
-    deepdream: bool = typer.Option(False, "--deepdream", help="One DeepDream image per layer (stored as unit -1)."),
-    steps: int = typer.Option(512, "--steps", help="Optimization steps."),
-    size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: the model's input size)."),
-    param: str = typer.Option("fft", "--param", help="fft (Lucid), pixel, or maco (phase only; magnitude from --data or 1/f)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Image folder whose mean spectrum MACO keeps (with --param maco)."),
-    lr: float = typer.Option(0.05, "--lr", help="Adam learning rate."),
-    batch: str = typer.Option("auto", "--batch", help="Images optimized together: auto (from memory) or N."),
-    seed: int = typer.Option(0, "--seed", help="Run seed; every image's seed derives from it and the unit."),
-    diversity: int = typer.Option(1, "--diversity", help="K different images per unit (Gram-matrix diversity penalty)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast (GPU speed)."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="k/n: render the k-th of n deterministic shares of the units (1-based); merge with scope pack. Under torchrun each rank takes its share itself."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: skip images OUT already holds with the same settings."),
-    checkpoint: float = typer.Option(300.0, "--checkpoint", help="Commit finished batches to OUT at most every S seconds (0: every batch), so --resume loses little."),
-    weights: str = WeightsOpt,
-    mean: Optional[str] = MeanOpt,
-    std: Optional[str] = StdOpt,
-    input_size: Optional[int] = InputSizeOpt,
+@app.command("show")
+def show_cmd(
+    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
+    unit: str = typer.Argument(..., metavar="LAYER:UNIT", help="Unit address, e.g. layer4.2:117."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Write the unit card as a PNG (a name ending in .png)."),
+    json_out: bool = JsonOpt,
+):
+    """One unit: statistics, renders and examples; -o writes its card as PNG."""
+    from scopecli.compare.show import check_card_output, load_unit, unit_json, write_card
+
+    if out:
+        check_card_output(out)
+    info = load_unit(file, unit, pixels=bool(out))
+    if out:
+        write_card(info, out)
+    if json_out:
+        _print_json(unit_json(info))
+        return
+    from scopecli.compare.report import unit_summary
+
+    _out().print(unit_summary(info))
+    if out:
+        _out().print(f"wrote card {out}")
+
+
+@app.command("diff")
+def diff_cmd(
+    file_a: str = typer.Argument(..., metavar="A.h5", help="First artifact (rows)."),
+    file_b: str = typer.Argument(..., metavar="B.h5", help="Second artifact (columns); may be A itself."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers of A (default: all with probe activations)."),
+    layers_b: Optional[str] = typer.Option(None, "--layers-b", help="Layers of B (default: the --layers names if B has them all, else all)."),
+    pair: Optional[List[str]] = typer.Option(None, "--pair", help="Unit-match this layer pair, LAYER_A=LAYER_B (repeatable; default: each A layer with its best B layer)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the stimulus-permutation controls."),
+    permutations: int = typer.Option(20, "--permutations", help="Shuffles for the CKA floor (max over them)."),
+    max_images: int = typer.Option(1000, "--max-images", help="CKA on at most this many shared images (seeded subsample; memory grows with its square)."),
+    top: int = typer.Option(5, "--top", help="Matched pairs / changed units listed per layer."),
+    png: Optional[str] = typer.Option(None, "--png", help="Write a labelled CKA heatmap PNG."),
+    save: Optional[str] = typer.Option(None, "--save", help="Write the diff as a small HDF5 file (format scope.diff)."),
     quiet: bool = QuietOpt,
     json_out: bool = JsonOpt,
 ):
-    """Feature visualizations: optimize images that drive units, stored with their evidence in the artifact."""
-    from scopecli.render import RenderSettings
-    from scopecli.render.job import plan_render, render_job
+    """Compare two artifacts from their files: layer CKA with permutation floors, unit matching, unit changes."""
+    from scopecli.compare.diff import parse_pair, run_diff
+    from scopecli.fileio import check_output_file
 
-    if batch != "auto":
-        try:
-            batch_n = int(batch)
-        except ValueError:
-            raise ScopeError(f"--batch must be 'auto' or a positive integer, got {batch}") from None
-    settings = RenderSettings(steps=steps, size=16 if size is None else size, param=param, lr=lr, batch=batch if batch == "auto" else batch_n,
-                              seed=seed, device=device, amp=amp)
-    settings.check()
-    loaded = load_model(model, weights, mean, std, input_size)
-    settings.size = loaded.preprocess.crop if size is None else size
-    plan = plan_render(loaded, _split_names(",".join(layer)) if layer else None, units,
-                       "deepdream" if deepdream else objective, diversity, settings, data)
-    err = Console(file=sys.stderr, soft_wrap=True)
-    summary = render_job(loaded, plan, out, shard, resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out,
-                         log=lambda message: err.print(message, markup=False))
-    if summary is None:  # a torchrun rank other than the leader
-        return
+    pairs = [parse_pair(p) for p in pair] if pair else None
+    for path, example in ((png, "diff.png"), (save, "diff.h5")):
+        if path:
+            check_output_file(path, example)
+    res = run_diff(file_a, file_b, _split_names(layers), _split_names(layers_b), pairs, seed=seed,
+                   permutations=permutations, quiet=quiet or json_out, max_images=max_images)
+    if png:
+        from scopecli.compare.drawing import save_png, cka_heatmap
+
+        save_png(cka_heatmap(res), png)
+    if save:
+        res.save(save)
     if json_out:
-        _print_json(summary)
+        _print_json(res.to_json(top=top))
         return
-    for why in summary["skipped"]:
-        err.print(f"skipped {why}", markup=False)
-    if "ranks" in summary:
-        _out().print(f"wrote {summary['output']}: {summary['rendered']} of {summary['requested']} images from "
-                     f"{summary['ranks']} ranks", markup=False)
-        return
-    if summary.get("already_done"):
-        err.print(f"resumed: {summary['already_done']} images were already in {summary['output']}", markup=False)
-    _out().print(f"wrote {summary['output']}: {summary['rendered']} of {summary['requested']} images, "
-                 f"{summary['units_per_minute']} units/min on {summary['device']} (batch {summary['batch']}), "
-                 f"{summary['seconds']:.1f} s", markup=False)
+    from scopecli.compare.report import diff_summary
+
+    _out().print(diff_summary(res, top=top))
+    for what, path in (("heatmap", png), ("diff file", save)):
+        if path:
+            _out().print(f"wrote {what} {path}")
 
 
-@app.command("pack")
-def pack_cmd(
-    files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts of one model to merge (e.g. collect shards)."),
-    out: str = typer.Option(..., "-o", "--out", help="Output artifact."),
-    prefer: Optional[str] = typer.Option(None, "--prefer", help="'last': on conflicting units keep the later input's version."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists and is not an input."),
-    quiet: bool = QuietOpt,
+@app.command("query")
+def query_cmd(
+    files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts to search."),
+    label: Optional[str] = typer.Option(None, "--label", help="Units whose top examples concentrate on classes whose name contains TEXT."),
+    like: Optional[str] = typer.Option(None, "--like", help="Units whose probe activations correlate most with FILE:layer:unit."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Only these layers (comma-separated)."),
+    top: int = typer.Option(20, "--top", help="How many units to list."),
+    min_max: Optional[float] = typer.Option(None, "--min-max", help="Only units whose dataset max activation is >= X."),
+    min_frac_positive: Optional[float] = typer.Option(None, "--min-frac-positive", help="Only units positive on at least this fraction of positions."),
+    sort: str = typer.Option("score", "--sort", help="score | max | mean | std | frac-positive | purity | strength (descending)."),
     json_out: bool = JsonOpt,
 ):
-    """Merge artifacts of one model: union of layers/units; shards merge exactly (top-k, stats, probes)."""
-    from scopecli.artifact.pack import pack
+    """Find units across artifacts by class label, by likeness to a unit, or by statistics."""
+    from scopecli.compare.query import run_query
 
-    res = pack(files, out, prefer=prefer, force=force, quiet=quiet or json_out)
+    hits = run_query(files, label=label, like=like, layers=_split_names(layer), top=top, min_max=min_max,
+                     min_frac_positive=min_frac_positive, sort=sort)
     if json_out:
-        _print_json(res)
+        _print_json([h.to_json() for h in hits])
         return
-    from scopecli.artifact.report import human_bytes
+    from scopecli.compare.report import query_table
 
-    _out().print(f"wrote {res['output']}: {len(res['inputs'])} inputs, {res['layers']} layers, "
-                 f"{res['images']} images, {human_bytes(res['size_bytes'])}")
+    what = (f"label '{label}' (score = purity of top examples)" if label is not None else
+            f"like {like} (score = correlation over shared probe images)" if like is not None else
+            "statistics (score = max activation)")
+    _out().print(query_table(hits, f"Units by {what}, sorted by {sort}"))
+    if not hits:
+        _out().print("no unit matched")
 
 
 @app.command("export")
@@ -436,6 +334,127 @@ def export_cmd(
     _out().print(f"wrote {res['pages']} pages and {res['images']} images for {res['units']} units "
                  f"({res['models']} models, {res['layers']} layers) to {res['site']}")
     _out().print(f"open {res['url']}")
+
+
+@app.command("pack")
+def pack_cmd(
+    files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts of one model to merge (e.g. collect shards)."),
+    out: str = typer.Option(..., "-o", "--out", help="Output artifact."),
+    prefer: Optional[str] = typer.Option(None, "--prefer", help="'last': on conflicting units keep the later input's version."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists and is not an input."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Merge artifacts of one model: union of layers/units; shards merge exactly (top-k, stats, probes)."""
+    from scopecli.artifact.pack import pack
+
+    res = pack(files, out, prefer=prefer, force=force, quiet=quiet or json_out)
+    if json_out:
+        _print_json(res)
+        return
+    from scopecli.artifact.report import human_bytes
+
+    _out().print(f"wrote {res['output']}: {len(res['inputs'])} inputs, {res['layers']} layers, "
+                 f"{res['images']} images, {human_bytes(res['size_bytes'])}")
+
+
+@app.command("info")
+def info_cmd(
+    file: str = typer.Argument(..., metavar="FILE", help="Artifact or diff file."),
+    json_out: bool = JsonOpt,
+):
+    """What a scope file holds: an artifact's model, format, layers with rendered/collected counts, dataset,
+    size; a diff file's models and layer pairs."""
+    from scopecli.artifact.formats import describe
+
+    fmt, info = describe(file)
+    if json_out:
+        _print_json(info)
+        return
+    _out().print(fmt.report(info))
+
+
+@app.command("validate")
+def validate_cmd(
+    file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
+    quick: bool = typer.Option(False, "--quick", help="Structure and index tables only (skip checksums and image decoding)."),
+    json_out: bool = JsonOpt,
+):
+    """Check an artifact against the format spec, every checksum and every image; exit 1 listing problems."""
+    from scopecli.artifact.validate import validate
+
+    problems = validate(file, quick=quick)
+    if json_out:
+        _print_json({"file": file, "valid": not problems, "quick": quick, "problems": problems})
+    elif problems:
+        for p in problems:
+            sys.stdout.write(f"problem: {p}\n")
+    else:
+        sys.stdout.write(f"valid{' (quick check)' if quick else ''}: {file}\n")
+    if problems:
+        from scopecli.errors import ValidationFailed
+
+        raise ValidationFailed(f"{file}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
+
+
+@app.command("layers")
+def layers_cmd(
+    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
+    weights: str = WeightsOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    input_size: Optional[int] = InputSizeOpt,
+    default_only: bool = typer.Option(False, "--default", help="Only the default layer set."),
+    json_out: bool = JsonOpt,
+):
+    """Addressable layers: output channels, spatial size, receptive field; * marks the default set."""
+    from scopecli.model.layers import layer_table
+
+    loaded = load_model(model, weights, mean, std, input_size)
+    table = layer_table(loaded.module, loaded.preprocess.crop)
+    if default_only:
+        table = [info for info in table if info.default]
+    if json_out:
+        _print_json(
+            {
+                "model": loaded.info(),
+                "input_size": loaded.preprocess.crop,
+                "layers": [info.to_dict() for info in table],
+            }
+        )
+        return
+    out = Table(title=f"{loaded.name} ({loaded.weights}) at {loaded.preprocess.crop}px — * default layer set")
+    for col in ("", "layer", "type", "units", "HxW", "RF size", "RF stride", "RF start"):
+        out.add_column(col, justify="right" if col in ("units", "HxW", "RF size", "RF stride", "RF start") else "left")
+    for info in table:
+        out.add_row(
+            "*" if info.default else "",
+            info.name,
+            info.kind,
+            str(info.channels),
+            f"{info.height}x{info.width}",
+            str(info.rf_size),
+            str(info.rf_stride),
+            str(info.rf_start),
+        )
+    _out().print(out)
+
+
+@app.command("models")
+def models_cmd(json_out: bool = JsonOpt):
+    """List the model specs scope resolves (plus custom package.module:factory)."""
+    from scopecli.model import catalogue
+
+    rows = catalogue()
+    if json_out:
+        _print_json(rows)
+        return
+    table = Table(title="Models (or any custom package.module:factory)")
+    for col in ("name", "source", "weights", "available"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["name"], row["source"], row["weights"], "yes" if row["available"] else "no")
+    _out().print(table)
 
 
 @app.command("demo")

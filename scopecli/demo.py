@@ -36,7 +36,7 @@ def run_demo(out_dir, steps: int = 192, size: int = 128, quiet: bool = False, lo
     from scopecli.collect.job import run_collect
     from scopecli.demo_photos import prepare_photos
     from scopecli.export import export_site
-    from scopecli.models import resolve_model
+    from scopecli.model import resolve_model
     from scopecli.progress import progress
     from scopecli.render import RenderSettings
     from scopecli.render.engine import plan_targets

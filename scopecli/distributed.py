@@ -15,7 +15,6 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-from scopecli.collect.engine import parse_shard  # the one k/n parser, shared with collect
 from scopecli.errors import ScopeError
 
 BARRIER_TIMEOUT = timedelta(days=7)  # a rank may wait for slower ranks for as long as a render takes
@@ -46,6 +45,20 @@ def launched_ranks() -> tuple[int, int] | None:
     if w < 1 or not 0 <= r < w:
         raise ScopeError(f"bad torchrun environment: RANK={r} WORLD_SIZE={w}")
     return (r, w) if w > 1 else None
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'k/n' (1-based: 1/4 is the first of four) -> (k, n); the one --shard parser, for render and collect."""
+    if not text:
+        return (1, 1)
+    try:
+        k_s, n_s = str(text).split("/")
+        k, n = int(k_s), int(n_s)
+    except ValueError:
+        raise ScopeError(f"--shard must look like k/n (e.g. 1/4), got '{text}'") from None
+    if n < 1 or not 1 <= k <= n:
+        raise ScopeError(f"--shard {text}: need 1 <= k <= n")
+    return (k, n)
 
 
 def resolve_share(shard: str | None) -> Share:

@@ -19,12 +19,10 @@ import time
 
 import torch
 
-from scopecli.capture import LayerTap
 from scopecli.collect import CollectSettings, collect, engine, open_source
 from scopecli.collect.data import ModelInputs, default_workers, make_loader
 from scopecli.collect.engine import resolve_device
-from scopecli.layers import default_layers
-from scopecli.models import resolve_model
+from scopecli.model import LayerTap, default_layers, resolve_model
 
 
 def _loader(model, source, n, batch, workers, device):
@@ -54,7 +52,7 @@ def bare(model, source, layers, n, batch, workers, device, bf16) -> tuple[float,
 
 def pass1(model, source, layers, n, settings, workers, device) -> tuple[float, float]:
     """(wall s, main-process CPU s) of collect's pass 1 (the engine's own loop, same loader)."""
-    from scopecli.layers import find_layer, layer_table
+    from scopecli.model import find_layer, layer_table
 
     table = layer_table(model.module, model.preprocess.crop)
     records = [find_layer(table, name).record() for name in layers]
@@ -113,7 +111,7 @@ def main() -> None:
 
 
 def find_units(model, layers):
-    from scopecli.layers import layer_table
+    from scopecli.model import layer_table
 
     table = {i.name: i for i in layer_table(model.module, model.preprocess.crop)}
     return [table[name].channels for name in layers]

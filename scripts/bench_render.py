@@ -20,8 +20,7 @@ import time
 
 import torch
 
-from scopecli.capture import LayerTap
-from scopecli.models import resolve_model
+from scopecli.model import LayerTap, resolve_model
 from scopecli.render import RenderSettings, RenderTarget, render_units
 
 

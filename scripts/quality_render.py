@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from scopecli.capture import LayerTap
-from scopecli.models import resolve_model
+from scopecli.model import LayerTap, resolve_model
 from scopecli.render import RenderSettings, plan_targets, render_units
 
 

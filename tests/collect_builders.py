@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from scopecli.models import LoadedModel, Preprocess
+from scopecli.model import LoadedModel, Preprocess
 
 
 def loaded(module: nn.Module, size: int, name: str = "tiny") -> LoadedModel:

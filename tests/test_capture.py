@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 import tinymodels
-from scopecli.capture import LayerTap
+from scopecli.model import LayerTap
 
 
 def test_truncation_stops_after_deepest_layer():

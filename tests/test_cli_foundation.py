@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,15 @@ def test_version_and_help(scope_cli):
     assert r.code == 0 and __version__ in r.stdout
     r = scope_cli("--help")
     assert r.code == 0 and "layers" in r.stdout and "models" in r.stdout
+
+
+def test_help_lists_commands_in_the_order_of_the_work(scope_cli):
+    r = scope_cli("--help")
+    assert r.code == 0
+    # a command row: its name (after the panel border, if any), two or more spaces, its help
+    listed = re.findall(r"^(?:│ )?\s{0,2}([a-z]+)\s{2,}\S", r.stdout, re.M)
+    assert listed == ["render", "collect", "show", "diff", "query", "export",
+                      "pack", "info", "validate", "layers", "models", "demo"], r.stdout
 
 
 def test_models_lists_torchvision_and_lite0(scope_cli):

@@ -1,6 +1,7 @@
 """`scope query` and `scope show` through the CLI, on synthetic artifacts with planted units."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -152,6 +153,16 @@ def test_show_bad_output_and_missing_file(scope_cli, files, tmp_path):
     paths, _, _ = files
     assert_one_line_error(scope_cli("show", paths["a"], "conv2:1", "-o", tmp_path), 2, "is a directory")
     assert_one_line_error(scope_cli("show", tmp_path / "nope.h5", "conv2:1"), 2, "no such file")
+
+
+def test_show_card_must_be_named_png(scope_cli, files, tmp_path):
+    paths, _, _ = files
+    for name in ("card.txt", "card", "card.png.jpg"):
+        r = scope_cli("show", paths["a"], "conv2:1", "-o", tmp_path / name)
+        assert_one_line_error(r, 2, ".png")
+        assert not (tmp_path / name).exists()
+    assert os.listdir(tmp_path) == []  # no temp file left either
+    assert scope_cli("show", paths["a"], "conv2:1", "-o", tmp_path / "CARD.PNG").code == 0
 
 
 def test_card_without_stored_patches(scope_cli, files, tmp_path):

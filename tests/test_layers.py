@@ -6,7 +6,7 @@ import torchvision
 
 import tinymodels
 from scopecli.errors import ScopeError
-from scopecli.layers import default_layers, find_layer, get_module, layer_table
+from scopecli.model import default_layers, find_layer, get_module, layer_table
 
 
 def measured_field(model, name, size, trials=3):
@@ -90,7 +90,7 @@ FAMILIES = {
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_default_layer_sets(name):
-    from scopecli.models import resolve_model
+    from scopecli.model import resolve_model
 
     size, expected = FAMILIES[name]
     model = resolve_model(name, weights="random").module
@@ -99,7 +99,7 @@ def test_default_layer_sets(name):
 
 def test_default_layers_efficientnet_lite0():
     pytest.importorskip("efficientnet_lite_pytorch")
-    from scopecli.models import resolve_model
+    from scopecli.model import resolve_model
 
     model = resolve_model("efficientnet_lite0", weights="random").module
     assert default_layers(model, 224) == [f"_blocks.{i}" for i in range(16)]

@@ -6,7 +6,7 @@ import torch
 import tinymodels
 from conftest import assert_one_line_error
 from scopecli.errors import ScopeError
-from scopecli.models import model_fingerprint, resolve_model
+from scopecli.model import model_fingerprint, resolve_model
 
 
 def test_torchvision_random_is_reproducible_and_frozen():

@@ -147,8 +147,8 @@ def test_maco_with_user_images(tmp_path, scope_cli):
 
 def test_default_layers_all_units_with_plan_message(tmp_path, scope_cli):
     from scopecli.artifact import open_artifact
-    from scopecli.layers import default_layers, layer_table
-    from scopecli.models import resolve_model
+    from scopecli.model import default_layers, layer_table
+    from scopecli.model import resolve_model
 
     loaded = resolve_model("tinymodels:tiny_cnn", weights="random", input_size=32)
     table = {info.name: info for info in layer_table(loaded.module, 32)}

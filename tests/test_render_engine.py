@@ -75,7 +75,7 @@ def test_diversity_gives_distinct_images_that_still_activate():
 
 
 def test_unit_renders_the_same_alone_and_in_a_batch_of_8():
-    from scopecli.models import resolve_model
+    from scopecli.model import resolve_model
 
     loaded = resolve_model("resnet18", weights="random")
     settings = dict(steps=32, size=48, device="cpu")
@@ -96,7 +96,7 @@ def test_unit_renders_the_same_alone_and_in_a_batch_of_8():
 
 
 def test_forward_stops_after_the_deepest_target():
-    from scopecli.models import resolve_model
+    from scopecli.model import resolve_model
 
     loaded = resolve_model("resnet18", weights="random")
     ran = []

@@ -178,3 +178,60 @@ def test_batch_objectives_signs_and_diversity_groups():
     assert bool((o[2:] < m[2:]).all())
     div = Diversity("a", [[2, 3]], 4)(acts)
     assert div[0] == 0 and div[1] == 0 and bool((div[2:] < 0).all())
+
+
+def test_an_objective_is_one_decorated_function():
+    from scopecli.render import objectives as reg
+    from scopecli.render.engine import plan_targets
+
+    try:
+        @reg.objective("spatial_max", "largest position")
+        def spatial_max(unit_acts):
+            return unit_acts.float().flatten(1).amax(dim=1)
+
+        assert "spatial_max" in reg.OBJECTIVES and "spatial_max (largest position)" in reg.objectives_help()
+        targets = plan_targets({"a": [1, 2]}, "spatial_max")
+        objective, measure = batch_objectives(targets)
+        acts = {"a": torch.rand(2, 3, 4, 4)}
+        assert torch.equal(measure(acts), torch.stack([acts["a"][0, 1].max(), acts["a"][1, 2].max()]))
+        assert torch.equal(objective(acts), measure(acts))
+        with pytest.raises(ValueError, match="already registered"):
+            reg.objective("spatial_max", "again")(spatial_max)
+    finally:
+        reg.OBJECTIVE_KINDS.pop("spatial_max", None)
+    assert "spatial_max" not in reg.OBJECTIVES
+    assert list(reg.OBJECTIVES) == ["channel", "neuron", "negative", "deepdream"]
+
+
+def test_a_parameterization_is_one_registered_class():
+    from scopecli.render import param as reg
+
+    try:
+        @reg.parameterization("grey", "one channel")
+        class GreyParam(reg.ImageParam):
+            def __init__(self, size, generators):
+                super().__init__(size)
+                self.raw = nn.Parameter(torch.stack([torch.rand(1, size, size, generator=g) for g in generators]))
+
+            def forward(self):
+                return self.raw.expand(-1, 3, -1, -1)
+
+        assert "grey" in reg.PARAMS and "grey (one channel)" in reg.params_help()
+        p = make_param("grey", 8, gens(0, 1), magnitude=np.zeros((3, 8, 5), np.float32))  # not its option: ignored
+        assert isinstance(p, GreyParam) and p.kind == "grey" and p().shape == (2, 3, 8, 8)
+    finally:
+        reg.PARAMETERIZATIONS.pop("grey", None)
+    assert list(reg.PARAMS) == ["fft", "pixel", "maco"]
+
+
+def test_render_help_lists_the_registries(scope_cli):
+    from scopecli.render.objectives import OBJECTIVE_KINDS
+    from scopecli.render.param import PARAMETERIZATIONS
+
+    r = scope_cli("render", "--help")
+    assert r.code == 0
+    text = " ".join(r.stdout.replace("│", " ").split())
+    for kind in OBJECTIVE_KINDS.values():
+        assert f"{kind.name} ({kind.help})" in text
+    for name, cls in PARAMETERIZATIONS.items():
+        assert f"{name} ({cls.help})" in text

@@ -15,7 +15,7 @@ from conftest import assert_one_line_error
 
 from scopecli.artifact import open_artifact
 from scopecli.artifact.validate import validate
-from scopecli.resume import state_path
+from scopecli.collect.checkpoint import state_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = ["tinymodels:tiny_cnn", "--weights", "random", "--input-size", "32"]

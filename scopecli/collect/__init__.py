@@ -5,7 +5,8 @@
 """
 
 from scopecli.collect.data import ImageSource, open_source, read_labels
-from scopecli.collect.engine import CollectResult, CollectSettings, MemorySink, collect, parse_shard, shard_range
+from scopecli.collect.engine import CollectResult, CollectSettings, MemorySink, collect, shard_range
+from scopecli.distributed import parse_shard
 from scopecli.sketch import merge_examples, merge_stats
 
 __all__ = ["CollectResult", "CollectSettings", "ImageSource", "MemorySink", "collect", "merge_examples",

@@ -17,24 +17,26 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from scopecli.collect.checkpoint import LayerPass1, Pass1Checkpoint, Pass1State
 from scopecli.collect.crops import crop_patches, patch_windows
 from scopecli.collect.data import MAX_PIXELS, ImageSource, ModelInputs, default_workers, make_loader
-from scopecli.collect.stats import LayerStats
-from scopecli.collect.topk import StreamingExtremes
-from scopecli.capture import LayerTap
 from scopecli.devices import resolve_device
 from scopecli.errors import ScopeError
-from scopecli.layers import find_layer, layer_table
+from scopecli.model.capture import LayerTap
+from scopecli.model.layers import find_layer, layer_table
 from scopecli.progress import progress as progress_bar
 from scopecli.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock
+from scopecli.settings import CheckedSettings, reads
 
 
 JPEG_QUALITY = 90
 
 
 @dataclass
-class CollectSettings:
-    """Everything that changes what collect computes (recorded in the artifact's params)."""
+class CollectSettings(CheckedSettings):
+    """Everything that changes what collect computes (recorded in the artifact's params).
+
+    `check()` refuses values that cannot work; each rule runs once per value (scopecli/settings.py)."""
 
     top_k: int = 16
     bottom_k: int = 8
@@ -56,20 +58,30 @@ class CollectSettings:
         d["shard"] = f"{self.shard[0]}/{self.shard[1]}"
         return d
 
-    def check(self) -> None:
+    @reads("top_k", "bottom_k", "probe")
+    def _counts(self) -> None:
         for name in ("top_k", "bottom_k", "probe"):
             if getattr(self, name) < 0:
                 raise ScopeError(f"--{name.replace('_', '-')} must be >= 0")
         if self.top_k == 0 and self.bottom_k == 0:
             raise ScopeError("--top-k and --bottom-k are both 0: nothing to collect")
+
+    @reads("patch_size")
+    def _patch_size(self) -> None:
         if self.patch_size < 8 or self.patch_size > 1024:
             raise ScopeError("--patch-size must be between 8 and 1024 pixels")
+
+    @reads("batch", "workers", "limit")
+    def _loader(self) -> None:
         if self.batch < 1:
             raise ScopeError("--batch must be >= 1")
         if self.workers is not None and self.workers < 0:
             raise ScopeError("--workers must be >= 0")
         if self.limit is not None and self.limit < 1:
             raise ScopeError("--limit must be >= 1")
+
+    @reads("shard")
+    def _shard(self) -> None:
         k, n = self.shard
         if not (n >= 1 and 1 <= k <= n):
             raise ScopeError(f"--shard {k}/{n}: need 1 <= k <= n")
@@ -127,20 +139,6 @@ class MemorySink:
         self.examples.setdefault(layer, {})[which] = ex
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """'k/n' (1-based: 1/4 is the first of four) -> (k, n)."""
-    if not text:
-        return (1, 1)
-    try:
-        k_s, n_s = str(text).split("/")
-        k, n = int(k_s), int(n_s)
-    except ValueError:
-        raise ScopeError(f"--shard must look like k/n (e.g. 1/4), got '{text}'") from None
-    if n < 1 or not 1 <= k <= n:
-        raise ScopeError(f"--shard {text}: need 1 <= k <= n")
-    return (k, n)
-
-
 def shard_range(n_images: int, batch: int, k: int, n: int) -> range:
     """Candidate indices of shard k/n: contiguous runs of whole batches, so every batch a shard runs is
     the same batch a single process would run (bit-identical activations, exact merges)."""
@@ -164,7 +162,8 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
     """Run collect for a LoadedModel over an ImageSource; records go to `sink` (default: kept in memory).
 
     `log(message)` receives one-line notes (skipped images, partial results) for the CLI to print.
-    `checkpoint`: a `scopecli.resume.Pass1Checkpoint` that saves pass 1 as it goes (and restores it on --resume).
+    `checkpoint`: a `scopecli.collect.checkpoint.Pass1Checkpoint` that saves pass 1 as it goes (and restores
+    it on --resume).
     """
     settings = settings or CollectSettings()
     settings.check()
@@ -195,10 +194,10 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
     state = _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet, checkpoint)
     t1 = time.perf_counter()
 
-    ok = state["ok"]
+    ok = state.ok
     kept = np.array([i for i in cand if ok[i - cand.start]], dtype=np.int64)
     skipped = ([] if k > 1 else list(source.skipped)) + [
-        (source.paths[i], state["reason"][i - cand.start]) for i in cand if not ok[i - cand.start]
+        (source.paths[i], state.reason[i - cand.start]) for i in cand if not ok[i - cand.start]
     ]
     if log:
         for path, reason in skipped:
@@ -210,19 +209,20 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
     used_labels = source.label[kept]
     images = ImageTable(
         paths=[source.paths[i] for i in kept],
-        sha256=[state["sha256"][i - cand.start] for i in kept],
-        width=np.array([state["width"][i - cand.start] for i in kept], dtype=np.int32),
-        height=np.array([state["height"][i - cand.start] for i in kept], dtype=np.int32),
+        sha256=[state.sha256[i - cand.start] for i in kept],
+        width=np.array([state.width[i - cand.start] for i in kept], dtype=np.int32),
+        height=np.array([state.height[i - cand.start] for i in kept], dtype=np.int32),
         label=used_labels.astype(np.int32),
         class_names=list(source.class_names),
         skipped=skipped,
     )
     sink.set_dataset(images)
+    probe_index = state.probe_image_index()
     for rec in records:
-        sink.put_stats(rec.name, state["stats"][rec.name].finalize())
-        if probe_n and rec.name in state["probe"]:
-            pi, pa = state["probe"][rec.name]
-            sink.put_probe(rec.name, ProbeBlock(image_index=remap[pi], acts=pa))
+        acc = state.layers[rec.name]
+        sink.put_stats(rec.name, acc.stats.finalize())
+        if probe_n and len(probe_index):
+            sink.put_probe(rec.name, ProbeBlock(image_index=remap[probe_index], acts=acc.probe_acts()))
     for which, k_ in (("top", settings.top_k), ("bottom", settings.bottom_k)):
         if k_ > len(kept) and log:
             log(f"only {len(kept)} usable images: {which} examples hold {len(kept)} of {k_} per unit")
@@ -232,7 +232,7 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
     for rec in records:
         h, w = rec.shape[1], rec.shape[2]
         for which in ("top", "bottom"):
-            tracker = state["extremes"][rec.name][which]
+            tracker = getattr(state.layers[rec.name], which)
             if tracker.k == 0:
                 continue
             score, img, loc = tracker.result(w)
@@ -259,26 +259,14 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
     return result
 
 
-def _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet, checkpoint=None) -> dict:
-    from scopecli.resume import restore_pass1, save_pass1
-
-    stats = {r.name: LayerStats(r.units, device) for r in records}
-    extremes = {
-        r.name: {"top": StreamingExtremes(r.units, settings.top_k, True, device),
-                 "bottom": StreamingExtremes(r.units, settings.bottom_k, False, device)}
-        for r in records
-    }
-    probe_parts: dict[str, list] = {r.name: [] for r in records}
-    probe_index: list[np.ndarray] = []
+def _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet,
+           checkpoint: Pass1Checkpoint | None = None) -> Pass1State:
     m = len(cand)
-    ok = np.zeros(m, dtype=bool)
-    sha = [""] * m
-    width = [0] * m
-    height = [0] * m
-    reason = [""] * m
-    resumable = (records, stats, extremes, probe_parts, probe_index, ok, sha, width, height, reason)
-    done_batches = restore_pass1(checkpoint, resumable)  # batches an interrupted run already did
-    rest = range(min(cand.start + done_batches * settings.batch, cand.stop), cand.stop)
+    state = Pass1State.empty(records, m, settings.top_k, settings.bottom_k, device)
+    if checkpoint is not None:
+        checkpoint.restore(state)  # the batches an interrupted run already did
+    ok, sha, width, height, reason = state.ok, state.sha256, state.width, state.height, state.reason
+    rest = range(min(cand.start + state.batches * settings.batch, cand.stop), cand.stop)
     dataset = ModelInputs(source.files, rest, pre.resize, pre.crop, pre.interpolation, settings.max_pixels)
     loader = make_loader(dataset, settings.batch, workers, pin_memory=device.type == "cuda")
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if settings.bf16
@@ -302,7 +290,7 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
             gidx = torch.from_numpy(idx if sel is None else idx[good]).to(device)
             is_probe = idx[good] < probe_n if sel is not None else idx < probe_n
             if is_probe.any():
-                probe_index.append((idx if sel is None else idx[good])[is_probe])
+                state.probe_index.append((idx if sel is None else idx[good])[is_probe])
             probe_sel = torch.from_numpy(np.flatnonzero(is_probe)).to(device) if is_probe.any() else None
             for rec in records:
                 a = _as_units(outs[rec.name])
@@ -310,30 +298,27 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
                     a = a.index_select(0, sel)
                 if a.shape[0] == 0:
                     continue
-                probe = _observe_layer(stats[rec.name], extremes[rec.name], a, gidx, probe_sel)
+                acc = state.layers[rec.name]
+                probe = _observe_layer(acc, a, gidx, probe_sel)
                 if probe is not None:
-                    probe_parts[rec.name].append(probe.cpu())
+                    acc.probe_rows.append(probe.cpu())
             del outs
             bar.advance(len(idx))
-            done_batches += 1
-            save_pass1(checkpoint, done_batches, resumable)
-    save_pass1(checkpoint, done_batches, resumable, force=True, pass1_done=True)
-    probe = {}
-    if probe_index:
-        pi = np.concatenate(probe_index)
-        for rec in records:
-            probe[rec.name] = (pi, torch.cat(probe_parts[rec.name]).numpy().astype(np.float16))
-    return {"ok": ok, "sha256": sha, "width": width, "height": height, "reason": reason,
-            "stats": stats, "extremes": extremes, "probe": probe}
+            state.batches += 1
+            if checkpoint is not None:
+                checkpoint.save(state)
+    if checkpoint is not None:
+        checkpoint.save(state, force=True, pass1_done=True)
+    return state
 
 
-def _observe_layer(stats: LayerStats, extremes: dict, a: torch.Tensor, gidx: torch.Tensor,
+def _observe_layer(acc: LayerPass1, a: torch.Tensor, gidx: torch.Tensor,
                    probe_sel: torch.Tensor | None) -> torch.Tensor | None:
     """One layer's batch [N, C, P] into its statistics and top/bottom trackers; returns the probe rows'
     spatial means (float16 [len(probe_sel), C]) or None. Everything per unit runs on the stats threads,
     each for its own unit range, so the main thread issues no small ops."""
     a = a.contiguous()
-    top, bottom = extremes["top"], extremes["bottom"]
+    top, bottom = acc.top, acc.bottom
     new_top, new_bottom = top.start(a.shape[0]), bottom.start(a.shape[0])
     probe = None if probe_sel is None else torch.empty(len(probe_sel), a.shape[1], dtype=torch.float16,
                                                        device=a.device)
@@ -344,7 +329,7 @@ def _observe_layer(stats: LayerStats, extremes: dict, a: torch.Tensor, gidx: tor
         if probe is not None:
             probe[:, lo:hi] = total.index_select(0, probe_sel) / a.shape[2]
 
-    stats.observe(a, per_units)
+    acc.stats.observe(a, per_units)
     top.commit(new_top)
     bottom.commit(new_bottom)
     return probe

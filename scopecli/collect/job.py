@@ -23,7 +23,7 @@ def run_collect(loaded, source, layers=None, settings=None, output: str | None =
     from scopecli import distributed as dist
     from scopecli.artifact import ArtifactWriter
     from scopecli.collect.engine import CollectSettings, collect
-    from scopecli.resume import Pass1Checkpoint, paths_digest
+    from scopecli.collect.checkpoint import Pass1Checkpoint, paths_digest
 
     settings = settings or CollectSettings()
     share = dist.resolve_share(shard)

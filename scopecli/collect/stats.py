@@ -188,6 +188,27 @@ class LayerStats:
         self.hist.index_add_(0, idx, _ones(part.device, m))
         return scratch
 
+    _STATE = ("mean", "m2", "vmin", "vmax", "hist")
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The running sketch as plain arrays (what a resumed collect needs to go on exactly)."""
+        out = {name: getattr(self, name).detach().cpu().numpy() for name in self._STATE}
+        out["count"] = np.asarray(self.count, dtype=np.int64)
+        return out
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Continue from `state_arrays()` of a LayerStats with the same channels; ValueError otherwise."""
+        if set(arrays) != set(self._STATE) | {"count"}:
+            raise ValueError(f"LayerStats state holds {sorted(arrays)}")
+        for name in self._STATE:
+            current = getattr(self, name)
+            if tuple(arrays[name].shape) != tuple(current.shape):
+                raise ValueError(f"LayerStats {name} has shape {arrays[name].shape}, expected {tuple(current.shape)}")
+        for name in self._STATE:
+            current = getattr(self, name)
+            setattr(self, name, torch.from_numpy(np.array(arrays[name])).to(device=current.device, dtype=current.dtype))
+        self.count = int(arrays["count"])
+
     def finalize(self, units: np.ndarray | None = None) -> StatsBlock:
         units = np.arange(self.channels) if units is None else np.asarray(units)
         sel = torch.as_tensor(units, device=self.device, dtype=torch.long)

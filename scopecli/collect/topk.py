@@ -90,6 +90,24 @@ class StreamingExtremes:
         if new is not None:
             self.score, self.image, self.pos = new
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The kept winners as plain arrays (what a resumed collect needs to go on exactly)."""
+        return {"score": self.score.cpu().numpy(), "image": self.image.cpu().numpy(), "pos": self.pos.cpu().numpy()}
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Continue from `state_arrays()` of a tracker with the same units and K; ValueError otherwise."""
+        if set(arrays) != {"score", "image", "pos"}:
+            raise ValueError(f"StreamingExtremes state holds {sorted(arrays)}")
+        channels = self.score.shape[0]
+        shape = tuple(arrays["score"].shape)
+        if len(shape) != 2 or shape[0] != channels or shape[1] > self.k or any(
+                tuple(arrays[name].shape) != shape for name in ("image", "pos")):
+            raise ValueError(f"StreamingExtremes state of shape {shape} does not fit {channels} units, k={self.k}")
+        device = self.score.device
+        self.score = torch.from_numpy(np.array(arrays["score"])).to(device=device, dtype=torch.float32)
+        self.image = torch.from_numpy(np.array(arrays["image"])).to(device=device, dtype=torch.int64)
+        self.pos = torch.from_numpy(np.array(arrays["pos"])).to(device=device, dtype=torch.int64)
+
     def result(self, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(score float32 [C, K], image int64 [C, K], loc int32 [C, K, 2]); missing: NaN, -1, 0."""
         c, n = self.score.shape

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from scopecli.fileio import AtomicFile, check_output_file
+
 # Anchor colours of the viridis colour map (perceptually uniform, readable in grey scale).
 _VIRIDIS = np.array([
     (68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142),
@@ -131,34 +133,8 @@ def cka_heatmap(res) -> Image.Image:
     return img
 
 
-def check_output(out, example: str = "out.png") -> None:
-    """Refuse an output path we could not write (a folder, or in a missing folder) before any work is done."""
-    from pathlib import Path
-
-    from scopecli.errors import ScopeError
-
-    target = Path(out)
-    if target.is_dir():
-        raise ScopeError(f"{out}: is a directory, give a file name such as {target / example}")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise ScopeError(f"{out}: folder {parent} does not exist")
-
-
-def save_png(img: Image.Image, out) -> None:
-    """Save a PNG atomically (temp file in the same folder, then replace), with one-line errors."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    check_output(out)
-    target = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent if str(target.parent) else ".")
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def save_png(img: Image.Image, out, suffixes: tuple[str, ...] = ()) -> None:
+    """Save a PNG atomically (`fileio.AtomicFile`), with one-line errors; `suffixes`: the names it accepts."""
+    check_output_file(out, "out.png", suffixes)
+    with AtomicFile(out) as target:
+        img.save(target.tmp, format="PNG")

@@ -6,12 +6,12 @@ content hash says two rows are the same stimulus. Everything in compare reads pr
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import numpy as np
 
 from scopecli.errors import ScopeError
+from scopecli.fileio import check_input_file, did_you_mean
 
 MIN_SHARED = 100  # fewer shared probe images than this make CKA and correlations too noisy to report
 NO_PROBE_HINT = "run `scope collect` on both models with the same --data"
@@ -21,12 +21,7 @@ def open_checked(path: str | Path):
     """Open an artifact for reading, with a one-line error for a missing path."""
     from scopecli.artifact import open_artifact
 
-    p = Path(path)
-    if not p.exists():
-        raise ScopeError(f"{path}: no such file")
-    if p.is_dir():
-        raise ScopeError(f"{path}: is a directory, expected a scope artifact (.h5)")
-    return open_artifact(p)
+    return open_artifact(Path(check_input_file(path, "scope artifact (.h5)")))
 
 
 class ProbeSource:
@@ -61,6 +56,10 @@ class ProbeSource:
                 self._cache[layer] = (np.asarray(pb.acts), shas)
         return self._cache[layer]
 
+    def find(self, layer: str) -> tuple[np.ndarray, list[str]] | None:
+        """(acts, sha256 per row) of one layer, or None when it has no probe activations."""
+        return self._load(layer) if layer in self.art.layers else None
+
     def get(self, layer: str) -> tuple[np.ndarray, list[str]]:
         """(acts float16 [P, U], sha256 per row) of one layer; ScopeError if the layer has no probe."""
         self.require_layer(layer)
@@ -71,9 +70,7 @@ class ProbeSource:
             return
         if layer in self.art.layers:
             raise ScopeError(f"{self.label}: layer {layer} has no probe activations; {NO_PROBE_HINT}")
-        close = difflib.get_close_matches(layer, list(self.art.layers), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ScopeError(f"{self.label}: no layer named {layer}{hint}")
+        raise ScopeError(f"{self.label}: no layer named {layer}" + did_you_mean(layer, self.art.layers, n=3))
 
     def require_any(self) -> None:
         if not self.layers:

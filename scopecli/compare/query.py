@@ -15,6 +15,7 @@ import numpy as np
 
 from scopecli.compare.probes import MIN_SHARED, NO_PROBE_HINT, ProbeSource, open_checked, shared_rows
 from scopecli.errors import ScopeError
+from scopecli.fileio import did_you_mean
 from scopecli.units import parse_unit_address
 
 SORT_KEYS = ("score", "max", "mean", "std", "frac-positive", "purity", "strength")
@@ -145,12 +146,9 @@ def _check_layers(sources: list[_Source], wanted: list[str] | None) -> None:
         return
     for w in wanted:
         if not any(w in s.art.layers for s in sources):
-            import difflib
-
             names = sorted({n for s in sources for n in s.art.layers})
-            close = difflib.get_close_matches(w, names, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ScopeError(f"no layer named {w} in any of the given artifacts{hint}")
+            raise ScopeError(f"no layer named {w} in any of the given artifacts"
+                             + did_you_mean(w, names, n=3, listing="`scope info FILE` lists a file's layers"))
 
 
 def run_query(
@@ -315,7 +313,7 @@ def _like_candidates(si: int, src: _Source, ref: dict, layers: list[str] | None)
     same_file = str(Path(src.path).resolve()) == ref["resolved"]
     last: tuple[list[str], tuple] | None = None
     for layer in src.layers(layers):
-        got = src.probes._load(layer)
+        got = src.probes.find(layer)
         if got is None:
             continue
         acts, shas = got

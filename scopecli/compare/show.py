@@ -16,9 +16,11 @@ from PIL import Image, ImageDraw
 from scopecli.compare.drawing import font, text_size
 from scopecli.compare.probes import open_checked
 from scopecli.errors import ScopeError
+from scopecli.fileio import check_output_file, did_you_mean
 from scopecli.units import parse_unit_address
 
 THUMB = 112  # pixel side of each picture on the card
+CARD_SUFFIXES = (".png",)  # a card is a PNG; another name would hide what the file holds
 
 
 def _f(x) -> float | None:
@@ -35,11 +37,7 @@ def load_unit(path: str | Path, address: str, pixels: bool = False) -> dict:
     art = open_checked(path)
     try:
         if layer not in art.layers:
-            import difflib
-
-            close = difflib.get_close_matches(layer, list(art.layers), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ScopeError(f"{path}: no layer named {layer}{hint}")
+            raise ScopeError(f"{path}: no layer named {layer}" + did_you_mean(layer, art.layers, n=3))
         rec = art.layer(layer)
         if index >= rec.units:
             raise ScopeError(f"unit {index} is out of range for layer {layer}: it has units 0..{rec.units - 1}")
@@ -164,9 +162,15 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
     return card
 
 
+def check_card_output(out: str | Path) -> str:
+    """Refuse a card path before any work: a folder, a missing folder, or a name not ending in .png."""
+    return check_output_file(out, "card.png", CARD_SUFFIXES)
+
+
 def write_card(info: dict, out: str | Path) -> Path:
     """Render the card and save it as PNG (atomically)."""
     from scopecli.compare.drawing import save_png
 
-    save_png(unit_card(info), out)
+    check_card_output(out)
+    save_png(unit_card(info), out, CARD_SUFFIXES)
     return Path(out)

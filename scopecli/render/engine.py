@@ -21,21 +21,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from scopecli.capture import LayerTap
 from scopecli.devices import resolve_device
 from scopecli.errors import ScopeError
+from scopecli.model.capture import LayerTap
 from scopecli.records import RenderRecord
 from scopecli.render import transforms as tf
-from scopecli.render.objectives import OBJECTIVES, RenderTarget, batch_objectives
+from scopecli.render.objectives import OBJECTIVE_KINDS, OBJECTIVES, RenderTarget, batch_objectives
 from scopecli.render.param import PARAMS, make_param
 from scopecli.render.redirect import RedirectedReLU
+from scopecli.settings import CheckedSettings, reads
 
 MIN_SIZE = 16
 
 
 @dataclass
-class RenderSettings:
-    """Everything that decides a rendered image (all recorded in the artifact)."""
+class RenderSettings(CheckedSettings):
+    """Everything that decides a rendered image (all recorded in the artifact).
+
+    `check()` refuses values that cannot work; each rule runs once per value (scopecli/settings.py)."""
 
     steps: int = 512
     size: int = 224
@@ -52,16 +55,28 @@ class RenderSettings:
     transforms: tf.TransformSpec = field(default_factory=tf.TransformSpec)
     magnitude: np.ndarray | None = None  # MACO magnitude spectrum (param.spectrum_from_images); None = 1/f
 
-    def check(self) -> None:
-        """Raise ScopeError for settings that cannot work."""
+    @reads("steps")
+    def _steps(self) -> None:
         if int(self.steps) <= 0:
             raise ScopeError(f"--steps must be positive, got {self.steps}")
+
+    @reads("size")
+    def _size(self) -> None:
         if int(self.size) < MIN_SIZE:
             raise ScopeError(f"--size must be at least {MIN_SIZE} pixels, got {self.size}")
+
+    @reads("param")
+    def _param(self) -> None:
         if self.param not in PARAMS:
             raise ScopeError(f"unknown --param '{self.param}': choose one of {', '.join(PARAMS)}")
+
+    @reads("lr")
+    def _lr(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ScopeError(f"--lr must be a positive number, got {self.lr}")
+
+    @reads("batch")
+    def _batch(self) -> None:
         if self.batch != "auto":
             try:
                 ok = int(self.batch) >= 1
@@ -108,16 +123,17 @@ def derive_seed(seed: int, fingerprint: str, layer: str, unit: int, diversity_in
 def plan_targets(layer_units, objective: str = "channel", diversity: int = 1) -> list[RenderTarget]:
     """Targets for {layer: [units]} (or [(layer, units)]): K = `diversity` images per unit, contiguous.
 
-    deepdream renders one image per layer (unit -1) whatever the units.
+    Per-layer objectives (deepdream) render one image per layer (unit -1) whatever the units.
     """
     if objective not in OBJECTIVES:
         raise ScopeError(f"unknown --objective '{objective}': choose one of {', '.join(OBJECTIVES)}")
+    per_layer = OBJECTIVE_KINDS[objective].per_layer
     if int(diversity) < 1:
         raise ScopeError(f"--diversity must be at least 1, got {diversity}")
     items = layer_units.items() if isinstance(layer_units, dict) else layer_units
     targets = []
     for layer, units in items:
-        units = [-1] if objective == "deepdream" else list(units)
+        units = [-1] if per_layer else list(units)
         for unit in units:
             for k in range(int(diversity)):
                 targets.append(RenderTarget(layer, int(unit), objective, k))
@@ -223,7 +239,7 @@ def render_units(
 ) -> RenderResult:
     """Render every target; return records (with evidence) and skipped targets.
 
-    model: a `scopecli.models.LoadedModel` or a bare nn.Module (then pass `normalize`, a function on
+    model: a `scopecli.model.LoadedModel` or a bare nn.Module (then pass `normalize`, a function on
     [0,1] NCHW images, and `fingerprint`, used for the per-image seeds).
     dataset_max: {layer: {unit: dataset maximum}} to fill `dataset_max_ratio`.
     progress: an object with `.advance(n)` (scopecli.progress), advanced in units.

@@ -13,9 +13,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from scopecli.errors import ScopeError
-from scopecli.layers import find_layer, layer_table
+from scopecli.model.layers import find_layer, layer_table
 from scopecli.render.engine import RenderResult, RenderSettings, plan_targets, render_units, resolve_device
 from scopecli.render.param import spectrum_from_images
+from scopecli.render.resume import render_done_keys
 from scopecli.units import parse_units
 
 CHECKPOINT_S = 600.0  # long runs commit what they have every 10 minutes
@@ -100,8 +101,6 @@ def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", p
         last_checkpoint = [time.perf_counter()]
         targets = plan.targets
         if resume:
-            from scopecli.resume import render_done_keys
-
             done = render_done_keys(writer.existing, plan.layers, plan.settings, loaded.fingerprint)
             targets = [t for t in targets if (t.layer, t.unit, t.objective, t.diversity_index) not in done]
             if progress is not None and len(targets) < len(plan.targets):

@@ -1,4 +1,15 @@
-"""Objectives: per-sample scores to maximize, as composable values.
+"""Objectives: per-sample scores to maximize, as composable values, and the registry of objective kinds.
+
+A kind (`--objective NAME`) is one decorated function that scores a batch of rows of a layer's
+activations (the spirit of Lucid's `wrap_objective`):
+
+    @objective("channel", "mean over positions")
+    def channel_score(unit_acts):            # [rows, *spatial]: each row's own unit
+        return unit_acts.float().flatten(1).mean(dim=1)
+
+`per_layer=True` kinds get the whole layer's rows ([rows, C, *spatial]) and render one image per layer
+(unit -1); `signed_objective` registers a kind that optimizes another kind's score times a sign (negative
+is a minimized channel, measured as a channel). OBJECTIVES and `scope render --help` list the registry.
 
 An `Objective` maps the captured activations {layer: tensor with the batch first} to a vector with one
 score per batch row. Objectives add, subtract, negate and scale (`channel(...) - 0.5 * diversity(...)`),
@@ -12,13 +23,85 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from scopecli.errors import ScopeError
 
-OBJECTIVES = ("channel", "neuron", "negative", "deepdream")
+
+@dataclass(frozen=True)
+class ObjectiveKind:
+    """A registered `--objective`: how it scores rows, what the records report, and its sign."""
+
+    name: str
+    score: Callable[[torch.Tensor], torch.Tensor]  # rows of a unit ([n, *spatial]) or a layer -> [n]
+    help: str
+    per_layer: bool = False  # scores the whole layer: one image per layer, unit -1
+    measured_as: str | None = None  # the kind whose score the records report (None: this one)
+    sign: float = 1.0  # the objective optimizes sign * score of `measured_as`
+
+
+OBJECTIVE_KINDS: dict[str, ObjectiveKind] = {}
+OBJECTIVES = OBJECTIVE_KINDS.keys()  # every registered name, in registration order (a live view)
+
+
+def objective(name: str, help: str, per_layer: bool = False):
+    """Register the decorated function as the score of objective kind `name` (`help`: a few words)."""
+
+    def register(score):
+        _add_kind(ObjectiveKind(name, score, help, per_layer))
+        return score
+
+    return register
+
+
+def signed_objective(name: str, of: str, help: str, sign: float = -1.0) -> None:
+    """Register kind `name` as `sign` times kind `of` (records report `of`'s score)."""
+    base = OBJECTIVE_KINDS[of]
+    _add_kind(ObjectiveKind(name, base.score, help, base.per_layer, of, sign))
+
+
+def _add_kind(kind: ObjectiveKind) -> None:
+    if kind.name in OBJECTIVE_KINDS:
+        raise ValueError(f"objective '{kind.name}' is already registered")
+    OBJECTIVE_KINDS[kind.name] = kind
+
+
+def objective_kind(name: str) -> ObjectiveKind:
+    """The registered kind `name`, or a one-line error listing the registered ones."""
+    if name not in OBJECTIVE_KINDS:
+        raise ScopeError(f"unknown objective '{name}': choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVE_KINDS[name]
+
+
+def objectives_help() -> str:
+    """'channel (mean over positions), neuron (…) or deepdream (…)': the registry for `--objective`'s help."""
+    items = [f"{kind.name} ({kind.help})" for kind in OBJECTIVE_KINDS.values()]
+    return ", ".join(items[:-1]) + " or " + items[-1] if len(items) > 1 else "".join(items)
+
+
+@objective("channel", "mean over positions")
+def channel_score(unit_acts: torch.Tensor) -> torch.Tensor:
+    """The unit's mean over all spatial positions."""
+    return unit_acts.float().flatten(1).mean(dim=1)
+
+
+@objective("neuron", "center position")
+def neuron_score(unit_acts: torch.Tensor) -> torch.Tensor:
+    """The unit's value at the center position."""
+    idx = tuple(s // 2 for s in unit_acts.shape[1:])
+    return unit_acts[(slice(None),) + idx]
+
+
+signed_objective("negative", of="channel", help="channel minimized")
+
+
+@objective("deepdream", "mean square of the whole layer", per_layer=True)
+def deepdream_score(layer_acts: torch.Tensor) -> torch.Tensor:
+    """The mean squared activation of the whole layer (DeepDream)."""
+    return layer_acts.float().pow(2).flatten(1).mean(dim=1)
 
 
 class Objective:
@@ -107,40 +190,33 @@ class _DeviceCache:
 
 
 class UnitScore(Objective, _DeviceCache):
-    """channel / neuron / deepdream score of given units in given rows (zero in the other rows).
+    """The score of a registered (unsigned) kind for given units in given rows (zero in the other rows).
 
-    channel: the unit's mean over all spatial positions; neuron: its value at the center position;
-    deepdream: the mean squared activation of the whole layer (units ignored). For layers with vector
-    outputs (N, C), channel and neuron are the unit's value.
+    Per-layer kinds ignore the units. For layers with vector outputs (N, C), a per-unit kind's score is
+    the unit's value.
     """
 
     def __init__(self, kind: str, layer: str, rows, units, batch: int):
-        if kind not in ("channel", "neuron", "deepdream"):
+        if kind not in OBJECTIVE_KINDS or OBJECTIVE_KINDS[kind].measured_as is not None:
             raise ScopeError(f"unknown objective '{kind}': choose one of {', '.join(OBJECTIVES)}")
         self.kind, self.layer, self.batch = kind, layer, batch
+        self._score = OBJECTIVE_KINDS[kind]
         self.rows = _rows(rows, batch)
         self.units = torch.as_tensor(units, dtype=torch.long).reshape(-1)
-        if kind != "deepdream" and self.units.shape != self.rows.shape:
+        if not self._score.per_layer and self.units.shape != self.rows.shape:
             raise ScopeError("objective needs one unit per row")
         self.layers = (layer,)
 
     def __call__(self, acts):
         a = acts[self.layer]
         rows = self._on("rows", a.device)
-        if self.kind == "deepdream":
-            values = a[rows].float().pow(2).flatten(1).mean(dim=1)
-            return _scatter(values, rows, self.batch)
+        if self._score.per_layer:
+            return _scatter(self._score.score(a[rows]), rows, self.batch)
         if self.units.numel() and int(self.units.max()) >= a.shape[1]:
             raise ScopeError(f"unit {int(self.units.max())} is out of range: {self.layer} has units 0..{a.shape[1] - 1}")
         units = self._on("units", a.device)
         picked = a[rows, units]  # (n, *spatial)
-        if picked.dim() == 1:
-            values = picked
-        elif self.kind == "channel":
-            values = picked.float().flatten(1).mean(dim=1)
-        else:  # neuron: center position
-            idx = tuple(s // 2 for s in picked.shape[1:])
-            values = picked[(slice(None),) + idx]
+        values = picked if picked.dim() == 1 else self._score.score(picked)
         return _scatter(values, rows, self.batch)
 
     def __repr__(self):
@@ -214,24 +290,21 @@ class RenderTarget:
 def batch_objectives(targets: list[RenderTarget], diversity_weight: float = 1.0) -> tuple[Objective, Objective]:
     """(loss objective, measure) for a batch whose row i renders targets[i].
 
-    The measure is what the records report as the unit's activation: the channel mean for channel and
-    negative objectives (the latter is minimized), the center value for neuron, the mean square for
-    deepdream. The objective is the measure with negative rows negated, plus a diversity term when a
-    unit has several images in the batch.
+    The measure is what the records report as the unit's activation: each row's kind's score, or for a
+    signed kind (negative) the score of the kind it signs (channel). The objective is the measure times
+    each row's sign, plus a diversity term when a unit has several images in the batch.
     """
     batch = len(targets)
+    kinds = [objective_kind(t.objective) for t in targets]
     by_kind: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for row, t in enumerate(targets):
-        if t.objective not in OBJECTIVES:
-            raise ScopeError(f"unknown objective '{t.objective}': choose one of {', '.join(OBJECTIVES)}")
-        base = "channel" if t.objective == "negative" else t.objective
-        by_kind[(base, t.layer)].append(row)
+    for row, (t, kind) in enumerate(zip(targets, kinds)):
+        by_kind[(kind.measured_as or kind.name, t.layer)].append(row)
     measure_parts = [
-        UnitScore(base, layer, rows, [targets[r].unit for r in rows] if base != "deepdream" else [], batch)
+        UnitScore(base, layer, rows, [] if OBJECTIVE_KINDS[base].per_layer else [targets[r].unit for r in rows], batch)
         for (base, layer), rows in by_kind.items()
     ]
     measure = sum(measure_parts)
-    sign = torch.tensor([-1.0 if t.objective == "negative" else 1.0 for t in targets])
+    sign = torch.tensor([kind.sign for kind in kinds])
     objective: Objective = _Signed(measure, sign)
     groups: dict[tuple[str, int, str], list[int]] = defaultdict(list)
     for row, t in enumerate(targets):

@@ -7,10 +7,15 @@ natural magnitude spectrum fixed, optimizing only the phase. Every parameterizat
 with the batch first; row i belongs only to sample i, so Adam (elementwise) keeps samples independent.
 Random initial values come from each sample's own CPU `torch.Generator`, so a sample's start does not
 depend on which batch it is in.
+
+Each `--param NAME` is one class registered with `@parameterization(NAME, help)`; it is built as
+`cls(size, generators, magnitude=...)` and takes the keyword arguments it declares (only MACO uses
+`magnitude`). PARAMS and `make_param` read the registry.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
@@ -20,7 +25,8 @@ from torch import nn
 
 from scopecli.errors import ScopeError
 
-PARAMS = ("fft", "pixel", "maco")
+PARAMETERIZATIONS: dict[str, type] = {}
+PARAMS = PARAMETERIZATIONS.keys()  # every registered name, in registration order (a live view)
 
 # Square root of ImageNet's RGB color covariance (from its SVD), as published with Lucid.
 # Mapping decorrelated values through it yields colors with natural correlations.
@@ -55,10 +61,30 @@ def _recolor(x: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,njhw->nihw", color, x)
 
 
+def parameterization(name: str, help: str):
+    """Register the decorated ImageParam subclass as `--param name` (`help`: a few words for the CLI)."""
+
+    def register(cls):
+        if name in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization '{name}' is already registered")
+        cls.kind, cls.help = name, help
+        PARAMETERIZATIONS[name] = cls
+        return cls
+
+    return register
+
+
+def params_help() -> str:
+    """'fft (…), pixel (…) or maco (…)': the registry for `--param`'s help."""
+    items = [f"{name} ({cls.help})" for name, cls in PARAMETERIZATIONS.items()]
+    return ", ".join(items[:-1]) + " or " + items[-1] if len(items) > 1 else "".join(items)
+
+
 class ImageParam(nn.Module):
     """Base: `forward()` returns the batch of images (N, 3, H, W) in [0, 1]."""
 
     kind = "?"
+    help = ""
 
     def __init__(self, size: int):
         super().__init__()
@@ -69,24 +95,9 @@ class ImageParam(nn.Module):
         return torch.sigmoid(_recolor(decorrelated, self.color))
 
 
-class PixelParam(ImageParam):
-    """Plain pixels (decorrelated color + sigmoid, as Lucid's `image(fft=False)`)."""
-
-    kind = "pixel"
-
-    def __init__(self, size: int, generators: list[torch.Generator]):
-        super().__init__(size)
-        init = _per_sample(generators, lambda g: torch.randn(3, size, size, generator=g) * _INIT_SD)
-        self.raw = nn.Parameter(init)
-
-    def forward(self) -> torch.Tensor:
-        return self._to_rgb(self.raw)
-
-
+@parameterization("fft", "Lucid")
 class FFTParam(ImageParam):
     """Lucid's Fourier parameterization: 1/f-scaled spectrum, decorrelated color, sigmoid."""
-
-    kind = "fft"
 
     def __init__(self, size: int, generators: list[torch.Generator], decay_power: float = 1.0):
         super().__init__(size)
@@ -102,6 +113,20 @@ class FFTParam(ImageParam):
         return self._to_rgb(image)
 
 
+@parameterization("pixel", "plain pixels")
+class PixelParam(ImageParam):
+    """Plain pixels (decorrelated color + sigmoid, as Lucid's `image(fft=False)`)."""
+
+    def __init__(self, size: int, generators: list[torch.Generator]):
+        super().__init__(size)
+        init = _per_sample(generators, lambda g: torch.randn(3, size, size, generator=g) * _INIT_SD)
+        self.raw = nn.Parameter(init)
+
+    def forward(self) -> torch.Tensor:
+        return self._to_rgb(self.raw)
+
+
+@parameterization("maco", "phase only; magnitude from --data or 1/f")
 class MacoParam(ImageParam):
     """MACO: a fixed natural magnitude spectrum; only the phase is optimized.
 
@@ -109,8 +134,6 @@ class MacoParam(ImageParam):
     (`spectrum_from_images`) or a 1/f prior. The image is standardized per sample before the color
     mapping, so its contrast is set by the prior rather than by the optimizer.
     """
-
-    kind = "maco"
 
     def __init__(self, size: int, generators: list[torch.Generator], magnitude: np.ndarray | None = None):
         super().__init__(size)
@@ -175,10 +198,9 @@ def make_param(
     magnitude: np.ndarray | None = None,
 ) -> ImageParam:
     """Build the parameterization `kind` for len(generators) samples of size x size pixels."""
-    if kind == "fft":
-        return FFTParam(size, generators)
-    if kind == "pixel":
-        return PixelParam(size, generators)
-    if kind == "maco":
-        return MacoParam(size, generators, magnitude)
-    raise ScopeError(f"unknown parameterization '{kind}': choose one of {', '.join(PARAMS)}")
+    if kind not in PARAMETERIZATIONS:
+        raise ScopeError(f"unknown parameterization '{kind}': choose one of {', '.join(PARAMS)}")
+    cls = PARAMETERIZATIONS[kind]
+    options = {"magnitude": magnitude}
+    accepted = inspect.signature(cls).parameters
+    return cls(size, generators, **{k: v for k, v in options.items() if k in accepted})

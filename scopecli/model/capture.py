@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from scopecli.errors import ScopeError
-from scopecli.layers import get_module
+from scopecli.model.layers import get_module
 
 
 class _StopForward(Exception):

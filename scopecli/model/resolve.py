@@ -1,0 +1,70 @@
+"""One resolver from a model spec string to a ready model, used by every command.
+
+It asks the registered families (model/families.py) which one claims the spec, builds the module with
+the requested weights, applies the user's preprocessing overrides and freezes the model. `scope models`
+lists what the families report.
+"""
+
+from __future__ import annotations
+
+from scopecli.errors import ScopeError
+from scopecli.fileio import did_you_mean
+from scopecli.model.families import FAMILIES, family_for
+from scopecli.model.loaded import LoadedModel
+
+
+def catalogue() -> list[dict]:
+    """What `scope models` lists: every family's names with their weights and availability."""
+    return [row for family in FAMILIES for row in family.rows()]
+
+
+def _parse_triplet(text, what: str) -> tuple[float, float, float]:
+    if isinstance(text, (list, tuple)):
+        values = list(text)
+    else:
+        values = [v for v in str(text).replace(" ", "").split(",") if v]
+    try:
+        floats = tuple(float(v) for v in values)
+    except ValueError:
+        raise ScopeError(f"--{what} must be three numbers like 0.485,0.456,0.406, got '{text}'") from None
+    if len(floats) == 1:
+        floats = floats * 3
+    if len(floats) != 3:
+        raise ScopeError(f"--{what} must be one or three numbers, got '{text}'")
+    if what == "std" and any(v <= 0 for v in floats):
+        raise ScopeError("--std values must be positive")
+    return floats  # type: ignore[return-value]
+
+
+def resolve_model(
+    spec: str,
+    weights: str | None = "DEFAULT",
+    mean=None,
+    std=None,
+    input_size: int | None = None,
+) -> LoadedModel:
+    """Resolve a spec and weights to a LoadedModel (eval mode, frozen), with its preprocessing."""
+    spec = str(spec).strip()
+    weights = "DEFAULT" if weights in (None, "") else str(weights)
+    found = family_for(spec)
+    if found is None:
+        known = [name for family in FAMILIES for name in family.names()]
+        raise ScopeError(f"unknown model '{spec}'" + did_you_mean(spec.lower(), known, listing="`scope models` lists them"))
+    family, spec = found
+    built = family.build(spec, weights)
+    preprocess = family.preprocess(spec)
+    if mean is not None:
+        preprocess.mean = _parse_triplet(mean, "mean")
+    if std is not None:
+        preprocess.std = _parse_triplet(std, "std")
+    if input_size is not None:
+        if int(input_size) < 16:
+            raise ScopeError(f"--input-size must be at least 16, got {input_size}")
+        preprocess.crop = int(input_size)
+        preprocess.resize = int(round(int(input_size) * 256 / 224))
+    module = built.module
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(name=built.name, spec=spec, architecture=built.architecture, weights=built.weights,
+                       module=module, preprocess=preprocess)
