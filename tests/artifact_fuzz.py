@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 import h5raw
+import memwatch
 from artifact_factory import (
     fake_examples,
     fake_image,
@@ -837,51 +838,7 @@ class FuzzReport:
         return self.failures
 
 
-# Modules the read commands import on first use: imported before the baseline is taken, so that what a case
-# costs is its reading, not the first import of the code that reads.
-_WARM_MODULES = ("scopecli.cli", "scopecli.artifact", "scopecli.artifact.report", "scopecli.artifact.validate",
-                 "scopecli.compare.diff", "scopecli.compare.drawing", "scopecli.compare.show",
-                 "scopecli.compare.query", "scopecli.compare.report", "scopecli.export", "scopecli.progress")
-
-
-def _mem_kb(pid="self") -> dict:
-    """VmRSS and VmHWM (peak RSS since start or since the last reset) of a process, in KiB; {} if gone."""
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    out[line[:5]] = int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return out
-
-
-def _reset_peak() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0: "5" > /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_is_resettable() -> bool:
-    """Whether VmHWM can be reset here: touch 64 MiB, free it, reset, and see the peak come down."""
-    if not _reset_peak():
-        return False
-    block = bytearray(64 << 20)
-    block[:: 4096] = b"\x01" * len(range(0, 64 << 20, 4096))
-    del block
-    high = _mem_kb().get("VmHWM", 0)
-    _reset_peak()
-    after = _mem_kb()
-    return bool(after) and high - after.get("VmHWM", 0) > 32 << 10
-
-
 def _worker(conn, bases, cats, work, seed0, mutations, per_case):
-    import importlib
     import warnings
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -892,11 +849,9 @@ def _worker(conn, bases, cats, work, seed0, mutations, per_case):
         torch.set_num_threads(1)
     except Exception:
         pass
-    for mod in _WARM_MODULES:
-        with contextlib.suppress(Exception):
-            importlib.import_module(mod)
-    resettable = peak_is_resettable()
-    conn.send(("ready", _mem_kb().get("VmRSS", 0), resettable))
+    memwatch.warm_imports()  # what the commands import on first use: part of the baseline, not of a case
+    resettable = memwatch.peak_is_resettable()
+    conn.send(("ready", memwatch.mem_kb().get("VmRSS", 0), resettable))
     names = sorted(bases)
     while True:
         msg = conn.recv()
@@ -920,19 +875,19 @@ def _worker(conn, bases, cats, work, seed0, mutations, per_case):
             argvs = [argvs[i] for i in sorted(rng.choice(len(argvs), size=min(per_case, len(argvs)), replace=False))]
         for argv in argvs:
             if resettable:
-                _reset_peak()  # VmHWM now measures this command alone (from the RSS it starts with)
+                memwatch.reset_peak()  # VmHWM now measures this command alone (from the RSS it starts with)
             conn.send(("start", argv[0]))
             code, out, err = run_cli(argv)
-            peak = _mem_kb().get("VmHWM") if resettable else None
+            peak = memwatch.mem_kb().get("VmHWM") if resettable else None
             if resettable:
-                _reset_peak()
+                memwatch.reset_peak()
             conn.send(("done", argv[0], judge(code, err), err[:1000] + (" … " + err[-1000:] if len(err) > 2000 else err[1000:2000]),
                        peak))
         conn.send(("end", case))
 
 
 def _rss_mb(pid: int) -> float:
-    return _mem_kb(pid).get("VmRSS", 0) / 1024
+    return memwatch.mem_kb(pid).get("VmRSS", 0) / 1024
 
 
 _RANK = {"ok": 0, "clean": 1, "noise": 2, "crash": 3, "memory": 4, "hang": 5}
@@ -1024,14 +979,17 @@ def fuzz(n_cases: int, seed: int = 0, start: int = 0, timeout_s: float = 20.0, g
                         break
                     elif msg[0] == "died":
                         v = "crash"
-                        rep.failures.append((case, desc, current, "worker died", ""))
+                        proc.join(5)
+                        rep.failures.append((case, desc, current, "worker died", f"exit code {proc.exitcode}"))
+                        if on_failure:
+                            on_failure(rep.failures[-1])
                         worst = max(worst, v, key=_RANK.get)
                         proc = None
                         break
                     if failure is None:
                         continue
                 if failure is None:
-                    mem = _mem_kb(proc.pid)
+                    mem = memwatch.mem_kb(proc.pid)
                     used = mem.get("VmHWM" if resettable else "VmRSS", 0)
                     if current and used - base_kb > rep.peak_growth_mb * 1024:
                         rep.peak_growth_mb, rep.peak_at = (used - base_kb) / 1024, (case, desc, current)
@@ -1043,7 +1001,7 @@ def fuzz(n_cases: int, seed: int = 0, start: int = 0, timeout_s: float = 20.0, g
                         failure = (case, desc, current, "memory", f"RSS {mem['VmRSS'] / 1024:.0f} MiB is beyond "
                                                                    f"the absolute limit of {rss_limit_mb:.0f} MiB")
                     elif not proc.is_alive():
-                        failure = (case, desc, current, "crash", "")
+                        failure = (case, desc, current, "crash", f"worker died, exit code {proc.exitcode}")
                 if failure:
                     v = failure[3]
                     rep.commands += 1

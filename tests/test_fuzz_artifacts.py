@@ -8,12 +8,14 @@ import h5py
 import numpy as np
 import pytest
 
+import h5raw
 from artifact_factory import make_artifact
 from artifact_fuzz import ALL_MUTATIONS, LEGACY_MUTATIONS, RAW_MUTATIONS, build_bases, catalogue, fuzz, judge, mutate
 from scopecli.artifact import open_artifact
 from scopecli.artifact.h5io import GCOL_HEADER
 from scopecli.artifact.layout import canonical_bytes_sha256
 from scopecli.errors import ScopeError
+from memwatch import run_scope
 
 
 def test_seeded_fuzz_only_clean_errors():
@@ -121,6 +123,34 @@ def test_string_declaring_gigabytes_is_refused_before_allocation(tmp_path, scope
     assert judge(r.code, r.stderr) == "clean" and "/spec/schema: a string declares 4294967295 bytes" in r.stdout
     r = scope_cli("info", path)
     assert judge(r.code, r.stderr) == "clean" and "/provenance/runs: a string declares 2147483648 bytes" in r.stderr
+
+
+def _damage_vlen_attribute_length(path, owner, name, element, length):
+    """Set the stored length of one variable-length string attribute value and re-seal the header checksum."""
+    with h5py.File(path, "r") as f:
+        addr = h5py.h5o.get_info(f[owner].id).addr
+    raw = bytearray(open(path, "rb").read())
+    (msg,) = [a for a in h5raw.attribute_messages(raw) if a.owner == addr and a.name == name]
+    d = msg.descriptors()[element]
+    raw[d : d + 4] = length.to_bytes(4, "little")
+    h5raw.fix_checksum(raw, msg.chunk)
+    open(path, "wb").write(raw)
+
+
+def test_attribute_string_declaring_4_gib_is_refused_within_1_gib(tmp_path):
+    """A variable-length string attribute whose stored length says ~4 GiB: libhdf5 allocates and copies that
+    many bytes before it finds the heap object smaller (found by the attribute fuzzing). Every read must end
+    in one clean error line without growing the reader's memory by 1 GiB (peak RSS over its post-import
+    baseline, measured in a watched subprocess that is killed past the limit)."""
+    for owner, name, element, length in (("/", "format", 0, 0xFFFFFFFF), ("/layers", "order", 1, 0xFFFFFFF0)):
+        path = make_artifact(tmp_path / f"{name}.h5")
+        _damage_vlen_attribute_length(path, owner, name, element, length)
+        for cmd in (["info", path], ["validate", path], ["show", path, "head.fc:1", "-o", tmp_path / "card.png"]):
+            r = run_scope(cmd, limit_mb=1024, timeout_s=240)
+            what = f"{owner}@{name}: scope {cmd[0]}"
+            assert r.killed is None and r.growth_mb < 1024, \
+                f"{what}: peak RSS grew by {r.growth_mb:.0f} MiB ({r.killed or 'ended'}; {r.method})"
+            assert judge(r.code, r.stderr) == "clean", f"{what}: exit {r.code}: {r.stderr[-500:]}"
 
 
 @pytest.mark.parametrize("case", [2525, 5701, 5729, 8289, 9063])
