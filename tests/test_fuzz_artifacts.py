@@ -55,6 +55,9 @@ def test_judge():
     assert judge(1, "error: internal error KeyError: 'a' (please report this)\n") == "crash"
     assert judge(2, "Traceback (most recent call last):\nerror: x\n") == "crash"
     assert judge(0, "RuntimeWarning: invalid value\n") == "noise"
+    assert judge(2, "error: a.h5: unreadable artifact (RuntimeError: Can't retrieve dataspace extent dims (internal "
+                    "error (unknown dataspace class))); the file is corrupt\n") == "clean"  # libhdf5's words, quoted
+    assert judge(2, "error: a.h5: unreadable artifact (OSError: out of memory)\n") == "crash"
 
 
 def _zero_first_heap_object(path):
