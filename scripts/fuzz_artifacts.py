@@ -77,7 +77,7 @@ def main() -> None:
         print(f"  anything else: {rep.cases - clean_cases} cases")
         print(f"  per command: {dict(rep.verdicts)}")
         print(f"  per case: {dict(rep.case_verdicts)}")
-        at = f" (case {rep.peak_at[0]} {rep.peak_at[2]}: {rep.peak_at[1][:100]})" if rep.peak_at else ""
+        at = f" (case {rep.peak_at[0]} {rep.peak_at[2]}: {rep.peak_at[1]})" if rep.peak_at else ""
         print(f"  peak RSS growth {rep.peak_growth_mb:.0f} MiB over a worker baseline of {rep.baseline_mb:.0f} MiB{at}; "
               f"limit {args.growth_mb:.0f} MiB; {rep.memory_method}")
         for f in summary["failures"][:40]:
