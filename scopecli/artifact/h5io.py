@@ -151,6 +151,26 @@ def bounded_memory(extra: int = ATTR_READ_MEMORY):
                 resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
+_ATTR_CLASSES = {h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.STRING, h5py.h5t.ENUM}
+
+
+def _check_attr_type(tid, where: str, key: str) -> None:
+    """Scope writes numbers, strings and booleans (an h5py enum of int8) as attributes; anything else (a
+    variable-length sequence, compound, reference, ...) is damage, and h5py can crash converting it."""
+    cls = tid.get_class()
+    ok = cls in _ATTR_CLASSES and 0 < tid.get_size() <= MAX_ATTR_BYTES
+    if ok and cls == h5py.h5t.STRING:
+        ok = tid.get_cset() in (h5py.h5t.CSET_ASCII, h5py.h5t.CSET_UTF8)
+    if ok and cls == h5py.h5t.ENUM:
+        base = tid.get_super()
+        ok = base.get_class() == h5py.h5t.INTEGER and base.get_size() <= 8
+    if ok and cls in (h5py.h5t.INTEGER, h5py.h5t.FLOAT):
+        ok = tid.get_size() <= 16
+    if not ok:
+        raise ScopeError(f"{where}: attribute {short_repr(key)} has a datatype scope never writes (class {cls}); "
+                         "the file is corrupt")
+
+
 def read_attr(obj, key: str, where: str, default=_MISSING):
     """One attribute's value (as h5py gives it), refusing sizes beyond MAX_ATTR_BYTES and reading
     variable-length values under `bounded_memory`. `default` is returned when it is absent."""
@@ -161,6 +181,7 @@ def read_attr(obj, key: str, where: str, default=_MISSING):
             return default
         aid = h5py.h5a.open(obj.id, key.encode("utf-8"))
         shape = aid.shape
+        _check_attr_type(aid.get_type(), where, key)
         dtype = aid.dtype
     except ScopeError:
         raise
