@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from scopecli.errors import ScopeError
+from scopecli.fileio import write_bytes_atomic
 
 BARRIER_TIMEOUT = timedelta(days=7)  # a rank may wait for slower ranks for as long as a render takes
 
@@ -72,16 +73,21 @@ def resolve_share(shard: str | None) -> Share:
     return Share(k, n)
 
 
-def split_units(targets: list, k: int, n: int) -> list:
-    """Share k/n of render targets: whole units (all their diversity images), dealt round-robin.
+def split_units(targets: list, k: int, n: int, batches: list[list] | None = None) -> list:
+    """Share k/n of render targets, dealt round-robin: whole `batches` when given (each share then runs
+    exactly the batches one process would, so its pixels are bit-identical), else whole units (all their
+    diversity images).
 
-    Round-robin over the plan's unit order balances layers of different cost across shares; a unit's
-    image seeds depend only on the run seed, model, layer and unit, so the pixels do not depend on n.
+    Round-robin over the plan's order balances layers of different cost across shares; a unit's image
+    seeds depend only on the run seed, model, layer and unit, so the pixels do not depend on n beyond
+    float rounding of different batch mates.
     """
-    units: dict[tuple, list] = {}
-    for t in targets:
-        units.setdefault((t.layer, t.unit), []).append(t)
-    return [t for i, group in enumerate(units.values()) if i % n == k - 1 for t in group]
+    if batches is None:
+        units: dict[tuple, list] = {}
+        for t in targets:
+            units.setdefault((t.layer, t.unit), []).append(t)
+        batches = list(units.values())
+    return [t for i, group in enumerate(batches) if i % n == k - 1 for t in group]
 
 
 def part_path(out: str, k: int, n: int) -> str:
@@ -123,10 +129,7 @@ class RankGroup:
 
 
 def write_part_summary(part: str, summary: dict) -> None:
-    tmp = part + ".json.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, default=str)
-    os.replace(tmp, part + ".json")
+    write_bytes_atomic(part + ".json", json.dumps(summary, default=str).encode("utf-8"))
 
 
 def read_part_summaries(parts: list[str]) -> list[dict]:

@@ -212,8 +212,9 @@ def auto_batch(module, layers, size, device, normalize=_identity, group: int = 1
     return max(group, n // group * group)
 
 
-def _batches(targets: list[RenderTarget], size: int, group: int):
+def batches(targets: list[RenderTarget], size: int, group: int | None = None):
     """Chunks of `size` (a multiple of the diversity group, so a unit's K images share a batch)."""
+    group = group or max((t.diversity_index for t in targets), default=0) + 1
     size = max(group, size // group * group)
     for i in range(0, len(targets), size):
         yield targets[i : i + size]
@@ -265,7 +266,7 @@ def render_units(
             batch_size = auto_batch(module, layers, int(settings.size), device, normalize, group)
         else:
             batch_size = int(settings.batch)
-        chunks = list(_batches(targets, batch_size, group))
+        chunks = list(batches(targets, batch_size, group))
         records, skipped, done = [], [], 0
         for b, chunk in enumerate(chunks):
             seeds = [derive_seed(settings.seed, fingerprint, t.layer, t.unit, t.diversity_index) for t in chunk]

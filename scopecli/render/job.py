@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from scopecli.errors import ScopeError
 from scopecli.model.layers import find_layer, layer_table
-from scopecli.render.engine import RenderResult, RenderSettings, plan_targets, render_units, resolve_device
+from scopecli.render.engine import RenderResult, RenderSettings, batches, plan_targets, render_units, resolve_device
 from scopecli.render.param import spectrum_from_images
 from scopecli.render.resume import render_done_keys
 from scopecli.units import parse_units
@@ -163,7 +163,11 @@ def render_job(loaded, plan: RenderPlan, output: str | None = None, shard: str |
     final = output or (f"{loaded.name}.h5" if n == 1 or share.torchrun else f"{loaded.name}.shard-{k}-of-{n}.h5")
     path, n_all = final, plan.n_units
     if n > 1:
-        plan.targets = dist.split_units(plan.targets, k, n)
+        # torchrun ranks with a fixed --batch run exactly the batches one process would (bit-identical pixels
+        # whatever the CPU's kernels do with other batch sizes); job-array shards deal units for balance
+        fixed = list(batches(plan.targets, int(plan.settings.batch))) \
+            if share.torchrun and plan.settings.batch != "auto" else None
+        plan.targets = dist.split_units(plan.targets, k, n, fixed)
         if not plan.targets and not share.torchrun:
             raise ScopeError(f"--shard {k}/{n}: this share has no units (the plan has {n_all} images); use fewer shards")
         path = dist.part_path(final, k, n) if share.torchrun else path
