@@ -93,6 +93,7 @@ def render_cmd(
     units: Optional[str] = typer.Option(None, "--units", "-u", help="Units per layer: all, 0:64, 3,5,9 (default all)."),
     objective: str = typer.Option("channel", "--objective", help="What each image maximizes"),
     deepdream: bool = typer.Option(False, "--deepdream", help="One DeepDream image per layer (stored as unit -1)."),
+    position: str = typer.Option("center", "--position", help="With --objective neuron: center, cls (a token layer's class token) or ROW,COL of the position grid."),
     steps: int = typer.Option(512, "--steps", help="Optimization steps."),
     size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: the model's input size)."),
     param: str = typer.Option("fft", "--param", help="Image parameterization"),
@@ -128,7 +129,7 @@ def render_cmd(
     loaded = load_model(model, weights, mean, std, input_size)
     settings.size = loaded.preprocess.crop if size is None else size
     plan = plan_render(loaded, _split_names(",".join(layer)) if layer else None, units,
-                       "deepdream" if deepdream else objective, diversity, settings, data)
+                       "deepdream" if deepdream else objective, diversity, settings, data, position)
     err = Console(file=sys.stderr, soft_wrap=True)
     summary = render_job(loaded, plan, out, shard, resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out,
                          log=lambda message: err.print(message, markup=False))
@@ -405,13 +406,16 @@ def layers_cmd(
     std: Optional[str] = StdOpt,
     input_size: Optional[int] = InputSizeOpt,
     default_only: bool = typer.Option(False, "--default", help="Only the default layer set."),
+    measure: bool = typer.Option(False, "--measure", help="Measure every field the tracer cannot follow (windowed attention), not only the default layers' (slower)."),
     json_out: bool = JsonOpt,
 ):
-    """Addressable layers: output channels, spatial size, receptive field; * marks the default set."""
+    """Addressable layers: units, layout (channels first/last, tokens, vector), position grid, receptive field;
+    * marks the default set."""
     from scopecli.model.layers import layer_table
+    from scopecli.model.report import layers_table
 
     loaded = load_model(model, weights, mean, std, input_size)
-    table = layer_table(loaded.module, loaded.preprocess.crop)
+    table = layer_table(loaded.module, loaded.preprocess.crop, measure="all" if measure else None)
     if default_only:
         table = [info for info in table if info.default]
     if json_out:
@@ -423,21 +427,8 @@ def layers_cmd(
             }
         )
         return
-    out = Table(title=f"{loaded.name} ({loaded.weights}) at {loaded.preprocess.crop}px — * default layer set")
-    for col in ("", "layer", "type", "units", "HxW", "RF size", "RF stride", "RF start"):
-        out.add_column(col, justify="right" if col in ("units", "HxW", "RF size", "RF stride", "RF start") else "left")
-    for info in table:
-        out.add_row(
-            "*" if info.default else "",
-            info.name,
-            info.kind,
-            str(info.channels),
-            f"{info.height}x{info.width}",
-            str(info.rf_size),
-            str(info.rf_stride),
-            str(info.rf_start),
-        )
-    _out().print(out)
+    _out().print(layers_table(f"{loaded.name} ({loaded.weights}) at {loaded.preprocess.crop}px — * default layer set",
+                              table))
 
 
 @app.command("models")

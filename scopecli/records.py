@@ -15,9 +15,51 @@ import numpy as np
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 
+LAYOUTS = ("nchw", "nhwc", "tokens", "vector")
+FIELDS = ("local", "measured", "global")
+
+
+@dataclass(frozen=True)
+class LayerLayout:
+    """How a layer's output tensor maps to units x positions, found by tracing the model (not by names).
+
+    kind: nchw (channels first), nhwc (channels last: Swin, ConvNeXt internals), tokens (N x T x D: ViT,
+    CLIP; `prefix` class/register tokens come before the grid and stay out of it), vector (N x D).
+    perm: the output's dims in (batch, channel, spatial...) order (tokens: batch, channel, token).
+    grid: (rows, columns) of positions; (1, 1) for vectors.
+    field: what the layer record's rf_* numbers are: "local" (traced exactly), "measured" (the gradient
+    support of the centre position, where the tracer cannot follow, e.g. windowed attention), or
+    "global" (every position sees the whole input: global attention; rf_* then span the input).
+    global_context: a global gate or statistic also enters (squeeze-excitation, ...): the rf_* window is
+    the local path that crops use.
+    """
+
+    kind: str
+    perm: tuple[int, ...]
+    grid: tuple[int, int]
+    prefix: int = 0
+    field: str = "local"
+    global_context: bool = False
+
+    @staticmethod
+    def implied(shape) -> "LayerLayout":
+        """The layout of a layer stored before layouts were recorded (format 1.0): channels first."""
+        c, h, w = (int(x) for x in shape)
+        if (h, w) == (1, 1):
+            return LayerLayout("vector", (0, 1), (1, 1))
+        return LayerLayout("nchw", (0, 1, 2, 3), (h, w))
+
+    def describe(self) -> str:
+        """Short text for tables: nchw 14x14, tokens 1+14x14, vector."""
+        if self.kind == "vector":
+            return "vector"
+        grid = f"{self.grid[0]}x{self.grid[1]}"
+        return f"tokens {self.prefix}+{grid}" if self.kind == "tokens" and self.prefix else f"{self.kind} {grid}"
+
+
 @dataclass
 class LayerRecord:
-    """What a layer is: its dotted PyTorch name, unit count, output shape and receptive field.
+    """What a layer is: its dotted PyTorch name, unit count, output shape, layout and receptive field.
 
     Receptive field of activation-grid position (y, x) in model-input pixels:
     rows [rf_start + y*rf_stride, rf_start + y*rf_stride + rf_size), same for columns.
@@ -25,10 +67,15 @@ class LayerRecord:
 
     name: str
     units: int
-    shape: tuple[int, int, int]  # (C, H, W) at the model's input size; (C, 1, 1) for vectors
+    shape: tuple[int, int, int]  # (C, grid rows, grid columns) at the model's input size; (C, 1, 1) for vectors
     rf_size: int
     rf_stride: int
     rf_start: int
+    layout: LayerLayout | None = None  # None: stored before layouts were recorded (see `effective_layout`)
+
+    @property
+    def effective_layout(self) -> LayerLayout:
+        return self.layout if self.layout is not None else LayerLayout.implied(self.shape)
 
 
 @dataclass

@@ -23,7 +23,8 @@ from scopecli.collect.data import MAX_PIXELS, ImageSource, ModelInputs, default_
 from scopecli.devices import resolve_device
 from scopecli.errors import ScopeError
 from scopecli.model.capture import LayerTap
-from scopecli.model.layers import find_layer, layer_table
+from scopecli.model import adapter
+from scopecli.model.layers import select_layers
 from scopecli.progress import progress as progress_bar
 from scopecli.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock
 from scopecli.settings import CheckedSettings, reads
@@ -148,15 +149,6 @@ def shard_range(n_images: int, batch: int, k: int, n: int) -> range:
     return range(min(b0 * batch, n_images), min(b1 * batch, n_images))
 
 
-def _as_units(a: torch.Tensor) -> torch.Tensor:
-    """Layer output -> float32 [N, C, P] (P = spatial positions; 1 for vectors)."""
-    if a.dim() == 2:
-        return a.float().unsqueeze(2)
-    if a.dim() == 4:
-        return a.float().flatten(2)
-    raise ScopeError(f"layer output has {a.dim()} dimensions; collect needs (N,C) or (N,C,H,W)")
-
-
 def collect(model, source: ImageSource, layers: list[str] | None = None, settings: CollectSettings | None = None,
             sink=None, quiet: bool = True, log=None, checkpoint=None) -> CollectResult:
     """Run collect for a LoadedModel over an ImageSource; records go to `sink` (default: kept in memory).
@@ -170,11 +162,8 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
     device = resolve_device(settings.device)
     module = model.module
     pre = model.preprocess
-    table_info = layer_table(module, pre.crop)
-    names = list(dict.fromkeys(layers)) if layers else [i.name for i in table_info if i.default]
-    if not names:
-        raise ScopeError("the model has no default layers; pass --layer NAME")
-    infos = [find_layer(table_info, n) for n in names]
+    infos = select_layers(module, pre.crop, layers)
+    names = [i.name for i in infos]
     records = [i.record() for i in infos]
     own_sink = sink is None
     sink = MemorySink() if own_sink else sink
@@ -293,7 +282,7 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
                 state.probe_index.append((idx if sel is None else idx[good])[is_probe])
             probe_sel = torch.from_numpy(np.flatnonzero(is_probe)).to(device) if is_probe.any() else None
             for rec in records:
-                a = _as_units(outs[rec.name])
+                a = adapter.units(outs[rec.name], rec.effective_layout).float()
                 if sel is not None:
                     a = a.index_select(0, sel)
                 if a.shape[0] == 0:

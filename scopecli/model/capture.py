@@ -11,25 +11,12 @@ import torch
 from torch import nn
 
 from scopecli.errors import ScopeError
+from scopecli.model.adapter import module_tensor
 from scopecli.model.layers import get_module
 
 
 class _StopForward(Exception):
     """Raised inside a hook once every requested layer has produced its output."""
-
-
-def _first_tensor(output):
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            if isinstance(item, torch.Tensor):
-                return item
-    if isinstance(output, dict):
-        for item in output.values():
-            if isinstance(item, torch.Tensor):
-                return item
-    raise ScopeError(f"layer output of type {type(output).__name__} holds no tensor")
 
 
 class LayerTap:
@@ -53,7 +40,7 @@ class LayerTap:
         def hook(module, inputs, output):
             if name in self._outputs:
                 return
-            self._outputs[name] = _first_tensor(output)
+            self._outputs[name] = module_tensor(output, name)
             if self.stop and len(self._outputs) == len(self.names):
                 raise _StopForward
 

@@ -6,15 +6,15 @@ module's output shape and, traced by model/receptive.py, its receptive field.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
 from scopecli.errors import ScopeError
 from scopecli.fileio import did_you_mean
-from scopecli.model.receptive import field_ints, field_of, tensors, tracing_fields
-from scopecli.records import LayerRecord
+from scopecli.model.receptive import annotation, field_ints, layout_of, tensors, tracing
+from scopecli.records import LayerLayout, LayerRecord
 
 LAYERS_HINT = "`scope layers MODEL` lists them"
 
@@ -49,7 +49,8 @@ _ACTIVATIONS = (
 
 @dataclass
 class LayerInfo:
-    """One addressable layer: its output at the model's input size and its receptive field."""
+    """One addressable layer: its units, position grid and layout at the model's input size, and the
+    receptive field of its positions (see `LayerLayout.field` for what the numbers are)."""
 
     name: str
     kind: str
@@ -60,6 +61,9 @@ class LayerInfo:
     rf_stride: int
     rf_start: int
     default: bool = False
+    layout: LayerLayout | None = None
+    output: str | None = None  # which element of a tuple/dict output is used (None: a plain tensor)
+    measured: bool = False  # a "measured" field whose rf_* numbers are the gradient support (not yet: whole input)
 
     def record(self) -> LayerRecord:
         return LayerRecord(
@@ -69,10 +73,16 @@ class LayerInfo:
             rf_size=self.rf_size,
             rf_stride=self.rf_stride,
             rf_start=self.rf_start,
+            layout=self.layout,
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        lay = self.layout
+        d["layout"] = None if lay is None else {
+            "kind": lay.kind, "grid": list(lay.grid), "prefix_tokens": lay.prefix, "field": lay.field,
+            "global_context": lay.global_context, "axes": list(lay.perm)}
+        return d
 
 
 # ---------------------------------------------------------------- module lookup
@@ -101,14 +111,57 @@ def _is_conv_stack(module: nn.Module) -> bool:
     return convs >= 2 and not any(_is_block(c) for c in children)
 
 
-def _default_names(model: nn.Module, produced: dict[str, tuple]) -> list[str]:
+@dataclass
+class _Seen:
+    """What one forward told about a module: its output's shape, layout, annotation, identity."""
+
+    kind: str
+    shape: tuple
+    layout: LayerLayout | None
+    ann: object
+    passthrough: bool  # returns the very tensor a descendant made (a Sequential, a wrapper that only runs
+    output: str | None  # its children in turn) rather than computing its own (a residual add, a concat)
+
+
+def _passthrough(name: str, seen: dict[str, _Seen]) -> bool:
+    me = seen.get(name)
+    return me is not None and me.passthrough
+
+
+def _default_names(model: nn.Module, seen: dict[str, _Seen]) -> list[str]:
+    """Microscope's choice, by structure: the outputs of a model's blocks (expanding stacks of blocks and
+    wrappers that only run a stack of blocks), conv+activation outputs of plain conv stacks, and for
+    token blocks (ViT) also the MLP's hidden activation (the "neurons")."""
     names: list[str] = []
+    modules = dict(model.named_modules())
 
-    def spatial(name):
-        shape = produced.get(name)
-        return shape is not None and len(shape) == 4
+    def addressable(name: str) -> bool:
+        s = seen.get(name)
+        return s is not None and s.layout is not None and s.layout.kind != "vector"
 
-    def visit(prefix: str, module: nn.Module, top: bool):
+    def deep(module: nn.Module) -> bool:
+        """A block made of blocks (a residual unit, an attention layer), not of plain layers."""
+        return _is_block(module) and any(_is_block(g) for g in module.children())
+
+    def wrapper_stack(prefix: str, module: nn.Module) -> list[tuple[str, nn.Module]] | None:
+        """The stack of deep blocks a pure wrapper runs in turn (ViT's encoder, MaxViT's blocks and layers)."""
+        if not _passthrough(prefix, seen):
+            return None
+        for child_name, child in module.named_children():
+            kids = list(child.named_children())
+            if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(kids) >= 2 and all(deep(m) for _, m in kids):
+                return [(f"{prefix}.{child_name}.{n}", m) for n, m in kids]
+        return None
+
+    def take(full: str, child: nn.Module) -> None:
+        stack = wrapper_stack(full, child)
+        if stack:
+            for n, m in stack:
+                take(n, m)
+        elif addressable(full):
+            names.append(full)
+
+    def visit(prefix: str, module: nn.Module):
         children = list(module.named_children())
         if _is_conv_stack(module):
             items = children
@@ -123,7 +176,7 @@ def _default_names(model: nn.Module, produced: dict[str, tuple]) -> list[str]:
                         if isinstance(later, _ACTIVATIONS):
                             pick = f"{prefix}{later_name}"
                             break
-                    if spatial(pick) and pick not in names:
+                    if addressable(pick) and pick not in names:
                         names.append(pick)
             return
         for child_name, child in children:
@@ -133,41 +186,124 @@ def _default_names(model: nn.Module, produced: dict[str, tuple]) -> list[str]:
             grand_blocks = any(_is_block(g) for g in child.children())
             expandable = isinstance(child, (nn.Sequential, nn.ModuleList)) and (grand_blocks or _is_conv_stack(child))
             if expandable:
-                visit(full + ".", child, False)
-            elif spatial(full):
-                names.append(full)
+                visit(full + ".", child)
+            else:
+                take(full, child)
 
-    visit("", model, True)
-    if not names:  # no blocks: every spatial activation, else every spatial conv
-        acts = [n for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS) and spatial(n)]
-        convs = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and spatial(n)]
+    visit("", model)
+    if not names:  # no blocks: every addressable activation, else every addressable conv
+        acts = [n for n, m in modules.items() if isinstance(m, _ACTIVATIONS) and addressable(n)]
+        convs = [n for n, m in modules.items() if isinstance(m, nn.modules.conv._ConvNd) and addressable(n)]
         names = acts or convs
-    order = list(produced)
-    return sorted(names, key=order.index)
+    hidden = []
+    for block in names:  # a transformer block's MLP hidden units: wider token activations inside it
+        lay = seen[block].layout
+        if lay.kind != "tokens":
+            continue
+        width = seen[block].shape[lay.perm[1]]
+        for n, m in modules.items():
+            s = seen.get(n)
+            if n.startswith(block + ".") and isinstance(m, _ACTIVATIONS) and s is not None and s.layout is not None \
+                    and s.layout.kind == "tokens" and s.shape[s.layout.perm[1]] > width:
+                hidden.append(n)
+    order = list(seen)
+    return sorted(set(names) | set(hidden), key=order.index)
 
 
 # ---------------------------------------------------------------- table
 
 
-def layer_table(model: nn.Module, input_size: int) -> list[LayerInfo]:
-    """Every module that produces a 2-D or 4-D tensor, in execution order, with shapes and fields."""
-    if input_size < 8:
-        raise ScopeError(f"input size {input_size} is too small (at least 8 pixels)")
-    produced: dict[str, tuple] = {}
-    fields: dict[str, object] = {}
-    kinds: dict[str, str] = {}
+MEASURE_BATCH = 8  # layers measured together: one backward for this many layers
+
+
+def _gates_held():
+    """During measurement, global reductions (squeeze-excitation's pooling) pass no gradient: the field
+    measured is the local one, as the tracer reports it."""
+    from torch.overrides import TorchFunctionMode
+
+    class Hold(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = getattr(func, "__name__", "")
+            if isinstance(out, torch.Tensor) and out.dim() == 4 and tuple(out.shape[-2:]) == (1, 1) and args \
+                    and isinstance(args[0], torch.Tensor) and args[0].dim() == 4 and args[0].shape[-1] > 1 \
+                    and (name.startswith("adaptive_") or name in ("mean", "amax", "sum")):
+                return out.detach()
+            return out
+
+    return Hold()
+
+
+def measure_fields(model: nn.Module, infos: list[LayerInfo], input_size: int) -> dict[str, tuple[int, int, int]]:
+    """(size, stride, start) of each layer's centre position, from the support of its input gradient.
+
+    One backward measures several layers: batch row i carries a random combination of layer i's units at
+    its centre position, so row i's input gradient is exactly that position's dependence (eval mode keeps
+    rows independent). The field is then the bounding box of the nonzero gradient, clipped to the input.
+    """
+    from scopecli.model import adapter
+    from scopecli.model.capture import LayerTap
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    out: dict[str, tuple[int, int, int]] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for k in range(0, len(infos), MEASURE_BATCH):
+            chunk = infos[k : k + MEASURE_BATCH]
+            x = torch.randn(len(chunk), 3, input_size, input_size, generator=g).to(device).requires_grad_(True)
+            with torch.enable_grad(), _gates_held(), LayerTap(model, [i.name for i in chunk]) as tap:
+                acts = tap(x)
+                loss = x.new_zeros(())
+                for row, info in enumerate(chunk):
+                    view = adapter.grid(acts[info.name], info.layout).float()
+                    cy, cx = info.height // 2, info.width // 2
+                    weights = torch.randn(view.shape[1], generator=g).to(device)
+                    loss = loss + (view[row, :, cy, cx] * weights).sum()
+                (grad,) = torch.autograd.grad(loss, [x])
+            for row, info in enumerate(chunk):
+                support = grad[row].abs().sum(0) > 0
+                ys, xs = torch.nonzero(support.any(1)).flatten(), torch.nonzero(support.any(0)).flatten()
+                stride = max(1, round(input_size / max(info.height, info.width, 1)))
+                if ys.numel() == 0:
+                    out[info.name] = (0, stride, 0)
+                    continue
+                y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+                size = max(y1 - y0, x1 - x0)
+                start = min(y0 - (info.height // 2) * stride, x0 - (info.width // 2) * stride)
+                out[info.name] = (size, stride, start)
+    finally:
+        model.train(was_training)
+    return out
+
+
+class _Enough(Exception):
+    """Every layer a partial trace needed has run."""
+
+
+def _trace(model: nn.Module, input_size: int, until=None) -> dict[str, _Seen]:
+    """One traced forward at this input size (2 images), hooks on every module; `until` (layer names):
+    stop once they have all run, so nothing after them runs."""
+    from scopecli.model.adapter import output_note
+
+    until = set(until) if until else None
+    seen: dict[str, _Seen] = {}
     handles = []
+    last: list = [None, ""]  # the output of the module whose hook fired last (hooks fire children first)
 
     def hook_for(name):
         def hook(module, inputs, output):
-            if name in produced:
-                return
             tensor = next(tensors(output), None)
-            if tensor is None or tensor.dim() not in (2, 4):
+            if tensor is None or name in seen:
                 return
-            produced[name] = tuple(tensor.shape)
-            fields[name] = field_of(tensor)
-            kinds[name] = type(module).__name__
+            ann = annotation(tensor)
+            passthrough = tensor is last[0] and last[1].startswith(name + ".")
+            seen[name] = _Seen(type(module).__name__, tuple(tensor.shape), layout_of(ann, tensor), ann, passthrough,
+                               output_note(output))
+            last[0], last[1] = tensor, name
+            if until is not None and until <= seen.keys():
+                raise _Enough
 
         return hook
 
@@ -175,12 +311,14 @@ def layer_table(model: nn.Module, input_size: int) -> list[LayerInfo]:
         if name:
             handles.append(module.register_forward_hook(hook_for(name)))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.zeros(1, 3, input_size, input_size, device=device)
+    x = torch.zeros(2, 3, input_size, input_size, device=device)  # two images: the batch axis stays visible
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), tracing_fields(x):
+        with torch.no_grad(), tracing(x):
             model(x)
+    except _Enough:
+        pass
     except ScopeError:
         raise
     except Exception as exc:  # a model that cannot run at this size
@@ -189,15 +327,79 @@ def layer_table(model: nn.Module, input_size: int) -> list[LayerInfo]:
         for h in handles:
             h.remove()
         model.train(was_training)
+    return seen
 
-    defaults = set(_default_names(model, produced))
+
+def layer_table(model: nn.Module, input_size: int, measure=None) -> list[LayerInfo]:
+    """Every module whose output maps to units x positions, in execution order, with layout and field.
+
+    Fields the tracer cannot follow (windowed attention, cyclic shifts, unknown ops) are measured from the
+    gradient support of a centre position for the default layers and for the layers named in `measure`
+    ("all": every such layer); the others report the whole input until measured (`ensure_measured`).
+    """
+    if input_size < 8:
+        raise ScopeError(f"input size {input_size} is too small (at least 8 pixels)")
+    seen = _trace(model, input_size)
+    defaults = set(_default_names(model, seen))
     table = []
-    for name, shape in produced.items():
-        channels = shape[1]
-        height, width = (shape[2], shape[3]) if len(shape) == 4 else (1, 1)
-        size, stride, start = field_ints(fields[name], input_size)
-        table.append(LayerInfo(name, kinds[name], channels, height, width, size, stride, start, name in defaults))
-    return table
+    for name, s in seen.items():
+        if s.layout is None:
+            continue
+        lay = s.layout
+        channels = s.shape[lay.perm[1]]
+        size, stride, start = field_ints(s.ann, lay, input_size)
+        table.append(LayerInfo(name, s.kind, int(channels), int(lay.grid[0]), int(lay.grid[1]), size, stride, start,
+                               name in defaults, lay, s.output))
+    wanted = {i.name for i in table if i.default}
+    if measure == "all":
+        wanted = {i.name for i in table}
+    elif measure:
+        wanted |= set(measure)
+    return ensure_measured(model, table, input_size, wanted)
+
+
+def ensure_measured(model: nn.Module, table: list[LayerInfo], input_size: int, names) -> list[LayerInfo]:
+    """The table with the measured fields of these layers filled in (others as they are)."""
+    names = set(names)
+    todo = [i for i in table if i.name in names and i.layout.field == "measured" and not i.measured]
+    if not todo:
+        return table
+    fields = measure_fields(model, todo, input_size)
+    out = []
+    for info in table:
+        if info.name in fields:
+            size, stride, start = fields[info.name]
+            info = replace(info, rf_size=size, rf_stride=stride, rf_start=start, measured=True)
+        out.append(info)
+    return out
+
+
+def layouts_at(model: nn.Module, input_size: int, names) -> dict[str, LayerLayout]:
+    """The layouts of some layers at an input size (token grids depend on it); one traced forward, no
+    measuring. A model that cannot take this size, or a layer that is not units x positions, is refused."""
+    for name in names:
+        get_module(model, name)  # unknown names get the usual hint
+    seen = _trace(model, input_size, until=names)
+    out = {}
+    for name in names:
+        s = seen.get(name)
+        if s is None:
+            raise ScopeError(f"layer {name} produced no tensor at {input_size}x{input_size} inputs")
+        if s.layout is None:
+            raise ScopeError(f"layer {name} has an output of shape {tuple(s.shape)} that scope cannot map to units x "
+                             "positions; pick another layer (`scope layers MODEL` lists them)")
+        out[name] = s.layout
+    return out
+
+
+def select_layers(model: nn.Module, input_size: int, names=None, hint: str = "pass --layer NAME") -> list[LayerInfo]:
+    """The layers a command works on: `names` (in that order, unknown ones refused with a hint) or the
+    default set, with their fields measured where the tracer could not follow them."""
+    table = layer_table(model, input_size, measure=list(names) if names else None)
+    names = list(dict.fromkeys(names)) if names else [i.name for i in table if i.default]
+    if not names:
+        raise ScopeError(f"the model has no default layers; {hint}")
+    return [find_layer(table, n) for n in names]
 
 
 def default_layers(model: nn.Module, input_size: int) -> list[str]:

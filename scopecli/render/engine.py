@@ -23,7 +23,9 @@ from torch import nn
 
 from scopecli.devices import resolve_device
 from scopecli.errors import ScopeError
+from scopecli.model import adapter
 from scopecli.model.capture import LayerTap
+from scopecli.model.layers import layouts_at
 from scopecli.records import RenderRecord
 from scopecli.render import transforms as tf
 from scopecli.render.objectives import OBJECTIVE_KINDS, OBJECTIVES, RenderTarget, batch_objectives
@@ -120,10 +122,11 @@ def derive_seed(seed: int, fingerprint: str, layer: str, unit: int, diversity_in
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & (2**63 - 1)
 
 
-def plan_targets(layer_units, objective: str = "channel", diversity: int = 1) -> list[RenderTarget]:
+def plan_targets(layer_units, objective: str = "channel", diversity: int = 1, position: str = "") -> list[RenderTarget]:
     """Targets for {layer: [units]} (or [(layer, units)]): K = `diversity` images per unit, contiguous.
 
     Per-layer objectives (deepdream) render one image per layer (unit -1) whatever the units.
+    position: "" (centre for neuron), "cls" or "y,x" (see RenderTarget), with the neuron objective only.
     """
     if objective not in OBJECTIVES:
         raise ScopeError(f"unknown --objective '{objective}': choose one of {', '.join(OBJECTIVES)}")
@@ -136,8 +139,46 @@ def plan_targets(layer_units, objective: str = "channel", diversity: int = 1) ->
         units = [-1] if per_layer else list(units)
         for unit in units:
             for k in range(int(diversity)):
-                targets.append(RenderTarget(layer, int(unit), objective, k))
+                targets.append(RenderTarget(layer, int(unit), objective, k, position if not per_layer else ""))
     return targets
+
+
+def check_position(position: str, objective: str, layout, layer: str) -> str:
+    """The normalised --position for a layer ("" = the grid), or a one-line error."""
+    text = (position or "").strip().lower().replace(" ", "")
+    if text in ("", "center", "centre"):
+        return ""
+    if objective != "neuron":
+        raise ScopeError(f"--position {position} picks one position: use it with --objective neuron")
+    if text == "cls":
+        if layout.kind != "tokens" or layout.prefix < 1:
+            raise ScopeError(f"--position cls: layer {layer} has no class token ({layout.describe()})")
+        return "cls"
+    try:
+        y, x = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ScopeError(f"--position must be center, cls or ROW,COL (e.g. 3,5), got '{position}'") from None
+    gh, gw = layout.grid
+    if not (0 <= y < gh and 0 <= x < gw):
+        raise ScopeError(f"--position {y},{x} is outside the {gh}x{gw} position grid of layer {layer}")
+    return f"{y},{x}"
+
+
+def activation_views(raw: dict[str, torch.Tensor], layouts: dict, keys) -> dict[str, torch.Tensor]:
+    """What objectives read: each layer as its canonical grid (N, C, rows, cols) or (N, C), and for
+    positioned targets `layer@cls` / `layer@y,x` as that one position (N, C, 1)."""
+    out = {}
+    for key in keys:
+        layer, _, pos = key.partition("@")
+        lay = layouts[layer]
+        if not pos:
+            out[key] = adapter.grid(raw[layer], lay)
+        elif pos == "cls":
+            out[key] = adapter.prefix(raw[layer], lay)[:, :, :1]
+        else:
+            y, x = (int(v) for v in pos.split(","))
+            out[key] = adapter.grid(raw[layer], lay)[:, :, y, x].unsqueeze(2)
+    return out
 
 
 def _unwrap(model, normalize, fingerprint):
@@ -237,6 +278,7 @@ def render_units(
     progress=None,
     on_batch=None,
     on_records=None,
+    layouts: dict | None = None,
 ) -> RenderResult:
     """Render every target; return records (with evidence) and skipped targets.
 
@@ -246,6 +288,7 @@ def render_units(
     progress: an object with `.advance(n)` (scopecli.progress), advanced in units.
     on_batch(done_batches, total_batches, done_targets, elapsed_s): called after every batch.
     on_records(records): called with each batch's [(layer, RenderRecord)] (e.g. to store them at once).
+    layouts: {layer: LayerLayout} at settings.size (default: traced here).
     """
     settings = settings or RenderSettings()
     settings.check()
@@ -262,6 +305,7 @@ def render_units(
     start = time.perf_counter()
     try:
         layers = list(dict.fromkeys(t.layer for t in targets))
+        layouts = layouts or layouts_at(module, int(settings.size), layers)
         if settings.batch == "auto":
             batch_size = auto_batch(module, layers, int(settings.size), device, normalize, group)
         else:
@@ -270,7 +314,8 @@ def render_units(
         records, skipped, done = [], [], 0
         for b, chunk in enumerate(chunks):
             seeds = [derive_seed(settings.seed, fingerprint, t.layer, t.unit, t.diversity_index) for t in chunk]
-            recs, skips = _render_batch(module, normalize, chunk, seeds, settings, device, dataset_max, progress)
+            recs, skips = _render_batch(module, normalize, chunk, seeds, settings, device, dataset_max, progress,
+                                        layouts)
             records.extend(recs)
             skipped.extend(skips)
             if on_records is not None and recs:
@@ -283,7 +328,7 @@ def render_units(
         module.train(was_training)
 
 
-def _render_batch(module, normalize, targets, seeds, settings, device, dataset_max, progress):
+def _render_batch(module, normalize, targets, seeds, settings, device, dataset_max, progress, layouts):
     """Optimize one batch; returns ([(layer, RenderRecord)], [(target, reason)])."""
     t0 = time.perf_counter()
     n, size, steps = len(targets), int(settings.size), int(settings.steps)
@@ -299,6 +344,7 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
 
     objective, measure = batch_objectives(targets, settings.diversity_weight)
     layers = list(dict.fromkeys(t.layer for t in targets))
+    views = list(dict.fromkeys([t.view for t in targets] + layers))
     every = max(1, int(settings.trace_every))
     trace = torch.zeros((steps + every - 1) // every, n, device=device)
     optimizer = torch.optim.Adam([param.raw], lr=settings.lr)
@@ -310,7 +356,7 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, settings.amp), (RedirectedReLU() if redirect else nullcontext()):
-            return tap(x)
+            return activation_views(tap(x), layouts, views)
 
     with LayerTap(module, layers) as tap:
         for step in range(steps):
@@ -355,7 +401,7 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
                 ratio = values[0] / top
         rec = RenderRecord(
             unit=target.unit,
-            objective=target.objective,
+            objective=target.stored_objective,
             diversity_index=target.diversity_index,
             image=np.ascontiguousarray(pixels[i].numpy()),
             seed=seeds[i],

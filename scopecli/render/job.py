@@ -13,8 +13,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from scopecli.errors import ScopeError
-from scopecli.model.layers import find_layer, layer_table
-from scopecli.render.engine import RenderResult, RenderSettings, batches, plan_targets, render_units, resolve_device
+from scopecli.model.layers import layouts_at, select_layers
+from scopecli.render.engine import (
+    RenderResult,
+    RenderSettings,
+    batches,
+    check_position,
+    plan_targets,
+    render_units,
+    resolve_device,
+)
 from scopecli.render.param import spectrum_from_images
 from scopecli.render.resume import render_done_keys
 from scopecli.units import parse_units
@@ -30,6 +38,7 @@ class RenderPlan:
     targets: list
     settings: RenderSettings
     layer_records: dict = field(default_factory=dict)
+    layouts: dict = field(default_factory=dict)  # layer -> LayerLayout at the render size
 
     @property
     def n_units(self) -> int:
@@ -37,26 +46,37 @@ class RenderPlan:
 
 
 def plan_render(loaded, layers=None, units: str | None = None, objective: str = "channel",
-                diversity: int = 1, settings: RenderSettings | None = None, data_dir=None) -> RenderPlan:
-    """Resolve layer names (default set when none), unit selections and settings; raise ScopeError early."""
+                diversity: int = 1, settings: RenderSettings | None = None, data_dir=None,
+                position: str = "") -> RenderPlan:
+    """Resolve layer names (default set when none), unit selections and settings; raise ScopeError early.
+
+    A model that cannot take `settings.size` (fixed position embeddings, window sizes) is refused here,
+    before anything runs; `position` (neuron objective: center, cls, or row,col) is checked per layer."""
     settings = settings or RenderSettings(size=loaded.preprocess.crop)
     settings.check()
     resolve_device(settings.device)
-    table = layer_table(loaded.module, loaded.preprocess.crop)
-    names = list(dict.fromkeys(layers)) if layers else [info.name for info in table if info.default]
-    if not names:
-        raise ScopeError("the model has no default layers; name some with --layer")
+    crop, size = loaded.preprocess.crop, int(settings.size)
     chosen, records = {}, {}
-    for name in names:
-        info = find_layer(table, name)
-        chosen[name] = parse_units(units if units is not None else "all", info.channels)
-        records[name] = info.record()
+    infos = select_layers(loaded.module, crop, layers, "name some with --layer")
+    for info in infos:
+        chosen[info.name] = parse_units(units if units is not None else "all", info.channels)
+        records[info.name] = info.record()
+    layouts = {i.name: i.layout for i in infos}
+    if size != crop:
+        try:
+            layouts = layouts_at(loaded.module, size, list(chosen))
+        except ScopeError as exc:
+            if "does not run on" not in str(exc):
+                raise
+            raise ScopeError(f"{loaded.name} cannot take {size}x{size} inputs ({str(exc).split(': ', 1)[-1]}); "
+                             f"render at its input size: --size {crop}") from None
+    positions = {check_position(position, objective, layouts[name], name) for name in chosen}
     if data_dir is not None:
         if settings.param != "maco":
             raise ScopeError("--data gives MACO its magnitude spectrum; use it with --param maco")
-        settings.magnitude = spectrum_from_images(data_dir, int(settings.size))
-    targets = plan_targets(chosen, objective, diversity)
-    return RenderPlan(chosen, targets, settings, records)
+        settings.magnitude = spectrum_from_images(data_dir, size)
+    targets = plan_targets(chosen, objective, diversity, positions.pop() if len(positions) == 1 else "")
+    return RenderPlan(chosen, targets, settings, records, layouts)
 
 
 def _dataset_maxima(existing, layers) -> dict[str, dict[int, float]]:
@@ -120,7 +140,7 @@ def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", p
 
         if targets:
             result = render_units(loaded, targets, plan.settings, dataset_max=maxima, progress=progress,
-                                  on_batch=on_batch, on_records=store)
+                                  on_batch=on_batch, on_records=store, layouts=plan.layouts or None)
         else:  # --resume found everything done
             result = RenderResult([], [], 0.0, 0, str(resolve_device(plan.settings.device)))
         writer.add_timing("render", result.seconds)

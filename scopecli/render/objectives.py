@@ -279,12 +279,26 @@ class Diversity(Objective, _DeviceCache):
 
 @dataclass(frozen=True)
 class RenderTarget:
-    """One image to render: a unit of a layer (unit -1 for deepdream) under an objective."""
+    """One image to render: a unit of a layer (unit -1 for deepdream) under an objective.
+
+    position: "" (the layer's grid; neuron = its centre), "cls" (a token layer's first class/register
+    token) or "y,x" (one grid position): the objective then sees only that position."""
 
     layer: str
     unit: int
     objective: str = "channel"
     diversity_index: int = 0
+    position: str = ""
+
+    @property
+    def view(self) -> str:
+        """The activation view the objective reads: the layer, or `layer@position`."""
+        return f"{self.layer}@{self.position}" if self.position else self.layer
+
+    @property
+    def stored_objective(self) -> str:
+        """What the artifact records as the objective (`neuron@cls` for a positioned neuron)."""
+        return f"{self.objective}@{self.position}" if self.position else self.objective
 
 
 def batch_objectives(targets: list[RenderTarget], diversity_weight: float = 1.0) -> tuple[Objective, Objective]:
@@ -298,7 +312,7 @@ def batch_objectives(targets: list[RenderTarget], diversity_weight: float = 1.0)
     kinds = [objective_kind(t.objective) for t in targets]
     by_kind: dict[tuple[str, str], list[int]] = defaultdict(list)
     for row, (t, kind) in enumerate(zip(targets, kinds)):
-        by_kind[(kind.measured_as or kind.name, t.layer)].append(row)
+        by_kind[(kind.measured_as or kind.name, t.view)].append(row)
     measure_parts = [
         UnitScore(base, layer, rows, [] if OBJECTIVE_KINDS[base].per_layer else [targets[r].unit for r in rows], batch)
         for (base, layer), rows in by_kind.items()
