@@ -15,7 +15,16 @@ import math
 import numpy as np
 
 from scopecli.artifact import ArtifactWriter
-from scopecli.records import QUANTILES, ExampleSet, ImageTable, LayerRecord, ProbeBlock, RenderRecord, StatsBlock
+from scopecli.records import (
+    QUANTILES,
+    ExampleSet,
+    ImageTable,
+    LayerLayout,
+    LayerRecord,
+    ProbeBlock,
+    RenderRecord,
+    StatsBlock,
+)
 
 FAKE_FINGERPRINT = hashlib.sha256(b"fake model").hexdigest()
 
@@ -31,10 +40,12 @@ def fake_model_info(fingerprint: str = FAKE_FINGERPRINT, spec: str = "fakenet") 
 
 
 def fake_layers() -> list[LayerRecord]:
-    """Two layers: a conv-like one with a '/' in its name (must be escaped) and a vector one."""
+    """Two layers: a conv-like one with a '/' in its name (must be escaped) and a vector one, with layouts."""
     return [
-        LayerRecord(name="features.1/conv", units=6, shape=(6, 8, 8), rf_size=11, rf_stride=8, rf_start=-4),
-        LayerRecord(name="head.fc", units=4, shape=(4, 1, 1), rf_size=64, rf_stride=1, rf_start=0),
+        LayerRecord(name="features.1/conv", units=6, shape=(6, 8, 8), rf_size=11, rf_stride=8, rf_start=-4,
+                    layout=LayerLayout("nchw", (0, 1, 2, 3), (8, 8))),
+        LayerRecord(name="head.fc", units=4, shape=(4, 1, 1), rf_size=64, rf_stride=1, rf_start=0,
+                    layout=LayerLayout("vector", (0, 1), (1, 1), field="global")),
     ]
 
 

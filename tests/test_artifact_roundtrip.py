@@ -20,7 +20,7 @@ from artifact_factory import (
 
 from scopecli import open_artifact as top_level_open
 from scopecli.artifact import ArtifactWriter, open_artifact
-from scopecli.artifact.layout import escape_name, unescape_name
+from scopecli.artifact.layout import FORMAT_VERSION, escape_name, unescape_name
 from scopecli.errors import ScopeError
 from scopecli.records import LayerRecord
 
@@ -51,7 +51,7 @@ def test_full_round_trip(tmp_path):
         assert art.layers == [conv.name, fc.name]
         assert art.layer(conv.name) == conv
         assert art.model == fake_model_info()
-        assert art.format_version == "1.0"
+        assert art.format_version == FORMAT_VERSION  # this scope's format (1.1 since layouts)
         run = art.provenance[-1]
         assert run["command"] == "render" and run["params"] == {"steps": 64} and run["timings"] == {"optimize": 2.0}
         t = art.dataset

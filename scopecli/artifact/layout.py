@@ -1,4 +1,4 @@
-"""Names, encodings, limits and checksums of artifact format 1.0, shared by writer, reader and validator.
+"""Names, encodings, limits and checksums of artifact format 1.x, shared by writer, reader and validator.
 
 Everything that both sides must agree on lives here so the two can never drift apart.
 """
@@ -11,9 +11,9 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 FORMAT_NAME = "scope.artifact"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1
 
 # Features a reader must understand; the writer lists the ones a file uses in the root attribute. These
 # are the format's own; every registered element adds its own (`registry.known_features`).

@@ -10,6 +10,7 @@ unit's bytes (plus the small per-layer index tables, once).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -293,8 +294,13 @@ class Artifact:
         return e
 
     def layer(self, name: str) -> LayerRecord:
-        """The LayerRecord (units, shape, receptive field) of a stored layer."""
-        return self._layer(name).rec
+        """The LayerRecord (units, shape, layout, receptive field) of a stored layer (layout None in 1.0 files)."""
+        e = self._layer(name)
+        if "layout" not in e.sections:
+            lay = self.section(name, "layout")
+            if lay is not None:
+                e.rec = e.slot.record = dataclasses.replace(e.rec, layout=lay)
+        return e.rec
 
     def slot(self, name: str) -> registry.LayerSlot:
         """What elements see of a stored layer (name, units, place in the file, image count)."""

@@ -204,7 +204,8 @@ class ArtifactWriter:
         shape = tuple(int(x) for x in rec.shape)
         if len(shape) != 3 or min(shape) < 1 or not 1 <= int(rec.units) <= MAX_UNITS:
             raise ScopeError(f"layer {rec.name!r}: bad shape {rec.shape} / units {rec.units}")
-        new = LayerRecord(rec.name, int(rec.units), shape, int(rec.rf_size), int(rec.rf_stride), int(rec.rf_start))
+        new = LayerRecord(rec.name, int(rec.units), shape, int(rec.rf_size), int(rec.rf_stride), int(rec.rf_start),
+                          rec.layout)
         old = self._layers.get(rec.name)
         if old is not None:
             if (old.units, tuple(old.shape), old.rf_size, old.rf_stride, old.rf_start) != (
@@ -213,8 +214,14 @@ class ArtifactWriter:
                 raise ScopeError(f"layer {rec.name!r} is already stored with units={old.units} shape={tuple(old.shape)} "
                                  f"rf=({old.rf_size},{old.rf_stride},{old.rf_start}); this run has units={new.units} "
                                  f"shape={new.shape} rf=({new.rf_size},{new.rf_stride},{new.rf_start})")
-            return
+            if old.layout is not None and new.layout is not None and old.layout != new.layout:
+                raise ScopeError(f"layer {rec.name!r} is already stored with layout {old.layout.describe()} "
+                                 f"({old.layout.field}); this run has {new.layout.describe()} ({new.layout.field})")
+            if old.layout is not None or new.layout is None:
+                return
         self._layers[rec.name] = new
+        if new.layout is not None:  # recorded as the layer's `layout` element (format 1.1)
+            self._staged[(rec.name, "layout")] = new.layout
 
     def _slot(self, layer: str) -> registry.LayerSlot:
         self._need_open()
