@@ -24,8 +24,12 @@ def patch_window(y: int, x: int, rf_size: int, rf_stride: int, rf_start: int, in
     return (x0, y0, x0 + side, y0 + side)
 
 
-def patch_windows(loc: np.ndarray, rf_size: int, rf_stride: int, rf_start: int, input_size: int) -> np.ndarray:
-    """Vectorised patch_window: loc [..., 2] (y, x) -> boxes [..., 4] int32."""
+def patch_windows(loc: np.ndarray, rf_size: int, rf_stride: int, rf_start: int, input_size: int,
+                  whole: bool = False) -> np.ndarray:
+    """Vectorised patch_window: loc [..., 2] (y, x) -> boxes [..., 4] int32. whole=True (a global field:
+    every position sees everything) gives the whole model input for every position."""
+    if whole:
+        return np.broadcast_to(np.array([0, 0, input_size, input_size], np.int32), loc.shape[:-1] + (4,)).copy()
     side = max(1, min(int(rf_size), int(input_size)))
     off = (int(rf_size) - side) // 2
     y0 = rf_start + loc[..., 0].astype(np.int64) * rf_stride + off

@@ -226,7 +226,8 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
                 continue
             score, img, loc = tracker.result(w)
             img = np.where(img >= 0, remap[np.maximum(img, 0)], -1)
-            box = patch_windows(loc, rec.rf_size, rec.rf_stride, rec.rf_start, pre.crop)
+            box = patch_windows(loc, rec.rf_size, rec.rf_stride, rec.rf_start, pre.crop,
+                                whole=rec.effective_layout.field == "global")
             winners[(rec.name, which)] = (score, img, loc, box)
     t2 = time.perf_counter()
     n_patches = _pass2(source, kept, images, records, winners, settings, pre, sink, workers, quiet)
