@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Group
-from rich.table import Table
+from scopecli.termtable import table
 from rich.text import Text
 
 
@@ -31,13 +31,9 @@ def info_report(info: dict) -> Group:
     else:
         lines.append(Text.assemble(("data  ", "bold"), "no dataset collected"))
     lines.append(Text.assemble(("runs  ", "bold"), f"{info['runs']}: {', '.join(str(c) for c in info['commands'])}"))
-    t = Table(title=f"{len(info['layers'])} layers")
-    for col in ("layer", "units", "CxHxW", "RF", "rendered", "collected", "stats", "probe imgs"):
-        t.add_column(col, justify="left" if col == "layer" else "right", overflow="fold")
-    for L in info["layers"]:
-        t.add_row(
-            L["name"], str(L["units"]), "x".join(str(x) for x in L["shape"]),
-            f"{L['rf_size']}/{L['rf_stride']}", f"{L['rendered']}", f"{L['collected']}", f"{L['stats']}",
-            str(L["probe_images"]),
-        )
+    rows = [[L["name"], L["units"], "x".join(str(x) for x in L["shape"]), f"{L['rf_size']}/{L['rf_stride']}",
+             L["rendered"], L["collected"], L["stats"], L["probe_images"]] for L in info["layers"]]
+    cols = [("layer", "left"), ("units", "right"), ("CxHxW", "right"), ("RF", "right"), ("rendered", "right"),
+            ("collected", "right"), ("stats", "right"), ("probe imgs", "right")]
+    t = table(f"{len(info['layers'])} layers", cols, rows)
     return Group(*lines, t)

@@ -11,6 +11,8 @@ import math
 import numpy as np
 from rich.console import Group
 from rich.table import Table
+
+from scopecli.termtable import table
 from rich.text import Text
 
 
@@ -88,13 +90,12 @@ def diff_summary(res, top: int = 5) -> Group:
 
 
 def query_table(hits, title: str) -> Table:
-    t = Table(title=title)
-    for col in ("artifact", "layer", "unit", "score", "top label", "max", "frac +"):
-        t.add_column(col, justify="right" if col in ("unit", "score", "max", "frac +") else "left")
-    for h in hits:
-        lab = "-" if h.top_label is None else f"{h.top_label} ({_n(h.top_label_frac, '.0%')})"
-        t.add_row(h.artifact, h.layer, str(h.unit), _n(h.score), lab, _n(h.max, ".3g"), _n(h.frac_pos, ".0%"))
-    return t
+    rows = [[h.artifact, h.layer, h.unit, _n(h.score),
+             "-" if h.top_label is None else f"{h.top_label} ({_n(h.top_label_frac, '.0%')})", _n(h.max, ".3g"),
+             _n(h.frac_pos, ".0%")] for h in hits]
+    cols = [("artifact", "left"), ("layer", "left"), ("unit", "right"), ("score", "right"), ("top label", "left"),
+            ("max", "right"), ("frac +", "right")]
+    return table(title, cols, rows, keep=("layer", "unit"))
 
 
 def unit_summary(info: dict) -> Group:

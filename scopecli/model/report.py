@@ -6,8 +6,9 @@ give way (fold) on narrow terminals.
 
 from __future__ import annotations
 
-from rich import box
 from rich.table import Table
+
+from scopecli.termtable import table
 
 
 def field_text(info) -> str:
@@ -21,17 +22,9 @@ def field_text(info) -> str:
     return f"{info.rf_size}/{info.rf_stride}/{info.rf_start}"
 
 
-def layers_table(title: str, table) -> Table:
-    out = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False,
-                caption="RF: size/stride/start px; ~ measured from gradients; G: a global gate also enters")
-    width = max((len(i.name) for i in table), default=5)
-    out.add_column("", no_wrap=True, width=1)
-    out.add_column("layer", no_wrap=True, min_width=width)
-    out.add_column("type", overflow="fold")
-    out.add_column("units", justify="right", overflow="fold", min_width=5)
-    out.add_column("layout", overflow="fold")
-    out.add_column("RF", justify="right", overflow="fold", min_width=6)
-    for info in table:
-        rf = field_text(info) + (" G" if info.layout.global_context else "")
-        out.add_row("*" if info.default else "", info.name, info.kind, str(info.channels), info.layout.describe(), rf)
-    return out
+def layers_table(title: str, infos) -> Table:
+    rows = [["*" if i.default else "", i.name, i.kind, i.channels, i.layout.describe(),
+             field_text(i) + (" G" if i.layout.global_context else "")] for i in infos]
+    cols = [("", "left"), ("layer", "left"), ("type", "left"), ("units", "right"), ("layout", "left"), ("RF", "right")]
+    return table(title, cols, rows, keep=("", "layer"),
+                 caption="RF: size/stride/start px; ~ measured from gradients; G: a global gate also enters")
