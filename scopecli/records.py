@@ -109,9 +109,19 @@ class ImageTable:
     label: np.ndarray  # int32 [N], -1 when unknown
     class_names: list[str]  # label index -> name
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    source: np.ndarray | None = None  # int32 [N]: source group (index into source_names), -1 = its own
+    source_names: list[str] = field(default_factory=list)  # e.g. the photo that crops and mirrors came from
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def groups(self) -> np.ndarray:
+        """int64 [N]: one id per source group; an image without a group is a group of its own."""
+        n = len(self.paths)
+        if self.source is None:
+            return np.arange(n, dtype=np.int64) + len(self.source_names)
+        src = np.asarray(self.source, np.int64)
+        return np.where(src >= 0, src, np.arange(n, dtype=np.int64) + len(self.source_names))
 
 
 @dataclass
@@ -126,8 +136,11 @@ class ExampleSet:
     score: np.ndarray  # float32 [U, K]
     image_index: np.ndarray  # int64 [U, K] into the ImageTable
     loc: np.ndarray  # int32 [U, K, 2]: (y, x) in the activation grid
-    box: np.ndarray  # int32 [U, K, 4]: (x0, y0, x1, y1) in model-input pixels, unclipped
+    box: np.ndarray  # int32 [U, K, 4]: (x0, y0, x1, y1) the receptive field in model-input pixels, unclipped
     patches: list[list[np.ndarray | None]]  # [U][K] HxWx3 uint8
+    shown: np.ndarray | None = None  # int32 [U, K, 4]: the window the patch shows (inside the input when it fits)
+    heat: np.ndarray | None = None  # float32 [U, K, h, w]: the unit over the grid positions of the shown window
+    heat_origin: np.ndarray | None = None  # int32 [U, K, 2]: grid (row, column) of heat[..., 0, 0]
 
 
 @dataclass
@@ -156,3 +169,15 @@ class ProbeBlock:
 
     image_index: np.ndarray  # int64 [P] into the ImageTable
     acts: np.ndarray  # float16 [P, U]
+
+
+@dataclass
+class Strongest:
+    """Each unit's strongest images by spatial maximum (the top `fraction` of the images, at least one):
+    what label profiles count beside the top-k examples (NetDissect's top quantile, with image labels)."""
+
+    units: np.ndarray  # int64 [U]
+    score: np.ndarray  # float32 [U, k], best first; NaN where missing
+    image_index: np.ndarray  # int64 [U, k] into the ImageTable; -1 where missing
+    fraction: float = 0.01
+    per_source: int = 0  # at most this many images of one source group per unit (0: no limit)

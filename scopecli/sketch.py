@@ -170,12 +170,15 @@ def example_order(score: np.ndarray, image_index: np.ndarray, largest: bool) -> 
     return np.lexsort((np.asarray(image_index), key, missing))
 
 
-def merge_ranked(score: np.ndarray, image_index: np.ndarray, k: int, largest: bool) -> np.ndarray:
+def merge_ranked(score: np.ndarray, image_index: np.ndarray, k: int, largest: bool,
+                 groups: np.ndarray | None = None, per_source: int = 0) -> np.ndarray:
     """Which candidates survive a top-k (bottom-k) merge: score/image_index [U, M] candidates per unit
     (e.g. two inputs' rows side by side) -> int64 [U, k] candidate columns, best first, -1 where fewer.
 
-    One total order (`example_order`); an image that appears twice (in both inputs) is kept once. The
-    caller gathers every per-example column with the result, so new columns merge the same way.
+    One total order (`example_order`); an image that appears twice (in both inputs) is kept once; with
+    `groups` (image index -> source group) and per_source > 0, at most per_source images of one group,
+    as collect keeps them. The caller gathers every per-example column with the result, so new columns
+    merge the same way.
     """
     score = np.asarray(score)
     image_index = np.asarray(image_index)
@@ -183,12 +186,18 @@ def merge_ranked(score: np.ndarray, image_index: np.ndarray, k: int, largest: bo
     for u in range(score.shape[0]):
         s, ii = score[u], image_index[u]
         seen: set[int] = set()
+        per_group: dict[int, int] = {}
         j = 0
         for i in example_order(s, ii, largest):
             if j == k or ii[i] < 0 or np.isnan(s[i]):
                 break
             if int(ii[i]) in seen:  # the same image in both inputs: keep one
                 continue
+            if per_source and groups is not None:
+                g = int(groups[ii[i]])
+                if per_group.get(g, 0) >= per_source:
+                    continue
+                per_group[g] = per_group.get(g, 0) + 1
             seen.add(int(ii[i]))
             out[u, j] = i
             j += 1

@@ -51,10 +51,14 @@ def test_accumulators_refuse_arrays_of_another_shape():
                                                               "pos": np.zeros((4, 5), np.int64)})
 
 
+def _trackers(r):
+    return StreamingExtremes(r.units, 2, True, CPU), StreamingExtremes(r.units, 1, False, CPU), None
+
+
 def test_sidecar_round_trip_and_refusals(tmp_path):
     out = str(tmp_path / "out.h5")
     records = [LayerRecord(name="a/b", units=4, shape=(4, 3, 3), rf_size=3, rf_stride=1, rf_start=0)]
-    state = Pass1State.empty(records, 3, 2, 1, CPU)
+    state = Pass1State.empty(records, 3, CPU, _trackers)
     state.ok[:] = [True, False, True]
     state.sha256[:] = ["x", "", "z"]
     state.reason[:] = ["", "broken", ""]
@@ -67,7 +71,7 @@ def test_sidecar_round_trip_and_refusals(tmp_path):
     with np.load(state_path(out), allow_pickle=False) as z:  # plain arrays only
         assert "__meta__" in z.files
     ckpt = Pass1Checkpoint(out, {"k": 1}, resume=True)
-    again = Pass1State.empty(records, 3, 2, 1, CPU)
+    again = Pass1State.empty(records, 3, CPU, _trackers)
     ckpt.restore(again)
     assert again.batches == ckpt.start_batch == 1
     assert again.sha256 == state.sha256 and again.reason == state.reason and list(again.ok) == list(state.ok)
@@ -77,4 +81,4 @@ def test_sidecar_round_trip_and_refusals(tmp_path):
     with pytest.raises(ScopeError, match="other parameters"):
         Pass1Checkpoint(out, {"k": 2}, resume=True)
     with pytest.raises(ScopeError, match="does not match this run"):
-        Pass1Checkpoint(out, {"k": 1}, resume=True).restore(Pass1State.empty(records, 4, 2, 1, CPU))
+        Pass1Checkpoint(out, {"k": 1}, resume=True).restore(Pass1State.empty(records, 4, CPU, _trackers))

@@ -63,14 +63,13 @@ def test_patch_is_receptive_field_crop(run64):
     y, x = ex.loc[u, j]
     assert ex.box[u, j].tolist() == [-2 + 2 * x, -2 + 2 * y, 3 + 2 * x, 3 + 2 * y]
     img = arrays[ex.image_index[u, j]]
-    x0, y0, x1, y1 = ex.box[u, j]
-    padded = np.full((24 + 8, 24 + 8, 3), 127, np.uint8)
-    padded[4:28, 4:28] = img
-    window = padded[y0 + 4 : y1 + 4, x0 + 4 : x1 + 4]
-    assert np.array_equal(ex.patches[u][j], crop_patch(img, ex.box[u, j], 16))
-    # 5 px -> 16 px is nearest-neighbour enlargement: sampling the centres gives the window back
-    centres = ((np.arange(5) + 0.5) * 16 / 5).astype(int)
-    assert np.array_equal(ex.patches[u][j][centres][:, centres], window)
+    # the shown window is the field shifted inside the 24 px input, and the patch its pixels at native size
+    # (the field is 5 px, less than --patch-size 16): all image, no padding
+    sx0, sy0, sx1, sy1 = ex.shown[u, j]
+    assert (sx1 - sx0, sy1 - sy0) == (5, 5) and 0 <= sx0 and sx1 <= 24 and 0 <= sy0 and sy1 <= 24
+    assert (sx0, sy0) == (min(max(-2 + 2 * x, 0), 19), min(max(-2 + 2 * y, 0), 19))
+    assert np.array_equal(ex.patches[u][j], img[sy0:sy1, sx0:sx1])
+    assert np.array_equal(ex.patches[u][j], crop_patch(img, ex.shown[u, j], 5))
 
 
 @pytest.mark.parametrize("layer", ["1", "2"])
@@ -124,8 +123,12 @@ def test_planted_pattern_found_at_true_location(tmp_path):
         y, x = planted[int(ex.image_index[0, j])]
         assert ex.loc[0, j].tolist() == [y, x]
         assert ex.box[0, j].tolist() == [x - 3, y - 3, x + 4, y + 4]
-        patch = ex.patches[0][j].astype(int)  # 7 px -> 28 px, nearest: 4x4 blocks
-        assert np.array_equal(patch[2::4, 2::4, 0] > 128, pattern > 0)
+        patch = ex.patches[0][j].astype(int)  # the 7 px field at native size (less than --patch-size 28)
+        assert np.array_equal(patch[:, :, 0] > 128, pattern > 0)
+        # the heatmap around the winner peaks at the planted centre
+        oy, ox = ex.heat_origin[0, j]
+        hy, hx = np.unravel_index(np.nanargmax(ex.heat[0, j]), ex.heat[0, j].shape)
+        assert (oy + hy, ox + hx) == (y, x)
 
 
 def test_shards_merge_to_single_run(tmp_path):

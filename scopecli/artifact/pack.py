@@ -61,7 +61,8 @@ def pack(inputs: list, out, prefer: str | None = None, force: bool = False, quie
         tables = [a.dataset for a in arts]
         table, maps = image_table.union_tables(tables, names)
         plan = registry.MergePlan(names=names, image_sets=[set(t.paths) if t is not None else set() for t in tables],
-                                  prefer=prefer, image_paths=table.paths if table is not None else [])
+                                  prefer=prefer, image_paths=table.paths if table is not None else [],
+                                  image_groups=table.groups() if table is not None else None)
         layers = _layers(arts)
         w = ArtifactWriter(out, arts[0].model, "pack", {"inputs": names, "prefer": prefer}, fresh=True)
         w.open()

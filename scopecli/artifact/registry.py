@@ -56,6 +56,7 @@ class MergePlan:
     image_sets: list[set[str]]  # the image paths of each input
     prefer: str | None  # None: conflicts are errors; "last": the later input wins
     image_paths: list[str] = field(default_factory=list)  # the merged image table, for messages
+    image_groups: np.ndarray | None = None  # source group of every merged image row (per-source limits)
     conflicts: list[str] = field(default_factory=list)
 
     def disjoint(self, i: int, j: int) -> bool:

@@ -259,12 +259,14 @@ class ArtifactWriter:
         """Store renders (PNG, lossless); replaces any stored render with the same (unit, objective, diversity_index)."""
         self.put(layer, "renders", recs)
 
-    def put_examples(self, layer: str, which: str, ex: ExampleSet, patch_format: str = "jpeg", quality: int = 90) -> None:
+    def put_examples(self, layer: str, which: str, ex: ExampleSet, patch_format: str = "jpeg", quality: int = 90,
+                     per_source: int = 0) -> None:
         """Store top/bottom examples of some units (patches as JPEG at `quality`, or lossless 'png').
 
         Replaces the stored examples of those units. Missing examples: image_index -1 (patch None).
+        per_source: the run kept at most this many examples of one source group per unit (0: no limit).
         """
-        self.put(layer, "examples", ex, which=which, patch_format=patch_format, quality=quality)
+        self.put(layer, "examples", ex, which=which, patch_format=patch_format, quality=quality, per_source=per_source)
 
     def put_stats(self, layer: str, st: StatsBlock) -> None:
         """Store activation statistics of some units (replaces those units' stored statistics)."""

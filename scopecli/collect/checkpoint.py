@@ -28,7 +28,7 @@ from scopecli.fileio import AtomicFile
 from scopecli.records import LayerRecord
 
 STATE_SUFFIX = ".collect-state"
-STATE_VERSION = 2  # 2: named arrays per layer and per image (1: positional accumulators)
+STATE_VERSION = 3  # 3: heatmaps and the strongest images; 2: named arrays; 1: positional accumulators
 _META = "__meta__"
 
 
@@ -54,7 +54,14 @@ class LayerPass1:
     stats: LayerStats
     top: StreamingExtremes
     bottom: StreamingExtremes
+    strongest: StreamingExtremes | None = None  # top 1 % of images (label profiles), when more than top-k
     probe_rows: list[torch.Tensor] = field(default_factory=list)  # float16 [rows, C] per batch, CPU
+
+    def trackers(self) -> dict[str, StreamingExtremes]:
+        out = {"top": self.top, "bottom": self.bottom}
+        if self.strongest is not None:
+            out["strongest"] = self.strongest
+        return out
 
     def probe_acts(self) -> np.ndarray:
         """The probe rows so far as one float16 [rows, C] array."""
@@ -79,9 +86,9 @@ class Pass1State:
     batches: int = 0
 
     @classmethod
-    def empty(cls, records: list[LayerRecord], m: int, top_k: int, bottom_k: int, device) -> "Pass1State":
-        layers = {r.name: LayerPass1(r, LayerStats(r.units, device), StreamingExtremes(r.units, top_k, True, device),
-                                     StreamingExtremes(r.units, bottom_k, False, device)) for r in records}
+    def empty(cls, records: list[LayerRecord], m: int, device, trackers) -> "Pass1State":
+        """trackers(record) -> (top, bottom, strongest or None) StreamingExtremes of that layer."""
+        layers = {r.name: LayerPass1(r, LayerStats(r.units, device), *trackers(r)) for r in records}
         return cls(layers, np.zeros(m, dtype=bool), [""] * m, [0] * m, [0] * m, [""] * m)
 
     def probe_image_index(self) -> np.ndarray:
@@ -98,7 +105,7 @@ class Pass1State:
             "probe/image_index": self.probe_image_index(),
         }
         for i, acc in enumerate(self.layers.values()):
-            for part, obj in (("stats", acc.stats), ("top", acc.top), ("bottom", acc.bottom)):
+            for part, obj in [("stats", acc.stats)] + list(acc.trackers().items()):
                 for name, arr in obj.state_arrays().items():
                     out[f"layer{i}/{part}/{name}"] = arr
             out[f"layer{i}/probe"] = acc.probe_acts()
@@ -118,7 +125,7 @@ class Pass1State:
         probe_index = arrays.get("probe/image_index")
         self.probe_index[:] = [probe_index] if probe_index is not None and len(probe_index) else []
         for i, acc in enumerate(self.layers.values()):
-            for part, obj in (("stats", acc.stats), ("top", acc.top), ("bottom", acc.bottom)):
+            for part, obj in [("stats", acc.stats)] + list(acc.trackers().items()):
                 prefix = f"layer{i}/{part}/"
                 obj.load_state_arrays({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
             probe = arrays.get(f"layer{i}/probe")

@@ -1,12 +1,19 @@
 """Receptive-field patches: the part of a model input a unit saw at its winning position.
 
-Why a fixed rule: viewers draw the box on the full image and compare patches across units, so the
-window is always centred on the receptive field of the winning grid position, square, and never larger
-than the model input (deep layers' fields exceed the image; then the patch is an input-sized window
-centred on the winning location). Parts outside the image are padded with mid-gray, never stretched.
+Two windows per example, both in model-input pixels:
+- the box: the true receptive field of the winning grid position (unclipped; provenance);
+- the shown window: what the stored patch shows. Square, of side min(receptive field, input), centred
+  on the field, then shifted inside the input (never past it), so a patch is all image: deep layers whose
+  field exceeds the input show the whole input; gray padding appears only where the input itself is
+  smaller than the window. A global field (attention over all tokens) shows the whole input.
+The patch is the shown window resized to min(window side, --patch-size): early layers keep their native
+pixels, large windows are shrunk. Heatmaps cover the grid positions around the winner that fall in the
+shown window (`heat_size`, `heat_origins`).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -15,37 +22,60 @@ import torch.nn.functional as F
 PAD_VALUE = 127
 
 
-def patch_window(y: int, x: int, rf_size: int, rf_stride: int, rf_start: int, input_size: int) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1) in model-input pixels of the patch for grid position (y, x); may extend outside."""
-    side = max(1, min(int(rf_size), int(input_size)))
-    off = (int(rf_size) - side) // 2
-    x0 = rf_start + x * rf_stride + off
-    y0 = rf_start + y * rf_stride + off
-    return (x0, y0, x0 + side, y0 + side)
-
-
-def patch_windows(loc: np.ndarray, rf_size: int, rf_stride: int, rf_start: int, input_size: int,
-                  whole: bool = False) -> np.ndarray:
-    """Vectorised patch_window: loc [..., 2] (y, x) -> boxes [..., 4] int32. whole=True (a global field:
-    every position sees everything) gives the whole model input for every position."""
+def rf_boxes(loc: np.ndarray, rf_size: int, rf_stride: int, rf_start: int, input_size: int,
+             whole: bool = False) -> np.ndarray:
+    """The true receptive field of each position: loc [..., 2] (y, x) -> (x0, y0, x1, y1) int32, unclipped;
+    the whole input for a global field."""
     if whole:
         return np.broadcast_to(np.array([0, 0, input_size, input_size], np.int32), loc.shape[:-1] + (4,)).copy()
-    side = max(1, min(int(rf_size), int(input_size)))
+    y0 = rf_start + loc[..., 0].astype(np.int64) * rf_stride
+    x0 = rf_start + loc[..., 1].astype(np.int64) * rf_stride
+    return np.stack([x0, y0, x0 + rf_size, y0 + rf_size], axis=-1).astype(np.int32)
+
+
+def shown_side(rf_size: int, input_size: int, whole: bool = False) -> int:
+    """Side of the shown window: the field, capped at the input (the whole input for a global field)."""
+    return int(input_size) if whole else max(1, min(int(rf_size), int(input_size)))
+
+
+def shown_windows(loc: np.ndarray, rf_size: int, rf_stride: int, rf_start: int, input_size: int,
+                  whole: bool = False) -> np.ndarray:
+    """The window each patch shows: side `shown_side`, centred on the field, shifted inside the input."""
+    side = shown_side(rf_size, input_size, whole)
+    if whole:
+        return rf_boxes(loc, rf_size, rf_stride, rf_start, input_size, True)
     off = (int(rf_size) - side) // 2
     y0 = rf_start + loc[..., 0].astype(np.int64) * rf_stride + off
     x0 = rf_start + loc[..., 1].astype(np.int64) * rf_stride + off
+    hi = max(0, int(input_size) - side)
+    y0, x0 = np.clip(y0, 0, hi), np.clip(x0, 0, hi)
     return np.stack([x0, y0, x0 + side, y0 + side], axis=-1).astype(np.int32)
 
 
-def cut_box(image: np.ndarray, box) -> np.ndarray:
-    """The box's pixels from an HxWx3 uint8 image, padded with PAD_VALUE where it leaves the image."""
-    x0, y0, x1, y1 = (int(v) for v in box)
-    h, w = image.shape[:2]
-    out = np.full((y1 - y0, x1 - x0, 3), PAD_VALUE, dtype=np.uint8)
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
-    return out
+def patch_side(rf_size: int, input_size: int, patch_size: int, whole: bool = False) -> int:
+    """Pixels of a stored patch: the shown window's side, shrunk to at most `patch_size`."""
+    return max(1, min(shown_side(rf_size, input_size, whole), int(patch_size)))
+
+
+def heat_size(rf_size: int, rf_stride: int, input_size: int, grid: tuple[int, int], whole: bool = False) -> tuple[int, int]:
+    """(rows, columns) of grid positions a heatmap keeps: those a shown window spans (the whole grid for
+    a global field or a window as large as the input)."""
+    gh, gw = int(grid[0]), int(grid[1])
+    side = shown_side(rf_size, input_size, whole)
+    if whole or side >= input_size:
+        return gh, gw
+    n = max(1, math.ceil(side / max(int(rf_stride), 1)))
+    return min(gh, n), min(gw, n)
+
+
+def heat_origins(y, x, size: tuple[int, int], grid: tuple[int, int]):
+    """Top-left grid position of each heatmap: centred on the winner, shifted inside the grid (works on
+    numpy arrays and torch tensors alike)."""
+    hs, ws = size
+    gh, gw = grid
+    oy = (y - hs // 2).clip(0, gh - hs)
+    ox = (x - ws // 2).clip(0, gw - ws)
+    return oy, ox
 
 
 def _windows(pics: np.ndarray, which: np.ndarray, x0: np.ndarray, y0: np.ndarray, side: int) -> np.ndarray:

@@ -41,13 +41,23 @@ class ImageSource:
     kind: str  # "imagefolder" | "folder" | "list"
     skipped: list[tuple[str, str]] = field(default_factory=list)  # found while listing (e.g. labels)
     labels_file: str | None = None
+    source: np.ndarray | None = None  # int32 [N]: source group of each image (-1: its own), from --groups
+    source_names: list[str] = field(default_factory=list)
+    groups_file: str | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def describe(self) -> dict:
         return {"root": str(self.root), "kind": self.kind, "images": len(self.paths),
-                "classes": len(self.class_names), "labels_file": self.labels_file}
+                "classes": len(self.class_names), "labels_file": self.labels_file,
+                "sources": len(self.source_names), "groups_file": self.groups_file}
+
+    def group_ids(self) -> np.ndarray:
+        """int64 [N]: one id per source group; an image without a group is a group of its own."""
+        n = len(self.paths)
+        own = np.arange(n, dtype=np.int64) + len(self.source_names)
+        return own if self.source is None else np.where(self.source >= 0, self.source.astype(np.int64), own)
 
 
 def _is_image_name(name: str) -> bool:
@@ -133,6 +143,49 @@ def read_labels(path: str | Path) -> tuple[dict[str, int], list[str]]:
     return mapping, class_names
 
 
+def read_groups(path: str | Path) -> dict[str, str]:
+    """A TSV/CSV of `file, group`: images of one group are views of one source photo (crops, mirrors),
+    so collect keeps at most --per-source examples of each group per unit."""
+    p = Path(path)
+    if not p.is_file():
+        raise ScopeError(f"groups file not found: {path}")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScopeError(f"cannot read groups file {path}: {exc}".splitlines()[0]) from None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise ScopeError(f"groups file {path} is empty")
+    delim = "\t" if "\t" in lines[0] else ","
+    rows = [[c.strip() for c in r] for r in csv.reader(lines, delimiter=delim)]
+    if rows[0][0].lower() in _FILE_COLS:
+        rows = rows[1:]
+    out = {}
+    for n, r in enumerate(rows, start=1):
+        if len(r) < 2 or not r[0] or not r[1]:
+            raise ScopeError(f"groups file {path}: row {n} needs two columns, file and group: {delim.join(r)[:80]}")
+        out[r[0]] = r[1]
+    return out
+
+
+def _apply_groups(paths: list[str], groups_path, skipped: list) -> tuple[np.ndarray, list[str]]:
+    mapping = read_groups(groups_path)
+    by_rel = {Path(k).as_posix().lstrip("./"): v for k, v in mapping.items()}
+    by_base: dict[str, list[str]] = {}
+    for k, v in mapping.items():
+        by_base.setdefault(Path(k).name, []).append(v)
+    names = sorted(set(mapping.values()))
+    index = {g: i for i, g in enumerate(names)}
+    source = np.full(len(paths), -1, dtype=np.int32)
+    for i, p in enumerate(paths):
+        g = by_rel.get(p)
+        if g is None and len(by_base.get(Path(p).name, ())) == 1:
+            g = by_base[Path(p).name][0]
+        if g is not None:
+            source[i] = index[g]
+    return source, names
+
+
 def _is_int(text: str) -> bool:
     try:
         int(text)
@@ -164,8 +217,9 @@ def _apply_labels(paths: list[str], labels_path, skipped: list) -> tuple[np.ndar
     return label, class_names
 
 
-def open_source(path: str | Path, labels: str | Path | None = None) -> ImageSource:
-    """List the images of a folder, an ImageFolder tree or a text file of paths, sorted by relative path."""
+def open_source(path: str | Path, labels: str | Path | None = None, groups: str | Path | None = None) -> ImageSource:
+    """List the images of a folder, an ImageFolder tree or a text file of paths, sorted by relative path;
+    `labels`: a file -> class table; `groups`: a file -> source-group table (see `read_groups`)."""
     src = Path(path).expanduser()
     if not src.exists():
         raise ScopeError(f"data path not found: {path}")
@@ -214,8 +268,10 @@ def open_source(path: str | Path, labels: str | Path | None = None) -> ImageSour
     if labels is not None:
         label, class_names = _apply_labels(paths, labels, skipped)
     files = [root / p for p in paths]
+    source, source_names = (None, []) if groups is None else _apply_groups(paths, groups, skipped)
     return ImageSource(root=root, files=files, paths=paths, label=label, class_names=class_names, kind=kind,
-                       skipped=skipped, labels_file=str(labels) if labels is not None else None)
+                       skipped=skipped, labels_file=str(labels) if labels is not None else None,
+                       source=source, source_names=source_names, groups_file=str(groups) if groups is not None else None)
 
 
 class BadImage(Exception):

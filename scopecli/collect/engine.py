@@ -11,6 +11,7 @@ final, so memory stays bounded by one group of layers' patches.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 from scopecli.collect.checkpoint import LayerPass1, Pass1Checkpoint, Pass1State
-from scopecli.collect.crops import crop_patches, patch_windows
+from scopecli.collect.topk import HeatGeometry, StreamingExtremes
+from scopecli.collect.crops import crop_patches, heat_origins, heat_size, patch_side, rf_boxes, shown_windows
 from scopecli.collect.data import MAX_PIXELS, ImageSource, ModelInputs, default_workers, make_loader
 from scopecli.devices import resolve_device
 from scopecli.errors import ScopeError
@@ -26,11 +28,25 @@ from scopecli.model.capture import LayerTap
 from scopecli.model import adapter
 from scopecli.model.layers import select_layers
 from scopecli.progress import progress as progress_bar
-from scopecli.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock
+from scopecli.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock, Strongest
 from scopecli.settings import CheckedSettings, reads
 
 
 JPEG_QUALITY = 90
+STRONGEST_FRACTION = 0.01  # label profiles also look at each unit's top 1 % of images
+
+
+@dataclass
+class Winners:
+    """One layer's top (or bottom) examples after pass 1, before their patches are cut."""
+
+    score: np.ndarray  # float32 [C, K]
+    image: np.ndarray  # int64 [C, K] rows of the image table, -1 missing
+    loc: np.ndarray  # int32 [C, K, 2]
+    box: np.ndarray  # int32 [C, K, 4] receptive field
+    shown: np.ndarray  # int32 [C, K, 4] the window the patch shows
+    heat: np.ndarray  # float32 [C, K, hs, ws]
+    heat_origin: np.ndarray  # int32 [C, K, 2]
 
 
 @dataclass
@@ -53,6 +69,7 @@ class CollectSettings(CheckedSettings):
     patch_budget_mb: int = 512  # patches held in memory at once (layers are grouped to fit)
     image_cache_mb: int = 1024  # winning model inputs kept decoded across layer groups
     lossless: bool = False  # patches stored as PNG instead of JPEG q90
+    per_source: int | None = None  # examples per source group and unit (None: 1 with --groups, else no limit)
 
     def params(self) -> dict:
         d = asdict(self)
@@ -80,6 +97,11 @@ class CollectSettings(CheckedSettings):
             raise ScopeError("--workers must be >= 0")
         if self.limit is not None and self.limit < 1:
             raise ScopeError("--limit must be >= 1")
+
+    @reads("per_source")
+    def _per_source(self) -> None:
+        if self.per_source is not None and self.per_source < 0:
+            raise ScopeError("--per-source must be >= 0 (0: no limit)")
 
     @reads("shard")
     def _shard(self) -> None:
@@ -123,6 +145,7 @@ class MemorySink:
         self.stats: dict[str, StatsBlock] = {}
         self.probe: dict[str, ProbeBlock] = {}
         self.examples: dict[str, dict[str, ExampleSet]] = {}
+        self.extra: dict[str, dict[str, object]] = {}  # other elements (the strongest images)
 
     def ensure_layer(self, rec: LayerRecord) -> None:
         self.layers.setdefault(rec.name, rec)
@@ -132,6 +155,9 @@ class MemorySink:
 
     def put_stats(self, layer: str, block: StatsBlock) -> None:
         self.stats[layer] = block
+
+    def put(self, layer: str, element: str, value, **options) -> None:
+        self.extra.setdefault(layer, {})[element] = value
 
     def put_probe(self, layer: str, block: ProbeBlock) -> None:
         self.probe[layer] = block
@@ -178,9 +204,17 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
         raise ScopeError(f"shard {k}/{n} has no images ({n_all} images in batches of {settings.batch})")
     probe_n = min(settings.probe, n_all)
 
+    groups = None if source.source is None else torch.from_numpy(source.group_ids()[:n_all].copy())
+    per_source = settings.per_source if settings.per_source is not None else (1 if groups is not None else 0)
+    if per_source and groups is None:
+        raise ScopeError("--per-source needs source groups: pass --groups FILE (file, group per row)")
+    strongest_k = math.ceil(STRONGEST_FRACTION * n_all) if source.class_names else 0
+    trackers = _trackers(settings, pre, device, groups, per_source, strongest_k)
+
     module.to(device)
     t0 = time.perf_counter()
-    state = _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet, checkpoint)
+    state = _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet, checkpoint,
+                   trackers)
     t1 = time.perf_counter()
 
     ok = state.ok
@@ -204,6 +238,8 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
         label=used_labels.astype(np.int32),
         class_names=list(source.class_names),
         skipped=skipped,
+        source=None if source.source is None else source.source[kept].astype(np.int32),
+        source_names=list(source.source_names),
     )
     sink.set_dataset(images)
     probe_index = state.probe_image_index()
@@ -219,18 +255,27 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
     # examples without patches, image indices into the table
     winners = {}
     for rec in records:
-        h, w = rec.shape[1], rec.shape[2]
+        lay = rec.effective_layout
+        whole = lay.field == "global"
+        acc = state.layers[rec.name]
         for which in ("top", "bottom"):
-            tracker = getattr(state.layers[rec.name], which)
+            tracker = getattr(acc, which)
             if tracker.k == 0:
                 continue
-            score, img, loc = tracker.result(w)
+            score, img, loc, heat = tracker.result(lay.grid[1])
             img = np.where(img >= 0, remap[np.maximum(img, 0)], -1)
-            box = patch_windows(loc, rec.rf_size, rec.rf_stride, rec.rf_start, pre.crop,
-                                whole=rec.effective_layout.field == "global")
-            winners[(rec.name, which)] = (score, img, loc, box)
+            box = rf_boxes(loc, rec.rf_size, rec.rf_stride, rec.rf_start, pre.crop, whole)
+            shown = shown_windows(loc, rec.rf_size, rec.rf_stride, rec.rf_start, pre.crop, whole)
+            oy, ox = heat_origins(loc[..., 0], loc[..., 1], heat.shape[2:], lay.grid)
+            winners[(rec.name, which)] = Winners(score, img, loc, box, shown, heat, np.stack([oy, ox], -1).astype(np.int32))
+        if strongest_k:
+            tracker = acc.strongest if acc.strongest is not None else acc.top
+            score, img = (a[:, :strongest_k] for a in tracker.result(lay.grid[1])[:2])
+            sink.put(rec.name, "strongest", Strongest(np.arange(rec.units, dtype=np.int64), score,
+                                                      np.where(img >= 0, remap[np.maximum(img, 0)], -1),
+                                                      STRONGEST_FRACTION, per_source))
     t2 = time.perf_counter()
-    n_patches = _pass2(source, kept, images, records, winners, settings, pre, sink, workers, quiet)
+    n_patches = _pass2(source, kept, images, records, winners, settings, pre, sink, workers, quiet, per_source)
     t3 = time.perf_counter()
     timings = {
         "pass1_s": round(t1 - t0, 3),
@@ -249,10 +294,27 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
     return result
 
 
+def _trackers(settings, pre, device, groups: torch.Tensor | None, per_source: int, strongest_k: int):
+    """trackers(record) -> (top, bottom, strongest or None) for Pass1State.empty: top and bottom keep
+    heatmaps; the strongest (top 1 % of images, for label profiles) only when it needs more than top-k."""
+
+    def make(rec: LayerRecord):
+        lay = rec.effective_layout
+        whole = lay.field == "global"
+        geometry = HeatGeometry(tuple(lay.grid), heat_size(rec.rf_size, rec.rf_stride, pre.crop, lay.grid, whole))
+        top = StreamingExtremes(rec.units, settings.top_k, True, device, geometry, groups, per_source)
+        bottom = StreamingExtremes(rec.units, settings.bottom_k, False, device, geometry, groups, per_source)
+        strongest = StreamingExtremes(rec.units, strongest_k, True, device, None, groups, per_source) \
+            if strongest_k > settings.top_k else None
+        return top, bottom, strongest
+
+    return make
+
+
 def _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet,
-           checkpoint: Pass1Checkpoint | None = None) -> Pass1State:
+           checkpoint: Pass1Checkpoint | None = None, trackers=None) -> Pass1State:
     m = len(cand)
-    state = Pass1State.empty(records, m, settings.top_k, settings.bottom_k, device)
+    state = Pass1State.empty(records, m, device, trackers or _trackers(settings, pre, device, None, 0, 0))
     if checkpoint is not None:
         checkpoint.restore(state)  # the batches an interrupted run already did
     ok, sha, width, height, reason = state.ok, state.sha256, state.width, state.height, state.reason
@@ -308,20 +370,19 @@ def _observe_layer(acc: LayerPass1, a: torch.Tensor, gidx: torch.Tensor,
     spatial means (float16 [len(probe_sel), C]) or None. Everything per unit runs on the stats threads,
     each for its own unit range, so the main thread issues no small ops."""
     a = a.contiguous()
-    top, bottom = acc.top, acc.bottom
-    new_top, new_bottom = top.start(a.shape[0]), bottom.start(a.shape[0])
+    trackers = [(t, t.start(a.shape[0]), t.largest) for t in acc.trackers().values()]
     probe = None if probe_sel is None else torch.empty(len(probe_sel), a.shape[1], dtype=torch.float16,
                                                        device=a.device)
 
     def per_units(lo, hi, mx, mn, total):
-        top.merge_units(new_top, lo, hi, mx, gidx, a[:, lo:hi])
-        bottom.merge_units(new_bottom, lo, hi, mn, gidx, a[:, lo:hi])
+        for tracker, new, largest in trackers:
+            tracker.merge_units(new, lo, hi, mx if largest else mn, gidx, a[:, lo:hi])
         if probe is not None:
             probe[:, lo:hi] = total.index_select(0, probe_sel) / a.shape[2]
 
     acc.stats.observe(a, per_units)
-    top.commit(new_top)
-    bottom.commit(new_bottom)
+    for tracker, new, _ in trackers:
+        tracker.commit(new)
     return probe
 
 
@@ -330,7 +391,7 @@ def _layer_groups(records, winners, settings) -> list[list[LayerRecord]]:
     budget = max(settings.patch_budget_mb, 1) * (1 << 20)
     groups, cur, size = [], [], 0
     for rec in records:
-        need = sum(int((w[1] >= 0).sum()) for key, w in winners.items() if key[0] == rec.name) * per_patch
+        need = sum(int((w.image >= 0).sum()) for key, w in winners.items() if key[0] == rec.name) * per_patch
         if cur and size + need > budget:
             groups.append(cur)
             cur, size = [], 0
@@ -357,18 +418,19 @@ def _load_inputs(source, kept, table_idx: np.ndarray, settings, pre, workers) ->
     return out
 
 
-def _pass2(source, kept, images, records, winners, settings, pre, sink, workers, quiet) -> int:
+def _pass2(source, kept, images, records, winners, settings, pre, sink, workers, quiet, per_source: int = 0) -> int:
     per_image = pre.crop * pre.crop * 3
-    all_needed = np.unique(np.concatenate([w[1][w[1] >= 0] for w in winners.values()])) if winners else np.array([], np.int64)
+    all_needed = np.unique(np.concatenate([w.image[w.image >= 0] for w in winners.values()])) if winners \
+        else np.array([], np.int64)
     cache: dict[int, np.ndarray] | None = None
     if len(all_needed) * per_image <= settings.image_cache_mb * (1 << 20):
         cache = {}
-    total = int(sum((w[1] >= 0).sum() for w in winners.values()))
+    total = int(sum((w.image >= 0).sum() for w in winners.values()))
     done = 0
     with progress_bar(total, "collect: pass 2 (patches)", quiet=quiet, unit="patch") as bar:
         for group in _layer_groups(records, winners, settings):
             keys = [(r.name, which) for r in group for which in ("top", "bottom") if (r.name, which) in winners]
-            needed = np.unique(np.concatenate([winners[key][1][winners[key][1] >= 0] for key in keys])) \
+            needed = np.unique(np.concatenate([winners[key].image[winners[key].image >= 0] for key in keys])) \
                 if keys else np.array([], np.int64)
             if cache is not None:
                 missing = np.array([t for t in needed if int(t) not in cache], dtype=np.int64)
@@ -383,9 +445,12 @@ def _pass2(source, kept, images, records, winners, settings, pre, sink, workers,
                 for which in ("top", "bottom"):
                     if (rec.name, which) not in winners:
                         continue
-                    score, img, loc, box = winners[(rec.name, which)]
+                    win = winners[(rec.name, which)]
+                    score, img = win.score, win.image
                     have = img >= 0
-                    flat = crop_patches(stack, np.searchsorted(order, img[have]), box[have], settings.patch_size) \
+                    side = patch_side(rec.rf_size, pre.crop, settings.patch_size,
+                                      rec.effective_layout.field == "global")
+                    flat = crop_patches(stack, np.searchsorted(order, img[have]), win.shown[have], side) \
                         if have.any() else None
                     patches: list[list[np.ndarray | None]] = [[None] * score.shape[1] for _ in range(score.shape[0])]
                     for n_, (u, j) in enumerate(zip(*np.nonzero(have))):
@@ -394,9 +459,9 @@ def _pass2(source, kept, images, records, winners, settings, pre, sink, workers,
                     done += n_done
                     bar.advance(n_done)
                     sink.put_examples(rec.name, which, ExampleSet(
-                        units=np.arange(rec.units, dtype=np.int64), score=score, image_index=img,
-                        loc=loc, box=box, patches=patches),
-                        patch_format="png" if settings.lossless else "jpeg", quality=JPEG_QUALITY)
+                        units=np.arange(rec.units, dtype=np.int64), score=score, image_index=img, loc=win.loc,
+                        box=win.box, patches=patches, shown=win.shown, heat=win.heat, heat_origin=win.heat_origin),
+                        patch_format="png" if settings.lossless else "jpeg", quality=JPEG_QUALITY, per_source=per_source)
             if cache is None:
                 del pictures
     return done

@@ -38,8 +38,15 @@ def read_table(g: h5py.Group, n: int) -> ImageTable:
     class_names = read_strings(get_dataset(g, "class_names", w), f"{w}/class_names")
     if n and ((cols["label"] < -1).any() or (cols["label"] >= len(class_names)).any()):
         raise ScopeError(f"{w}/label: class index outside -1..{len(class_names) - 1} (the class_names table)")
+    source, source_names = None, []
+    if get_dataset(g, "source", w, required=False) is not None:  # format 1.1: source groups
+        source = read_numeric(get_dataset(g, "source", w), f"{w}/source", "i", 1).astype(np.int32)
+        source_names = read_strings(get_dataset(g, "source_names", w), f"{w}/source_names")
+        if len(source) != n or (n and ((source < -1).any() or (source >= len(source_names)).any())):
+            raise ScopeError(f"{w}/source: {len(source)} rows or group index outside -1..{len(source_names) - 1}")
     return ImageTable(paths=paths, sha256=sha, width=cols["width"], height=cols["height"], label=cols["label"],
-                      class_names=class_names, skipped=list(zip(sk_p, sk_r)))
+                      class_names=class_names, skipped=list(zip(sk_p, sk_r)), source=source,
+                      source_names=source_names)
 
 
 def read_paths(g: h5py.Group, indices) -> dict[int, str]:
@@ -73,6 +80,8 @@ def check_new_table(table: ImageTable) -> ImageTable:
         width=np.asarray(table.width, np.int32).reshape(-1), height=np.asarray(table.height, np.int32).reshape(-1),
         label=np.asarray(table.label, np.int32).reshape(-1), class_names=[str(c) for c in table.class_names],
         skipped=[(str(a), str(b)) for a, b in table.skipped],
+        source=None if table.source is None else np.asarray(table.source, np.int32).reshape(-1),
+        source_names=[str(x) for x in table.source_names],
     )
 
 
@@ -89,6 +98,9 @@ def write_table(f: h5py.File, t: ImageTable) -> None:
     write_strings(g, "class_names", t.class_names)
     write_strings(g, "skipped_paths", [a for a, _ in t.skipped])
     write_strings(g, "skipped_reasons", [b for _, b in t.skipped])
+    if t.source is not None:
+        write_array(g, "source", t.source, np.int32)
+        write_strings(g, "source_names", t.source_names)
 
 
 def check_table(art) -> list[str]:
@@ -114,9 +126,14 @@ def union_tables(tables: list[ImageTable | None], names: list[str]) -> tuple[Ima
     rows: dict[str, tuple] = {}
     classes: list[str] | None = None
     skipped: dict[str, str] = {}
+    groups: dict[str, str] = {}  # path -> source group name
     for t, name in zip(tables, names):
         if t is None:
             continue
+        if t.source is not None:
+            for p, g in zip(t.paths, t.source):
+                if g >= 0:
+                    groups.setdefault(p, t.source_names[int(g)])
         if t.class_names:
             if classes is None or not classes:
                 classes = list(t.class_names)
@@ -135,10 +152,14 @@ def union_tables(tables: list[ImageTable | None], names: list[str]) -> tuple[Ima
     paths = sorted(rows)
     pos = {p: i for i, p in enumerate(paths)}
     maps = [None if t is None else np.array([pos[p] for p in t.paths], np.int64) for t in tables]
+    source_names = sorted(set(groups.values()))
+    gindex = {g: i for i, g in enumerate(source_names)}
     table = ImageTable(
         paths=paths, sha256=[rows[p][0] for p in paths],
         width=np.array([rows[p][1] for p in paths], np.int32), height=np.array([rows[p][2] for p in paths], np.int32),
         label=np.array([rows[p][3] for p in paths], np.int32), class_names=classes or [],
         skipped=sorted((p, w) for p, w in skipped.items() if p not in pos),
+        source=np.array([gindex[groups[p]] if p in groups else -1 for p in paths], np.int32) if groups else None,
+        source_names=source_names,
     )
     return table, maps

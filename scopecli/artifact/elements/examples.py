@@ -32,6 +32,56 @@ from scopecli.sketch import merge_ranked, take_ranked
 
 WHICH = ("top", "bottom")
 SET_ENCODING = "scope.example-set"
+CROP_RULE = "shown: receptive field (capped at the input) centred, shifted inside the input; patch: shown, shrunk to <= patch_size"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A per-example column [U, K, *tail] of an example set: its dtype kind and the value of a missing example.
+    Optional columns (format 1.1) may be absent from a set; tail None means any trailing shape."""
+
+    name: str
+    dtype: type
+    tail: tuple | None
+    missing: float
+    optional: bool = False
+
+
+COLUMNS = (
+    Column("score", np.float32, (), np.nan),
+    Column("image_index", np.int64, (), -1),
+    Column("loc", np.int32, (2,), 0),
+    Column("box", np.int32, (4,), 0),
+    Column("shown", np.int32, (4,), 0, True),  # the window the patch shows (1.1)
+    Column("heat", np.uint8, None, 0, True),  # the unit over the grid positions of the shown window (1.1)
+    Column("heat_range", np.float32, (2,), np.nan, True),  # (low, high) that heat 0 and 255 stand for
+    Column("heat_origin", np.int32, (2,), 0, True),  # grid (row, column) of heat[..., 0, 0]
+)
+_BY_NAME = {c.name: c for c in COLUMNS}
+
+
+def encode_heat(heat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float heatmaps [..., h, w] (NaN: no example) -> uint8 with per-map (low, high): 1/255 of the range."""
+    heat = np.asarray(heat, np.float32)
+    flat = heat.reshape(heat.shape[:-2] + (-1,))
+    with np.errstate(all="ignore"):
+        lo = np.nanmin(np.where(np.isnan(flat), np.inf, flat), axis=-1)
+        hi = np.nanmax(np.where(np.isnan(flat), -np.inf, flat), axis=-1)
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    lo, hi = np.where(ok, lo, np.nan), np.where(ok, hi, np.nan)
+    span = np.where(ok & (hi > lo), hi - lo, 1.0)
+    with np.errstate(all="ignore"):
+        q = np.rint((heat - np.where(ok, lo, 0)[..., None, None]) / span[..., None, None] * 255)
+    q = np.nan_to_num(q, nan=0).clip(0, 255).astype(np.uint8)
+    return q, np.stack([lo, hi], -1).astype(np.float32)
+
+
+def decode_heat(q: np.ndarray, rng: np.ndarray) -> np.ndarray | None:
+    """One map back to activation units (None when the example has no heatmap)."""
+    lo, hi = float(rng[0]), float(rng[1])
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return None
+    return lo + q.astype(np.float32) * ((hi - lo) / 255.0)
 
 
 @dataclass
@@ -51,6 +101,9 @@ class Example:
     _load: object = field(repr=False, default=None)
     _encoded: bytes | None = field(repr=False, default=None)
     _patch: np.ndarray | None = field(repr=False, default=None)
+    shown: tuple[int, int, int, int] | None = None  # the window the patch shows (format 1.1; None before)
+    heat_origin: tuple[int, int] | None = None  # grid (row, column) of heatmap[0, 0]
+    heatmap: np.ndarray | None = None  # the unit over the grid positions of the shown window, in activation units
 
     @property
     def encoded(self) -> bytes:
@@ -92,6 +145,19 @@ class ExampleSection:
             setattr(self, name, arr.astype(np.int64) if name in ("image_index", "offset", "length") else arr.astype(np.int32))
         if self.score.shape != (u, k):
             raise ScopeError(f"{where}/score: shape {self.score.shape}, expected {(u, k)}")
+        self.extra: dict[str, np.ndarray] = {}  # the optional columns this set has
+        for col in COLUMNS:
+            if not col.optional or get_dataset(g, col.name, where, required=False) is None:
+                continue
+            ds = get_dataset(g, col.name, where)
+            kind = np.dtype(col.dtype).kind
+            arr = read_numeric(ds, f"{where}/{col.name}", kind, ds.ndim)
+            if arr.shape[:2] != (u, k) or (col.tail is not None and arr.shape[2:] != col.tail) or arr.ndim > 6:
+                raise ScopeError(f"{where}/{col.name}: shape {arr.shape} does not fit {u} units x {k} examples")
+            self.extra[col.name] = arr.astype(col.dtype)
+        if ("heat" in self.extra) != ("heat_range" in self.extra) or ("heat" in self.extra) != ("heat_origin" in self.extra):
+            raise ScopeError(f"{where}: heat, heat_range and heat_origin come together")
+        self.per_source = int(np.asarray(read_attr(g, "per_source", where, 0)).reshape(-1)[0]) if "per_source" in g.attrs else 0
         self.present = read_numeric(get_dataset(g, "present", where), f"{where}/present", "u", 1).astype(bool)
         if self.present.shape != (slot.units,):
             raise ScopeError(f"{where}/present: shape {self.present.shape}, expected ({slot.units},)")
@@ -155,15 +221,22 @@ class ExampleSection:
         blob = self.blob[()].tobytes() if self.blob.shape[0] else b""
         formats, quality = self.formats()
         rows = ExampleRows(formats=formats, quality=quality)
+        rows.per_source = self.per_source
         for row, u in enumerate(self.units):
+            cols = {"score": self.score[row].copy(), "image_index": self.image_index[row].copy(),
+                    "loc": self.loc[row].copy(), "box": self.box[row].copy()}
+            cols.update({name: arr[row].copy() for name, arr in self.extra.items()})
             rows.rows[int(u)] = StoredExamples(
-                score=self.score[row].copy(), image_index=self.image_index[row].copy(), loc=self.loc[row].copy(),
-                box=self.box[row].copy(),
+                cols=cols,
                 patches=[blob[int(o) : int(o) + int(n)] if n > 0 else None
                          for o, n in zip(self.offset[row], self.length[row])],
                 hw=np.stack([self.height[row], self.width[row]], -1).astype(np.int32),
             )
         return rows
+
+    def optional(self, name: str, row: int, k: int):
+        arr = self.extra.get(name)
+        return None if arr is None else arr[row, k]
 
 
 class LazyPatches:
@@ -206,19 +279,25 @@ class _LazyPatchRow:
 
 @dataclass
 class StoredExamples:
-    """One unit's examples as the writer holds them: columns [k, ...] and encoded patches (None: none)."""
+    """One unit's examples as the writer holds them: per-example columns [k, ...] (see COLUMNS) and the
+    encoded patches (None: no patch) with their decoded sizes."""
 
-    score: np.ndarray  # float32 [k]
-    image_index: np.ndarray  # int64 [k]
-    loc: np.ndarray  # int32 [k, 2]
-    box: np.ndarray  # int32 [k, 4]
+    cols: dict[str, np.ndarray]
     patches: list[bytes | None]
     hw: np.ndarray  # int32 [k, 2] decoded patch sizes
 
+    @property
+    def score(self) -> np.ndarray:
+        return self.cols["score"]
+
+    @property
+    def image_index(self) -> np.ndarray:
+        return self.cols["image_index"]
+
     def same(self, other: "StoredExamples") -> bool:
-        return (np.array_equal(self.image_index, other.image_index)
-                and np.array_equal(self.score, other.score, equal_nan=True) and np.array_equal(self.loc, other.loc)
-                and np.array_equal(self.box, other.box) and self.patches == other.patches)
+        if set(self.cols) != set(other.cols) or self.patches != other.patches:
+            return False
+        return all(np.array_equal(v, other.cols[k], equal_nan=v.dtype.kind == "f") for k, v in self.cols.items())
 
 
 @dataclass
@@ -228,6 +307,7 @@ class ExampleRows:
     rows: dict[int, StoredExamples] = field(default_factory=dict)
     formats: set[str] = field(default_factory=set)
     quality: int = 90
+    per_source: int = 0  # at most this many examples of one source group per unit (0: no limit)
 
 
 @dataclass
@@ -270,21 +350,26 @@ class ExamplesSection:
 
 
 def _stack_rows(units: list[int], rows: dict[int, StoredExamples]):
-    """[U, k] columns of staged rows (k = the longest row; shorter rows padded as missing)."""
+    """(k, {column: [U, k, ...]}, hw [U, k, 2], patches [U][k]) of staged rows: k = the longest row, shorter
+    rows padded as missing; an optional column is kept only when every row has it."""
     k = max(len(rows[u].score) for u in units)
     n = len(units)
-    score = np.full((n, k), np.nan, np.float32)
-    ii = np.full((n, k), -1, np.int64)
-    loc = np.zeros((n, k, 2), np.int32)
-    box = np.zeros((n, k, 4), np.int32)
+    names = [c.name for c in COLUMNS if all(c.name in rows[u].cols for u in units)]
+    cols = {}
+    for name in names:
+        col = _BY_NAME[name]
+        tail = next(rows[u].cols[name].shape[1:] for u in units)
+        cols[name] = np.full((n, k) + tuple(tail), col.missing, col.dtype)
     hw = np.zeros((n, k, 2), np.int32)
     patches: list[list[bytes | None]] = []
     for i, u in enumerate(units):
         r = rows[u]
         kk = len(r.score)
-        score[i, :kk], ii[i, :kk], loc[i, :kk], box[i, :kk], hw[i, :kk] = r.score, r.image_index, r.loc, r.box, r.hw
+        for name in names:
+            cols[name][i, :kk] = r.cols[name]
+        hw[i, :kk] = r.hw
         patches.append(list(r.patches) + [None] * (k - kk))
-    return k, score, ii, loc, box, hw, patches
+    return k, cols, hw, patches
 
 
 @register_layer_element
@@ -318,11 +403,16 @@ class ExamplesElement(LayerElement):
                     ii = int(s.image_index[row, k])
                     if ii < 0:
                         continue
+                    shown, origin = s.optional("shown", row, k), s.optional("heat_origin", row, k)
+                    heat = s.optional("heat", row, k)
                     items.append(Example(
                         layer=slot.name, unit=unit, rank=k, score=float(s.score[row, k]), image_index=ii,
                         image_path=paths.get(ii), loc=(int(s.loc[row, k, 0]), int(s.loc[row, k, 1])),
                         box=tuple(int(x) for x in s.box[row, k]), height=int(s.height[row, k]),
                         width=int(s.width[row, k]), _encoded=blobs[k] or b"",
+                        shown=None if shown is None else tuple(int(x) for x in shown),
+                        heat_origin=None if origin is None else (int(origin[0]), int(origin[1])),
+                        heatmap=None if heat is None else decode_heat(heat, s.optional("heat_range", row, k)),
                     ))
             out[which] = items
         return out
@@ -368,6 +458,24 @@ class ExamplesElement(LayerElement):
             raise ScopeError(f"examples {layer}/{which}: units must be distinct and within 0..{slot.units - 1}")
         if (ii < -1).any():
             raise ScopeError(f"examples {layer}/{which}: image_index must be >= -1")
+        cols = {"score": score, "image_index": ii, "loc": loc, "box": box}
+        if ex.shown is not None:
+            cols["shown"] = np.asarray(ex.shown, np.int32)
+        if ex.heat is not None:
+            heat = np.asarray(ex.heat, np.float32)
+            if heat.ndim != 4 or heat.shape[:2] != (u, k) or ex.heat_origin is None:
+                raise ScopeError(f"examples {layer}/{which}: heat must be [units, k, rows, cols] with heat_origin")
+            cols["heat"], cols["heat_range"] = encode_heat(heat)
+            cols["heat_origin"] = np.asarray(ex.heat_origin, np.int32)
+        for name in ("shown", "heat_origin"):
+            want = (u, k) + _BY_NAME[name].tail
+            if name in cols and cols[name].shape != want:
+                raise ScopeError(f"examples {layer}/{which}: {name} has shape {cols[name].shape}, expected {want}")
+        per_source = int(options.get("per_source", 0) or 0)
+        if st.rows and per_source != st.per_source:
+            raise ScopeError(f"examples {layer}/{which}: stored with at most {st.per_source} per source group, this "
+                             f"run keeps {per_source}; write to a new file")
+        st.per_source = per_source
         for row in range(u):
             blobs, hw = [], np.zeros((k, 2), np.int32)
             for j in range(k):
@@ -380,8 +488,7 @@ class ExamplesElement(LayerElement):
                 arr = np.asarray(p)
                 blobs.append(encode_patch(arr, patch_format, quality))
                 hw[j] = arr.shape[:2]
-            st.rows[int(units[row])] = StoredExamples(score=score[row].copy(), image_index=ii[row].copy(),
-                                                      loc=loc[row].copy(), box=box[row].copy(), patches=blobs, hw=hw)
+            st.rows[int(units[row])] = StoredExamples({name: arr[row].copy() for name, arr in cols.items()}, blobs, hw)
         st.formats.add(patch_format)
         if patch_format == "jpeg":
             st.quality = int(quality)
@@ -412,7 +519,7 @@ class ExamplesElement(LayerElement):
         g = eg.create_group(which)
         set_encoding(g, SET_ENCODING, self.version)
         units = sorted(st.rows)
-        k, score, ii, loc, box, hw, patches = _stack_rows(units, st.rows)
+        k, cols, hw, patches = _stack_rows(units, st.rows)
         n = len(units)
         off = np.zeros((n, k), np.int64)
         ln = np.zeros((n, k), np.int64)
@@ -426,12 +533,13 @@ class ExamplesElement(LayerElement):
         g.attrs["k"] = np.int64(k)
         g.attrs["patch_format"] = "+".join(sorted(st.formats)) or "jpeg"
         g.attrs["quality"] = np.int64(st.quality)
+        if "shown" in cols:
+            g.attrs["crop_rule"] = CROP_RULE
+            g.attrs["per_source"] = np.int64(st.per_source)
         write_array(g, "present", present_mask(slot.units, units), np.uint8)
         write_array(g, "units", units, np.int64)
-        write_array(g, "score", score, np.float32)
-        write_array(g, "image_index", ii, np.int64)
-        write_array(g, "loc", loc, np.int32)
-        write_array(g, "box", box, np.int32)
+        for name, arr in cols.items():
+            write_array(g, name, arr, _BY_NAME[name].dtype)
         write_array(g, "offset", off, np.int64)
         write_array(g, "length", ln, np.int64)
         write_array(g, "height", hw[..., 0], np.int32)
@@ -475,16 +583,16 @@ class ExamplesElement(LayerElement):
         for which in WHICH:
             merged: dict[int, StoredExamples] = {}
             src: dict[int, list[int]] = {}
-            formats, quality = set(), 90
+            formats, quality, per_source = set(), 90, 0
             for inp in inputs:
                 sec = inp.section.set(which)
                 if sec is None:
                     continue
                 st = sec.staged()
                 formats |= st.formats
-                quality = st.quality
+                quality, per_source = st.quality, st.per_source
                 for r in st.rows.values():
-                    r.image_index = remap_images(r.image_index, inp.image_map)
+                    r.cols["image_index"] = remap_images(r.image_index, inp.image_map)
                 to_merge = []
                 for u in sorted(st.rows):
                     if u not in merged:
@@ -499,26 +607,26 @@ class ExamplesElement(LayerElement):
                         plan.conflict(f"{slot.name}:{u} {which} examples in {plan.names[src[u][-1]]} and {inp.name} "
                                       "(overlapping images)")
                 for u in to_merge:
-                    merged[u] = _merge_rows(merged[u], st.rows[u], which == "top")
+                    merged[u] = _merge_rows(merged[u], st.rows[u], which == "top", plan.image_groups, st.per_source)
                     src[u].append(inp.index)
                 for u, r in st.rows.items():
                     if u not in src:
                         merged[u], src[u] = r, [inp.index]
             if merged:
-                out.sets[which] = ExampleRows(rows=merged, formats=formats, quality=quality)
+                out.sets[which] = ExampleRows(rows=merged, formats=formats, quality=quality, per_source=per_source)
         return out
 
 
-def _merge_rows(a: StoredExamples, b: StoredExamples, largest: bool) -> StoredExamples:
-    """The best k of two stored rows of one unit (k = the longer), exactly as one run would rank them."""
+def _merge_rows(a: StoredExamples, b: StoredExamples, largest: bool, groups=None, per_source: int = 0) -> StoredExamples:
+    """The best k of two stored rows of one unit (k = the longer), exactly as one run would rank them;
+    every per-example column follows the picks."""
     k = max(len(a.score), len(b.score))
-    _, score, ii, loc, box, hw, patches = _stack_rows([0, 1], {0: a, 1: b})
+    _, cols, hw, patches = _stack_rows([0, 1], {0: a, 1: b})
     cat = lambda x: x.reshape((1, -1) + x.shape[2:])  # noqa: E731  (both rows side by side as candidates)
-    picks = merge_ranked(cat(score), cat(ii), k, largest)
+    picks = merge_ranked(cat(cols["score"]), cat(cols["image_index"]), k, largest, groups, per_source)
     flat = patches[0] + patches[1]
     return StoredExamples(
-        score=take_ranked(cat(score), picks, np.nan)[0].astype(np.float32),
-        image_index=take_ranked(cat(ii), picks, -1)[0].astype(np.int64),
-        loc=take_ranked(cat(loc), picks, 0)[0].astype(np.int32), box=take_ranked(cat(box), picks, 0)[0].astype(np.int32),
-        patches=[flat[i] if i >= 0 else None for i in picks[0]], hw=take_ranked(cat(hw), picks, 0)[0].astype(np.int32),
+        {name: take_ranked(cat(arr), picks, _BY_NAME[name].missing)[0].astype(_BY_NAME[name].dtype)
+         for name, arr in cols.items()},
+        [flat[i] if i >= 0 else None for i in picks[0]], take_ranked(cat(hw), picks, 0)[0].astype(np.int32),
     )
