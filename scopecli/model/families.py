@@ -30,6 +30,7 @@ from scopecli.errors import ScopeError
 from scopecli.model.loaded import Preprocess
 from scopecli.model.weights import (
     RANDOM_LABEL,
+    build_for_state,
     file_label,
     is_random,
     is_weights_path,
@@ -45,6 +46,9 @@ class BuiltModule(NamedTuple):
     name: str  # short model name (file names, titles)
     architecture: str
     weights: str  # label of the weights actually loaded (enum name, random:SEED, file:NAME, factory)
+    # preprocessing that depends on the weights or the built module (timm's pretrained config, a CLIP
+    # tower's image size); None: the family's preprocess(spec)
+    preprocess: Preprocess | None = None
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,9 @@ class ModelFamily:
 
     claim(spec) -> the spec as this family spells it, or None when the spec is not this family's.
     build(claimed spec, weights) -> BuiltModule (weights is never empty: DEFAULT when not given).
-    preprocess(claimed spec) -> a fresh Preprocess (the resolver applies --mean/--std/--input-size to it).
-    rows() -> rows for `scope models`: {name, source, weights, available}.
+    preprocess(claimed spec) -> a fresh Preprocess (the resolver applies --mean/--std/--input-size to it);
+        a BuiltModule that carries its own preprocess wins over this.
+    rows() -> rows for `scope models`: {name, family, source, weights, available}.
     names() -> the names this family knows, for "did you mean" hints on unknown specs.
     """
 
@@ -90,7 +95,8 @@ def family_for(spec: str) -> tuple[ModelFamily, str] | None:
 
 
 def _claim_factory(spec: str) -> str | None:
-    return spec if ":" in spec else None
+    # a module path has no '/': `timm/...` and `open_clip/...` specs belong to their families even with a ':'
+    return spec if ":" in spec and "/" not in spec.split(":", 1)[0] else None
 
 
 def _build_factory(spec: str, weights: str) -> BuiltModule:
@@ -176,6 +182,7 @@ def _build_lite0(spec: str, weights: str) -> BuiltModule:
 def _lite0_rows() -> list[dict]:
     return [{
         "name": LITE0,
+        "family": "efficientnet_lite0",
         "source": "efficientnet-lite-pytorch ([demo] extra)",
         "weights": "DEFAULT (offline, ImageNet), random",
         "available": lite0_available(),
@@ -231,9 +238,12 @@ def _torchvision_module(name: str, weights: str) -> tuple[nn.Module, str]:
     if is_random(weights):
         return random_init(build), RANDOM_LABEL
     if is_weights_path(weights):
-        module = random_init(build)
-        load_state_dict_file(module, weights)
-        return module, file_label(weights)
+        # the class count comes from the file: a Places365 checkpoint builds a 365-class model
+        def build_with(classes: int | None) -> nn.Module:
+            extra = {} if classes is None else {"num_classes": classes}
+            return torchvision.models.get_model(name, weights=None, **kwargs, **extra)
+
+        return build_for_state(build_with, weights), file_label(weights)
     try:
         enum = torchvision.models.get_model_weights(name)
     except Exception:
@@ -289,7 +299,7 @@ def _torchvision_rows() -> list[dict]:
             weights = ", ".join(["DEFAULT"] + [w.name for w in enum] + ["random"])
         except Exception:  # models without a weights enum
             weights = "random"
-        rows.append({"name": name, "source": "torchvision", "weights": weights, "available": True})
+        rows.append({"name": name, "family": "torchvision", "source": "torchvision", "weights": weights, "available": True})
     return rows
 
 
