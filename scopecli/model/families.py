@@ -136,6 +136,13 @@ register_family(ModelFamily(
     claim=_claim_factory,
     build=_build_factory,
     preprocess=lambda spec: Preprocess(),
+    rows=lambda: [{
+        "name": "package.module:factory",
+        "family": "custom",
+        "source": "your code: a callable returning an nn.Module",
+        "weights": "DEFAULT (as the factory builds it), random, PATH",
+        "available": True,
+    }],
 ))
 
 
@@ -311,3 +318,7 @@ register_family(ModelFamily(
     rows=_torchvision_rows,
     names=torchvision_models,
 ))
+
+
+# timm and open_clip (optional extras) register after torchvision; their module imports this one's names.
+from scopecli.model import zoo  # noqa: E402,F401

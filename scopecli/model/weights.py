@@ -164,9 +164,14 @@ def build_for_state(build, path: str):
     rebuilt with that count before loading.
     """
     state = read_state_dict_file(path)
-    module = random_init(lambda: build(None))
-    classes = classifier_rows(module, match_state_keys(module, state))
-    if classes is not None:
-        module = random_init(lambda: build(classes))
+    try:  # the names and shapes alone: no memory, no time spent initializing weights the file replaces
+        with torch.device("meta"):
+            probe = build(None)
+    except ScopeError:
+        raise
+    except Exception:  # a builder that computes with tensors while building
+        probe = random_init(lambda: build(None))
+    classes = classifier_rows(probe, match_state_keys(probe, state))
+    module = random_init(lambda: build(classes))
     load_state_dict_into(module, state, path)
     return module
