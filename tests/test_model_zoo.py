@@ -239,7 +239,16 @@ def test_open_clip_rn50x4_random_offline(offline):
     with torch.no_grad():
         out = m.module(torch.zeros(1, 3, 288, 288))
     assert out.shape == (1, 640)  # the attention pool's embedding
-    assert resolve_model("open_clip/rn50x4", weights="random").fingerprint == m.fingerprint
+    import open_clip
+
+    from scopecli.model.zoo import _clip_name
+
+    assert _clip_name(open_clip, "open_clip/rn50x4") == "RN50x4"
+    # open_clip's own spelling rules: 'ViT-B/32' is ViT-B-32
+    from scopecli.model.families import family_for
+
+    family, spec = family_for("open-clip/ViT-B/32")
+    assert family.name == "open_clip" and spec == "open_clip/ViT-B-32"
     _hub_flag_untouched()
 
 

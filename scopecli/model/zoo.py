@@ -196,10 +196,11 @@ def _side(size) -> int:
     return int(size)
 
 
-def _claim_prefix(spec: str, prefixes: tuple[str, ...], canonical: str) -> str | None:
+def _claim_prefix(spec: str, prefixes: tuple[str, ...], canonical: str, slash: str = "/") -> str | None:
+    """`PREFIX/NAME` -> `canonical/NAME` (any further '/' in NAME becomes `slash`), else None."""
     head, sep, rest = spec.partition("/")
     if sep and head.lower().replace("-", "_") in prefixes:
-        return f"{canonical}/{rest.strip()}"
+        return f"{canonical}/{rest.strip().replace('/', slash)}"
     return None
 
 
@@ -557,7 +558,7 @@ def _clip_names() -> list[str]:
 
 register_family(ModelFamily(
     name="open_clip",
-    claim=lambda spec: _claim_prefix(spec, ("open_clip", "openclip"), "open_clip"),
+    claim=lambda spec: _claim_prefix(spec, ("open_clip", "openclip"), "open_clip", slash="-"),  # ViT-B/32
     build=_build_open_clip,
     preprocess=_clip_family_preprocess,
     rows=_clip_rows,
