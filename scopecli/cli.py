@@ -449,11 +449,14 @@ def models_cmd(json_out: bool = JsonOpt):
     if json_out:
         _print_json(rows)
         return
-    table = Table(title="Models (or any custom package.module:factory)")
+    table = Table(title="Model families and specs (available: its extra is installed)")
     for col in ("name", "source", "weights", "available"):
         table.add_column(col)
-    for row in rows:
-        table.add_row(row["name"], row["source"], row["weights"], "yes" if row["available"] else "no")
+    from rich.markup import escape
+
+    for row in rows:  # escaped: '[timm] extra' is text, not rich markup
+        table.add_row(escape(row["name"]), escape(row["source"]), escape(row["weights"]),
+                      "yes" if row["available"] else "no")
     _out().print(table)
 
 

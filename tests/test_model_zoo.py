@@ -355,5 +355,7 @@ def test_models_says_when_an_extra_is_missing(monkeypatch, scope_cli):
     monkeypatch.setattr(zoo, "installed", lambda module: False)
     rows = {row["name"]: row for row in json.loads(scope_cli("models", "--json").stdout)}
     assert rows["timm/inception_v4"]["available"] is False
+    table = scope_cli("models").stdout
+    assert "[timm] extra" in " ".join(table.split()) or "[timm]" in table  # not eaten as rich markup
     assert "pip install 'scopecli[timm]'" in rows["timm/<name>"]["source"]
     assert "pip install 'scopecli[clip]'" in rows["open_clip/RN50x4"]["source"]

@@ -357,12 +357,12 @@ def _timm_family_preprocess(spec: str) -> Preprocess:
 
 def _timm_rows() -> list[dict]:
     ok = installed("timm")
-    source = f"timm {_version('timm')} ([timm] extra)" if ok else f"timm ([timm] extra: {TIMM_PIP})"
+    source = f"timm {_version('timm')} ([timm] extra)" if ok else f"timm ([timm] extra, not installed: {TIMM_PIP})"
     rows = [{
         "name": "timm/<name>",
         "family": "timm",
         "source": f"{source}: any of timm.list_models()",
-        "weights": "DEFAULT or a pretrained tag (from the local Hugging Face cache only), random, PATH",
+        "weights": "DEFAULT or a tag (local Hugging Face cache only), random, PATH",
         "available": ok,
     }]
     for microscope, name, tag in TIMM_MICROSCOPE:
@@ -526,12 +526,12 @@ def _clip_family_preprocess(spec: str) -> Preprocess:
 
 def _clip_rows() -> list[dict]:
     ok = installed("open_clip")
-    source = f"open_clip {_version('open-clip-torch')} ([clip] extra)" if ok else f"open_clip ([clip] extra: {CLIP_PIP})"
+    source = f"open_clip {_version('open-clip-torch')} ([clip] extra)" if ok else f"open_clip ([clip] extra, not installed: {CLIP_PIP})"
     rows = [{
         "name": "open_clip/<name>",
         "family": "open_clip",
         "source": f"{source}: the visual tower of any of open_clip.list_models()",
-        "weights": "DEFAULT (the first pretrained tag) or a tag (from the local cache only), random, PATH",
+        "weights": "DEFAULT (the first tag) or a tag (local cache only), random, PATH",
         "available": ok,
     }]
     for microscope, name, tag in CLIP_MICROSCOPE:
