@@ -207,6 +207,11 @@ def test_timm_weights_file_with_its_own_class_count(offline, tmp_path):
     loaded = resolve_model("timm/resnet10t", weights=str(path))
     assert loaded.module.fc.out_features == 365 and loaded.fingerprint == model_fingerprint(src)
     assert loaded.weights == "file:resnet10t_places.pth"
+    # the hub's own file format, copied by hand: a .safetensors file
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    hub_file = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(src.state_dict(), str(hub_file))
+    assert resolve_model("timm/resnet10t", weights=str(hub_file)).fingerprint == model_fingerprint(src)
 
 
 def test_timm_bad_inputs(offline, scope_cli, monkeypatch):

@@ -27,7 +27,7 @@ def is_random(weights: str) -> bool:
 
 def is_weights_path(weights: str) -> bool:
     """Whether --weights names a file rather than a weights enum name."""
-    return os.sep in weights or weights.endswith((".pth", ".pt", ".bin")) or os.path.exists(weights)
+    return os.sep in weights or weights.endswith((".pth", ".pt", ".bin", ".safetensors")) or os.path.exists(weights)
 
 
 def file_label(path: str) -> str:
@@ -45,7 +45,7 @@ def random_init(build):
 def read_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     """A state dict from a file (weights_only), unwrapped from the usual checkpoint shapes.
 
-    Accepted: a plain state dict, or one under `state_dict` / `model_state_dict` / `model` (training
+    Accepted: a plain state dict (torch.save, or a .safetensors file), or one under `state_dict` / `model_state_dict` / `model` (training
     checkpoints such as the Places365 `*.pth.tar` files, whose other entries are ignored); a `module.`
     prefix on every key (DataParallel/DDP) is dropped.
     """
@@ -55,7 +55,14 @@ def read_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     if p.is_dir():
         raise ScopeError(f"weights path is a directory, not a file: {path}")
     try:
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
+        if p.suffix == ".safetensors":  # the hub's format (timm, open_clip): tensors only, no pickle at all
+            from safetensors.torch import load_file
+
+            state = load_file(str(p), device="cpu")
+        else:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except ImportError:
+        raise ScopeError(f"reading {path} needs the safetensors package: pip install safetensors") from None
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ScopeError(f"cannot read weights file {path} as a state dict (weights_only): {first[:200]}") from None
@@ -167,9 +174,7 @@ def build_for_state(build, path: str):
     try:  # the names and shapes alone: no memory, no time spent initializing weights the file replaces
         with torch.device("meta"):
             probe = build(None)
-    except ScopeError:
-        raise
-    except Exception:  # a builder that computes with tensors while building
+    except Exception:  # a builder that reads tensor values while building (e.g. drop-path rates via .item())
         probe = random_init(lambda: build(None))
     classes = classifier_rows(probe, match_state_keys(probe, state))
     module = random_init(lambda: build(classes))
