@@ -1,7 +1,7 @@
 """Model families: where a model spec comes from, how its module is built, and how photos reach it.
 
 Why a registry: every family (torchvision, the demo's EfficientNet-Lite0, custom factories; timm and
-open_clip next) answers the same questions — which specs it claims, how to build a module for given
+open_clip in model/zoo.py) answers the same questions — which specs it claims, how to build a module for given
 weights, its preprocessing, its rows for `scope models` — so adding one is one `register_family` entry
 and the resolver, `scope models` and the "unknown model" hint follow. Specs are claimed by the first
 family (in registration order) whose `claim` accepts them; claims should not overlap.

@@ -1,7 +1,7 @@
 """Weights every family shares: seeded random initialization and state-dict files from strangers.
 
 Why here and not in a family: `--weights random` and `--weights PATH` mean the same for every family
-(torchvision, the demo model, custom factories, and the families still to come), and a weight file is
+(torchvision, the demo model, custom factories, timm, open_clip), and a weight file is
 always read with `weights_only=True` because it may come from anyone.
 """
 
