@@ -34,7 +34,7 @@ def _print_json(data) -> None:
 
 
 # Options shared by every command that loads a model.
-WeightsOpt = typer.Option("DEFAULT", "--weights", "-w", help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), random, or a PATH to a state dict.")
+WeightsOpt = typer.Option("DEFAULT", "--weights", "-w", help="DEFAULT, a torchvision weights name (IMAGENET1K_V1) or timm/open_clip pretrained tag (tf_in1k, openai; from the local cache only), random, or a PATH to a state dict.")
 MeanOpt = typer.Option(None, "--mean", help="Override normalization mean, e.g. 0.5,0.5,0.5.")
 StdOpt = typer.Option(None, "--std", help="Override normalization std, e.g. 0.5,0.5,0.5.")
 InputSizeOpt = typer.Option(None, "--input-size", help="Override the model's input size (center-crop size).")
@@ -87,7 +87,7 @@ class _RenderCommand(TyperCommand):
 
 @app.command("render", cls=_RenderCommand)
 def render_cmd(
-    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
+    model: str = typer.Argument(..., help="Model spec: resnet50, timm/inception_v4, open_clip/RN50x4, efficientnet_lite0, or package.module:factory."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Artifact to add to (default <model>.h5)."),
     layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layer name (repeatable or comma-separated); default: the default layer set."),
     units: Optional[str] = typer.Option(None, "--units", "-u", help="Units per layer: all, 0:64, 3,5,9 (default all)."),
@@ -153,7 +153,7 @@ def render_cmd(
 
 @app.command("collect")
 def collect_cmd(
-    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
+    model: str = typer.Argument(..., help="Model spec: resnet50, timm/inception_v4, open_clip/RN50x4, efficientnet_lite0, or package.module:factory."),
     data: str = typer.Option(..., "--data", help="Image folder (ImageFolder tree or flat, recursive) or a text file of image paths."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Artifact to add to (default <model>.h5; shards <model>.shard-K-of-N.h5)."),
     layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layer name (repeatable or comma-separated); default: the default layer set."),
@@ -400,7 +400,7 @@ def validate_cmd(
 
 @app.command("layers")
 def layers_cmd(
-    model: str = typer.Argument(..., help="Model spec: resnet50, efficientnet_lite0, or package.module:factory."),
+    model: str = typer.Argument(..., help="Model spec: resnet50, timm/inception_v4, open_clip/RN50x4, efficientnet_lite0, or package.module:factory."),
     weights: str = WeightsOpt,
     mean: Optional[str] = MeanOpt,
     std: Optional[str] = StdOpt,
@@ -433,18 +433,21 @@ def layers_cmd(
 
 @app.command("models")
 def models_cmd(json_out: bool = JsonOpt):
-    """List the model specs scope resolves (plus custom package.module:factory)."""
+    """List the model families and specs scope resolves, and whether their optional extras are installed."""
     from scopecli.model import catalogue
 
     rows = catalogue()
     if json_out:
         _print_json(rows)
         return
-    table = Table(title="Models (or any custom package.module:factory)")
+    table = Table(title="Model families and specs (available: its extra is installed)")
     for col in ("name", "source", "weights", "available"):
         table.add_column(col)
-    for row in rows:
-        table.add_row(row["name"], row["source"], row["weights"], "yes" if row["available"] else "no")
+    from rich.markup import escape
+
+    for row in rows:  # escaped: '[timm] extra' is text, not rich markup
+        table.add_row(escape(row["name"]), escape(row["source"]), escape(row["weights"]),
+                      "yes" if row["available"] else "no")
     _out().print(table)
 
 

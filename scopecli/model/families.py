@@ -1,7 +1,7 @@
 """Model families: where a model spec comes from, how its module is built, and how photos reach it.
 
 Why a registry: every family (torchvision, the demo's EfficientNet-Lite0, custom factories; timm and
-open_clip next) answers the same questions — which specs it claims, how to build a module for given
+open_clip in model/zoo.py) answers the same questions — which specs it claims, how to build a module for given
 weights, its preprocessing, its rows for `scope models` — so adding one is one `register_family` entry
 and the resolver, `scope models` and the "unknown model" hint follow. Specs are claimed by the first
 family (in registration order) whose `claim` accepts them; claims should not overlap.
@@ -30,6 +30,7 @@ from scopecli.errors import ScopeError
 from scopecli.model.loaded import Preprocess
 from scopecli.model.weights import (
     RANDOM_LABEL,
+    build_for_state,
     file_label,
     is_random,
     is_weights_path,
@@ -45,6 +46,9 @@ class BuiltModule(NamedTuple):
     name: str  # short model name (file names, titles)
     architecture: str
     weights: str  # label of the weights actually loaded (enum name, random:SEED, file:NAME, factory)
+    # preprocessing that depends on the weights or the built module (timm's pretrained config, a CLIP
+    # tower's image size); None: the family's preprocess(spec)
+    preprocess: Preprocess | None = None
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,9 @@ class ModelFamily:
 
     claim(spec) -> the spec as this family spells it, or None when the spec is not this family's.
     build(claimed spec, weights) -> BuiltModule (weights is never empty: DEFAULT when not given).
-    preprocess(claimed spec) -> a fresh Preprocess (the resolver applies --mean/--std/--input-size to it).
-    rows() -> rows for `scope models`: {name, source, weights, available}.
+    preprocess(claimed spec) -> a fresh Preprocess (the resolver applies --mean/--std/--input-size to it);
+        a BuiltModule that carries its own preprocess wins over this.
+    rows() -> rows for `scope models`: {name, family, source, weights, available}.
     names() -> the names this family knows, for "did you mean" hints on unknown specs.
     """
 
@@ -90,7 +95,8 @@ def family_for(spec: str) -> tuple[ModelFamily, str] | None:
 
 
 def _claim_factory(spec: str) -> str | None:
-    return spec if ":" in spec else None
+    # a module path has no '/': `timm/...` and `open_clip/...` specs belong to their families even with a ':'
+    return spec if ":" in spec and "/" not in spec.split(":", 1)[0] else None
 
 
 def _build_factory(spec: str, weights: str) -> BuiltModule:
@@ -130,6 +136,13 @@ register_family(ModelFamily(
     claim=_claim_factory,
     build=_build_factory,
     preprocess=lambda spec: Preprocess(),
+    rows=lambda: [{
+        "name": "package.module:factory",
+        "family": "custom",
+        "source": "your code: a callable returning an nn.Module",
+        "weights": "DEFAULT (as the factory builds it), random, PATH",
+        "available": True,
+    }],
 ))
 
 
@@ -176,6 +189,7 @@ def _build_lite0(spec: str, weights: str) -> BuiltModule:
 def _lite0_rows() -> list[dict]:
     return [{
         "name": LITE0,
+        "family": "efficientnet_lite0",
         "source": "efficientnet-lite-pytorch ([demo] extra)",
         "weights": "DEFAULT (offline, ImageNet), random",
         "available": lite0_available(),
@@ -231,9 +245,12 @@ def _torchvision_module(name: str, weights: str) -> tuple[nn.Module, str]:
     if is_random(weights):
         return random_init(build), RANDOM_LABEL
     if is_weights_path(weights):
-        module = random_init(build)
-        load_state_dict_file(module, weights)
-        return module, file_label(weights)
+        # the class count comes from the file: a Places365 checkpoint builds a 365-class model
+        def build_with(classes: int | None) -> nn.Module:
+            extra = {} if classes is None else {"num_classes": classes}
+            return torchvision.models.get_model(name, weights=None, **kwargs, **extra)
+
+        return build_for_state(build_with, weights), file_label(weights)
     try:
         enum = torchvision.models.get_model_weights(name)
     except Exception:
@@ -289,7 +306,7 @@ def _torchvision_rows() -> list[dict]:
             weights = ", ".join(["DEFAULT"] + [w.name for w in enum] + ["random"])
         except Exception:  # models without a weights enum
             weights = "random"
-        rows.append({"name": name, "source": "torchvision", "weights": weights, "available": True})
+        rows.append({"name": name, "family": "torchvision", "source": "torchvision", "weights": weights, "available": True})
     return rows
 
 
@@ -301,3 +318,7 @@ register_family(ModelFamily(
     rows=_torchvision_rows,
     names=torchvision_models,
 ))
+
+
+# timm and open_clip (optional extras) register after torchvision; their module imports this one's names.
+from scopecli.model import zoo  # noqa: E402,F401

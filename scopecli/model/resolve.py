@@ -49,10 +49,14 @@ def resolve_model(
     found = family_for(spec)
     if found is None:
         known = [name for family in FAMILIES for name in family.names()]
-        raise ScopeError(f"unknown model '{spec}'" + did_you_mean(spec.lower(), known, listing="`scope models` lists them"))
+        # a library's model named without its family prefix (inception_v4, RN50x4): point at timm/..., open_clip/...
+        prefixed = [name for name in known if "/" in name and name.split("/", 1)[1].lower() == spec.lower()]
+        hint = f"; did you mean {', '.join(prefixed)}?" if prefixed else did_you_mean(
+            spec.lower(), known, listing="`scope models` lists them")
+        raise ScopeError(f"unknown model '{spec}'" + hint)
     family, spec = found
     built = family.build(spec, weights)
-    preprocess = family.preprocess(spec)
+    preprocess = built.preprocess if built.preprocess is not None else family.preprocess(spec)
     if mean is not None:
         preprocess.mean = _parse_triplet(mean, "mean")
     if std is not None:
