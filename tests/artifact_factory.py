@@ -24,6 +24,7 @@ from scopecli.records import (
     ProbeBlock,
     RenderRecord,
     StatsBlock,
+    Strongest,
 )
 
 FAKE_FINGERPRINT = hashlib.sha256(b"fake model").hexdigest()
@@ -57,6 +58,8 @@ def fake_image_table(n: int = 12, seed: int = 0, prefix: str = "img") -> ImageTa
         width=rng.integers(64, 400, n).astype(np.int32), height=rng.integers(64, 400, n).astype(np.int32),
         label=(np.arange(n) % 3).astype(np.int32), class_names=["cat", "dog", "ünïcode"],
         skipped=[(f"{prefix}/broken.jpg", "cannot identify image file")],
+        source=np.where(np.arange(n) % 4 < 2, np.arange(n) // 4, -1).astype(np.int32),  # pairs from one photo
+        source_names=[f"{prefix}-photo{j}" for j in range((n + 3) // 4)],
     )
 
 
@@ -95,9 +98,24 @@ def fake_examples(layer: LayerRecord, units, n_images: int, k: int = 4, seed: in
     loc = rng.integers(0, max(layer.shape[1], 1), (u, k, 2)).astype(np.int32)
     box = np.concatenate([loc[..., ::-1] * 8 - 4, loc[..., ::-1] * 8 + 7], -1).astype(np.int32)
     patches = [[fake_image(rng, patch, patch) for _ in range(k)] for _ in range(u)]
+    shown = np.clip(box, 0, 64).astype(np.int32)
+    heat = rng.normal(size=(u, k, 3, 3)).astype(np.float32)
+    origin = np.clip(loc - 1, 0, max(layer.shape[1] - 3, 0)).astype(np.int32)
     if u:
         ii[-1, -1], score[-1, -1], patches[-1][-1] = -1, np.nan, None
-    return ExampleSet(units=units, score=score, image_index=ii, loc=loc, box=box, patches=patches)
+        heat[-1, -1] = np.nan
+    return ExampleSet(units=units, score=score, image_index=ii, loc=loc, box=box, patches=patches, shown=shown,
+                      heat=heat, heat_origin=origin)
+
+
+def fake_strongest(layer: LayerRecord, units, n_images: int, k: int = 2, seed: int = 0) -> Strongest:
+    """Each unit's top images (a collect with labels writes them for label profiles)."""
+    rng = np.random.default_rng(seed)
+    units = np.asarray(list(units), np.int64)
+    score = -np.sort(-rng.normal(size=(len(units), k)).astype(np.float32), axis=1)
+    ii = np.stack([rng.choice(n_images, size=k, replace=n_images < k) for _ in units]).astype(np.int64) \
+        if len(units) else np.zeros((0, k), np.int64)
+    return Strongest(units, score, ii, 0.01)
 
 
 def fake_stats(layer: LayerRecord, units, seed: int = 0, bins: int = 8) -> StatsBlock:
@@ -142,5 +160,6 @@ def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = 
                 w.put_examples(rec.name, "bottom", fake_examples(rec, us, n, k, seed + li + 50, False), patch_format)
                 w.put_stats(rec.name, fake_stats(rec, us, seed + li))
                 w.put_probe(rec.name, fake_probe(rec, range(min(3, n)), seed + li))
+                w.put(rec.name, "strongest", fake_strongest(rec, us, n, 2, seed + li))
         w.add_timing("total", 0.5)
     return str(path)

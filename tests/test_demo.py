@@ -27,7 +27,8 @@ def test_demo_end_to_end(tmp_path, scope_cli):
             rendered = np.nonzero(art.renders_present(layer))[0].tolist()
             assert rendered == summary["units"][layer]
             top = art.unit(f"{layer}:{rendered[0]}").examples["top"]
-            assert len(top) == 8 and top[0].patch.shape == (96, 96, 3)
+            side = min(art.layer(layer).rf_size, 224, 96)  # the field at native size, at most --patch-size 96
+            assert len(top) == 8 and top[0].patch.shape == (side, side, 3)
     assert scope_cli("validate", out / "demo.h5").code == 0
     # a second run replaces the demo cleanly
     r = scope_cli("demo", "-o", out, "--steps", "4", "--size", "48", "--quiet")

@@ -209,6 +209,7 @@ class Artifact:
             _json_load(s, "/provenance/runs") for s in read_strings(get_dataset(pg, "runs", "/provenance"), "/provenance/runs")
         ]
         self._dataset: ImageTable | None = None
+        self._labels: tuple[np.ndarray, list[str]] | None = None
         dg = get_group(f, image_table.NAME, where, required=False)
         self._dataset_group = dg
         self.dataset_fingerprint: str | None = None
@@ -317,6 +318,16 @@ class Artifact:
         if self._dataset is None and self._dataset_group is not None:
             self._dataset = image_table.read_table(self._dataset_group, self.n_images)
         return self._dataset
+
+    def image_labels(self) -> tuple[np.ndarray, list[str]] | None:
+        """(label int32 [N], class names) of the image table without reading its paths (None: no table)."""
+        if self._dataset is not None:
+            return self._dataset.label, self._dataset.class_names
+        if self._dataset_group is None:
+            return None
+        if self._labels is None:
+            self._labels = image_table.read_labels(self._dataset_group, self.n_images)
+        return self._labels
 
     def image_paths(self, indices) -> dict[int, str]:
         """Relative paths of some images; small tables are read once, large ones per index."""

@@ -52,6 +52,19 @@ class StreamingExtremes:
         hs, ws = heat.size if heat is not None else (0, 0)
         self.heat = torch.empty(channels, 0, hs, ws, dtype=torch.float32, device=device)
 
+    def update(self, score: torch.Tensor, pos: torch.Tensor, image: torch.Tensor) -> None:
+        """The plain reference: score, pos [N, C] per-image extreme and its flat position, image [N] (no
+        heatmaps, no groups; tests check `update_located` against it)."""
+        if self.k == 0 or score.shape[0] == 0:
+            return
+        c = score.shape[1]
+        s = torch.cat([self.score, score.t().float()], dim=1)
+        im = torch.cat([self.image, image.view(1, -1).expand(c, -1)], dim=1)
+        p = torch.cat([self.pos, pos.t().long()], dim=1)
+        key = torch.nan_to_num(s, nan=float("-inf") if self.largest else float("inf"))
+        order = torch.sort(key, dim=1, descending=self.largest, stable=True).indices[:, : self.k]
+        self.score, self.image, self.pos = torch.gather(s, 1, order), torch.gather(im, 1, order), torch.gather(p, 1, order)
+
     def update_located(self, score: torch.Tensor, image: torch.Tensor, values: torch.Tensor) -> None:
         """score [N, C] per-image extremes of values [N, C, P], image [N]: the position (first arg-max /
         arg-min, as `Tensor.max(dim)` gives) and heatmap are found only for the new winners."""

@@ -49,6 +49,16 @@ def read_table(g: h5py.Group, n: int) -> ImageTable:
                       source_names=source_names)
 
 
+def read_labels(g: h5py.Group, n: int) -> tuple[np.ndarray, list[str]]:
+    """Just the label column and class names (label profiles need no paths)."""
+    w = "/dataset"
+    label = read_numeric(get_dataset(g, "label", w), f"{w}/label", "i", 1).astype(np.int32)
+    class_names = read_strings(get_dataset(g, "class_names", w), f"{w}/class_names")
+    if len(label) != n or (n and ((label < -1).any() or (label >= len(class_names)).any())):
+        raise ScopeError(f"{w}/label: {len(label)} rows (count={n}) or class index outside -1..{len(class_names) - 1}")
+    return label, class_names
+
+
 def read_paths(g: h5py.Group, indices) -> dict[int, str]:
     """Relative paths of some rows, read one by one (for tables too large to load for a few examples)."""
     from scopecli.artifact.h5io import check_string_lengths, first_line

@@ -149,13 +149,13 @@ class StrongestElement(LayerElement):
         return present_mask(slot.units, (section or self.read(group, slot)).units).astype(bool)
 
     def unit_value(self, section, unit, slot, art) -> LabelProfile:
-        table = art.dataset if section is not None else None
-        if table is None or not table.class_names:
+        labels = art.image_labels() if section is not None else None
+        if labels is None or not labels[1]:
             return LabelProfile()
         ex = art.section(slot.name, "examples")
         top = ex.set("top") if ex is not None else None
         row = top.row_of(unit) if top is not None else None
-        return unit_profile(table.label, table.class_names, top.image_index[row] if row is not None else None,
+        return unit_profile(labels[0], labels[1], top.image_index[row] if row is not None else None,
                             section.images_of(unit))
 
     def info(self, group, slot, section=None):
