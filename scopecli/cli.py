@@ -159,12 +159,14 @@ def collect_cmd(
     layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layer name (repeatable or comma-separated); default: the default layer set."),
     top_k: int = typer.Option(16, "--top-k", help="Top examples per unit."),
     bottom_k: int = typer.Option(8, "--bottom-k", help="Bottom (most negative) examples per unit."),
-    patch_size: int = typer.Option(96, "--patch-size", help="Side of the stored receptive-field patches, in pixels."),
+    patch_size: int = typer.Option(96, "--patch-size", help="Largest side of a stored patch, in pixels (a smaller receptive field keeps its native size)."),
     probe: int = typer.Option(500, "--probe", help="Store spatial-mean activations on the first N images (for scope diff)."),
     batch: int = typer.Option(64, "--batch", help="Images per forward pass."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode workers (default: half the CPU cores)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images (sorted by path)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="TSV/CSV mapping file -> label (e.g. the sample folder's labels.tsv)."),
+    groups: Optional[str] = typer.Option(None, "--groups", help="TSV/CSV mapping file -> source group: crops and mirrors of one photo count as one source."),
+    per_source: Optional[int] = typer.Option(None, "--per-source", help="At most N examples of one source group per unit (default 1 with --groups; 0: no limit)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the model under bfloat16 autocast (GPU speed; stats stay float32)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="k/n: process the k-th of n deterministic parts (1-based); merge with scope pack."),
@@ -183,9 +185,10 @@ def collect_cmd(
     from scopecli.collect.job import run_collect
 
     settings = CollectSettings(top_k=top_k, bottom_k=bottom_k, patch_size=patch_size, probe=probe, batch=batch,
-                               workers=workers, limit=limit, device=device, bf16=bf16, lossless=lossless)
+                               workers=workers, limit=limit, device=device, bf16=bf16, lossless=lossless,
+                               per_source=per_source)
     settings.check()
-    source = open_source(data, labels=labels)
+    source = open_source(data, labels=labels, groups=groups)
     loaded = load_model(model, weights, mean, std, input_size)
     summary = run_collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, out, shard,
                           resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out)
@@ -291,7 +294,7 @@ def query_cmd(
     top: int = typer.Option(20, "--top", help="How many units to list."),
     min_max: Optional[float] = typer.Option(None, "--min-max", help="Only units whose dataset max activation is >= X."),
     min_frac_positive: Optional[float] = typer.Option(None, "--min-frac-positive", help="Only units positive on at least this fraction of positions."),
-    sort: str = typer.Option("score", "--sort", help="score | max | mean | std | frac-positive | purity | strength (descending)."),
+    sort: str = typer.Option("score", "--sort", help="score | max | mean | std | frac-positive | purity | strength | lift (descending)."),
     json_out: bool = JsonOpt,
 ):
     """Find units across artifacts by class label, by likeness to a unit, or by statistics."""
@@ -304,7 +307,8 @@ def query_cmd(
         return
     from scopecli.compare.report import query_table
 
-    what = (f"label '{label}' (score = purity of top examples)" if label is not None else
+    what = (f"label '{label}' (score = lift of its top examples over the class's base rate, shrunk for few "
+            "examples)" if label is not None else
             f"like {like} (score = correlation over shared probe images)" if like is not None else
             "statistics (score = max activation)")
     _out().print(query_table(hits, f"Units by {what}, sorted by {sort}"))

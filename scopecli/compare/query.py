@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from scopecli.compare.probes import MIN_SHARED, NO_PROBE_HINT, ProbeSource, open_checked, shared_rows
+from scopecli.artifact.elements.strongest import lift_score
 from scopecli.errors import ScopeError
 from scopecli.fileio import did_you_mean
 from scopecli.units import parse_unit_address
 
-SORT_KEYS = ("score", "max", "mean", "std", "frac-positive", "purity", "strength")
+SORT_KEYS = ("score", "max", "mean", "std", "frac-positive", "purity", "strength", "lift")
 
 
 @dataclass
@@ -28,11 +29,12 @@ class QueryHit:
     artifact: str
     layer: str
     unit: int
-    score: float  # purity (--label), correlation (--like), else the unit's max activation
+    score: float  # lift score (--label), correlation (--like), else the unit's max activation
     top_label: str | None  # most frequent class among its top examples
     top_label_frac: float | None
     purity: float | None = None  # --label: fraction of top examples whose class matches
     strength: float | None = None  # --label: mean z-score of the matching top examples
+    lift: float | None = None  # --label: purity / the classes' base rate in the dataset (1 = no preference)
     max: float | None = None
     mean: float | None = None
     std: float | None = None
@@ -139,6 +141,7 @@ class _Candidates:
     score: np.ndarray  # float64
     purity: np.ndarray | None = None
     strength: np.ndarray | None = None
+    lift: np.ndarray | None = None
 
 
 def _check_layers(sources: list[_Source], wanted: list[str] | None) -> None:
@@ -210,7 +213,7 @@ def _rank(sources, cands, top, min_max, min_frac_positive, sort) -> list[QueryHi
         return []
     key = {"frac-positive": "frac_pos"}.get(sort, sort)
     need_stats = min_max is not None or min_frac_positive is not None or key in ("max", "mean", "std", "frac_pos")
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("src", "layer", "unit", "score", "purity", "strength",
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("src", "layer", "unit", "score", "purity", "strength", "lift",
                                                           "max", "mean", "std", "frac_pos")}
     layer_names: list[str] = []
     for li, c in enumerate(cands):
@@ -222,6 +225,7 @@ def _rank(sources, cands, top, min_max, min_frac_positive, sort) -> list[QueryHi
         cols["score"].append(c.score)
         cols["purity"].append(c.purity if c.purity is not None else np.full(n, np.nan))
         cols["strength"].append(c.strength if c.strength is not None else np.full(n, np.nan))
+        cols["lift"].append(c.lift if c.lift is not None else np.full(n, np.nan))
         st = sources[c.source].stats(c.layer) if need_stats else None
         for k in ("max", "mean", "std", "frac_pos"):
             cols[k].append(st[k][c.units] if st is not None else np.full(n, np.nan))
@@ -249,6 +253,7 @@ def _rank(sources, cands, top, min_max, min_frac_positive, sort) -> list[QueryHi
             top_label_frac=float(frac[u]) if cls[u] >= 0 else None,
             purity=None if np.isnan(a["purity"][i]) else float(a["purity"][i]),
             strength=None if np.isnan(a["strength"][i]) else float(a["strength"][i]),
+            lift=None if np.isnan(a["lift"][i]) else float(a["lift"][i]),
             **{k: float(st[k][u]) for k in ("max", "mean", "std", "frac_pos")},
         ))
     return hits
@@ -283,7 +288,12 @@ def _label_candidates(si: int, src: _Source, label: str, layers: list[str] | Non
         z = np.where(ok, (score - mu) / np.where(ok, sd, 1.0), score)  # z-score; raw score without stats
         m = match[rows]
         strength = np.where(m, z, 0.0).sum(axis=1) / np.maximum(m.sum(axis=1), 1)
-        out.append(_Candidates(si, layer, ex_units[rows], purity[rows], purity[rows], strength))
+        # rank by the label profile: lift over the classes' base rate, shrunk toward 1 for few examples
+        labelled = table.label[table.label >= 0]
+        base = float(np.isin(labelled, classes).mean()) if len(labelled) else 0.0
+        lift = purity[rows] / base if base > 0 else np.zeros(len(rows))
+        score = np.array([lift_score(int(nm), int(nv), base) for nm, nv in zip(n_match[rows], n_valid[rows])])
+        out.append(_Candidates(si, layer, ex_units[rows], score, purity[rows], strength, lift))
     return out, True
 
 

@@ -121,6 +121,17 @@ def unit_summary(info: dict) -> Group:
                       str(r["seed"]), _n(r["act_final"], ".4g"), _n(r["act_robust"], ".4g"),
                       _n(r["dataset_max_ratio"], ".2f"))
         parts.append(t)
+    prof = info.get("label_profile")
+    if prof:
+        t = Table(title="what it fires on: classes of its top examples and of its strongest images (lift = "
+                        "fraction / base rate; one label per image)" + (f" — {prof['note']}" if prof["note"] else ""))
+        for col in ("view", "class", "count", "fraction", "base rate", "lift"):
+            t.add_column(col, justify="left" if col in ("view", "class") else "right")
+        for view, key in (("top examples", "top_examples"), ("top 1% images", "strongest_images")):
+            for r in prof[key]:
+                t.add_row(view, r["class"], str(r["count"]), _n(r["fraction"], ".0%"), _n(r["base_rate"], ".1%"),
+                          _n(r["lift"], ".1f"))
+        parts.append(t)
     for which in ("top", "bottom"):
         ex = info["examples"].get(which, [])
         if not ex:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from scopecli import heatmaps
 from scopecli.compare.drawing import font, text_size
 from scopecli.compare.probes import open_checked
 from scopecli.errors import ScopeError
@@ -58,19 +59,39 @@ def load_unit(path: str | Path, address: str, pixels: bool = False) -> dict:
         } for r in view.renders]
         examples = {}
         for which in ("top", "bottom"):
-            examples[which] = [{
-                "rank": e.rank, "score": _f(e.score), "image_index": e.image_index, "image_path": e.image_path,
-                "class": cls(e.image_index), "box": list(e.box), "_patch": e.patch if pixels else None,
-            } for e in view.examples.get(which, [])]
-        return {
+            examples[which] = [_example(e, cls(e.image_index), rec, pixels, 1.0 if which == "top" else -1.0)
+                               for e in view.examples.get(which, [])]
+        out = {
             "artifact": str(path), "model": art.model.get("name") or art.model.get("spec"),
             "layer": layer, "unit": index, "units_in_layer": rec.units,
             "receptive_field": {"size": rec.rf_size, "stride": rec.rf_stride, "start": rec.rf_start},
             "stats": {k: _f(v) if isinstance(v, float) else v for k, v in view.stats.items()},
             "renders": renders, "examples": examples, "_pixels": pixels,
         }
+        if rec.layout is not None:  # format 1.1 and later; 1.0 files read as before
+            out["layout"] = {"kind": rec.layout.kind, "grid": list(rec.layout.grid),
+                             "prefix_tokens": rec.layout.prefix, "field": rec.layout.field,
+                             "global_context": rec.layout.global_context}
+        profile = view.fields.get("label_profile")
+        if profile is not None and (profile.rows or profile.strongest or profile.note):
+            out["label_profile"] = profile.to_json()
+        return out
     finally:
         art.close()
+
+
+def _example(e, class_name, rec, pixels: bool, sign: float) -> dict:
+    d = {"rank": e.rank, "score": _f(e.score), "image_index": e.image_index, "image_path": e.image_path,
+         "class": class_name, "box": list(e.box), "_patch": e.patch if pixels else None}
+    if e.shown is not None:  # format 1.1: where the patch is, and where in it the unit fired
+        d["shown"] = list(e.shown)
+    if e.heatmap is not None:
+        d["heat_origin"] = list(e.heat_origin)
+        d["heatmap"] = [[round(float(v), 5) for v in row] for row in e.heatmap]
+        d["fires"] = heatmaps.fires(e.heatmap, sign)
+        if pixels and d["_patch"] is not None:
+            d["_overlay"] = heatmaps.overlay(d["_patch"], e, rec, sign)
+    return d
 
 
 def unit_json(info: dict) -> dict:
@@ -82,6 +103,15 @@ def unit_json(info: dict) -> dict:
     out["renders"] = [strip(r) for r in info["renders"]]
     out["examples"] = {w: [strip(e) for e in lst] for w, lst in info["examples"].items()}
     return out
+
+
+def profile_text(profile: dict, rows: int = 3) -> str:
+    """'goldfish 38% (base 1%, lift 38) · ...' for the top-k view; the note when it is uninformative."""
+    if profile.get("note"):
+        return profile["note"]
+    items = [f"{r['class']} {100 * r['fraction']:.0f}% (base {100 * r['base_rate']:.1f}%, lift {r['lift']:.1f})"
+             for r in profile["top_examples"][:rows]]
+    return " · ".join(items) if items else "no labelled examples"
 
 
 def _thumb(pixels: np.ndarray | None) -> Image.Image:
@@ -125,8 +155,10 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
                          ("bottom", "bottom dataset examples (score, class)")):
         ex = info["examples"].get(which, [])
         if ex:
-            rows.append((title, [(e["_patch"], ["-" if e["score"] is None else f"{e['score']:.3g}",
-                                                e["class"] or Path(e["image_path"] or "?").name])
+            rows.append((title, [(e.get("_overlay", e["_patch"]),
+                                  ["-" if e["score"] is None else f"{e['score']:.3g}"
+                                   + ("" if e.get("fires", True) else "  no response"),
+                                   e["class"] or Path(e["image_path"] or "?").name])
                                  for e in ex[:max_per_row]]))
     st = info["stats"]
     head = [f"{info['model']}   {info['layer']}:{info['unit']}   ({info['artifact']})"]
@@ -136,7 +168,11 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
     else:
         head.append("no statistics collected")
     rf = info["receptive_field"]
-    head.append(f"receptive field {rf['size']}px, stride {rf['stride']}")
+    head.append(f"receptive field {rf['size']}px, stride {rf['stride']}"
+                + ("; examples: heatmap of the unit, ring at its strongest position"
+                   if any("_overlay" in e for ex in info["examples"].values() for e in ex) else ""))
+    if info.get("label_profile"):
+        head.append("fires on: " + profile_text(info["label_profile"]))
     if not rows:
         head.append("no renders or dataset examples stored for this unit")
     pad, line_h = 8, 13
