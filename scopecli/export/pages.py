@@ -66,6 +66,8 @@ class Tile:
     width: int
     height: int
     caption: str = ""
+    label: str = ""  # on the by-label grid: the class the unit's top examples favour, with the lift
+    lift_score: float = 0.0
 
 
 @dataclass
@@ -81,27 +83,36 @@ class LayerView:
     tiles: list[Tile] = field(default_factory=list)
     pages: int = 1
     layer_renders: list = field(default_factory=list)  # RenderCards of whole-layer (deepdream) renders
+    by_label: list[Tile] = field(default_factory=list)  # units with a label profile, highest lift first
+    label_pages: int = 0
 
     @property
     def has_page(self) -> bool:
         return bool(self.tiles or self.layer_renders)
 
-    def page_file(self, page: int) -> str:
+    def page_file(self, page: int, sort: str = "") -> str:
+        """Grid page `page` in unit order, or (sort "label") ordered by label lift."""
+        if sort == "label":
+            return "by-label.html" if page <= 1 else f"by-label-page-{page}.html"
         return "index.html" if page <= 1 else f"page-{page}.html"
 
-    def pager(self, current: int) -> list[tuple[str, int | None]]:
+    def pages_of(self, sort: str = "") -> int:
+        return self.label_pages if sort == "label" else self.pages
+
+    def pager(self, current: int, sort: str = "") -> list[tuple[str, int | None]]:
         """Pager items: ("prev"|"next"|"page"|"cur", page) and ("gap", None); the first, last and nearby pages."""
         items: list[tuple[str, int | None]] = []
+        pages = self.pages_of(sort)
         if current > 1:
             items.append(("prev", current - 1))
-        for p in range(1, self.pages + 1):
+        for p in range(1, pages + 1):
             if p == current:
                 items.append(("cur", p))
-            elif p <= 2 or p > self.pages - 2 or abs(p - current) <= 2:
+            elif p <= 2 or p > pages - 2 or abs(p - current) <= 2:
                 items.append(("page", p))
             elif items and items[-1][0] != "gap":
                 items.append(("gap", None))
-        if current < self.pages:
+        if current < pages:
             items.append(("next", current + 1))
         return items
 
@@ -165,6 +176,10 @@ class ExampleCard:
     class_name: str | None
     image_path: str | None
     pixelated: bool
+    heat_src: str | None = None  # a small RGBA PNG of the unit over the patch (format 1.1 files)
+    heat_style: str = ""  # its placement over the patch: left/top/width/height in %
+    peak_style: str = ""  # where the ring marks the strongest position: left/top in %
+    fires: bool = True  # False: the unit does not respond on this patch (no overlay drawn)
 
     @property
     def file_name(self) -> str:
@@ -215,10 +230,11 @@ def model_page(m: ModelView) -> str:
     return _render("model.html", root="../../", m=m)
 
 
-def layer_page(m: ModelView, lv: LayerView, current: int, per_page: int) -> str:
+def layer_page(m: ModelView, lv: LayerView, current: int, per_page: int, sort: str = "") -> str:
     first = (current - 1) * per_page
-    return _render("layer.html", root="../../../", m=m, lv=lv, current=current,
-                   tiles=lv.tiles[first: first + per_page], first=first)
+    tiles = lv.by_label if sort == "label" else lv.tiles
+    return _render("layer.html", root="../../../", m=m, lv=lv, current=current, sort=sort,
+                   tiles=tiles[first: first + per_page], first=first)
 
 
 STAT_ROWS = [("count", "positions", ".0f"), ("mean", "mean", ".4g"), ("std", "std", ".4g"), ("min", "min", ".4g"),
@@ -227,9 +243,10 @@ STAT_ROWS = [("count", "positions", ".0f"), ("mean", "mean", ".4g"), ("std", "st
 
 def unit_page(m: ModelView, lv: LayerView, unit: int, list_page: int, prev_unit: int | None, next_unit: int | None,
               renders: list[RenderCard], examples: dict[str, list[ExampleCard]], stats: dict,
-              hist_svg: str | None, strip_svg: str | None, links: list[LinkRow]) -> str:
+              hist_svg: str | None, strip_svg: str | None, links: list[LinkRow], profile=None) -> str:
     keys = STAT_ROWS + [(k, k, ".4g") for k in sorted(stats) if k.startswith("p") and k not in ("positions",)]
     stat_rows = [(label, fmt(stats.get(k), spec)) for k, label, spec in keys if k in stats]
     return _render("unit.html", root="../../../../", m=m, lv=lv, unit=unit, list_page=list_page,
                    prev_unit=prev_unit, next_unit=next_unit, renders=renders, examples=examples, stats=stats,
-                   stat_rows=stat_rows, hist_svg=_svg(hist_svg), strip_svg=_svg(strip_svg), links=links)
+                   stat_rows=stat_rows, hist_svg=_svg(hist_svg), strip_svg=_svg(strip_svg), links=links,
+                   profile=profile)

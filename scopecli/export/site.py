@@ -20,12 +20,13 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from scopecli import __version__
+from scopecli import __version__, heatmaps
+from scopecli.artifact.elements.strongest import lift_score
 from scopecli.artifact.images import encode_jpeg, image_kind
 from scopecli.errors import ScopeError
 from scopecli.export import charts, folder
@@ -177,6 +178,9 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
         lab = int(table.label[ii])
         return names[lab] if 0 <= lab < len(names) else None
 
+    rec = art.layer(layer)
+    lifts: dict[int, tuple[float, str]] = {}  # unit -> (lift score, caption) for the by-label grid
+
     for j, r in enumerate(art.renders(layer, [-1])):  # whole-layer (deepdream) renders
         kind = image_kind(r.encoded)
         if kind is not None:
@@ -223,9 +227,16 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
                     continue
                 name = f"{letter}{u}_{e.rank}.{EXT[kind]}"
                 _write(img_dir / name, data, counts, image=True)
-                out.append(ExampleCard(f"../img/{name}", e.width, e.height, e.rank, e.score, class_of(e.image_index),
-                                       e.image_path, max(e.width, e.height) < PIXELATED_BELOW))
+                card = ExampleCard(f"../img/{name}", e.width, e.height, e.rank, e.score, class_of(e.image_index),
+                                   e.image_path, max(e.width, e.height) < PIXELATED_BELOW)
+                _add_heat(card, e, rec, 1.0 if which == "top" else -1.0, img_dir, f"h{letter}{u}_{e.rank}.png", counts)
+                out.append(card)
             ex_cards[which] = out
+        profile = view.fields.get("label_profile")
+        if profile is not None and profile.rows:
+            best = max(profile.rows, key=lambda r: lift_score(r.count, profile.images[0], r.base_rate))
+            lifts[u] = (lift_score(best.count, profile.images[0], best.base_rate),
+                        f"{best.class_name} ×{fmt(best.lift, '.1f')}")
         if tile is None:  # no render: the unit's best top (else bottom) example is its thumbnail
             which = "top" if ex_cards["top"] else "bottom"
             if ex_cards[which]:
@@ -255,19 +266,23 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
         link_rows = _link_rows(links_by_key.get((mv.index, layer, u), []), plan, listed_sets)
         counts.links += len(link_rows)
         # pages are written below, once every listed unit (prev/next, grid page) is known
-        pending.append((u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows))
+        pending.append((u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows, profile))
         counts.units += 1
         bar.advance()
     # write unit pages now that neighbours and page numbers are known
     listed_units = [t.unit for t in lv.tiles]
     where = {uu: i for i, uu in enumerate(listed_units)}
-    for u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows in pending:
+    for u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows, profile in pending:
         i = where[u]
         prev_u = listed_units[i - 1] if i > 0 else None
         next_u = listed_units[i + 1] if i + 1 < len(listed_units) else None
         _write(unit_dir / f"{u}.html", unit_page(mv, lv, u, i // per_page + 1, prev_u, next_u, cards, ex_cards, stats,
-                                                 hist_svg, strip_svg, link_rows), counts)
+                                                 hist_svg, strip_svg, link_rows, profile), counts)
     lv.pages = max(1, math.ceil(len(lv.tiles) / per_page))
+    if lifts:  # one more ordering of the grid (static pages: one page set per order)
+        lv.by_label = sorted((replace(t, label=lifts[t.unit][1], lift_score=lifts[t.unit][0])
+                              for t in lv.tiles if t.unit in lifts), key=lambda t: (-t.lift_score, t.unit))
+        lv.label_pages = max(1, math.ceil(len(lv.by_label) / per_page))
     if not lv.has_page:  # nothing stored for this layer: no folder either
         shutil.rmtree(layer_dir)
         return
@@ -276,6 +291,30 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
     if lv.has_page:
         for p in range(1, lv.pages + 1):
             _write(layer_dir / lv.page_file(p), layer_page(mv, lv, p, per_page), counts)
+        for p in range(1, lv.label_pages + 1):
+            _write(layer_dir / lv.page_file(p, "label"), layer_page(mv, lv, p, per_page, "label"), counts)
+
+
+def _add_heat(card: ExampleCard, e, rec, sign: float, img_dir: Path, name: str, counts: _Counts) -> None:
+    """Give an example card its heatmap overlay (a small RGBA PNG placed over the patch) and peak ring."""
+    where = heatmaps.placement(e, rec)
+    if where is None:
+        return
+    import io
+
+    from PIL import Image
+
+    card.fires = heatmaps.fires(e.heatmap, sign)
+    if card.fires:
+        buf = io.BytesIO()
+        Image.fromarray(heatmaps.rgba(e.heatmap, sign), "RGBA").save(buf, format="PNG")
+        _write(img_dir / name, buf.getvalue(), counts, image=True)
+    card.heat_src = f"../img/{name}"
+    left, top, w, h = where
+    card.heat_style = f"left:{100 * left:.2f}%;top:{100 * top:.2f}%;width:{100 * w:.2f}%;height:{100 * h:.2f}%"
+    peak = heatmaps.peak(e, rec)
+    if peak is not None:
+        card.peak_style = f"left:{100 * peak[0]:.2f}%;top:{100 * peak[1]:.2f}%"
 
 
 class _NoBar:
