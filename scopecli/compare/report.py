@@ -136,12 +136,17 @@ def unit_summary(info: dict) -> Group:
         ex = info["examples"].get(which, [])
         if not ex:
             continue
+        silent = [e for e in ex if e.get("fires") is False]
         t = Table(title=f"{which} dataset examples")
         for col in ("#", "score", "class", "image"):
             t.add_column(col, justify="right" if col in ("#", "score") else "left")
         for e in ex:
-            t.add_row(str(e["rank"]), _n(e["score"], ".4g"), e["class"] or "-", e["image_path"] or "-")
+            score = _n(e["score"], ".4g") + (" (no response)" if e.get("fires") is False else "")
+            t.add_row(str(e["rank"]), score, e["class"] or "-", e["image_path"] or "-")
         parts.append(t)
+        if silent and len(silent) == len(ex):
+            parts.append(Text(f"no response: the unit does not fire on any of its {which} examples "
+                              "(its heatmaps are flat)", style="dim"))
     if not info["renders"] and not any(info["examples"].values()):
         parts.append(Text("no renders or dataset examples stored for this unit", style="dim"))
     return Group(*parts)
