@@ -7,7 +7,8 @@ image table and, when present, the label profiles) it prints:
   distinct    median (and minimum) number of distinct source photos among each unit's top 8: source
               groups when the file records them (`collect --groups`), else the photo file name with a
               trailing view tag (_tl, _c, _mirror, ...) removed, else the file itself;
-  lift        the five units with the highest (shrunk) label lift over their top examples, with the class.
+  lift        the five units with the highest (shrunk) label lift over all their stored top examples (the
+              collect's --top-k), with the class.
 
     .venv/bin/python scripts/report_examples.py scope-demo/demo.h5
     .venv/bin/python scripts/report_examples.py lite0-500.h5 --json report.json
@@ -74,11 +75,11 @@ def layer_report(art, path: str, layer: str, n_top: int = 8) -> dict:
                 from scopecli.artifact.elements.strongest import lift_score
 
                 best = max(prof.rows, key=lambda r: lift_score(r.count, prof.images[0], r.base_rate))
-                lifts.append((lift_score(best.count, prof.images[0], best.base_rate), u, best))
+                lifts.append((lift_score(best.count, prof.images[0], best.base_rate), u, best, prof.images[0]))
     lifts.sort(key=lambda t: (-t[0], t[1]))
-    out["top_lift"] = [{"unit": u, "class": r.class_name, "count": r.count, "of": n_top if r.count <= n_top else r.count,
-                        "fraction": round(r.fraction, 3), "base_rate": round(r.base_rate, 4), "lift": round(r.lift, 2),
-                        "shrunk_lift": round(s, 2)} for s, u, r in lifts[:5]]
+    out["top_lift"] = [{"unit": u, "class": r.class_name, "count": r.count, "of": n, "fraction": round(r.fraction, 3),
+                        "base_rate": round(r.base_rate, 4), "lift": round(r.lift, 2), "shrunk_lift": round(s, 2)}
+                       for s, u, r, n in lifts[:5]]
     return out
 
 
@@ -103,7 +104,7 @@ def main() -> None:
                       f"{100 * r['over_quarter_gray']:.0f}% of patches > 1/4 gray; distinct photos per top "
                       f"{args.top}: median {r['distinct_median']:g}, min {r['distinct_min']} ({r['units']} units)")
                 for t in r["top_lift"]:
-                    print(f"    unit {t['unit']:>4}  {t['class']:<28} {t['count']} of top {args.top}  "
+                    print(f"    unit {t['unit']:>4}  {t['class']:<28} {t['count']} of its top {t['of']}  "
                           f"base {100 * t['base_rate']:.1f}%  lift {t['lift']:.1f} (shrunk {t['shrunk_lift']:.1f})")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

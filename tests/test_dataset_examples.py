@@ -215,3 +215,18 @@ def test_a_unit_that_never_fires_is_said_not_drawn(tmp_path, scope_cli):
     assert r.code == 0, r.stderr
     r = scope_cli("show", tmp_path / "a.h5", "1:1")
     assert "no response" in r.stdout
+
+
+def test_label_profile_where_no_class_repeats_says_uninformative(tmp_path):
+    from scopecli.artifact import open_artifact
+    from scopecli.collect.job import run_collect
+
+    noise_images(tmp_path / "data", 12, 16, seed=8)
+    labels = tmp_path / "labels.tsv"  # one photo per class, as in a one-image-per-class sample
+    labels.write_text("".join(f"img_{i:03d}.png\tclass{i}\n" for i in range(12)))
+    run_collect(loaded(_selective_net(2), 16), open_source(tmp_path / "data", labels=labels), ["0"],
+                CollectSettings(top_k=4, bottom_k=0, patch_size=8, probe=0, batch=6, workers=0, device="cpu"),
+                output=str(tmp_path / "a.h5"), quiet=True)
+    with open_artifact(tmp_path / "a.h5") as art:
+        prof = art.unit("0:2").label_profile
+    assert "no class repeats" in prof.note and [r.count for r in prof.rows] == [1, 1, 1, 1]
