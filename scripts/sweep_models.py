@@ -8,11 +8,13 @@ The checks live in tests/sweep_checks.py (one implementation; tests/test_model_s
     .venv/bin/python scripts/sweep_models.py                       # all 80 models
     .venv/bin/python scripts/sweep_models.py --skip-big --json sweep.json
     .venv/bin/python scripts/sweep_models.py --models resnet18,swin_t,vit_b_16 -v
+    .venv/bin/python scripts/sweep_models.py --report part1.json part2.json   # one table from stored rows
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -38,7 +40,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", help="write the rows as JSON to this file")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every problem found")
+    ap.add_argument("--report", nargs="+", metavar="JSON", help="print the table of rows stored by --json runs "
+                    "(a sweep split over several processes), in model order, and run nothing")
     args = ap.parse_args(argv)
+    if args.report:
+        return report(args.report)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -66,10 +72,29 @@ def main(argv=None) -> int:
     total = time.perf_counter() - start
     print()
     print(sweep_checks.format_rows(rows))
+    print(summary(rows, total))
+    return 1 if any(r.status == "failed" for r in rows) else 0
+
+
+def report(paths) -> int:
+    fields = {f.name for f in dataclasses.fields(sweep_checks.Row)}
+    rows = {}
+    for path in paths:
+        with open(path) as fh:
+            for item in json.load(fh):
+                rows[item["model"]] = sweep_checks.Row(**{k: v for k, v in item.items() if k in fields})
+    ordered = [rows[n] for n in sorted(rows)]
+    print(sweep_checks.format_rows(ordered))
+    print(summary(ordered, sum(r.seconds for r in ordered)))
+    return 1 if any(r.status == "failed" for r in ordered) else 0
+
+
+def summary(rows, total: float) -> str:
     counts = {s: sum(r.status == s for r in rows) for s in ("ok", "failed", "skipped", "unsupported")}
-    print(f"\n{len(rows)} models: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped, "
-          f"{counts['unsupported']} unsupported; total {total:.0f} s ({total / 60:.1f} min)")
-    return 1 if counts["failed"] else 0
+    cpu = sum(r.cpu_seconds for r in rows)
+    return (f"\n{len(rows)} models: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped, "
+            f"{counts['unsupported']} unsupported; total {total:.0f} s ({total / 60:.1f} min) wall, "
+            f"{cpu:.0f} s ({cpu / 60:.1f} min) CPU")
 
 
 if __name__ == "__main__":

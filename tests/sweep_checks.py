@@ -478,7 +478,7 @@ def format_rows(rows: list[Row]) -> str:
         rf = r.rf + (f" ({r.rf_exact}=)" if r.rf_exact else "")
         lines.append(f"{r.model:<20} {r.layers:>6} {r.defaults:>7} {r.layouts:<19} {short(r.units, 9):<9} "
                      f"{short(rf, 14):<14} {short(r.render, 8):<8} {short(r.collect, 8):<8} "
-                     f"{short(r.validate, 8):<8} {r.seconds:>6.1f} {r.cpu_seconds:>6.1f}")
+                     f"{short(r.validate, 8):<8} {r.seconds:>6.1f} {f'{r.cpu_seconds:.1f}' if r.cpu_seconds else '-':>6}")
         if r.status == "failed" and r.reason:
             lines.append(f"    {r.reason}")
     return "\n".join(lines)
