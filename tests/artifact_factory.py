@@ -26,6 +26,8 @@ from scopecli.records import (
     RenderRecord,
     StatsBlock,
     Strongest,
+    UnitSpace,
+    space_record,
 )
 
 FAKE_FINGERPRINT = hashlib.sha256(b"fake model").hexdigest()
@@ -149,15 +151,29 @@ def fake_probe(layer: LayerRecord, image_indices, seed: int = 0) -> ProbeBlock:
     return ProbeBlock(image_index=ii, acts=rng.normal(size=(len(ii), layer.units)).astype(np.float16))
 
 
+def fake_space(base: LayerRecord, name: str = "pca3", k: int = 3, seed: int = 0) -> UnitSpace:
+    """A unit space of k directions on layer `base` (what `scope decompose` writes)."""
+    rng = np.random.default_rng(seed)
+    enc = rng.normal(size=(k, base.units)).astype(np.float32)
+    return UnitSpace(base.name, name, enc, rng.normal(size=base.units).astype(np.float32), np.zeros(k, np.float32),
+                     enc.copy(), "relu", 0, "pca", seed, "ab" * 32,
+                     {"r2": 0.5, "explained_variance": 0.6, "dead_fraction": 0.0, "fit_seconds": 0.1},
+                     {"k": k}, "a test space")
+
+
 def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = True, n_images: int = 12,
                   k: int = 4, units=None, fingerprint: str = FAKE_FINGERPRINT, table: ImageTable | None = None,
-                  patch_format: str = "jpeg", command: str = "test") -> str:
+                  patch_format: str = "jpeg", command: str = "test", space: bool = False) -> str:
     """Write a complete small artifact to `path` and return it as str.
 
     `units` (default: all) limits which units of each layer get renders/examples/stats; the probe covers
-    the first 3 images. `table` overrides the synthetic image table (e.g. for pack shard tests).
+    the first 3 images. `table` overrides the synthetic image table (e.g. for pack shard tests). `space`
+    adds a unit space on the first layer (layer `<first>@pca3`, with renders and collected content too).
     """
     layers = fake_layers()
+    if space:
+        sp = fake_space(layers[0], seed=seed)
+        layers.append(space_record(layers[0], sp.layer, sp.k))
     table = table if table is not None else fake_image_table(n_images, seed)
     with ArtifactWriter(path, fake_model_info(fingerprint), command, {"seed": seed, "k": k}) as w:
         for li, rec in enumerate(layers):
@@ -174,5 +190,7 @@ def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = 
                 w.put_probe(rec.name, fake_probe(rec, range(min(3, n)), seed + li))
                 w.put(rec.name, "strongest", fake_strongest(rec, us, n, 2, seed + li))
                 w.put(rec.name, "sample", fake_sample(rec, n, 5, seed + li))
+        if space:
+            w.put(sp.layer, "space", sp)
         w.add_timing("total", 0.5)
     return str(path)
