@@ -219,6 +219,30 @@ def test_render_raises_a_space_unit(spaced, tmp_path):
             assert r.act_final == pytest.approx(want, abs=0.02 * max(1.0, abs(want)))  # the PNG is 8-bit
 
 
+def test_sparse_latents_get_a_gradient_while_rendering():
+    """A TopK latent outside the top k has a zero true gradient; rendering gets the pre-activation's
+    (straight-through), while the values stay exactly the space's."""
+    from scopecli.model.spaces import BoundSpace
+    from scopecli.records import UnitSpace
+
+    rng = np.random.default_rng(0)
+    enc = rng.normal(size=(5, 4)).astype(np.float32)
+    space = UnitSpace("l", "s", enc, rng.normal(size=4).astype(np.float32), rng.normal(size=5).astype(np.float32),
+                      enc.copy(), "topk", 1)
+    bound = BoundSpace(space, LayerLayout("nchw", (0, 1, 2, 3), (2, 3)))
+    x = torch.from_numpy(rng.normal(size=(2, 4, 2, 3)).astype(np.float32))
+    with torch.no_grad():
+        z0 = bound.encode(x)
+    want = space.encode(x.numpy().transpose(0, 2, 3, 1).reshape(-1, 4)).reshape(2, 2, 3, 5).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(z0.numpy(), want, atol=1e-5)
+    dead = int(np.flatnonzero((want == 0).all(axis=(0, 2, 3)))[0])  # a latent never in the top 1 here
+    xg = x.clone().requires_grad_(True)
+    z = bound.encode(xg)
+    np.testing.assert_allclose(z.detach().numpy(), want, atol=1e-5)  # same values with gradients on
+    (g,) = torch.autograd.grad(z[:, dead].sum(), xg)
+    np.testing.assert_allclose(g.numpy(), np.broadcast_to(enc[dead][None, :, None, None], g.shape), atol=1e-6)
+
+
 def test_space_must_exist_in_the_output_artifact(spaced, tmp_path, scope_cli):
     r = scope_cli("render", "tinymodels:tiny_resnet", "--input-size", SIZE, "-l", "blocks.1@nope", "--steps", 2,
                   "-o", spaced["path"], "--quiet")

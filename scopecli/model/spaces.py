@@ -7,6 +7,11 @@ a layer of k units on BASE's grid: the tap hooks BASE and hands back z = f(W (x 
 in the space's layout (channels first; a token sequence without class tokens; a vector), so renders,
 examples, statistics, probes and heatmaps of z come from the same code as those of channels. The binding
 is a plain attribute, not a submodule: the model's state dict and fingerprint are unchanged.
+
+While rendering (gradients on), relu and topk spaces pass gradients straight through to the
+pre-activation: z itself is unchanged, but a latent that is zero on the starting image (a negative
+pre-activation, or outside the top k) still gets a gradient that raises it, where the true gradient
+would be zero and the render would never start (Lucid's redirected-ReLU problem, for a sparse code).
 """
 
 from __future__ import annotations
@@ -70,13 +75,16 @@ class BoundSpace:
         xs = x.float().movedim(1, -1) - w["pre_bias"]
         h = xs @ w["encoder"].T + w["bias"]
         nl = self.space.nonlinearity
-        if nl == "relu":
-            h = torch.relu(h)
-        elif nl == "topk":
-            kk = min(self.space.k_active, h.shape[-1])
-            vals, idx = h.topk(kk, dim=-1)
-            h = torch.zeros_like(h).scatter(-1, idx, torch.relu(vals))
+        if nl != "none":
+            z = h.clamp(min=0) if nl == "relu" else self._topk(h)
+            # rendering: z forward, the pre-activation's gradient backward (straight-through), so a latent
+            # that is zero on the starting image (negative, or outside the top k) still gets pushed up
+            h = h + (z - h).detach() if h.requires_grad else z
         return h.movedim(-1, 1)
+
+    def _topk(self, h: torch.Tensor) -> torch.Tensor:
+        vals, idx = h.detach().topk(min(self.space.k_active, h.shape[-1]), dim=-1)
+        return torch.zeros_like(h).scatter(-1, idx, vals.clamp(min=0))
 
     def direction(self, unit: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(decoder row of `unit` [C], pre_bias [C]): the unit's direction in BASE and where it starts."""
