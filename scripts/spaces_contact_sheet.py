@@ -19,15 +19,15 @@ from PIL import Image, ImageDraw
 from scopecli.artifact import open_artifact
 from scopecli.artifact.elements.strongest import base_rates
 from scopecli.compare.drawing import font
-from scopecli.compare.monosemanticity import unit_purity
+from scopecli.compare.monosemanticity import labels_from_file, unit_purity
 
 CELL = 112
 LABEL_W = 230
 
 
-def ranked_units(art, layer: str) -> list[tuple[int, float, float, str]]:
+def ranked_units(art, layer: str, labels=None) -> list[tuple[int, float, float, str]]:
     """(unit, purity, lift, top class) of every counted unit, highest lift first."""
-    labels, names = art.image_labels()
+    labels, names = labels if labels is not None else art.image_labels()
     base = base_rates(labels, len(names))
     ex = art.examples(layer, "top")
     st = art.stats(layer)
@@ -57,8 +57,10 @@ def _fit(img: np.ndarray | None) -> Image.Image:
     return tile
 
 
-def sheet(art, layer: str, rows: list[tuple[int, float, float, str]], n_examples: int, title: str) -> Image.Image:
+def sheet(art, layer: str, rows: list[tuple[int, float, float, str]], n_examples: int, title: str,
+          labels=None) -> Image.Image:
     _, names = art.image_labels()
+    coarse, coarse_names = labels if labels is not None else (None, [])
     table = art.dataset
     width = LABEL_W + (1 + n_examples) * (CELL + 4) + 8
     height = 28 + len(rows) * (CELL + 18)
@@ -84,7 +86,9 @@ def sheet(art, layer: str, rows: list[tuple[int, float, float, str]], n_examples
             out.paste(_fit(e.patch), (x, y))
             lab = int(table.label[e.image_index]) if table is not None and e.image_index >= 0 else -1
             cls = names[lab] if 0 <= lab < len(names) else "-"
-            draw.text((x, y + CELL + 2), cls[:18], fill=(60, 60, 60), font=font())
+            if coarse is not None and e.image_index >= 0 and coarse[e.image_index] >= 0:
+                cls = f"{coarse_names[coarse[e.image_index]][:9]}/{cls}"
+            draw.text((x, y + CELL + 2), cls[:19], fill=(60, 60, 60), font=font())
     return out
 
 
@@ -96,13 +100,15 @@ def main(argv=None) -> int:
     ap.add_argument("--pick", default="lift", choices=["lift"])
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--examples", type=int, default=6)
+    ap.add_argument("--labels", help="file -> label mapping to rank by instead of the collected labels")
     ap.add_argument("--print-units", action="store_true", help="only print the picked units (for scope render)")
     ap.add_argument("-o", "--out")
     args = ap.parse_args(argv)
     with open_artifact(args.artifact) as art:
+        labels = labels_from_file(art, args.labels) if args.labels else None
         blocks = []
         for layer in args.layer:
-            ranked = ranked_units(art, layer)
+            ranked = ranked_units(art, layer, labels)
             if args.units:
                 want = [int(u) for u in args.units.split(",")]
                 by = {r[0]: r for r in ranked}
@@ -112,8 +118,8 @@ def main(argv=None) -> int:
             if args.print_units:
                 print(f"{layer} {','.join(str(r[0]) for r in rows)}")
                 continue
-            blocks.append(sheet(art, layer, rows, args.examples,
-                                f"{layer}: {'units ' + args.units if args.units else f'the {len(rows)} units with the highest top-8 label lift'}"))
+            what = "units " + args.units if args.units else f"the {len(rows)} units with the highest top-8 label lift"
+            blocks.append(sheet(art, layer, rows, args.examples, f"{layer}: {what}", labels))
         if args.print_units:
             return 0
     if not args.out:

@@ -502,3 +502,9 @@ def test_monosemanticity_script_reports_neurons_and_spaces(spaced, capsys):
             want = layer_purity(art, r["layer"])
             assert r["median_purity"] == pytest.approx(want.median_purity, nan_ok=True)
             assert r["counted"] + r["left_out"] == r["units"] == art.layer(r["layer"]).units
+    # other labels than the collected ones: one superclass for every image makes every counted unit pure
+    one = spaced["root"] / "one.tsv"
+    one.write_text("".join(f"img_{i:03d}.png\tthing\n" for i in range(N_IMAGES)))
+    assert mod.main([spaced["path"], "--labels", str(one), "--json"]) == 0
+    for r in json.loads(capsys.readouterr().out):
+        assert r["median_purity"] == 1.0 and r["median_lift"] == pytest.approx(1.0)

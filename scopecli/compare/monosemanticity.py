@@ -35,6 +35,7 @@ class LayerPurity:
     median_purity: float
     median_lift: float
     mean_purity: float
+    mean_lift: float
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -57,9 +58,28 @@ def unit_purity(labels: np.ndarray, base: np.ndarray, images: np.ndarray, scores
     return float(counts[best] / len(lab)), float(lifts[best])
 
 
-def layer_purity(art, layer: str, top: int = TOP, min_examples: int = MIN_EXAMPLES) -> LayerPurity | None:
-    """The layer's median top-`top` purity and lift; None without labels or top examples."""
-    got = art.image_labels()
+def labels_from_file(art, path) -> tuple[np.ndarray, list[str]]:
+    """(label per image-table row, class names) from a TSV/CSV file -> label mapping (as `collect --labels`
+    reads one), matched to the artifact's image paths; rows it does not name get -1. Lets purity be
+    measured under other labels than the ones collected (e.g. coarser superclasses)."""
+    from scopecli.collect.data import read_labels
+
+    mapping, names = read_labels(path)
+    table = art.dataset
+    if table is None:
+        return np.zeros(0, np.int64), names
+    by_name = {}
+    for key, v in mapping.items():
+        by_name.setdefault(key.replace("\\", "/").rsplit("/", 1)[-1], v)
+    lab = [mapping.get(p, by_name.get(p.rsplit("/", 1)[-1], -1)) for p in table.paths]
+    return np.asarray(lab, np.int64), names
+
+
+def layer_purity(art, layer: str, top: int = TOP, min_examples: int = MIN_EXAMPLES,
+                 labels: tuple[np.ndarray, list[str]] | None = None) -> LayerPurity | None:
+    """The layer's median top-`top` purity and lift; None without labels or top examples. `labels`:
+    (label per image row, class names) to use instead of the artifact's (`labels_from_file`)."""
+    got = labels if labels is not None else art.image_labels()
     ex = art.examples(layer, "top")
     if got is None or ex is None or not got[1] or not (got[0] >= 0).any():
         return None
@@ -80,7 +100,7 @@ def layer_purity(art, layer: str, top: int = TOP, min_examples: int = MIN_EXAMPL
     nan = float("nan")
     return LayerPurity(layer, units, len(purity), units - len(purity),
                        float(np.median(purity)) if purity else nan, float(np.median(lift)) if lift else nan,
-                       float(np.mean(purity)) if purity else nan)
+                       float(np.mean(purity)) if purity else nan, float(np.mean(lift)) if lift else nan)
 
 
 def spaces_report(art, layers) -> list[dict]:
