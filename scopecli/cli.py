@@ -63,7 +63,7 @@ def _root(
 
 
 # The commands below are defined in the order of the work, which is the order `scope --help` lists them:
-# make (render, collect), look (show), compare (diff, query), share (export); then file tools and helpers.
+# make (render, collect, decompose), look (show), compare (diff, query), share (export); then file tools and helpers.
 
 
 def _split_names(text: Optional[str]) -> Optional[List[str]]:
