@@ -63,7 +63,7 @@ def _root(
 
 
 # The commands below are defined in the order of the work, which is the order `scope --help` lists them:
-# make (render, collect), look (show), compare (diff, query), share (export); then file tools and helpers.
+# make (render, collect, decompose), look (show), compare (diff, query), share (export); then file tools and helpers.
 
 
 def _split_names(text: Optional[str]) -> Optional[List[str]]:
@@ -129,7 +129,8 @@ def render_cmd(
     loaded = load_model(model, weights, mean, std, input_size)
     settings.size = loaded.preprocess.crop if size is None else size
     plan = plan_render(loaded, _split_names(",".join(layer)) if layer else None, units,
-                       "deepdream" if deepdream else objective, diversity, settings, data, position)
+                       "deepdream" if deepdream else objective, diversity, settings, data, position,
+                       spaces_from=out or f"{loaded.name}.h5")
     err = Console(file=sys.stderr, soft_wrap=True)
     summary = render_job(loaded, plan, out, shard, resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out,
                          log=lambda message: err.print(message, markup=False))
@@ -167,6 +168,8 @@ def collect_cmd(
     labels: Optional[str] = typer.Option(None, "--labels", help="TSV/CSV mapping file -> label (e.g. the sample folder's labels.tsv)."),
     groups: Optional[str] = typer.Option(None, "--groups", help="TSV/CSV mapping file -> source group: crops and mirrors of one photo count as one source."),
     per_source: Optional[int] = typer.Option(None, "--per-source", help="At most N examples of one source group per unit (default 1 with --groups; 0: no limit)."),
+    sample: int = typer.Option(0, "--sample", help="Keep a seeded uniform sample of N position vectors per layer (float16), what `scope decompose` fits unit spaces on."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the activation sample."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the model under bfloat16 autocast (GPU speed; stats stay float32)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="k/n: process the k-th of n deterministic parts (1-based); merge with scope pack."),
@@ -186,7 +189,7 @@ def collect_cmd(
 
     settings = CollectSettings(top_k=top_k, bottom_k=bottom_k, patch_size=patch_size, probe=probe, batch=batch,
                                workers=workers, limit=limit, device=device, bf16=bf16, lossless=lossless,
-                               per_source=per_source)
+                               per_source=per_source, sample=sample, seed=seed)
     settings.check()
     source = open_source(data, labels=labels, groups=groups)
     loaded = load_model(model, weights, mean, std, input_size)
@@ -215,6 +218,53 @@ def collect_cmd(
     _out().print(f"wrote {summary['output']}: {len(summary['layers'])} layers, {summary['units']} units, "
                  f"{summary['images']} images ({summary['skipped']} skipped), {summary['patches']} patches; pass 1 "
                  f"{summary['images_per_s']} img/s on {summary['device']}, {summary['seconds']:.1f} s", markup=False)
+
+
+@app.command("decompose")
+def decompose_cmd(
+    file: str = typer.Argument(..., metavar="FILE", help="Artifact whose layer has an activation sample (collect --sample N)."),
+    layer: str = typer.Option(..., "--layer", "-l", help="The layer to fit the space on."),
+    method: Optional[str] = typer.Option(None, "--method", help="pca (centred), nmf (non-negative; --shift for signed layers) or sae (TopK sparse autoencoder)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Directions / latents (sae default: 4x the channels)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Space name (default METHODK, e.g. pca32): units are LAYER@NAME:i."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fit (NMF init, SAE init and batches)."),
+    k_active: Optional[int] = typer.Option(None, "--k-active", help="sae / imported topk: latents kept per position (sae default: channels / 8)."),
+    shift: bool = typer.Option(False, "--shift", help="nmf on a layer with negative values: subtract each channel's sample minimum first (stored as pre_bias)."),
+    from_file: Optional[str] = typer.Option(None, "--from", help="Import a dictionary: .safetensors / .npz (W_enc, b_enc, W_dec, b_dec) or .npy (directions); pickles are refused."),
+    nonlinearity: str = typer.Option("relu", "--nonlinearity", help="With --from: none, relu or topk (with --k-active)."),
+    subtract_b_dec: bool = typer.Option(True, "--subtract-b-dec/--no-subtract-b-dec", help="With --from: the encoder reads x - b_dec (SAELens) or x itself (saev)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Then collect the space's examples from this image folder (the artifact's images)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="With --data: the labels file the artifact was collected with."),
+    groups: Optional[str] = typer.Option(None, "--groups", help="With --data: the source-groups file the artifact was collected with."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="With --data: the model's weights when the artifact's record cannot rebuild them (a PATH)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (NMF, SAE and --data)."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Unit spaces: fit PCA / NMF / a sparse autoencoder on a layer's activation sample, or import a
+    dictionary, and store it as layer LAYER@NAME whose units every command reads."""
+    from scopecli.spaces import decompose
+
+    res = decompose(file, layer, method, k, name, seed=seed, from_file=from_file, data=data, labels=labels,
+                    groups=groups, k_active=k_active, shift=shift, device=device, nonlinearity=nonlinearity,
+                    subtract_b_dec=subtract_b_dec, weights=weights, quiet=quiet or json_out)
+    if json_out:
+        _print_json(res)
+        return
+    q = res["quality"]
+
+    def num(key, pct=False):
+        v = q.get(key)
+        return "n/a" if v is None else (f"{100 * v:.1f}%" if pct else f"{v:.3g}")
+
+    ev = f", explained variance {num('explained_variance', True)}" if q.get("explained_variance") is not None else ""
+    nn = f", NNLS R² {num('r2_nnls')}" if q.get("r2_nnls") is not None else ""
+    _out().print(f"wrote {res['layer']} into {res['output']}: {res['method']} k={res['k']} ({res['nonlinearity']}"
+                 f"{' ' + str(res['k_active']) if res['k_active'] else ''}); held-out R² {num('r2')}{nn}{ev}, "
+                 f"dead {num('dead_fraction', True)}, fit {q.get('fit_seconds', 0):.1f} s", markup=False)
+    if res["collected"]:
+        c = res["collected"]
+        _out().print(f"collected {c['units']} units on {c['images']} images into {c['output']}", markup=False)
 
 
 @app.command("show")

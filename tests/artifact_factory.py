@@ -17,6 +17,7 @@ import numpy as np
 from scopecli.artifact import ArtifactWriter
 from scopecli.records import (
     QUANTILES,
+    ActivationSample,
     ExampleSet,
     ImageTable,
     LayerLayout,
@@ -25,6 +26,8 @@ from scopecli.records import (
     RenderRecord,
     StatsBlock,
     Strongest,
+    UnitSpace,
+    space_record,
 )
 
 FAKE_FINGERPRINT = hashlib.sha256(b"fake model").hexdigest()
@@ -118,6 +121,17 @@ def fake_strongest(layer: LayerRecord, units, n_images: int, k: int = 2, seed: i
     return Strongest(units, score, ii, 0.01)
 
 
+def fake_sample(layer: LayerRecord, n_images: int, n: int = 5, seed: int = 0) -> ActivationSample:
+    """An activation sample of n position vectors (a collect with --sample writes one per layer)."""
+    rng = np.random.default_rng(seed)
+    gh, gw = layer.shape[1:]
+    return ActivationSample(keys=np.sort(rng.integers(0, 1 << 62, n, dtype=np.int64)).astype(np.uint64),
+                            vectors16=rng.normal(size=(n, layer.units)).astype(np.float16),
+                            image_index=rng.integers(0, n_images, n).astype(np.int64),
+                            positions=np.stack([rng.integers(0, gh, n), rng.integers(0, gw, n)], 1).astype(np.int32),
+                            seed=seed, size=n, population=n_images * gh * gw)
+
+
 def fake_stats(layer: LayerRecord, units, seed: int = 0, bins: int = 8) -> StatsBlock:
     rng = np.random.default_rng(seed)
     units = np.asarray(list(units), np.int64)
@@ -137,15 +151,29 @@ def fake_probe(layer: LayerRecord, image_indices, seed: int = 0) -> ProbeBlock:
     return ProbeBlock(image_index=ii, acts=rng.normal(size=(len(ii), layer.units)).astype(np.float16))
 
 
+def fake_space(base: LayerRecord, name: str = "pca3", k: int = 3, seed: int = 0) -> UnitSpace:
+    """A unit space of k directions on layer `base` (what `scope decompose` writes)."""
+    rng = np.random.default_rng(seed)
+    enc = rng.normal(size=(k, base.units)).astype(np.float32)
+    return UnitSpace(base.name, name, enc, rng.normal(size=base.units).astype(np.float32), np.zeros(k, np.float32),
+                     enc.copy(), "relu", 0, "pca", seed, "ab" * 32,
+                     {"r2": 0.5, "explained_variance": 0.6, "dead_fraction": 0.0, "fit_seconds": 0.1},
+                     {"k": k}, "a test space")
+
+
 def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = True, n_images: int = 12,
                   k: int = 4, units=None, fingerprint: str = FAKE_FINGERPRINT, table: ImageTable | None = None,
-                  patch_format: str = "jpeg", command: str = "test") -> str:
+                  patch_format: str = "jpeg", command: str = "test", space: bool = False) -> str:
     """Write a complete small artifact to `path` and return it as str.
 
     `units` (default: all) limits which units of each layer get renders/examples/stats; the probe covers
-    the first 3 images. `table` overrides the synthetic image table (e.g. for pack shard tests).
+    the first 3 images. `table` overrides the synthetic image table (e.g. for pack shard tests). `space`
+    adds a unit space on the first layer (layer `<first>@pca3`, with renders and collected content too).
     """
     layers = fake_layers()
+    if space:
+        sp = fake_space(layers[0], seed=seed)
+        layers.append(space_record(layers[0], sp.layer, sp.k))
     table = table if table is not None else fake_image_table(n_images, seed)
     with ArtifactWriter(path, fake_model_info(fingerprint), command, {"seed": seed, "k": k}) as w:
         for li, rec in enumerate(layers):
@@ -161,5 +189,8 @@ def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = 
                 w.put_stats(rec.name, fake_stats(rec, us, seed + li))
                 w.put_probe(rec.name, fake_probe(rec, range(min(3, n)), seed + li))
                 w.put(rec.name, "strongest", fake_strongest(rec, us, n, 2, seed + li))
+                w.put(rec.name, "sample", fake_sample(rec, n, 5, seed + li))
+        if space:
+            w.put(sp.layer, "space", sp)
         w.add_timing("total", 0.5)
     return str(path)

@@ -37,6 +37,10 @@ def run_collect(loaded, source, layers=None, settings=None, output: str | None =
     quiet = quiet or (share.torchrun and not share.leader)
     notes: list[str] = []
     params = settings.params() | {"data": source.describe(), "layers": list(layers) if layers else "default"}
+    if layers:  # unit spaces (BASE@SPACE) are read from the artifact being written
+        from scopecli.model.spaces import attach_spaces
+
+        attach_spaces(loaded, final, layers)
     state = Pass1Checkpoint(path, {key: v for key, v in params.items() if key != "workers"} | {
         "model": loaded.fingerprint, "images": paths_digest(source.paths)}, every_s=checkpoint_s, resume=resume)
     with dist.RankGroup(share, settings.device) as ranks:

@@ -86,6 +86,21 @@ def diff_summary(res, top: int = 5) -> Group:
             c.add_row(ch.layer, _n(np.median(live)) if live.size else "-",
                       f"{int((live < 0.5).sum())}/{len(r)}", jac, dmax, most)
         parts.append(c)
+    rows = [(side, r) for side in ("a", "b") for r in (res.spaces or {}).get(side, [])]
+    if rows:
+        cols = [("side", "left"), ("layer", "left"), ("units", "right"), ("kind", "left"), ("held-out R²", "right"),
+                ("expl. var.", "right"), ("dead", "right"), ("purity", "right"), ("lift", "right"),
+                ("left out", "right")]
+        cells = []
+        for side, r in rows:
+            p = r["purity"] or {}
+            cells.append([side.upper(), r["layer"], r["units"], r["kind"], _n(r["r2"], ".3f"),
+                          _n(r["explained_variance"], ".1%"), _n(r["dead_fraction"], ".1%"),
+                          _n(p.get("median_purity"), ".2f"), _n(p.get("median_lift"), ".1f"),
+                          f"{p['left_out']}/{p['units']}" if p else "-"])
+        parts.append(table("Unit spaces and their layers: fit quality on held-out sample rows; median label purity / "
+                           "lift of the top-8 examples (left out: units firing on fewer than 4 images)", cols, cells,
+                           keep=("side", "layer")))
     return Group(*parts)
 
 
@@ -103,6 +118,17 @@ def unit_summary(info: dict) -> Group:
                          f"  {info['model']}  ({info['artifact']}), unit {info['unit']} of "
                          f"{info['units_in_layer']}, receptive field {info['receptive_field']['size']}px")
     parts = [head]
+    sp = info.get("space")
+    if sp:
+        q = sp["quality"]
+        fit = ", ".join(f"{label} {_n(q.get(key), fmt)}" for key, label, fmt in (
+            ("r2", "held-out R²", ".3f"), ("explained_variance", "explained variance", ".1%"),
+            ("dead_fraction", "dead", ".1%")) if q.get(key) is not None)
+        nl = sp["nonlinearity"] + (f" {sp['k_active']} of {sp['k']}" if sp["nonlinearity"] == "topk" else "")
+        terms = " ".join(f"{'+' if d['weight'] >= 0 else '−'}{abs(d['weight']):.2f}·{sp['base']}:{d['channel']}"
+                         for d in sp["direction_channels"])
+        parts.append(Text(f"unit space {sp['name']} on {sp['base']} ({sp['method']}, {nl}; {fit})\n"
+                          f"direction (unit length; largest channels): {terms}", style="dim"))
     st = info["stats"]
     if st:
         t = Table(title="statistics over all positions of all images")

@@ -75,9 +75,24 @@ def load_unit(path: str | Path, address: str, pixels: bool = False) -> dict:
         profile = view.fields.get("label_profile")
         if profile is not None and (profile.rows or profile.strongest or profile.note):
             out["label_profile"] = profile.to_json()
+        if view.fields.get("direction") is not None:  # a unit of a unit space: what it is made of
+            out["space"] = space_json(art.section(layer, "space"), index)
         return out
     finally:
         art.close()
+
+
+def space_json(space, unit: int, channels: int = 5) -> dict:
+    """A space unit's space (method, fit quality) and its direction: the base channels with the largest
+    weights in its unit-length decoder row (what the unit is made of), and the row's length."""
+    row = space.decoder[unit].astype(float)
+    norm = float(np.linalg.norm(row))
+    top = np.argsort(-np.abs(row), kind="stable")[:channels]
+    quality = {k: _f(v) if isinstance(v, (int, float)) else v for k, v in space.quality.items()}
+    return {"name": space.name, "base": space.base, "method": space.method, "k": space.k,
+            "nonlinearity": space.nonlinearity, "k_active": space.k_active, "note": space.note, "quality": quality,
+            "direction_norm": _f(norm),
+            "direction_channels": [{"channel": int(c), "weight": _f(row[c] / norm) if norm > 0 else 0.0} for c in top]}
 
 
 def _example(e, class_name, rec, pixels: bool, sign: float) -> dict:

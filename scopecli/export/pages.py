@@ -85,6 +85,29 @@ class LayerView:
     layer_renders: list = field(default_factory=list)  # RenderCards of whole-layer (deepdream) renders
     by_label: list[Tile] = field(default_factory=list)  # units with a label profile, highest lift first
     label_pages: int = 0
+    space: dict | None = None  # a unit space's layer: base, method, k, nonlinearity, k_active, quality
+    base: "LayerView | None" = None  # a unit space's layer: the layer it is fitted on
+    spaces: list["LayerView"] = field(default_factory=list)  # the unit spaces fitted on this layer
+    listed_units: int = 0  # units the plan lists (with a render or examples): the layer will have a page
+
+    @property
+    def linkable(self) -> bool:
+        """Has, or will have once exported, a grid page (pages link to layers exported after them)."""
+        return bool(self.listed_units) or self.has_page
+
+    def space_text(self) -> str:
+        """'sae, 768 units, topk 24 · held-out R² 0.91 · dead 2.0%' for a unit space's layer ('' otherwise)."""
+        sp = self.space
+        if not sp:
+            return ""
+        q = sp.get("quality") or {}
+        nl = f"topk {sp.get('k_active')}" if sp.get("nonlinearity") == "topk" else sp.get("nonlinearity", "")
+        parts = [f"{sp.get('method')}, {sp.get('k')} units, {nl}"]
+        for key, label, spec in (("r2", "held-out R²", ".3f"), ("explained_variance", "explained variance", ".1%"),
+                                 ("dead_fraction", "dead", ".1%")):
+            if q.get(key) is not None:
+                parts.append(f"{label} {fmt(q[key], spec)}")
+        return " · ".join(parts)
 
     @property
     def has_page(self) -> bool:

@@ -120,7 +120,14 @@ def _plan(arts, paths, names) -> list[tuple[ModelView, dict[str, np.ndarray]]]:
             mv.layers.append(LayerView(
                 name=name, slug=f"{j + 1:0{lw}d}-{slug(name)}", units=rec.units, shape=tuple(rec.shape),
                 rf_size=rec.rf_size, rf_stride=rec.rf_stride, rendered=int(rendered.sum()), collected=int(top.sum()),
+                space=li.get("space"), listed_units=int(len(listed[name])),
             ))
+        by_name = {lv.name: lv for lv in mv.layers}
+        for lv in mv.layers:  # a unit space links to the layer it is fitted on, and that layer to its spaces
+            base = by_name.get(lv.space["base"]) if lv.space else None
+            if base is not None:
+                lv.base = base
+                base.spaces.append(lv)
         plan.append((mv, listed))
     return plan
 
