@@ -105,3 +105,22 @@ def test_gallery_pages_load_cleanly_offline(site, tmp_path):
         _not_blank(png)
     keep = shutil.copytree(shots, tmp_path.parent / "export-screenshots", dirs_exist_ok=True)
     print(f"screenshots: {keep}")
+
+
+def test_comparison_page_loads_cleanly_offline(tmp_path):
+    """`scope export --diff`: the comparison page and a model page linking to it, in Chromium."""
+    from test_export_comparison import _pair
+
+    pa, pb, d, _ = _pair(tmp_path)
+    out = tmp_path / "site"
+    export_site([pa, pb], out, diff_paths=[d])
+    base = out.resolve().as_uri()
+    with Browser() as browser:
+        page = browser.new_page(1280, 900)
+        assert _check(page, f"{base}/d/01-d/index.html")["count"] == 2  # the linear and the debiased heatmap
+        page.screenshot(str(tmp_path / "comparison.png"), full_page=True)
+        text = page.evaluate("document.body.innerText")
+        assert "alpha vs beta" in text and "best match per layer of a" in text.lower()
+        _check(page, f"{base}/m/01-a/index.html")
+        assert "vs beta (d.h5)" in page.evaluate("document.body.innerText")
+    _not_blank(tmp_path / "comparison.png")

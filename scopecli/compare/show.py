@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from scopecli import heatmaps
-from scopecli.compare.drawing import font, text_size
+from scopecli.compare.drawing import draw_text, text_size
 from scopecli.compare.probes import open_checked
 from scopecli.errors import ScopeError
 from scopecli.fileio import check_output_file, did_you_mean
@@ -119,7 +119,7 @@ def _thumb(pixels: np.ndarray | None) -> Image.Image:
         canvas = Image.new("RGB", (THUMB, THUMB), (225, 225, 225))
         d = ImageDraw.Draw(canvas)
         w, h = text_size(d, "no patch stored")
-        d.text(((THUMB - w) // 2, (THUMB - h) // 2), "no patch stored", fill=(90, 90, 90), font=font())
+        draw_text(d, ((THUMB - w) // 2, (THUMB - h) // 2), "no patch stored", fill=(90, 90, 90))
         return canvas
     img = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
     scale = THUMB / max(img.width, img.height)
@@ -183,17 +183,17 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
     d = ImageDraw.Draw(card)
     y = pad
     for i, s in enumerate(head):
-        d.text((pad, y), _fit(d, s, width - 2 * pad), fill="black" if i == 0 else (60, 60, 60), font=font())
+        draw_text(d, (pad, y), _fit(d, s, width - 2 * pad), fill="black" if i == 0 else (60, 60, 60))
         y += line_h
     y += pad
     for title, items in rows:
-        d.text((pad, y), title, fill=(30, 30, 120), font=font())
+        draw_text(d, (pad, y), title, fill=(30, 30, 120))
         y += line_h
         for j, (pix, captions) in enumerate(items):
             x = pad + j * (THUMB + pad)
             card.paste(_thumb(pix), (x, y))
             for k, cap in enumerate(captions):
-                d.text((x, y + THUMB + 1 + k * line_h), _fit(d, cap, THUMB), fill="black", font=font())
+                draw_text(d, (x, y + THUMB + 1 + k * line_h), _fit(d, cap, THUMB), fill="black")
         y += THUMB + 2 * line_h + pad
     return card
 

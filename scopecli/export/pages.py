@@ -125,6 +125,7 @@ class ModelView:
     file: str
     info: dict
     layers: list[LayerView] = field(default_factory=list)
+    comparisons: list[tuple[str, str]] = field(default_factory=list)  # (title, url from the site root)
 
     @property
     def label(self) -> str:
@@ -217,6 +218,7 @@ class DiffRow:
     a: DiffSide
     b: DiffSide
     pairs: list[tuple[str, str, int]]  # (layer of A, layer of B, mutual best matches)
+    url: str | None = None  # its comparison page, relative to the site root
 
 
 # ----------------------------------------------------------------------------------------- page kinds
@@ -235,6 +237,11 @@ def layer_page(m: ModelView, lv: LayerView, current: int, per_page: int, sort: s
     tiles = lv.by_label if sort == "label" else lv.tiles
     return _render("layer.html", root="../../../", m=m, lv=lv, current=current, sort=sort,
                    tiles=tiles[first: first + per_page], first=first)
+
+
+def comparison_page(c) -> str:
+    """The page of one diff file (`comparisons.ComparisonView`), at d/<slug>/index.html."""
+    return _render("comparison.html", root="../../", c=c)
 
 
 STAT_ROWS = [("count", "positions", ".0f"), ("mean", "mean", ".4g"), ("std", "std", ".4g"), ("min", "min", ".4g"),

@@ -12,6 +12,7 @@ Layout of SITE/:
     m/<NN-model>/<NN-layer>/index.html, page-K.html   unit grid, `per_page` units a page
     m/<NN-model>/<NN-layer>/u/<unit>.html         unit page
     m/<NN-model>/<NN-layer>/img/...               renders (r), thumbnails (s), top (t) / bottom (b) examples
+    d/<NN-diff>/index.html, cka-*.png             comparison page of each --diff file (comparisons.py)
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from scopecli import __version__, heatmaps
 from scopecli.artifact.elements.strongest import lift_score
 from scopecli.artifact.images import encode_jpeg, image_kind
 from scopecli.errors import ScopeError
-from scopecli.export import charts, folder
+from scopecli.export import charts, comparisons, folder
 from scopecli.export.diffs import load_diff
 from scopecli.export.names import fmt, slug
 from scopecli.export.pages import (
     DiffRow,
     DiffSide,
+    comparison_page,
     ExampleCard,
     LayerView,
     LinkRow,
@@ -317,6 +319,61 @@ def _add_heat(card: ExampleCard, e, rec, sign: float, img_dir: Path, name: str, 
         card.peak_style = f"left:{100 * peak[0]:.2f}%;top:{100 * peak[1]:.2f}%"
 
 
+def _comparison_views(diffs, plan) -> list:
+    """A comparison page per diff file, named before the models are written (their pages link to it)."""
+    views = []
+    for k, d in enumerate(diffs):
+        def side(s) -> DiffSide:
+            return DiffSide(s.name, None if s.artifact is None else f"m/{plan[s.artifact][0].slug}/index.html")
+
+        view = comparisons.ComparisonView(k, comparisons.comparison_slug(k, d.path, len(diffs)), Path(d.path).name,
+                                          side(d.a), side(d.b))
+        for s, other in ((d.a, d.b), (d.b, d.a)):
+            if s.artifact is not None:
+                entry = (f"vs {other.name} ({view.file})", view.url)
+                if entry not in plan[s.artifact][0].comparisons:
+                    plan[s.artifact][0].comparisons.append(entry)
+        views.append(view)
+    return views
+
+
+def _export_comparison(d, view, plan, staging: Path, counts: _Counts) -> None:
+    """Write one diff file's comparison page (and its heatmaps) under d/<slug>/."""
+    out = staging / "d" / view.slug
+    out.mkdir(parents=True)
+    sides = {"a": d.a, "b": d.b}
+
+    def layer_view(side: str, layer: str):
+        s = sides[side]
+        if s.artifact is None:
+            return None, None
+        mv = plan[s.artifact][0]
+        return mv, next((x for x in mv.layers if x.name == layer), None)
+
+    def layer_ref(side: str, layer: str) -> comparisons.LayerRef:
+        mv, lv = layer_view(side, layer)
+        url = f"../../m/{mv.slug}/{lv.slug}/index.html" if lv is not None and lv.has_page else None
+        return comparisons.LayerRef(layer, url)
+
+    paged: dict = {}  # (model slug, layer) -> units that got a page (listed and with a picture)
+
+    def unit_ref(side: str, layer: str, unit: int) -> comparisons.UnitRef:
+        mv, lv = layer_view(side, layer)
+        if lv is None:
+            return comparisons.UnitRef(f"{layer}:{unit}", None)
+        key = (mv.slug, layer)
+        if key not in paged:
+            paged[key] = {t.unit for t in lv.tiles}
+        url = f"../../m/{mv.slug}/{lv.slug}/u/{unit}.html" if unit in paged[key] else None
+        return comparisons.UnitRef(f"{layer}:{unit}", url)
+
+    def write_image(name: str, data: bytes) -> None:
+        _write(out / name, data, counts, image=True)
+
+    comparisons.build(view, d.data, unit_ref, layer_ref, write_image)
+    _write(out / "index.html", comparison_page(view), counts)
+
+
 class _NoBar:
     def advance(self, n: float = 1, **_):
         pass
@@ -352,6 +409,7 @@ def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page:
                 links_by_key.setdefault(key, []).extend(lst)
         plan = _plan(arts, paths, names)
         listed_sets = [{k: set(v.tolist()) for k, v in listed.items()} for _, listed in plan]
+        views = _comparison_views(diffs, plan)
         total = sum(len(v) for _, listed in plan for v in listed.values())
         staging = folder.new_staging(out)
         counts = _Counts()
@@ -368,10 +426,9 @@ def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page:
         finally:
             if bar_cm is not None:
                 bar_cm.__exit__(None, None, None)
-        def side(s) -> DiffSide:
-            return DiffSide(s.name, None if s.artifact is None else f"m/{plan[s.artifact][0].slug}/index.html")
-
-        diff_rows = [DiffRow(Path(d.path).name, side(d.a), side(d.b), d.pairs) for d in diffs]
+        for d, view in zip(diffs, views):
+            _export_comparison(d, view, plan, staging, counts)
+        diff_rows = [DiffRow(Path(d.path).name, v.a, v.b, d.pairs, v.url) for d, v in zip(diffs, views)]
         _write(staging / "index.html", index_page([mv for mv, _ in plan], diff_rows), counts)
         _write(staging / "style.css", (STATIC / "style.css").read_bytes(), counts)
         folder.write_marker(staging, {"writer": f"scope {__version__}", "artifacts": [Path(p).name for p in paths]})
