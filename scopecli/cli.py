@@ -177,6 +177,7 @@ def collect_cmd(
     lossless: bool = typer.Option(False, "--lossless", help="Store patches as PNG instead of JPEG q90."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its saved pass-1 state (OUT.collect-state)."),
     checkpoint: float = typer.Option(300.0, "--checkpoint", help="Save the pass-1 state at most every S seconds (0: every batch), so --resume loses little."),
+    circuits: Optional[str] = typer.Option(None, "--circuits", help="Then store each unit's strongest inputs from layer FROM ('prev': each layer's previous default layer), as scope circuits does."),
     quiet: bool = QuietOpt,
     json_out: bool = JsonOpt,
 ):
@@ -191,7 +192,7 @@ def collect_cmd(
     source = open_source(data, labels=labels, groups=groups)
     loaded = load_model(model, weights, mean, std, input_size)
     summary = run_collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, out, shard,
-                          resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out)
+                          resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out, circuits=circuits)
     if summary is None:  # a torchrun rank other than the leader
         return
     if json_out:
@@ -215,6 +216,38 @@ def collect_cmd(
     _out().print(f"wrote {summary['output']}: {len(summary['layers'])} layers, {summary['units']} units, "
                  f"{summary['images']} images ({summary['skipped']} skipped), {summary['patches']} patches; pass 1 "
                  f"{summary['images_per_s']} img/s on {summary['device']}, {summary['seconds']:.1f} s", markup=False)
+
+
+@app.command("circuits")
+def circuits_cmd(
+    file: str = typer.Argument(..., metavar="A.h5", help="Artifact with dataset examples (scope collect); the inputs are added to it."),
+    data: str = typer.Option(..., "--data", help="The image folder (or list) collect read: each unit's top examples are run again."),
+    from_layer: Optional[str] = typer.Option(None, "--from", help="Input layer L' (default: each layer's previous default layer)."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layers L (repeatable or comma-separated; default: every layer with examples)."),
+    units: Optional[str] = typer.Option(None, "--units", "-u", help="Units of L: all, 0:64, 3,5,9 (default all)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Average over each unit's first K top examples (default: all stored)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model spec, when the recorded one cannot be built here."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights, when the recorded ones cannot be loaded (a PATH)."),
+    batch: int = typer.Option(32, "--batch", help="(image, unit) rows per forward/backward."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Strongest inputs (Circuits): which units of an earlier layer build each unit, by gradient x input over its top examples."""
+    from scopecli.circuits import run_circuits
+
+    err = Console(file=sys.stderr, soft_wrap=True)
+    notes: list[str] = []
+    summary = run_circuits(file, data, from_layer, _split_names(",".join(layer)) if layer else None, units, top_k,
+                           model, weights, device=device, batch=batch, quiet=quiet or json_out, log=notes.append)
+    if json_out:
+        _print_json(summary | {"notes": notes})
+        return
+    for m in notes:
+        err.print(f"note: {m}", markup=False)
+    done = ", ".join(f"{x['layer']} <- {x['from']} ({x['units']} units)" for x in summary["layers"])
+    _out().print(f"wrote strongest inputs to {summary['output']}: {done}; {summary['seconds']:.1f} s on "
+                 f"{summary['device']}", markup=False)
 
 
 @app.command("show")

@@ -118,6 +118,20 @@ def fake_strongest(layer: LayerRecord, units, n_images: int, k: int = 2, seed: i
     return Strongest(units, score, ii, 0.01)
 
 
+def fake_inputs(layer: LayerRecord, units, source: LayerRecord, k: int = 3):
+    """Strongest inputs of `units` from `source` (a circuits run writes them). Derived from the unit alone, so
+    shards of one model agree; the last unit never fires (no rows)."""
+    from scopecli.artifact.elements.inputs import InputsBlock
+
+    units = np.asarray(list(units), np.int64)
+    table = np.full((len(units), source.units), np.nan)
+    for i, u in enumerate(units):
+        if u != layer.units - 1:
+            table[i] = np.random.default_rng(int(u)).normal(size=source.units)
+    examples = [0 if u == layer.units - 1 else 4 for u in units]
+    return InputsBlock.from_table(units, source.name, table, examples, k)
+
+
 def fake_stats(layer: LayerRecord, units, seed: int = 0, bins: int = 8) -> StatsBlock:
     rng = np.random.default_rng(seed)
     units = np.asarray(list(units), np.int64)
@@ -161,5 +175,7 @@ def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = 
                 w.put_stats(rec.name, fake_stats(rec, us, seed + li))
                 w.put_probe(rec.name, fake_probe(rec, range(min(3, n)), seed + li))
                 w.put(rec.name, "strongest", fake_strongest(rec, us, n, 2, seed + li))
+                if li > 0 and us:
+                    w.put(rec.name, "inputs", fake_inputs(rec, us, layers[li - 1]))
         w.add_timing("total", 0.5)
     return str(path)

@@ -132,6 +132,18 @@ def unit_summary(info: dict) -> Group:
                 t.add_row(view, r["class"], str(r["count"]), _n(r["fraction"], ".0%"), _n(r["base_rate"], ".1%"),
                           _n(r["lift"], ".1f"))
         parts.append(t)
+    ins = info.get("inputs")
+    if ins:
+        if ins["note"]:
+            parts.append(Text(f"strongest inputs from {ins['from']}: {ins['note']}", style="dim"))
+        else:
+            t = Table(title=f"strongest inputs from {ins['from']} (gradient x input at the unit's maximum, mean over "
+                            f"{ins['examples']} top examples): positive, then negative")
+            for col in ("input unit", "attribution"):
+                t.add_column(col, justify="left" if col == "input unit" else "right")
+            for r in ins["rows"]:
+                t.add_row(f"{r['layer']}:{r['unit']}", _n(r["attribution"], "+.4g"))
+            parts.append(t)
     for which in ("top", "bottom"):
         ex = info["examples"].get(which, [])
         if not ex:

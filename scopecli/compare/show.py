@@ -75,9 +75,27 @@ def load_unit(path: str | Path, address: str, pixels: bool = False) -> dict:
         profile = view.fields.get("label_profile")
         if profile is not None and (profile.rows or profile.strongest or profile.note):
             out["label_profile"] = profile.to_json()
+        inputs = view.fields.get("inputs")
+        if inputs is not None and (len(inputs) or inputs.note):  # format 1.1: strongest inputs (circuits)
+            out["inputs"] = inputs.to_json()
+            if pixels:
+                out["_input_pixels"] = [_unit_picture(art, r.layer, r.unit) for r in inputs]
         return out
     finally:
         art.close()
+
+
+def _unit_picture(art, layer: str, unit: int) -> np.ndarray | None:
+    """What stands for an input unit on a card: its first render, else its best top example, else None."""
+    if layer not in art.layers:
+        return None
+    view = art.unit(layer, unit)
+    for r in view.renders:
+        return r.image
+    for e in view.examples.get("top", []):
+        if e.patch is not None:
+            return e.patch
+    return None
 
 
 def _example(e, class_name, rec, pixels: bool, sign: float) -> dict:
@@ -160,6 +178,17 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
                                    + ("" if e.get("fires", True) else "  no response"),
                                    e["class"] or Path(e["image_path"] or "?").name])
                                  for e in ex[:max_per_row]]))
+    ins = info.get("inputs")
+    if ins and ins["rows"]:
+        title = (f"strongest inputs from {ins['from']}, excitatory then inhibitory (attribution: gradient x input "
+                 f"over {ins['examples']} top examples)")
+        pics = list(zip(ins["rows"], info.get("_input_pixels", [None] * len(ins["rows"]))))
+        half = max(1, max_per_row // 2)
+        pos = [p for p in pics if p[0]["attribution"] > 0]
+        neg = [p for p in pics if p[0]["attribution"] < 0]
+        shown = pos[:max(half, max_per_row - len(neg[:half]))] + neg[:max(half, max_per_row - len(pos[:half]))]
+        rows.append((title, [(pix, [f"{r['layer']}:{r['unit']}", f"{r['attribution']:+.3g}"])
+                             for r, pix in shown[:max_per_row]]))
     st = info["stats"]
     head = [f"{info['model']}   {info['layer']}:{info['unit']}   ({info['artifact']})"]
     if st:
@@ -173,6 +202,8 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
                    if any("_overlay" in e for ex in info["examples"].values() for e in ex) else ""))
     if info.get("label_profile"):
         head.append("fires on: " + profile_text(info["label_profile"]))
+    if ins and ins.get("note"):
+        head.append(f"strongest inputs: {ins['note']}")
     if not rows:
         head.append("no renders or dataset examples stored for this unit")
     pad, line_h = 8, 13

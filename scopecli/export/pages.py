@@ -205,6 +205,37 @@ class LinkRow:
 
 
 @dataclass
+class InputCard:
+    """One strongest input of a unit: the input unit, its signed attribution, its page and thumbnail (None
+    when this export has no page for it)."""
+
+    label: str
+    attribution: float
+    url: str | None
+    thumb: str | None
+    width: int
+    height: int
+
+
+@dataclass
+class InputsView:
+    """A unit's strongest inputs (the Circuits view), positive first, then negative."""
+
+    source_layer: str
+    examples: int
+    note: str
+    cards: list[InputCard]
+
+    @property
+    def positive(self) -> list[InputCard]:
+        return [c for c in self.cards if c.attribution > 0]
+
+    @property
+    def negative(self) -> list[InputCard]:
+        return [c for c in self.cards if c.attribution < 0]
+
+
+@dataclass
 class DiffSide:
     """Model A or B of a diff file; `url` (relative to the site root) is None when it was not exported."""
 
@@ -250,10 +281,11 @@ STAT_ROWS = [("count", "positions", ".0f"), ("mean", "mean", ".4g"), ("std", "st
 
 def unit_page(m: ModelView, lv: LayerView, unit: int, list_page: int, prev_unit: int | None, next_unit: int | None,
               renders: list[RenderCard], examples: dict[str, list[ExampleCard]], stats: dict,
-              hist_svg: str | None, strip_svg: str | None, links: list[LinkRow], profile=None) -> str:
+              hist_svg: str | None, strip_svg: str | None, links: list[LinkRow], profile=None,
+              inputs: InputsView | None = None) -> str:
     keys = STAT_ROWS + [(k, k, ".4g") for k in sorted(stats) if k.startswith("p") and k not in ("positions",)]
     stat_rows = [(label, fmt(stats.get(k), spec)) for k, label, spec in keys if k in stats]
     return _render("unit.html", root="../../../../", m=m, lv=lv, unit=unit, list_page=list_page,
                    prev_unit=prev_unit, next_unit=next_unit, renders=renders, examples=examples, stats=stats,
                    stat_rows=stat_rows, hist_svg=_svg(hist_svg), strip_svg=_svg(strip_svg), links=links,
-                   profile=profile)
+                   profile=profile, inputs=inputs)

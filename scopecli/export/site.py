@@ -38,6 +38,8 @@ from scopecli.export.pages import (
     DiffSide,
     comparison_page,
     ExampleCard,
+    InputCard,
+    InputsView,
     LayerView,
     LinkRow,
     ModelView,
@@ -162,7 +164,9 @@ def _pick_thumb_render(renders):
 
 
 def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_dir: Path, links_by_key: dict,
-                  plan, listed_sets, per_page: int, bar, counts: _Counts) -> None:
+                  plan, listed_sets, per_page: int, bar, counts: _Counts, deferred: list | None = None) -> None:
+    """Write one layer's images, grid pages and unit pages. Unit pages that show strongest inputs need the
+    input layer's thumbnails, known once every layer is done: they go to `deferred` (callables)."""
     layer = lv.name
     img_dir, unit_dir = layer_dir / "img", layer_dir / "u"
     img_dir.mkdir(parents=True)
@@ -268,18 +272,27 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
         link_rows = _link_rows(links_by_key.get((mv.index, layer, u), []), plan, listed_sets)
         counts.links += len(link_rows)
         # pages are written below, once every listed unit (prev/next, grid page) is known
-        pending.append((u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows, profile))
+        pending.append((u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows, profile,
+                        view.fields.get("inputs")))
         counts.units += 1
         bar.advance()
     # write unit pages now that neighbours and page numbers are known
     listed_units = [t.unit for t in lv.tiles]
     where = {uu: i for i, uu in enumerate(listed_units)}
-    for u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows, profile in pending:
+    for u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows, profile, inputs in pending:
         i = where[u]
         prev_u = listed_units[i - 1] if i > 0 else None
         next_u = listed_units[i + 1] if i + 1 < len(listed_units) else None
-        _write(unit_dir / f"{u}.html", unit_page(mv, lv, u, i // per_page + 1, prev_u, next_u, cards, ex_cards, stats,
-                                                 hist_svg, strip_svg, link_rows, profile), counts)
+        args = (mv, lv, u, i // per_page + 1, prev_u, next_u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows,
+                profile)
+
+        def write(args=args, u=u, inputs=inputs):
+            _write(unit_dir / f"{u}.html", unit_page(*args, inputs=_input_cards(mv, inputs)), counts)
+
+        if inputs and deferred is not None:
+            deferred.append(write)
+        else:
+            write()
     lv.pages = max(1, math.ceil(len(lv.tiles) / per_page))
     if lifts:  # one more ordering of the grid (static pages: one page set per order)
         lv.by_label = sorted((replace(t, label=lifts[t.unit][1], lift_score=lifts[t.unit][0])
@@ -295,6 +308,27 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
             _write(layer_dir / lv.page_file(p), layer_page(mv, lv, p, per_page), counts)
         for p in range(1, lv.label_pages + 1):
             _write(layer_dir / lv.page_file(p, "label"), layer_page(mv, lv, p, per_page, "label"), counts)
+
+
+def _input_cards(mv: ModelView, inputs) -> InputsView | None:
+    """A unit's strongest inputs as the unit page shows them: each input unit's thumbnail and page when this
+    export has them (paths relative to m/<model>/<layer>/u/), else its name alone."""
+    if not inputs and not getattr(inputs, "note", ""):
+        return None
+    tiles: dict = {}
+    cards = []
+    for r in inputs:
+        lv = next((x for x in mv.layers if x.name == r.layer), None)
+        tile = None
+        if lv is not None:
+            if lv.name not in tiles:
+                tiles[lv.name] = {t.unit: t for t in lv.tiles}
+            tile = tiles[lv.name].get(r.unit)
+        cards.append(InputCard(f"{r.layer}:{r.unit}", r.attribution,
+                               None if tile is None else f"../../{lv.slug}/u/{r.unit}.html",
+                               None if tile is None else f"../../{lv.slug}/{tile.thumb}",
+                               0 if tile is None else tile.width, 0 if tile is None else tile.height))
+    return InputsView(inputs.source_layer or "", inputs.examples, inputs.note, cards)
 
 
 def _add_heat(card: ExampleCard, e, rec, sign: float, img_dir: Path, name: str, counts: _Counts) -> None:
@@ -419,9 +453,12 @@ def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page:
             for (mv, listed), art in zip(plan, arts):
                 mdir = staging / "m" / mv.slug
                 mdir.mkdir(parents=True)
+                deferred: list = []
                 for lv in mv.layers:
                     _export_layer(art, mv, lv, listed[lv.name], mdir / lv.slug, links_by_key, plan, listed_sets,
-                                  int(per_page), bar, counts)
+                                  int(per_page), bar, counts, deferred)
+                for write in deferred:  # unit pages with strongest inputs: every layer's thumbnails are known
+                    write()
                 _write(mdir / "index.html", model_page(mv), counts)
         finally:
             if bar_cm is not None:
