@@ -151,6 +151,44 @@ def render_cmd(
                  f"{summary['seconds']:.1f} s", markup=False)
 
 
+@app.command("caricature")
+def caricature_cmd(
+    model: str = typer.Argument(..., help="Model spec: resnet50, timm/inception_v4, open_clip/RN50x4, efficientnet_lite0, or package.module:factory."),
+    image: List[str] = typer.Option(..., "--image", "-i", help="A photo to caricature (repeatable)."),
+    layer: List[str] = typer.Option(..., "--layer", "-l", help="Layer name (repeatable or comma-separated)."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Artifact to add to (default <model>.h5)."),
+    steps: int = typer.Option(256, "--steps", help="Optimization steps."),
+    power: float = typer.Option(1.0, "--power", help="Cosine power p of the objective dot(a, a_photo) * cos^p (0: plain dot product)."),
+    param: str = typer.Option("fft", "--param", help="Image parameterization: fft or pixel (it starts from the photo)."),
+    lr: float = typer.Option(0.05, "--lr", help="Adam learning rate."),
+    batch: int = typer.Option(8, "--batch", help="(layer, photo) images optimized together."),
+    seed: int = typer.Option(0, "--seed", help="Run seed of the transforms."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    weights: str = WeightsOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    input_size: Optional[int] = InputSizeOpt,
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Caricatures: photos re-optimized so that a layer's response to them is exaggerated (Lucid's recipe)."""
+    from scopecli.render.caricature import CaricatureSettings, load_photos, run_caricature
+
+    settings = CaricatureSettings(steps=steps, lr=lr, power=power, param=param, seed=seed, batch=batch, device=device)
+    settings.check()
+    loaded = load_model(model, weights, mean, std, input_size)
+    load_photos(image, loaded.preprocess)  # a photo the model cannot read fails before any work
+    summary = run_caricature(loaded, _split_names(",".join(layer)), image, settings, out, quiet=quiet or json_out)
+    if json_out:
+        _print_json(summary)
+        return
+    for row in summary["images"]:
+        _out().print(f"{row['layer']}  {row['photo']}: cosine to the photo {row['cosine']:.3f}, magnitude "
+                     f"x{row['magnitude_ratio']:.2f}", markup=False)
+    _out().print(f"wrote {summary['output']}: {len(summary['images'])} caricatures, {summary['seconds']:.1f} s on "
+                 f"{summary['device']}", markup=False)
+
+
 @app.command("collect")
 def collect_cmd(
     model: str = typer.Argument(..., help="Model spec: resnet50, timm/inception_v4, open_clip/RN50x4, efficientnet_lite0, or package.module:factory."),
@@ -253,15 +291,29 @@ def circuits_cmd(
 @app.command("show")
 def show_cmd(
     file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
-    unit: str = typer.Argument(..., metavar="LAYER:UNIT", help="Unit address, e.g. layer4.2:117."),
+    unit: str = typer.Argument(..., metavar="LAYER:UNIT", help="Unit address, e.g. layer4.2:117; or a LAYER for its caricatures and atlas."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Write the unit card as a PNG (a name ending in .png)."),
     json_out: bool = JsonOpt,
 ):
-    """One unit: statistics, renders and examples; -o writes its card as PNG."""
+    """One unit: statistics, renders and examples; -o writes its card as PNG. A layer: its caricatures and atlas."""
     from scopecli.compare.show import check_card_output, load_unit, unit_json, write_card
 
     if out:
         check_card_output(out)
+    if ":" not in unit:  # layer names never hold a colon: a whole layer
+        from scopecli.compare.report import layer_summary
+        from scopecli.compare.show import layer_json, load_layer, write_layer_card
+
+        info = load_layer(file, unit, pixels=bool(out))
+        if out:
+            write_layer_card(info, out)
+        if json_out:
+            _print_json(layer_json(info))
+            return
+        _out().print(layer_summary(info))
+        if out:
+            _out().print(f"wrote card {out}")
+        return
     info = load_unit(file, unit, pixels=bool(out))
     if out:
         write_card(info, out)

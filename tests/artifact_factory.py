@@ -132,6 +132,20 @@ def fake_inputs(layer: LayerRecord, units, source: LayerRecord, k: int = 3):
     return InputsBlock.from_table(units, source.name, table, examples, k)
 
 
+def fake_caricatures(layer: LayerRecord, n: int = 2, size: int = 24):
+    """Caricatures of n fake photos (`scope caricature` writes them); derived from the layer name alone."""
+    from scopecli.artifact.elements.caricatures import Caricature
+
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        photo = fake_image(rng, size, size)
+        out.append(Caricature(hashlib.sha256(f"photo {i}".encode()).hexdigest(), f"photo_{i}.jpg",
+                              fake_image(np.random.default_rng([i, len(layer.name)]), size, size), photo,
+                              0.9 - 0.1 * i, 1.5 + i, 64, size, 1000 + i, 0.05, 1.0, "fft", 0.2))
+    return out
+
+
 def fake_stats(layer: LayerRecord, units, seed: int = 0, bins: int = 8) -> StatsBlock:
     rng = np.random.default_rng(seed)
     units = np.asarray(list(units), np.int64)
@@ -167,6 +181,8 @@ def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = 
             us = list(range(rec.units)) if units is None else [u for u in units if u < rec.units]
             if renders:
                 w.put_renders(rec.name, fake_renders(rec, us, seed + li))
+                if li == 1:
+                    w.put(rec.name, "caricatures", fake_caricatures(rec))
             if collect:
                 w.set_dataset(table)
                 n = len(table)

@@ -405,6 +405,12 @@ class Artifact:
         """Spatial-mean activations of every unit on the probe images, or None."""
         return self.section(layer, "probe")
 
+    def caricatures(self, layer: str) -> list:
+        """The layer's caricatures (`scope caricature`): items with `.image`, `.photo` (HxWx3 uint8, decoded
+        on access), `.source_sha256`, `.source_name`, `.layer`, `.cosine`, `.magnitude_ratio`; [] if none."""
+        s = self.section(layer, "caricatures")
+        return [] if s is None else [s.view(i) for i in range(s.n)]
+
     # ------------------------------------------------------------------------------------------- units
 
     def unit(self, address: str, index: int | None = None) -> UnitView:

@@ -157,3 +157,25 @@ def unit_summary(info: dict) -> Group:
     if not info["renders"] and not any(info["examples"].values()):
         parts.append(Text("no renders or dataset examples stored for this unit", style="dim"))
     return Group(*parts)
+
+
+def layer_summary(info: dict) -> Group:
+    """`scope show FILE LAYER`: the layer's caricatures and activation atlas."""
+    parts = [Text.assemble((info["layer"], "bold"), f"  {info['model']}  ({info['artifact']}), {info['units']} units")]
+    if info["caricatures"]:
+        t = Table(title="caricatures (cosine to the photo's activation; magnitude ratio: how much it was exaggerated)")
+        for col in ("photo", "cosine", "magnitude ratio", "steps", "power", "param", "sha256"):
+            t.add_column(col, justify="left" if col in ("photo", "param", "sha256") else "right")
+        for c in info["caricatures"]:
+            t.add_row(c["photo"], _n(c["cosine"]), _n(c["magnitude_ratio"], ".2f"), str(c["steps"]), f"{c['power']:g}",
+                      c["param"], c["source_sha256"][:12])
+        parts.append(t)
+    a = info.get("atlas")
+    if a:
+        parts.append(Text(f"activation atlas: {a['grid']}x{a['grid']} grid, {a['cells']} non-empty cells from "
+                          f"{a['vectors']} sample vectors, layout {a['layout']} (seed {a['seed']}), cells rendered "
+                          f"with {a['steps']} steps"))
+    if not info["caricatures"] and not a:
+        parts.append(Text("no caricatures or activation atlas stored for this layer (scope caricature, scope atlas)",
+                          style="dim"))
+    return Group(*parts)

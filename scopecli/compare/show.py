@@ -241,3 +241,96 @@ def write_card(info: dict, out: str | Path) -> Path:
     check_card_output(out)
     save_png(unit_card(info), out, CARD_SUFFIXES)
     return Path(out)
+
+
+# ----------------------------------------------------------------------------------------- a whole layer
+
+
+def load_layer(path: str | Path, layer: str, pixels: bool = False) -> dict:
+    """The views of one layer as plain data (`scope show FILE LAYER`): its caricatures and its activation
+    atlas (format 1.1); with `pixels`, also the decoded images a layer card needs."""
+    art = open_checked(path)
+    try:
+        if layer not in art.layers:
+            raise ScopeError(f"{path}: no layer named {layer}" + did_you_mean(layer, art.layers, n=3))
+        rec = art.layer(layer)
+        out = {"artifact": str(path), "model": art.model.get("name") or art.model.get("spec"), "layer": layer,
+               "units": rec.units, "caricatures": [], "atlas": None, "_pixels": pixels}
+        for c in art.caricatures(layer):
+            row = {"photo": c.source_name, "source_sha256": c.source_sha256, "cosine": _f(c.cosine),
+                   "magnitude_ratio": _f(c.magnitude_ratio), "steps": c.steps, "power": c.power, "param": c.param,
+                   "size": c.size, "seed": c.seed}
+            if pixels:
+                row["_image"], row["_photo"] = c.image, c.photo
+            out["caricatures"].append(row)
+        atlas = art.atlas(layer) if hasattr(art, "atlas") else None
+        if atlas is not None:
+            out["atlas"] = atlas.summary()
+            if pixels:
+                out["_atlas_mosaic"] = atlas.mosaic(THUMB // 2)
+        if not out["caricatures"] and atlas is None:
+            raise ScopeError(f"layer {layer} has no caricatures or activation atlas to show (scope caricature, scope "
+                             f"atlas); for a unit give layer:unit, e.g. {layer}:0")
+        return out
+    finally:
+        art.close()
+
+
+def layer_json(info: dict) -> dict:
+    out = {k: v for k, v in info.items() if not k.startswith("_")}
+    out["caricatures"] = [{k: v for k, v in c.items() if not k.startswith("_")} for c in info["caricatures"]]
+    return out
+
+
+def layer_card(info: dict) -> Image.Image:
+    """A PNG-ready card of a layer: each photo beside its caricature with the evidence, and the atlas mosaic."""
+    if not info.get("_pixels"):
+        raise ScopeError("layer_card needs the pictures: load the layer with load_layer(path, layer, pixels=True)")
+    pad, line_h = 8, 13
+    cars = info["caricatures"]
+    mosaic = info.get("_atlas_mosaic")
+    head = [f"{info['model']}   {info['layer']}   ({info['artifact']})"]
+    if cars:
+        head.append("caricatures: photo, then the photo re-optimized so the layer's response is exaggerated "
+                    "(cos = cosine to the photo's activation, x = magnitude ratio)")
+    if not cars and mosaic is None:
+        head.append("no caricatures or activation atlas stored for this layer")
+    per_row = 4  # pairs
+    rows = [cars[i:i + per_row] for i in range(0, len(cars), per_row)]
+    width = max(pad + per_row * (2 * THUMB + 3 * pad), (mosaic.width + 2 * pad) if mosaic is not None else 0)
+    height = pad + len(head) * line_h + pad + len(rows) * (THUMB + 2 * line_h + pad)
+    if mosaic is not None:
+        height += line_h + mosaic.height + pad
+    card = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(card)
+    y = pad
+    for i, s in enumerate(head):
+        draw_text(d, (pad, y), _fit(d, s, width - 2 * pad), fill="black" if i == 0 else (60, 60, 60))
+        y += line_h
+    y += pad
+    for row in rows:
+        for j, c in enumerate(row):
+            x = pad + j * (2 * THUMB + 3 * pad)
+            card.paste(_thumb(c["_photo"]), (x, y))
+            card.paste(_thumb(c["_image"]), (x + THUMB + 2, y))
+            draw_text(d, (x, y + THUMB + 1), _fit(d, c["photo"], 2 * THUMB), fill="black")
+            cos = "-" if c["cosine"] is None else f"{c['cosine']:.2f}"
+            mag = "-" if c["magnitude_ratio"] is None else f"{c['magnitude_ratio']:.2f}"
+            draw_text(d, (x, y + THUMB + 1 + line_h), f"cos {cos}  x{mag}  ({c['steps']} steps, p={c['power']:g})",
+                      fill=(60, 60, 60))
+        y += THUMB + 2 * line_h + pad
+    if mosaic is not None:
+        a = info["atlas"]
+        draw_text(d, (pad, y), f"activation atlas: {a['grid']}x{a['grid']} grid, {a['cells']} cells rendered, "
+                  f"{a['vectors']} sample vectors, layout {a['layout']}", fill=(30, 30, 120))
+        y += line_h
+        card.paste(mosaic, (pad, y))
+    return card
+
+
+def write_layer_card(info: dict, out: str | Path) -> Path:
+    from scopecli.compare.drawing import save_png
+
+    check_card_output(out)
+    save_png(layer_card(info), out, CARD_SUFFIXES)
+    return Path(out)

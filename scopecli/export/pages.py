@@ -71,6 +71,20 @@ class Tile:
 
 
 @dataclass
+class CaricatureCard:
+    """A caricature on a layer page: the photo and its caricature (paths relative to the layer folder)."""
+
+    src: str
+    photo_src: str
+    width: int
+    height: int
+    photo: str
+    cosine: float
+    magnitude_ratio: float
+    meta: str
+
+
+@dataclass
 class LayerView:
     name: str
     slug: str
@@ -85,10 +99,11 @@ class LayerView:
     layer_renders: list = field(default_factory=list)  # RenderCards of whole-layer (deepdream) renders
     by_label: list[Tile] = field(default_factory=list)  # units with a label profile, highest lift first
     label_pages: int = 0
+    caricatures: list = field(default_factory=list)  # CaricatureCards (format 1.1)
 
     @property
     def has_page(self) -> bool:
-        return bool(self.tiles or self.layer_renders)
+        return bool(self.tiles or self.layer_renders or self.caricatures)
 
     def page_file(self, page: int, sort: str = "") -> str:
         """Grid page `page` in unit order, or (sort "label") ordered by label lift."""

@@ -37,6 +37,7 @@ from scopecli.export.pages import (
     DiffRow,
     DiffSide,
     comparison_page,
+    CaricatureCard,
     ExampleCard,
     InputCard,
     InputsView,
@@ -196,6 +197,16 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
                                                r.act_final, r.act_robust, r.dataset_max_ratio, False,
                                                f"{r.param} · {r.steps} steps · {r.size}px · seed {r.seed}",
                                                charts.trace_svg(r.act_trace)))
+    for j, c in enumerate(art.caricatures(layer)):  # caricatures: the photo beside it, both copied as stored
+        kinds = (image_kind(c.encoded), image_kind(c.photo_encoded))
+        if None in kinds:
+            continue
+        name, photo = f"ca{j}.{EXT[kinds[0]]}", f"cp{j}.{EXT[kinds[1]]}"
+        _write(img_dir / name, c.encoded, counts, image=True)
+        _write(img_dir / photo, c.photo_encoded, counts, image=True)
+        lv.caricatures.append(CaricatureCard(f"img/{name}", f"img/{photo}", c.width, c.height, c.source_name,
+                                             c.cosine, c.magnitude_ratio,
+                                             f"{c.param} · {c.steps} steps · power {c.power:g} · seed {c.seed}"))
     pending = []
     for u in (int(x) for x in units):
         view = art.unit(layer, u)
