@@ -205,6 +205,8 @@ def collect_cmd(
     labels: Optional[str] = typer.Option(None, "--labels", help="TSV/CSV mapping file -> label (e.g. the sample folder's labels.tsv)."),
     groups: Optional[str] = typer.Option(None, "--groups", help="TSV/CSV mapping file -> source group: crops and mirrors of one photo count as one source."),
     per_source: Optional[int] = typer.Option(None, "--per-source", help="At most N examples of one source group per unit (default 1 with --groups; 0: no limit)."),
+    sample: int = typer.Option(0, "--sample", help="Keep a seeded uniform sample of N position vectors per layer (float16), what `scope decompose` fits unit spaces on."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the activation sample."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the model under bfloat16 autocast (GPU speed; stats stay float32)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="k/n: process the k-th of n deterministic parts (1-based); merge with scope pack."),
@@ -225,7 +227,7 @@ def collect_cmd(
 
     settings = CollectSettings(top_k=top_k, bottom_k=bottom_k, patch_size=patch_size, probe=probe, batch=batch,
                                workers=workers, limit=limit, device=device, bf16=bf16, lossless=lossless,
-                               per_source=per_source)
+                               per_source=per_source, sample=sample, seed=seed)
     settings.check()
     source = open_source(data, labels=labels, groups=groups)
     loaded = load_model(model, weights, mean, std, input_size)

@@ -181,3 +181,29 @@ class Strongest:
     image_index: np.ndarray  # int64 [U, k] into the ImageTable; -1 where missing
     fraction: float = 0.01
     per_source: int = 0  # at most this many images of one source group per unit (0: no limit)
+
+
+@dataclass
+class ActivationSample:
+    """A seeded uniform sample of one layer's position vectors (what unit spaces are fitted on).
+
+    Row i is the activation vector (float16 [C]) at grid position `positions[i]` = (row, col) of image
+    `image_index[i]`; `keys` (uint64, ascending) are the rows' sample keys: the sample is the `size`
+    smallest keys among `population` positions (see `scopecli.sketch.position_keys`).
+    """
+
+    keys: np.ndarray  # uint64 [S], ascending
+    vectors16: np.ndarray  # float16 [S, C]
+    image_index: np.ndarray  # int64 [S] into the ImageTable
+    positions: np.ndarray  # int32 [S, 2]: (row, col) in the position grid
+    seed: int
+    size: int  # the N asked for (S <= N: fewer positions existed)
+    population: int = 0  # positions the sample was drawn from
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """float32 [S, C] (the stored float16 values, widened)."""
+        return self.vectors16.astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.keys)

@@ -17,6 +17,7 @@ import numpy as np
 from scopecli.artifact import ArtifactWriter
 from scopecli.records import (
     QUANTILES,
+    ActivationSample,
     ExampleSet,
     ImageTable,
     LayerLayout,
@@ -144,6 +145,15 @@ def fake_caricatures(layer: LayerRecord, n: int = 2, size: int = 24):
                               fake_image(np.random.default_rng([i, len(layer.name)]), size, size), photo,
                               0.9 - 0.1 * i, 1.5 + i, 64, size, 1000 + i, 0.05, 1.0, "fft", 0.2))
     return out
+def fake_sample(layer: LayerRecord, n_images: int, n: int = 5, seed: int = 0) -> ActivationSample:
+    """An activation sample of n position vectors (a collect with --sample writes one per layer)."""
+    rng = np.random.default_rng(seed)
+    gh, gw = layer.shape[1:]
+    return ActivationSample(keys=np.sort(rng.integers(0, 1 << 62, n, dtype=np.int64)).astype(np.uint64),
+                            vectors16=rng.normal(size=(n, layer.units)).astype(np.float16),
+                            image_index=rng.integers(0, n_images, n).astype(np.int64),
+                            positions=np.stack([rng.integers(0, gh, n), rng.integers(0, gw, n)], 1).astype(np.int32),
+                            seed=seed, size=n, population=n_images * gh * gw)
 
 
 def fake_stats(layer: LayerRecord, units, seed: int = 0, bins: int = 8) -> StatsBlock:
@@ -193,5 +203,6 @@ def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = 
                 w.put(rec.name, "strongest", fake_strongest(rec, us, n, 2, seed + li))
                 if li > 0 and us:
                     w.put(rec.name, "inputs", fake_inputs(rec, us, layers[li - 1]))
+                w.put(rec.name, "sample", fake_sample(rec, n, 5, seed + li))
         w.add_timing("total", 0.5)
     return str(path)

@@ -55,7 +55,7 @@ from scopecli.artifact.layout import (
 )
 from scopecli.errors import ScopeError
 from scopecli.fileio import check_input_file, did_you_mean
-from scopecli.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock
+from scopecli.records import ActivationSample, ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock
 from scopecli.units import parse_unit_address
 
 PATH_TABLE_LOAD_LIMIT = 50_000  # image tables up to this size are read whole for example paths
@@ -410,6 +410,11 @@ class Artifact:
         on access), `.source_sha256`, `.source_name`, `.layer`, `.cosine`, `.magnitude_ratio`; [] if none."""
         s = self.section(layer, "caricatures")
         return [] if s is None else [s.view(i) for i in range(s.n)]
+
+    def sample(self, layer: str) -> ActivationSample | None:
+        """The layer's activation sample (`collect --sample N`): `.vectors` float32 [S, C], `.image_index`,
+        `.positions` [S, 2] (row, col), `.seed`, `.keys`; None when the layer has none."""
+        return self.section(layer, "sample")
 
     # ------------------------------------------------------------------------------------------- units
 
