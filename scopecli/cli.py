@@ -290,6 +290,39 @@ def circuits_cmd(
                  f"{summary['device']}", markup=False)
 
 
+@app.command("atlas")
+def atlas_cmd(
+    file: str = typer.Argument(..., metavar="A.h5", help="Artifact with an activation sample of the layer (scope collect --sample N); the atlas is added to it."),
+    layer: str = typer.Option(..., "--layer", "-l", help="The layer to map."),
+    grid: int = typer.Option(20, "--grid", help="Cells per side of the atlas grid."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the layout (UMAP) and of the renders."),
+    steps: int = typer.Option(128, "--steps", help="Optimization steps per cell."),
+    size: int = typer.Option(96, "--size", help="Side in pixels of each cell's render."),
+    layout: str = typer.Option("auto", "--layout", help="auto (UMAP when umap-learn is installed, else PCA), umap or pca."),
+    power: float = typer.Option(1.0, "--power", help="Cosine power of the direction objective dot(a, d) * cos^p."),
+    batch: int = typer.Option(32, "--batch", help="Cells rendered together."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model spec, when the recorded one cannot be built here."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights, when the recorded ones cannot be loaded (a PATH)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Activation atlas: the layer's activation sample laid out in 2-D (UMAP), gridded, every cell's mean direction rendered."""
+    from scopecli.atlas import run_atlas
+
+    summary = run_atlas(file, layer, grid=grid, seed=seed, steps=steps, size=size, layout=layout, power=power,
+                        batch=batch, model=model, weights=weights, device=device, quiet=quiet or json_out)
+    if json_out:
+        _print_json(summary)
+        return
+    if summary["note"]:
+        Console(file=sys.stderr, soft_wrap=True).print(f"note: {summary['note']}", markup=False)
+    _out().print(f"wrote the atlas of {summary['layer']} to {summary['output']}: {summary['cells']} of "
+                 f"{summary['grid']}x{summary['grid']} cells from {summary['vectors']} sample vectors ({summary['layout']} "
+                 f"layout {summary['layout_s']:.1f} s), rendered in {summary['render_s']:.1f} s on {summary['device']}",
+                 markup=False)
+
+
 @app.command("show")
 def show_cmd(
     file: str = typer.Argument(..., metavar="FILE", help="Artifact."),

@@ -156,6 +156,20 @@ def fake_sample(layer: LayerRecord, n_images: int, n: int = 5, seed: int = 0) ->
                             seed=seed, size=n, population=n_images * gh * gw)
 
 
+def fake_atlas(layer: LayerRecord, grid: int = 3, size: int = 16):
+    """A small activation atlas (`scope atlas` writes it): the cells of the diagonal and one more."""
+    from scopecli.artifact.elements.atlas import AtlasBlock
+
+    rng = np.random.default_rng(len(layer.name))
+    cell = np.array([[i, i] for i in range(grid)] + [[0, grid - 1]], np.int32)
+    a = len(cell)
+    return AtlasBlock(grid=grid, layout="pca", layout_note="umap-learn is not installed: PCA layout", seed=0,
+                      vectors=10 * a, steps=8, size=size, power=1.0, param="fft", lr=0.05, cell=cell,
+                      count=np.full(a, 10, np.int32), center=((cell + 0.5) / grid).astype(np.float32),
+                      mean=rng.normal(size=(a, layer.units)).astype(np.float32), act_start=np.zeros(a),
+                      act_final=np.ones(a), images=[fake_image(rng, size, size) for _ in range(a)])
+
+
 def fake_stats(layer: LayerRecord, units, seed: int = 0, bins: int = 8) -> StatsBlock:
     rng = np.random.default_rng(seed)
     units = np.asarray(list(units), np.int64)
@@ -193,6 +207,7 @@ def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = 
                 w.put_renders(rec.name, fake_renders(rec, us, seed + li))
                 if li == 1:
                     w.put(rec.name, "caricatures", fake_caricatures(rec))
+                    w.put(rec.name, "atlas", fake_atlas(rec))
             if collect:
                 w.set_dataset(table)
                 n = len(table)

@@ -411,6 +411,12 @@ class Artifact:
         s = self.section(layer, "caricatures")
         return [] if s is None else [s.view(i) for i in range(s.n)]
 
+    def atlas(self, layer: str):
+        """The layer's activation atlas (`scope atlas`): `.grid`, `.layout`, `.seed` and `.cells`, each with
+        `.image` (HxWx3 uint8, decoded on access), `.count`, `.position` (row, col); None when it has none."""
+        s = self.section(layer, "atlas")
+        return None if s is None else s.view()
+
     def sample(self, layer: str) -> ActivationSample | None:
         """The layer's activation sample (`collect --sample N`): `.vectors` float32 [S, C], `.image_index`,
         `.positions` [S, 2] (row, col), `.seed`, `.keys`; None when the layer has none."""

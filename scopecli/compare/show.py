@@ -297,7 +297,8 @@ def layer_card(info: dict) -> Image.Image:
         head.append("no caricatures or activation atlas stored for this layer")
     per_row = 4  # pairs
     rows = [cars[i:i + per_row] for i in range(0, len(cars), per_row)]
-    width = max(pad + per_row * (2 * THUMB + 3 * pad), (mosaic.width + 2 * pad) if mosaic is not None else 0)
+    width = max(pad + min(per_row, len(cars)) * (2 * THUMB + 3 * pad), (mosaic.width + 2 * pad) if mosaic is not None
+                else 0, 640)
     height = pad + len(head) * line_h + pad + len(rows) * (THUMB + 2 * line_h + pad)
     if mosaic is not None:
         height += line_h + mosaic.height + pad

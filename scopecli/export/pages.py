@@ -85,6 +85,37 @@ class CaricatureCard:
 
 
 @dataclass
+class AtlasCellCard:
+    """One atlas cell on the atlas page: its place in the grid, its render, and the units nearest to it."""
+
+    row: int
+    col: int
+    src: str
+    count: int
+    units: list[tuple[int, str | None]]  # (unit, its page relative to the layer folder, or None)
+
+    @property
+    def url(self) -> str | None:
+        return self.units[0][1] if self.units else None
+
+
+@dataclass
+class AtlasPage:
+    """A layer's activation atlas as the gallery shows it (paths relative to the layer folder)."""
+
+    grid: int
+    layout: str
+    note: str
+    seed: int
+    vectors: int
+    steps: int
+    size: int
+    mosaic: str
+    mosaic_px: int
+    cells: list[AtlasCellCard]
+
+
+@dataclass
 class LayerView:
     name: str
     slug: str
@@ -100,10 +131,11 @@ class LayerView:
     by_label: list[Tile] = field(default_factory=list)  # units with a label profile, highest lift first
     label_pages: int = 0
     caricatures: list = field(default_factory=list)  # CaricatureCards (format 1.1)
+    atlas: AtlasPage | None = None  # its activation atlas (format 1.1), on atlas.html
 
     @property
     def has_page(self) -> bool:
-        return bool(self.tiles or self.layer_renders or self.caricatures)
+        return bool(self.tiles or self.layer_renders or self.caricatures or self.atlas)
 
     def page_file(self, page: int, sort: str = "") -> str:
         """Grid page `page` in unit order, or (sort "label") ordered by label lift."""
@@ -283,6 +315,11 @@ def layer_page(m: ModelView, lv: LayerView, current: int, per_page: int, sort: s
     tiles = lv.by_label if sort == "label" else lv.tiles
     return _render("layer.html", root="../../../", m=m, lv=lv, current=current, sort=sort,
                    tiles=tiles[first: first + per_page], first=first)
+
+
+def atlas_page(m: ModelView, lv: LayerView) -> str:
+    """A layer's activation atlas, at m/<model>/<layer>/atlas.html."""
+    return _render("atlas.html", root="../../../", m=m, lv=lv, a=lv.atlas)
 
 
 def comparison_page(c) -> str:

@@ -34,8 +34,11 @@ from scopecli.export import charts, comparisons, folder
 from scopecli.export.diffs import load_diff
 from scopecli.export.names import fmt, slug
 from scopecli.export.pages import (
+    AtlasCellCard,
+    AtlasPage,
     DiffRow,
     DiffSide,
+    atlas_page,
     comparison_page,
     CaricatureCard,
     ExampleCard,
@@ -309,9 +312,14 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
         lv.by_label = sorted((replace(t, label=lifts[t.unit][1], lift_score=lifts[t.unit][0])
                               for t in lv.tiles if t.unit in lifts), key=lambda t: (-t.lift_score, t.unit))
         lv.label_pages = max(1, math.ceil(len(lv.by_label) / per_page))
+    atlas = art.atlas(layer)
+    if atlas is not None and atlas.cells:
+        lv.atlas = _export_atlas(atlas, lv, img_dir, counts)
     if not lv.has_page:  # nothing stored for this layer: no folder either
         shutil.rmtree(layer_dir)
         return
+    if lv.atlas is not None:
+        _write(layer_dir / "atlas.html", atlas_page(mv, lv), counts)
     if not lv.tiles:
         shutil.rmtree(unit_dir)
     if lv.has_page:
@@ -319,6 +327,29 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
             _write(layer_dir / lv.page_file(p), layer_page(mv, lv, p, per_page), counts)
         for p in range(1, lv.label_pages + 1):
             _write(layer_dir / lv.page_file(p, "label"), layer_page(mv, lv, p, per_page, "label"), counts)
+
+
+ATLAS_MOSAIC_PX = 2048  # side of the atlas mosaic image (cells scaled to fit)
+
+
+def _export_atlas(atlas, lv: LayerView, img_dir: Path, counts: _Counts) -> AtlasPage:
+    """The atlas's cell renders copied as stored, one mosaic PNG of them all, and each cell's nearest units
+    (its largest components) linked to their pages where this export has them."""
+    import io
+
+    cell_px = max(8, min(atlas.size, ATLAS_MOSAIC_PX // atlas.grid))
+    buf = io.BytesIO()
+    atlas.mosaic(cell_px).save(buf, format="PNG", optimize=True)
+    _write(img_dir / "atlas.png", buf.getvalue(), counts, image=True)
+    paged = {t.unit for t in lv.tiles}
+    cells = []
+    for c in atlas.cells:
+        name = f"at{c.position[0]}_{c.position[1]}.png"
+        _write(img_dir / name, c.encoded, counts, image=True)
+        units = [(u, f"u/{u}.html" if u in paged else None) for u in c.nearest_units(3)]
+        cells.append(AtlasCellCard(c.position[0], c.position[1], f"img/{name}", c.count, units))
+    return AtlasPage(atlas.grid, atlas.layout, atlas.layout_note, atlas.seed, atlas.vectors, atlas.steps, atlas.size,
+                     "img/atlas.png", cell_px * atlas.grid, cells)
 
 
 def _input_cards(mv: ModelView, inputs) -> InputsView | None:
