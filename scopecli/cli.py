@@ -152,6 +152,44 @@ def render_cmd(
                  f"{summary['seconds']:.1f} s", markup=False)
 
 
+@app.command("caricature")
+def caricature_cmd(
+    model: str = typer.Argument(..., help="Model spec: resnet50, timm/inception_v4, open_clip/RN50x4, efficientnet_lite0, or package.module:factory."),
+    image: List[str] = typer.Option(..., "--image", "-i", help="A photo to caricature (repeatable)."),
+    layer: List[str] = typer.Option(..., "--layer", "-l", help="Layer name (repeatable or comma-separated)."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Artifact to add to (default <model>.h5)."),
+    steps: int = typer.Option(256, "--steps", help="Optimization steps."),
+    power: float = typer.Option(1.0, "--power", help="Cosine power p of the objective dot(a, a_photo) * cos^p (0: plain dot product)."),
+    param: str = typer.Option("fft", "--param", help="Image parameterization: fft or pixel (it starts from the photo)."),
+    lr: float = typer.Option(0.05, "--lr", help="Adam learning rate."),
+    batch: int = typer.Option(8, "--batch", help="(layer, photo) images optimized together."),
+    seed: int = typer.Option(0, "--seed", help="Run seed of the transforms."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    weights: str = WeightsOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    input_size: Optional[int] = InputSizeOpt,
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Caricatures: photos re-optimized so that a layer's response to them is exaggerated (Lucid's recipe)."""
+    from scopecli.render.caricature import CaricatureSettings, load_photos, run_caricature
+
+    settings = CaricatureSettings(steps=steps, lr=lr, power=power, param=param, seed=seed, batch=batch, device=device)
+    settings.check()
+    loaded = load_model(model, weights, mean, std, input_size)
+    load_photos(image, loaded.preprocess)  # a photo the model cannot read fails before any work
+    summary = run_caricature(loaded, _split_names(",".join(layer)), image, settings, out, quiet=quiet or json_out)
+    if json_out:
+        _print_json(summary)
+        return
+    for row in summary["images"]:
+        _out().print(f"{row['layer']}  {row['photo']}: cosine to the photo {row['cosine']:.3f}, magnitude "
+                     f"x{row['magnitude_ratio']:.2f}", markup=False)
+    _out().print(f"wrote {summary['output']}: {len(summary['images'])} caricatures, {summary['seconds']:.1f} s on "
+                 f"{summary['device']}", markup=False)
+
+
 @app.command("collect")
 def collect_cmd(
     model: str = typer.Argument(..., help="Model spec: resnet50, timm/inception_v4, open_clip/RN50x4, efficientnet_lite0, or package.module:factory."),
@@ -180,6 +218,7 @@ def collect_cmd(
     lossless: bool = typer.Option(False, "--lossless", help="Store patches as PNG instead of JPEG q90."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its saved pass-1 state (OUT.collect-state)."),
     checkpoint: float = typer.Option(300.0, "--checkpoint", help="Save the pass-1 state at most every S seconds (0: every batch), so --resume loses little."),
+    circuits: Optional[str] = typer.Option(None, "--circuits", help="Then store each unit's strongest inputs from layer FROM ('prev': each layer's previous default layer), as scope circuits does."),
     quiet: bool = QuietOpt,
     json_out: bool = JsonOpt,
 ):
@@ -194,7 +233,7 @@ def collect_cmd(
     source = open_source(data, labels=labels, groups=groups)
     loaded = load_model(model, weights, mean, std, input_size)
     summary = run_collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, out, shard,
-                          resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out)
+                          resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out, circuits=circuits)
     if summary is None:  # a torchrun rank other than the leader
         return
     if json_out:
@@ -267,18 +306,97 @@ def decompose_cmd(
         _out().print(f"collected {c['units']} units on {c['images']} images into {c['output']}", markup=False)
 
 
+@app.command("circuits")
+def circuits_cmd(
+    file: str = typer.Argument(..., metavar="A.h5", help="Artifact with dataset examples (scope collect); the inputs are added to it."),
+    data: str = typer.Option(..., "--data", help="The image folder (or list) collect read: each unit's top examples are run again."),
+    from_layer: Optional[str] = typer.Option(None, "--from", help="Input layer L' (default: each layer's previous default layer)."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layers L (repeatable or comma-separated; default: every layer with examples)."),
+    units: Optional[str] = typer.Option(None, "--units", "-u", help="Units of L: all, 0:64, 3,5,9 (default all)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Average over each unit's first K top examples (default: all stored)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model spec, when the recorded one cannot be built here."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights, when the recorded ones cannot be loaded (a PATH)."),
+    batch: int = typer.Option(32, "--batch", help="(image, unit) rows per forward/backward."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Strongest inputs (Circuits): which units of an earlier layer build each unit, by gradient x input over its top examples."""
+    from scopecli.circuits import run_circuits
+
+    err = Console(file=sys.stderr, soft_wrap=True)
+    notes: list[str] = []
+    summary = run_circuits(file, data, from_layer, _split_names(",".join(layer)) if layer else None, units, top_k,
+                           model, weights, device=device, batch=batch, quiet=quiet or json_out, log=notes.append)
+    if json_out:
+        _print_json(summary | {"notes": notes})
+        return
+    for m in notes:
+        err.print(f"note: {m}", markup=False)
+    done = ", ".join(f"{x['layer']} <- {x['from']} ({x['units']} units)" for x in summary["layers"])
+    _out().print(f"wrote strongest inputs to {summary['output']}: {done}; {summary['seconds']:.1f} s on "
+                 f"{summary['device']}", markup=False)
+
+
+@app.command("atlas")
+def atlas_cmd(
+    file: str = typer.Argument(..., metavar="A.h5", help="Artifact with an activation sample of the layer (scope collect --sample N); the atlas is added to it."),
+    layer: str = typer.Option(..., "--layer", "-l", help="The layer to map."),
+    grid: int = typer.Option(20, "--grid", help="Cells per side of the atlas grid."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the layout (UMAP) and of the renders."),
+    steps: int = typer.Option(128, "--steps", help="Optimization steps per cell."),
+    size: int = typer.Option(96, "--size", help="Side in pixels of each cell's render."),
+    layout: str = typer.Option("auto", "--layout", help="auto (UMAP when umap-learn is installed, else PCA), umap or pca."),
+    power: float = typer.Option(1.0, "--power", help="Cosine power of the direction objective dot(a, d) * cos^p."),
+    batch: int = typer.Option(32, "--batch", help="Cells rendered together."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model spec, when the recorded one cannot be built here."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights, when the recorded ones cannot be loaded (a PATH)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Activation atlas: the layer's activation sample laid out in 2-D (UMAP), gridded, every cell's mean direction rendered."""
+    from scopecli.atlas import run_atlas
+
+    summary = run_atlas(file, layer, grid=grid, seed=seed, steps=steps, size=size, layout=layout, power=power,
+                        batch=batch, model=model, weights=weights, device=device, quiet=quiet or json_out)
+    if json_out:
+        _print_json(summary)
+        return
+    if summary["note"]:
+        Console(file=sys.stderr, soft_wrap=True).print(f"note: {summary['note']}", markup=False)
+    _out().print(f"wrote the atlas of {summary['layer']} to {summary['output']}: {summary['cells']} of "
+                 f"{summary['grid']}x{summary['grid']} cells from {summary['vectors']} sample vectors ({summary['layout']} "
+                 f"layout {summary['layout_s']:.1f} s), rendered in {summary['render_s']:.1f} s on {summary['device']}",
+                 markup=False)
+
+
 @app.command("show")
 def show_cmd(
     file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
-    unit: str = typer.Argument(..., metavar="LAYER:UNIT", help="Unit address, e.g. layer4.2:117."),
+    unit: str = typer.Argument(..., metavar="LAYER:UNIT", help="Unit address, e.g. layer4.2:117; or a LAYER for its caricatures and atlas."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Write the unit card as a PNG (a name ending in .png)."),
     json_out: bool = JsonOpt,
 ):
-    """One unit: statistics, renders and examples; -o writes its card as PNG."""
+    """One unit: statistics, renders and examples; -o writes its card as PNG. A layer: its caricatures and atlas."""
     from scopecli.compare.show import check_card_output, load_unit, unit_json, write_card
 
     if out:
         check_card_output(out)
+    if ":" not in unit:  # layer names never hold a colon: a whole layer
+        from scopecli.compare.report import layer_summary
+        from scopecli.compare.show import layer_json, load_layer, write_layer_card
+
+        info = load_layer(file, unit, pixels=bool(out))
+        if out:
+            write_layer_card(info, out)
+        if json_out:
+            _print_json(layer_json(info))
+            return
+        _out().print(layer_summary(info))
+        if out:
+            _out().print(f"wrote card {out}")
+        return
     info = load_unit(file, unit, pixels=bool(out))
     if out:
         write_card(info, out)

@@ -121,6 +121,32 @@ def fake_strongest(layer: LayerRecord, units, n_images: int, k: int = 2, seed: i
     return Strongest(units, score, ii, 0.01)
 
 
+def fake_inputs(layer: LayerRecord, units, source: LayerRecord, k: int = 3):
+    """Strongest inputs of `units` from `source` (a circuits run writes them). Derived from the unit alone, so
+    shards of one model agree; the last unit never fires (no rows)."""
+    from scopecli.artifact.elements.inputs import InputsBlock
+
+    units = np.asarray(list(units), np.int64)
+    table = np.full((len(units), source.units), np.nan)
+    for i, u in enumerate(units):
+        if u != layer.units - 1:
+            table[i] = np.random.default_rng(int(u)).normal(size=source.units)
+    examples = [0 if u == layer.units - 1 else 4 for u in units]
+    return InputsBlock.from_table(units, source.name, table, examples, k)
+
+
+def fake_caricatures(layer: LayerRecord, n: int = 2, size: int = 24):
+    """Caricatures of n fake photos (`scope caricature` writes them); derived from the layer name alone."""
+    from scopecli.artifact.elements.caricatures import Caricature
+
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        photo = fake_image(rng, size, size)
+        out.append(Caricature(hashlib.sha256(f"photo {i}".encode()).hexdigest(), f"photo_{i}.jpg",
+                              fake_image(np.random.default_rng([i, len(layer.name)]), size, size), photo,
+                              0.9 - 0.1 * i, 1.5 + i, 64, size, 1000 + i, 0.05, 1.0, "fft", 0.2))
+    return out
 def fake_sample(layer: LayerRecord, n_images: int, n: int = 5, seed: int = 0) -> ActivationSample:
     """An activation sample of n position vectors (a collect with --sample writes one per layer)."""
     rng = np.random.default_rng(seed)
@@ -130,6 +156,20 @@ def fake_sample(layer: LayerRecord, n_images: int, n: int = 5, seed: int = 0) ->
                             image_index=rng.integers(0, n_images, n).astype(np.int64),
                             positions=np.stack([rng.integers(0, gh, n), rng.integers(0, gw, n)], 1).astype(np.int32),
                             seed=seed, size=n, population=n_images * gh * gw)
+
+
+def fake_atlas(layer: LayerRecord, grid: int = 3, size: int = 16):
+    """A small activation atlas (`scope atlas` writes it): the cells of the diagonal and one more."""
+    from scopecli.artifact.elements.atlas import AtlasBlock
+
+    rng = np.random.default_rng(len(layer.name))
+    cell = np.array([[i, i] for i in range(grid)] + [[0, grid - 1]], np.int32)
+    a = len(cell)
+    return AtlasBlock(grid=grid, layout="pca", layout_note="umap-learn is not installed: PCA layout", seed=0,
+                      vectors=10 * a, steps=8, size=size, power=1.0, param="fft", lr=0.05, cell=cell,
+                      count=np.full(a, 10, np.int32), center=((cell + 0.5) / grid).astype(np.float32),
+                      mean=rng.normal(size=(a, layer.units)).astype(np.float32), act_start=np.zeros(a),
+                      act_final=np.ones(a), images=[fake_image(rng, size, size) for _ in range(a)])
 
 
 def fake_stats(layer: LayerRecord, units, seed: int = 0, bins: int = 8) -> StatsBlock:
@@ -181,6 +221,9 @@ def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = 
             us = list(range(rec.units)) if units is None else [u for u in units if u < rec.units]
             if renders:
                 w.put_renders(rec.name, fake_renders(rec, us, seed + li))
+                if li == 1:
+                    w.put(rec.name, "caricatures", fake_caricatures(rec))
+                    w.put(rec.name, "atlas", fake_atlas(rec))
             if collect:
                 w.set_dataset(table)
                 n = len(table)
@@ -189,6 +232,8 @@ def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = 
                 w.put_stats(rec.name, fake_stats(rec, us, seed + li))
                 w.put_probe(rec.name, fake_probe(rec, range(min(3, n)), seed + li))
                 w.put(rec.name, "strongest", fake_strongest(rec, us, n, 2, seed + li))
+                if li > 0 and us:
+                    w.put(rec.name, "inputs", fake_inputs(rec, us, layers[li - 1]))
                 w.put(rec.name, "sample", fake_sample(rec, n, 5, seed + li))
         if space:
             w.put(sp.layer, "space", sp)

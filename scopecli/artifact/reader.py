@@ -405,6 +405,18 @@ class Artifact:
         """Spatial-mean activations of every unit on the probe images, or None."""
         return self.section(layer, "probe")
 
+    def caricatures(self, layer: str) -> list:
+        """The layer's caricatures (`scope caricature`): items with `.image`, `.photo` (HxWx3 uint8, decoded
+        on access), `.source_sha256`, `.source_name`, `.layer`, `.cosine`, `.magnitude_ratio`; [] if none."""
+        s = self.section(layer, "caricatures")
+        return [] if s is None else [s.view(i) for i in range(s.n)]
+
+    def atlas(self, layer: str):
+        """The layer's activation atlas (`scope atlas`): `.grid`, `.layout`, `.seed` and `.cells`, each with
+        `.image` (HxWx3 uint8, decoded on access), `.count`, `.position` (row, col); None when it has none."""
+        s = self.section(layer, "atlas")
+        return None if s is None else s.view()
+
     def sample(self, layer: str) -> ActivationSample | None:
         """The layer's activation sample (`collect --sample N`): `.vectors` float32 [S, C], `.image_index`,
         `.positions` [S, 2] (row, col), `.seed`, `.keys`; None when the layer has none."""

@@ -158,6 +158,18 @@ def unit_summary(info: dict) -> Group:
                 t.add_row(view, r["class"], str(r["count"]), _n(r["fraction"], ".0%"), _n(r["base_rate"], ".1%"),
                           _n(r["lift"], ".1f"))
         parts.append(t)
+    ins = info.get("inputs")
+    if ins:
+        if ins["note"]:
+            parts.append(Text(f"strongest inputs from {ins['from']}: {ins['note']}", style="dim"))
+        else:
+            t = Table(title=f"strongest inputs from {ins['from']} (gradient x input at the unit's maximum, mean over "
+                            f"{ins['examples']} top examples): positive, then negative")
+            for col in ("input unit", "attribution"):
+                t.add_column(col, justify="left" if col == "input unit" else "right")
+            for r in ins["rows"]:
+                t.add_row(f"{r['layer']}:{r['unit']}", _n(r["attribution"], "+.4g"))
+            parts.append(t)
     for which in ("top", "bottom"):
         ex = info["examples"].get(which, [])
         if not ex:
@@ -175,4 +187,26 @@ def unit_summary(info: dict) -> Group:
                               "(its heatmaps are flat)", style="dim"))
     if not info["renders"] and not any(info["examples"].values()):
         parts.append(Text("no renders or dataset examples stored for this unit", style="dim"))
+    return Group(*parts)
+
+
+def layer_summary(info: dict) -> Group:
+    """`scope show FILE LAYER`: the layer's caricatures and activation atlas."""
+    parts = [Text.assemble((info["layer"], "bold"), f"  {info['model']}  ({info['artifact']}), {info['units']} units")]
+    if info["caricatures"]:
+        t = Table(title="caricatures (cosine to the photo's activation; magnitude ratio: how much it was exaggerated)")
+        for col in ("photo", "cosine", "magnitude ratio", "steps", "power", "param", "sha256"):
+            t.add_column(col, justify="left" if col in ("photo", "param", "sha256") else "right")
+        for c in info["caricatures"]:
+            t.add_row(c["photo"], _n(c["cosine"]), _n(c["magnitude_ratio"], ".2f"), str(c["steps"]), f"{c['power']:g}",
+                      c["param"], c["source_sha256"][:12])
+        parts.append(t)
+    a = info.get("atlas")
+    if a:
+        parts.append(Text(f"activation atlas: {a['grid']}x{a['grid']} grid, {a['cells']} non-empty cells from "
+                          f"{a['vectors']} sample vectors, layout {a['layout']} (seed {a['seed']}), cells rendered "
+                          f"with {a['steps']} steps"))
+    if not info["caricatures"] and not a:
+        parts.append(Text("no caricatures or activation atlas stored for this layer (scope caricature, scope atlas)",
+                          style="dim"))
     return Group(*parts)

@@ -426,3 +426,55 @@ class _Signed(Objective, _DeviceCache):
     def __call__(self, acts):
         values = self.inner(acts)
         return values * self._on("sign", values.device)
+
+
+class DotCompare(Objective, _DeviceCache):
+    """Lucid's caricature objective: dot(a, r) * max(cos(a, r), 0.1) ** power for each row, where a is the
+    row's activation of its layer (the whole layer, every position) and r the reference activation the
+    caller provides under `acts[f"{layer}@reference"]` (the photo's, under the same transform).
+
+    Rows may belong to different layers (one `DotCompare` per layer, summed); the cosine weight keeps the
+    image from trading the photo's pattern for sheer magnitude (power 0: plain dot product)."""
+
+    def __init__(self, layer: str, rows, batch: int, power: float = 1.0):
+        self.layer, self.batch, self.power = layer, batch, float(power)
+        self.rows = _rows(rows, batch)
+        self.layers = (layer,)
+
+    def __call__(self, acts):
+        rows = self._on("rows", acts[self.layer].device)
+        a = acts[self.layer][rows].float().flatten(1)
+        r = acts[f"{self.layer}@reference"][rows].float().flatten(1)
+        dot = (a * r).sum(dim=1)
+        cos = dot / (a.norm(dim=1) * r.norm(dim=1) + 1e-8)
+        return _scatter(dot * cos.clamp(min=0.1) ** self.power, rows, self.batch)
+
+    def __repr__(self):
+        return f"dot_compare({self.layer}, rows={self.rows.tolist()}, power={self.power:g})"
+
+
+class DirectionScore(Objective, _DeviceCache):
+    """A direction in a layer's activation space (activation atlases): each row's mean over positions of
+    dot(a, d) * max(cos(a, d), 0.1) ** power, d the row's direction (Lucid's direction_neuron_cossim).
+
+    `directions` [rows, C] (one per row of `rows`); a vector layer (N, C) is its one position."""
+
+    def __init__(self, layer: str, rows, directions, batch: int, power: float = 1.0):
+        self.layer, self.batch, self.power = layer, batch, float(power)
+        self.rows = _rows(rows, batch)
+        d = torch.as_tensor(directions, dtype=torch.float32).reshape(len(self.rows), -1)
+        self.directions = d / d.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        self.layers = (layer,)
+
+    def __call__(self, acts):
+        x = acts[self.layer]
+        rows = self._on("rows", x.device)
+        a = x[rows].float()
+        a = a.unsqueeze(2) if a.dim() == 2 else a.flatten(2)  # (n, C, P)
+        d = self._on("directions", x.device).unsqueeze(2)  # (n, C, 1)
+        dot = (a * d).sum(dim=1)  # (n, P)
+        cos = dot / (a.norm(dim=1) + 1e-8)
+        return _scatter((dot * cos.clamp(min=0.1) ** self.power).mean(dim=1), rows, self.batch)
+
+    def __repr__(self):
+        return f"direction({self.layer}, rows={self.rows.tolist()}, power={self.power:g})"
