@@ -28,7 +28,8 @@ from scopecli.fileio import AtomicFile
 from scopecli.records import LayerRecord
 
 STATE_SUFFIX = ".collect-state"
-STATE_VERSION = 3  # 3: heatmaps and the strongest images; 2: named arrays; 1: positional accumulators
+STATE_VERSION = 4  # 4: top-k slots in any order; 3: heatmaps and the strongest images; 2: named arrays
+READABLE_VERSIONS = (3, STATE_VERSION)  # a version-3 state (winners best first, maybe fewer columns) is valid slots
 _META = "__meta__"
 
 
@@ -162,7 +163,7 @@ class Pass1Checkpoint:
             meta = json.loads(bytes(arrays.pop(_META)).decode("utf-8"))
         except (KeyError, ValueError, UnicodeDecodeError):
             raise ScopeError(f"{self.path}: not a scope collect state; delete it or run without --resume")
-        if meta.get("version") != STATE_VERSION:
+        if meta.get("version") not in READABLE_VERSIONS:
             raise ScopeError(f"{self.path}: resume state version {meta.get('version')} is not {STATE_VERSION}; "
                              "run without --resume")
         if meta.get("params") != self.params:
