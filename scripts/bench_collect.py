@@ -2,10 +2,12 @@
 
 Prints images/s of both, measured side by side in one run (bare and collect alternated --repeats times),
 their wall-clock ratio and their main-process CPU-time ratio (robust when other jobs share the machine);
-goal >= 0.9. `--full` also times a whole collect including pass 2 (patches).
+goal >= 0.9. `--full` also times a whole collect including pass 2 (patches). `--baseline REV` runs the
+same pairs with the `scopecli` of git revision REV (extracted to a temporary folder, run in a child
+process) alternated with this tree's, so before/after ratios come from one run.
 
     .venv/bin/python scripts/bench_collect.py --model efficientnet_lite0 --limit 128
-    .venv/bin/python scripts/bench_collect.py --model resnet50 --weights random --limit 128
+    .venv/bin/python scripts/bench_collect.py --model resnet50 --weights random --limit 128 --baseline main
     .venv/bin/python scripts/bench_collect.py --model resnet50 --weights random --device cuda --bf16
 """
 
@@ -14,8 +16,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -63,7 +71,7 @@ def pass1(model, source, layers, n, settings, workers, device) -> tuple[float, f
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--weights", default="DEFAULT")
@@ -77,7 +85,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="bare/collect pairs, alternated")
     ap.add_argument("--full", action="store_true", help="also time a whole collect (pass 1 + patches)")
     ap.add_argument("--layer", action="append", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--baseline", default=None, metavar="REV",
+                    help="also time the scopecli of git revision REV, alternated with this tree's")
+    ap.add_argument("--one-pair", action="store_true", help=argparse.SUPPRESS)  # child: one pair, JSON row
+    return ap
+
+
+def _setup(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -89,19 +103,69 @@ def main() -> None:
     workers = default_workers() if args.workers is None else args.workers
     settings = CollectSettings(batch=args.batch, workers=workers, limit=n, device=args.device, bf16=args.bf16)
     bare(model, source, layers, min(n, args.batch), args.batch, workers, device, args.bf16)  # warm-up
-    rows = []
-    for _ in range(args.repeats):
-        b = bare(model, source, layers, n, args.batch, workers, device, args.bf16)
-        c = pass1(model, source, layers, n, settings, workers, device)
-        rows.append({"bare_img_s": round(n / b[0], 2), "collect_img_s": round(n / c[0], 2),
-                     "ratio_wall": round(b[0] / c[0], 3), "ratio_cpu": round(b[1] / c[1], 3)})
+    return device, model, source, n, layers, workers, settings
+
+
+def _pair(args, device, model, source, n, layers, workers, settings) -> dict:
+    b = bare(model, source, layers, n, args.batch, workers, device, args.bf16)
+    c = pass1(model, source, layers, n, settings, workers, device)
+    return {"bare_img_s": round(n / b[0], 2), "collect_img_s": round(n / c[0], 2),
+            "ratio_wall": round(b[0] / c[0], 3), "ratio_cpu": round(b[1] / c[1], 3)}
+
+
+def _extract(rev: str) -> str:
+    """`scopecli/` of git revision rev in a new temporary folder (put first on a child's PYTHONPATH)."""
+    root = Path(__file__).resolve().parents[1]
+    out = tempfile.mkdtemp(prefix="scope-baseline-")
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "scopecli"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", out], input=archive, check=True)
+    return out
+
+
+def _baseline_pair(tree: str) -> dict:
+    """One pair timed by the baseline's scopecli, in a child process running this script."""
+    argv = [a for a in sys.argv[1:]]
+    if "--baseline" in argv:
+        i = argv.index("--baseline")
+        del argv[i : i + 2]
+    argv = [a for a in argv if not a.startswith("--baseline=")]
+    env = dict(os.environ, PYTHONPATH=tree + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, __file__, *argv, "--one-pair"], env=env, check=True,
+                          capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _medians(rows) -> dict:
+    return {"ratio_wall_median": round(statistics.median(r["ratio_wall"] for r in rows), 3),
+            "ratio_cpu_median": round(statistics.median(r["ratio_cpu"] for r in rows), 3)}
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.one_pair:
+        row = _pair(args, *_setup(args))
+        row["scopecli"] = str(Path(engine.__file__).parents[1])  # proves which tree ran
+        print(json.dumps(row))
+        return
+    tree = _extract(args.baseline) if args.baseline else None
+    device, model, source, n, layers, workers, settings = ctx = _setup(args)
+    rows, base_rows = [], []
+    try:
+        for _ in range(args.repeats):
+            rows.append(_pair(args, *ctx))
+            if tree:
+                base_rows.append(_baseline_pair(tree))
+    finally:
+        if tree:
+            shutil.rmtree(tree, ignore_errors=True)
     out = {
         "model": args.model, "weights": model.weights, "device": str(device), "bf16": args.bf16, "images": n,
         "layers": len(layers), "units": sum(find_units(model, layers)), "batch": args.batch, "workers": workers,
-        "threads": torch.get_num_threads(), "pairs": rows,
-        "ratio_wall_median": round(statistics.median(r["ratio_wall"] for r in rows), 3),
-        "ratio_cpu_median": round(statistics.median(r["ratio_cpu"] for r in rows), 3),
+        "threads": torch.get_num_threads(), "pairs": rows, **_medians(rows),
     }
+    if tree:
+        out["baseline"] = {"rev": args.baseline, "pairs": base_rows, **_medians(base_rows)}
     if args.full:
         res = collect(model, source, layers, settings)
         t = res.timings

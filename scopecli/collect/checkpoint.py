@@ -56,7 +56,7 @@ class LayerPass1:
     top: StreamingExtremes
     bottom: StreamingExtremes
     strongest: StreamingExtremes | None = None  # top 1 % of images (label profiles), when more than top-k
-    probe_rows: list[torch.Tensor] = field(default_factory=list)  # float16 [rows, C] per batch, CPU
+    probe_rows: list[torch.Tensor] = field(default_factory=list)  # float16 [rows, C] per batch (any device)
 
     def trackers(self) -> dict[str, StreamingExtremes]:
         out = {"top": self.top, "bottom": self.bottom}
@@ -68,7 +68,7 @@ class LayerPass1:
         """The probe rows so far as one float16 [rows, C] array."""
         if not self.probe_rows:
             return np.zeros((0, self.record.units), np.float16)
-        return torch.cat(self.probe_rows).numpy().astype(np.float16)
+        return torch.cat([r.cpu() for r in self.probe_rows]).numpy().astype(np.float16)
 
 
 @dataclass

@@ -338,12 +338,12 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
             x = pre.normalize(x.float().div_(255.0))
             with autocast:
                 outs = tap(x)
-            sel = None if good.all() else torch.from_numpy(np.flatnonzero(good)).to(device)
-            gidx = torch.from_numpy(idx if sel is None else idx[good]).to(device)
+            sel = None if good.all() else _indices(np.flatnonzero(good), device)
+            gidx = _indices(idx if sel is None else idx[good], device)
             is_probe = idx[good] < probe_n if sel is not None else idx < probe_n
             if is_probe.any():
                 state.probe_index.append((idx if sel is None else idx[good])[is_probe])
-            probe_sel = torch.from_numpy(np.flatnonzero(is_probe)).to(device) if is_probe.any() else None
+            probe_sel = _indices(np.flatnonzero(is_probe), device) if is_probe.any() else None
             for rec in records:
                 a = adapter.units(outs[rec.name], rec.effective_layout).float()
                 if sel is not None:
@@ -353,7 +353,7 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
                 acc = state.layers[rec.name]
                 probe = _observe_layer(acc, a, gidx, probe_sel)
                 if probe is not None:
-                    acc.probe_rows.append(probe.cpu())
+                    acc.probe_rows.append(probe)  # stays on the device until read: no sync per batch
             del outs
             bar.advance(len(idx))
             state.batches += 1
@@ -362,6 +362,14 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
     if checkpoint is not None:
         checkpoint.save(state, force=True, pass1_done=True)
     return state
+
+
+def _indices(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Increasing int64 indices on the device; a run of consecutive values (the usual batch) is made there, so no
+    copy from host memory waits for the device's queue."""
+    if len(values) and device.type != "cpu" and values[-1] - values[0] == len(values) - 1:
+        return torch.arange(int(values[0]), int(values[0]) + len(values), device=device)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(device)
 
 
 def _observe_layer(acc: LayerPass1, a: torch.Tensor, gidx: torch.Tensor,

@@ -29,7 +29,7 @@ def _lut(device: torch.device) -> torch.Tensor:
 
 
 _CHUNK_ELEMENTS = 1 << 18  # on CPU activations are swept in blocks of about this many values (1 MiB, in cache)
-_BLOCK_UNITS = 16  # units per block at most: the histogram rows one block scatters into (16 x 16 KiB) stay in L2
+_BLOCK_UNITS = 32  # units per block at most: the histogram rows one block scatters into (32 x 16 KiB) stay in L2
 _INTERLEAVE_MIN = 256  # rows (positions per image) at least this long count into two alternating histogram copies
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0

@@ -198,12 +198,12 @@ class StreamingExtremes:
     def _cut(self, rows: torch.Tensor, arg: torch.Tensor) -> torch.Tensor:
         """The heatmap [M, hs, ws] of each map rows [M, P] around its winning position arg [M]."""
         (gh, gw), (hs, ws) = self.geometry.grid, self.geometry.size
-        maps = rows.view(-1, gh, gw).float()
+        if (hs, ws) == (gh, gw):  # the whole grid
+            return rows.reshape(-1, gh, gw).float()
         oy, ox = heat_origins(arg // gw, arg % gw, (hs, ws), (gh, gw))
-        iy = (oy.view(-1, 1) + torch.arange(hs, device=maps.device)).view(-1, hs, 1)
-        ix = (ox.view(-1, 1) + torch.arange(ws, device=maps.device)).view(-1, 1, ws)
-        m = torch.arange(maps.shape[0], device=maps.device).view(-1, 1, 1)
-        return maps[m, iy, ix]
+        window = (torch.arange(hs, device=rows.device).view(-1, 1) * gw
+                  + torch.arange(ws, device=rows.device).view(1, -1)).view(1, -1)
+        return torch.gather(rows, 1, (oy * gw + ox).view(-1, 1) + window).view(-1, hs, ws).float()
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The kept winners as plain arrays (what a resumed collect needs to go on exactly)."""
