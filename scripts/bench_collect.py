@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--full", action="store_true", help="also time a whole collect (pass 1 + patches)")
     ap.add_argument("--layer", action="append", default=None)
     ap.add_argument("--baseline", default=None, metavar="REV",
-                    help="also time the scopecli of git revision REV, alternated with this tree's")
+                    help="also time the scopecli of git revision REV (or of folder REV/scopecli), alternated with this tree's")
     ap.add_argument("--one-pair", action="store_true", help=argparse.SUPPRESS)  # child: one pair, JSON row
     return ap
 
@@ -114,7 +114,12 @@ def _pair(args, device, model, source, n, layers, workers, settings) -> dict:
 
 
 def _extract(rev: str) -> str:
-    """`scopecli/` of git revision rev in a new temporary folder (put first on a child's PYTHONPATH)."""
+    """`scopecli/` of git revision rev in a new temporary folder (put first on a child's PYTHONPATH); rev may
+    also be a folder that holds a `scopecli/` already (a copy taken to a machine without the repository)."""
+    if os.path.isdir(os.path.join(rev, "scopecli")):
+        out = tempfile.mkdtemp(prefix="scope-baseline-")
+        shutil.copytree(os.path.join(rev, "scopecli"), os.path.join(out, "scopecli"))
+        return out
     root = Path(__file__).resolve().parents[1]
     out = tempfile.mkdtemp(prefix="scope-baseline-")
     archive = subprocess.run(["git", "-C", str(root), "archive", rev, "scopecli"], check=True,

@@ -367,7 +367,7 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
 def _indices(values: np.ndarray, device: torch.device) -> torch.Tensor:
     """Increasing int64 indices on the device; a run of consecutive values (the usual batch) is made there, so no
     copy from host memory waits for the device's queue."""
-    if len(values) and device.type != "cpu" and values[-1] - values[0] == len(values) - 1:
+    if len(values) and values[-1] - values[0] == len(values) - 1:
         return torch.arange(int(values[0]), int(values[0]) + len(values), device=device)
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(device)
 
