@@ -51,19 +51,23 @@ def breakdown(path: str) -> dict:
     per_dataset: dict[str, int] = {}
     units: dict[str, int] = {}
     rendered = 0
+    names: dict[int, list[str]] = defaultdict(list)  # object address -> its names (hard links share data)
     with h5py.File(path, "r") as f:
-        def visit(name, obj):
+        def visit(name, _link):
             nonlocal rendered
+            obj = f[name]
             if isinstance(obj, h5py.Dataset):
-                size = obj.id.get_storage_size()
-                per_element[element_of(name)] += size
-                per_dataset[name] = size
-                if name.endswith("renders/units") or name.endswith("renders/unit"):
+                names[h5py.h5o.get_info(obj.id).addr].append(name)
+                if name.endswith("renders/unit"):
                     rendered += obj.shape[0] if obj.ndim else 0
             elif isinstance(obj, h5py.Group) and name.count("/") == 1 and name.startswith("layers/"):
                 units[obj.attrs.get("name", name)] = int(obj.attrs.get("units", 0))
 
-        f.visititems(visit)
+        f.visititems_links(visit)
+        for addr, same in names.items():  # each stored object counted once, under its first name
+            size = f[same[0]].id.get_storage_size()
+            per_element[element_of(same[0])] += size
+            per_dataset[" = ".join(same)] = size
     data = sum(per_dataset.values())
     return {"file_bytes": os.path.getsize(path), "dataset_bytes": data,
             "overhead_bytes": os.path.getsize(path) - data, "units": units, "rendered": rendered,
