@@ -192,6 +192,11 @@ def test_cli_shards_then_pack_equal_single_collect(tmp_path, scope_cli):
                     np.testing.assert_array_equal(getattr(ea, f), getattr(eb, f))
                 for ra, rb in zip(ea.patches, eb.patches):
                     assert all(np.array_equal(p, q) for p, q in zip(ra, rb))
+            for which in ("top", "bottom"):  # heatmaps and shown windows too (the streaming top-k's own state)
+                ra, rb = a.section(layer, "examples").set(which), b.section(layer, "examples").set(which)
+                assert set(ra.extra) == set(rb.extra) == {"shown", "heat", "heat_range", "heat_origin"}
+                for name in ra.extra:
+                    np.testing.assert_array_equal(ra.extra[name], rb.extra[name])
             sa, sb = a.stats(layer), b.stats(layer)
             np.testing.assert_array_equal(sa.quantiles, sb.quantiles)
             np.testing.assert_array_equal(sa.sketch["hist"], sb.sketch["hist"])

@@ -29,7 +29,9 @@ from scopecli.fileio import AtomicFile
 from scopecli.records import LayerRecord
 
 STATE_SUFFIX = ".collect-state"
-STATE_VERSION = 4  # 4: the activation sample; 3: heatmaps and the strongest images; 2: named arrays; 1: positional accumulators
+STATE_VERSION = 5  # 5: the activation sample and top-k slots in any order; 4: one of them; 3: heatmaps and the
+# strongest images; 2: named arrays; 1: positional accumulators
+READABLE_VERSIONS = (3, 4, STATE_VERSION)  # older states' winners (best first, maybe fewer columns) are valid slots
 _META = "__meta__"
 
 
@@ -57,7 +59,7 @@ class LayerPass1:
     bottom: StreamingExtremes
     strongest: StreamingExtremes | None = None  # top 1 % of images (label profiles), when more than top-k
     sample: StreamingSample | None = None  # seeded uniform sample of position vectors (--sample N)
-    probe_rows: list[torch.Tensor] = field(default_factory=list)  # float16 [rows, C] per batch, CPU
+    probe_rows: list[torch.Tensor] = field(default_factory=list)  # float16 [rows, C] per batch (any device)
 
     def trackers(self) -> dict[str, StreamingExtremes]:
         out = {"top": self.top, "bottom": self.bottom}
@@ -74,7 +76,7 @@ class LayerPass1:
         """The probe rows so far as one float16 [rows, C] array."""
         if not self.probe_rows:
             return np.zeros((0, self.record.units), np.float16)
-        return torch.cat(self.probe_rows).numpy().astype(np.float16)
+        return torch.cat([r.cpu() for r in self.probe_rows]).numpy().astype(np.float16)
 
 
 @dataclass
@@ -171,7 +173,7 @@ class Pass1Checkpoint:
             meta = json.loads(bytes(arrays.pop(_META)).decode("utf-8"))
         except (KeyError, ValueError, UnicodeDecodeError):
             raise ScopeError(f"{self.path}: not a scope collect state; delete it or run without --resume")
-        if meta.get("version") != STATE_VERSION:
+        if meta.get("version") not in READABLE_VERSIONS:
             raise ScopeError(f"{self.path}: resume state version {meta.get('version')} is not {STATE_VERSION}; "
                              "run without --resume")
         if meta.get("params") != self.params:

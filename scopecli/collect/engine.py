@@ -350,12 +350,12 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
             x = pre.normalize(x.float().div_(255.0))
             with autocast:
                 outs = tap(x)
-            sel = None if good.all() else torch.from_numpy(np.flatnonzero(good)).to(device)
-            gidx = torch.from_numpy(idx if sel is None else idx[good]).to(device)
+            sel = None if good.all() else _indices(np.flatnonzero(good), device)
+            gidx = _indices(idx if sel is None else idx[good], device)
             is_probe = idx[good] < probe_n if sel is not None else idx < probe_n
             if is_probe.any():
                 state.probe_index.append((idx if sel is None else idx[good])[is_probe])
-            probe_sel = torch.from_numpy(np.flatnonzero(is_probe)).to(device) if is_probe.any() else None
+            probe_sel = _indices(np.flatnonzero(is_probe), device) if is_probe.any() else None
             used = idx if sel is None else idx[good]
             used_paths = [source.paths[i] for i in used] if settings.sample else []
             for rec in records:
@@ -369,7 +369,7 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
                 if acc.sample is not None:
                     acc.sample.observe(a, used, used_paths)
                 if probe is not None:
-                    acc.probe_rows.append(probe.cpu())
+                    acc.probe_rows.append(probe)  # stays on the device until read: no sync per batch
             del outs
             bar.advance(len(idx))
             state.batches += 1
@@ -378,6 +378,14 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
     if checkpoint is not None:
         checkpoint.save(state, force=True, pass1_done=True)
     return state
+
+
+def _indices(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Increasing int64 indices on the device; a run of consecutive values (the usual batch) is made there, so no
+    copy from host memory waits for the device's queue."""
+    if len(values) and values[-1] - values[0] == len(values) - 1:
+        return torch.arange(int(values[0]), int(values[0]) + len(values), device=device)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(device)
 
 
 def _observe_layer(acc: LayerPass1, a: torch.Tensor, gidx: torch.Tensor,
