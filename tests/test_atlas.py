@@ -38,7 +38,7 @@ def test_atlas_cells_render_their_directions(sampled, scope_cli):
     from scopecli.model.capture import capture
     from scopecli.model.layers import layouts_at
     from scopecli.model.weights import random_init
-    from scopecli.render.objectives import DirectionScore
+    from scopecli.render.objectives import CellDirectionScore
 
     import tinymodels
 
@@ -60,7 +60,7 @@ def test_atlas_cells_render_their_directions(sampled, scope_cli):
     with torch.no_grad():
         acts = capture(model, x, ["3"])["3"]
     n = len(atlas.cells)
-    score = DirectionScore("3", list(range(n)), np.stack([c.mean for c in atlas.cells]), n)({"3": acts})
+    score = CellDirectionScore("3", list(range(n)), np.stack([c.mean for c in atlas.cells]), n)({"3": acts})
     for cell, s in zip(atlas.cells, score.tolist()):
         assert cell.image.shape == (32, 32, 3) and cell.image.dtype == np.uint8
         assert s > cell.act_start and abs(s - cell.act_final) < 0.05 * abs(cell.act_final) + 1e-3

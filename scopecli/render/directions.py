@@ -1,7 +1,7 @@
 """Feature visualizations of directions in a layer's activation space (what activation atlases render).
 
 Each batch row renders one direction d: it maximizes the mean over positions of dot(a, d) * max(cos(a, d),
-0.1) ** power (objectives.DirectionScore, Lucid's direction_neuron_cossim), from a random start in the usual
+0.1) ** power (objectives.CellDirectionScore, Lucid's direction_neuron_cossim), from a random start in the usual
 parameterization, under the usual transforms. A row's random draws come from a seed derived from the run
 seed, the model, the layer and the row's key (an atlas cell), so a cell renders the same in any batch.
 The evidence returned with each image: the score of the initial image and of the final one.
@@ -19,7 +19,7 @@ from scopecli.devices import resolve_device
 from scopecli.model.capture import LayerTap
 from scopecli.render import transforms as tf
 from scopecli.render.engine import _Normalize, activation_views
-from scopecli.render.objectives import DirectionScore
+from scopecli.render.objectives import CellDirectionScore
 from scopecli.render.param import make_param
 
 
@@ -65,7 +65,7 @@ def _batch(module, normalize, layer, layout, directions, seeds, size, steps, lr,
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     param = make_param(param_kind, size, gens).to(device)
     thetas = tf.affine_matrices(torch.stack([tf.draw(g, steps) for g in gens], dim=1), size, spec).to(device)
-    objective = DirectionScore(layer, list(range(n)), directions, n, power)
+    objective = CellDirectionScore(layer, list(range(n)), directions, n, power)
     optimizer = torch.optim.Adam([param.raw], lr=lr)
     tick = max(1, steps // 16)
     layouts = {layer: layout}

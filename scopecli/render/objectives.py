@@ -453,7 +453,7 @@ class DotCompare(Objective, _DeviceCache):
         return f"dot_compare({self.layer}, rows={self.rows.tolist()}, power={self.power:g})"
 
 
-class DirectionScore(Objective, _DeviceCache):
+class CellDirectionScore(Objective, _DeviceCache):
     """A direction in a layer's activation space (activation atlases): each row's mean over positions of
     dot(a, d) * max(cos(a, d), 0.1) ** power, d the row's direction (Lucid's direction_neuron_cossim).
 
