@@ -47,6 +47,8 @@ def _load_arrays(path: str) -> dict[str, np.ndarray]:
             return {"directions": np.load(path, allow_pickle=False)}
     except ScopeError:
         raise
+    except ImportError:
+        raise ScopeError(f"reading {path} needs the safetensors package: pip install 'scopecli[safetensors]'") from None
     except Exception as exc:  # any reader error of a damaged file is the user's file, said in one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "pickle" in first.lower():
