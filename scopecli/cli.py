@@ -379,33 +379,24 @@ def show_cmd(
     json_out: bool = JsonOpt,
 ):
     """One unit: statistics, renders and examples; -o writes its card as PNG. A layer: its caricatures and atlas."""
-    from scopecli.compare.show import check_card_output, load_unit, unit_json, write_card
+    from scopecli.compare.report import layer_summary, unit_summary
+    from scopecli.compare.show import (
+        check_card_output, layer_json, load_layer, load_unit, unit_json, write_card, write_layer_card,
+    )
 
     if out:
         check_card_output(out)
     if ":" not in unit:  # layer names never hold a colon: a whole layer
-        from scopecli.compare.report import layer_summary
-        from scopecli.compare.show import layer_json, load_layer, write_layer_card
-
-        info = load_layer(file, unit, pixels=bool(out))
-        if out:
-            write_layer_card(info, out)
-        if json_out:
-            _print_json(layer_json(info))
-            return
-        _out().print(layer_summary(info))
-        if out:
-            _out().print(f"wrote card {out}")
-        return
-    info = load_unit(file, unit, pixels=bool(out))
+        load, write, as_json, summary = load_layer, write_layer_card, layer_json, layer_summary
+    else:
+        load, write, as_json, summary = load_unit, write_card, unit_json, unit_summary
+    info = load(file, unit, pixels=bool(out))
     if out:
-        write_card(info, out)
+        write(info, out)
     if json_out:
-        _print_json(unit_json(info))
+        _print_json(as_json(info))
         return
-    from scopecli.compare.report import unit_summary
-
-    _out().print(unit_summary(info))
+    _out().print(summary(info))
     if out:
         _out().print(f"wrote card {out}")
 
