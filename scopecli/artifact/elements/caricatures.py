@@ -55,14 +55,13 @@ class Caricature:
 
 
 @dataclass
-class StoredCaricature:
-    """A caricature as the writer holds it: metadata and encoded bytes (never re-encoded)."""
+class CaricatureRow:
+    """The stored columns of one caricature row (STR_COLS, INT_COLS, FLOAT_COLS): what the writer's copy
+    and the reader's view both carry besides the images, so the two cannot drift apart."""
 
     source_sha256: str
     source_name: str
     param: str
-    png: bytes
-    photo_jpeg: bytes
     height: int
     width: int
     steps: int
@@ -76,23 +75,18 @@ class StoredCaricature:
 
 
 @dataclass
-class CaricatureView:
+class StoredCaricature(CaricatureRow):
+    """A caricature as the writer holds it: metadata and encoded bytes (never re-encoded)."""
+
+    png: bytes
+    photo_jpeg: bytes
+
+
+@dataclass
+class CaricatureView(CaricatureRow):
     """One stored caricature: `.image` (the caricature) and `.photo` decode on first access."""
 
     layer: str
-    source_sha256: str
-    source_name: str
-    param: str
-    height: int
-    width: int
-    steps: int
-    size: int
-    seed: int
-    lr: float
-    power: float
-    cosine: float
-    magnitude_ratio: float
-    time_s: float
     _load: object = field(repr=False, default=None)
     _load_photo: object = field(repr=False, default=None)
     _image: np.ndarray | None = field(repr=False, default=None)
@@ -153,9 +147,12 @@ class CaricatureSection:
         out.update({name: float(c[name][i]) for name, _ in FLOAT_COLS})
         return out
 
+    def _spans(self, i: int) -> tuple[int, int, int, int]:
+        """(offset, length) of row i's caricature PNG, then of its photo JPEG, in the blob."""
+        return tuple(int(self.cols[k][i]) for k in ("offset", "length", "photo_offset", "photo_length"))
+
     def view(self, i: int) -> CaricatureView:
-        c = self.cols
-        off, ln, poff, pln = (int(c[k][i]) for k in ("offset", "length", "photo_offset", "photo_length"))
+        off, ln, poff, pln = self._spans(i)
         return CaricatureView(layer=self.layer, _load=lambda: self._read(off, ln),
                               _load_photo=lambda: self._read(poff, pln), **self._meta(i))
 
@@ -163,8 +160,7 @@ class CaricatureSection:
         blob = self.blob[()].tobytes() if self.blob.shape[0] else b""
         out = {}
         for i in range(self.n):
-            c = self.cols
-            off, ln, poff, pln = (int(c[k][i]) for k in ("offset", "length", "photo_offset", "photo_length"))
+            off, ln, poff, pln = self._spans(i)
             s = StoredCaricature(png=blob[off:off + ln], photo_jpeg=blob[poff:poff + pln], **self._meta(i))
             out[s.source_sha256] = s
         return out
