@@ -203,8 +203,7 @@ def _batch(module, normalize, rows, settings, layouts, device, fingerprint, prog
             final, reference = views(image), views(photos)
     if progress is not None and steps % tick:
         progress.advance(n * (steps % tick) / steps)
-    pixels = (image.nan_to_num(0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    originals = (photos.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    pixels, originals = tf.to_uint8_pixels(image), tf.to_uint8_pixels(photos)  # photos are finite: no NaN to replace
     seconds = (time.perf_counter() - t0) / n
     out = []
     for i, (layer, ph) in enumerate(rows):

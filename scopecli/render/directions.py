@@ -87,7 +87,7 @@ def _batch(module, normalize, layer, layout, directions, seeds, size, steps, lr,
             final = score(image).cpu()
     if progress is not None and steps % tick:
         progress.advance(n * (steps % tick) / steps)
-    pixels = (image.nan_to_num(0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    pixels = tf.to_uint8_pixels(image)
     return [DirectionRender(np.ascontiguousarray(pixels[i]), float(start[i]), float(final[i])) for i in range(n)]
 
 
