@@ -225,13 +225,7 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
     cols = max([len(r[1]) for r in rows] + [4])
     width = pad + cols * (THUMB + pad)
     height = pad + len(head) * line_h + pad + sum(line_h + THUMB + 2 * line_h + pad for _ in rows)
-    card = Image.new("RGB", (width, height), "white")
-    d = ImageDraw.Draw(card)
-    y = pad
-    for i, s in enumerate(head):
-        draw_text(d, (pad, y), _fit(d, s, width - 2 * pad), fill="black" if i == 0 else (60, 60, 60))
-        y += line_h
-    y += pad
+    card, d, y = _card_with_head(head, width, height, pad, line_h)
     for title, items in rows:
         draw_text(d, (pad, y), title, fill=(30, 30, 120))
         y += line_h
@@ -242,6 +236,19 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
                 draw_text(d, (x, y + THUMB + 1 + k * line_h), _fit(d, cap, THUMB), fill="black")
         y += THUMB + 2 * line_h + pad
     return card
+
+
+def _card_with_head(head: list[str], width: int, height: int, pad: int, line_h: int):
+    """A white card of that size with its header lines drawn (the first, the title, in black; the rest in
+    gray, each cut to the card's width): (card, its ImageDraw, the y where the body starts). The unit and
+    the layer cards share it so their headers look alike."""
+    card = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(card)
+    y = pad
+    for i, s in enumerate(head):
+        draw_text(d, (pad, y), _fit(d, s, width - 2 * pad), fill="black" if i == 0 else (60, 60, 60))
+        y += line_h
+    return card, d, y + pad
 
 
 def check_card_output(out: str | Path) -> str:
@@ -317,13 +324,7 @@ def layer_card(info: dict) -> Image.Image:
     height = pad + len(head) * line_h + pad + len(rows) * (THUMB + 2 * line_h + pad)
     if mosaic is not None:
         height += line_h + mosaic.height + pad
-    card = Image.new("RGB", (width, height), "white")
-    d = ImageDraw.Draw(card)
-    y = pad
-    for i, s in enumerate(head):
-        draw_text(d, (pad, y), _fit(d, s, width - 2 * pad), fill="black" if i == 0 else (60, 60, 60))
-        y += line_h
-    y += pad
+    card, d, y = _card_with_head(head, width, height, pad, line_h)
     for row in rows:
         for j, c in enumerate(row):
             x = pad + j * (2 * THUMB + 3 * pad)
