@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from collect_builders import loaded, noise_images
+from collect_builders import collect_single_and_packed, loaded, noise_images
 from scopecli.collect import CollectSettings, collect, open_source
 from scopecli.collect.crops import crop_patch
 
@@ -173,14 +173,9 @@ def test_per_source_is_exact_across_shards_and_pack(tmp_path, scope_cli):
     groups = _grouped_copies(tmp_path / "data", 7, 3, 40, seed=2)
     common = ["collect", "tinymodels:tiny_cnn", "--data", tmp_path / "data", "--groups", groups, "--top-k", 4,
               "--bottom-k", 2, "--batch", 4, "--probe", 0, "--patch-size", 16, "--workers", 0, "--quiet", "--lossless"]
-    assert scope_cli(*common, "-o", tmp_path / "single.h5").code == 0
-    for k in (1, 2):
-        r = scope_cli(*common, "--shard", f"{k}/2", "-o", tmp_path / f"s{k}.h5")
-        assert r.code == 0, r.stderr
-    r = scope_cli("pack", tmp_path / "s1.h5", tmp_path / "s2.h5", "-o", tmp_path / "packed.h5", "--quiet")
-    assert r.code == 0, r.stderr
+    single, packed = collect_single_and_packed(scope_cli, common, tmp_path)
     groups_of = dict(line.split("\t") for line in groups.read_text().split("\n") if line)
-    with open_artifact(tmp_path / "single.h5") as a, open_artifact(tmp_path / "packed.h5") as b:
+    with open_artifact(single) as a, open_artifact(packed) as b:
         paths = b.dataset.paths
         for layer in a.layers:
             for which in ("top", "bottom"):

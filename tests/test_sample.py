@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from collect_builders import loaded, model_input, noise_images, small_cnn
+from collect_builders import collect_single_and_packed, loaded, model_input, noise_images, small_cnn
 from conftest import assert_one_line_error
 from scopecli.collect import CollectSettings, collect, open_source
 from scopecli.collect.sample import StreamingSample
@@ -86,14 +86,9 @@ def test_two_shards_then_pack_equal_one_run_exactly(tmp_path, scope_cli):
     noise_images(data, 15, 32, seed=5)
     common = ["collect", "tinymodels:tiny_cnn", "--data", data, "--top-k", 2, "--bottom-k", 1, "--batch", 4,
               "--probe", 0, "--patch-size", 16, "--workers", 0, "--quiet", "--sample", 300, "--seed", 3]
-    assert scope_cli(*common, "-o", tmp_path / "single.h5").code == 0
-    for k in (1, 2):
-        r = scope_cli(*common, "--shard", f"{k}/2", "-o", tmp_path / f"s{k}.h5")
-        assert r.code == 0, r.stderr
-    r = scope_cli("pack", tmp_path / "s1.h5", tmp_path / "s2.h5", "-o", tmp_path / "packed.h5", "--quiet")
-    assert r.code == 0, r.stderr
-    assert validate(tmp_path / "packed.h5") == []
-    with open_artifact(tmp_path / "single.h5") as a, open_artifact(tmp_path / "packed.h5") as b, \
+    single, packed = collect_single_and_packed(scope_cli, common, tmp_path)
+    assert validate(packed) == []
+    with open_artifact(single) as a, open_artifact(packed) as b, \
             open_artifact(tmp_path / "s1.h5") as s1:
         assert list(a.layers) and list(a.layers) == list(b.layers)
         for layer in a.layers:
