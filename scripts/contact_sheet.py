@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from _sheet import stack_bands  # scripts/ is on sys.path when a script runs
+
 CELL = 112
 PAD = 4
 LABEL_H = 14
@@ -89,12 +91,7 @@ def main() -> None:
         with open_artifact(path) as art:
             n = art.layer(layer).units
         bands.append(band(path, layer, parse_units(args.units, n), args.examples, not args.no_heat)[0])
-    w = max(b.width for b in bands)
-    sheet = Image.new("RGB", (w, sum(b.height for b in bands)), "white")
-    y = 0
-    for b in bands:
-        sheet.paste(b, (0, y))
-        y += b.height
+    sheet = stack_bands(bands)
     sheet.save(args.out)
     print(f"{args.out}: {sheet.width}x{sheet.height}")
 

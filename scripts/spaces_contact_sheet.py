@@ -21,6 +21,8 @@ from scopecli.artifact.elements.strongest import base_rates
 from scopecli.compare.drawing import font
 from scopecli.compare.monosemanticity import labels_from_file, unit_purity
 
+from _sheet import stack_bands  # scripts/ is on sys.path when a script runs
+
 CELL = 112
 LABEL_W = 230
 
@@ -125,12 +127,7 @@ def main(argv=None) -> int:
     if not args.out:
         print("give -o SHEET.png", file=sys.stderr)
         return 2
-    width = max(b.width for b in blocks)
-    full = Image.new("RGB", (width, sum(b.height for b in blocks)), "white")
-    y = 0
-    for b in blocks:
-        full.paste(b, (0, y))
-        y += b.height
+    full = stack_bands(blocks)
     full.save(args.out)
     print(f"wrote {args.out} ({full.width}x{full.height})")
     return 0
