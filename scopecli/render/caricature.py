@@ -30,6 +30,7 @@ from scopecli.devices import resolve_device
 from scopecli.errors import ScopeError
 from scopecli.model.capture import LayerTap
 from scopecli.render import transforms as tf
+from scopecli.render.ascent import ascend
 from scopecli.render.engine import _Normalize, activation_views
 from scopecli.render.objectives import DotCompare
 from scopecli.render.param import _FFT_DAMP, COLOR_CORRELATION, FFTParam, PixelParam, make_param
@@ -182,27 +183,21 @@ def _batch(module, normalize, rows, settings, layouts, device, fingerprint, prog
     layers = list(dict.fromkeys(layer for layer, _ in rows))
     objective = sum(DotCompare(layer, [i for i, (lay, _) in enumerate(rows) if lay == layer], n, settings.power)
                     for layer in layers)
-    optimizer = torch.optim.Adam([param.raw], lr=settings.lr)
-    tick = max(1, steps // 16)
     with LayerTap(module, layers) as tap:
         def views(x):
             return activation_views(tap(normalize(x)), layouts, layers)
 
-        for step in range(steps):
+        def loss_at(step):
             with torch.no_grad():
                 reference = views(tf.warp(photos, thetas[step], spec.pad_value))
             acts = views(tf.warp(param(), thetas[step], spec.pad_value))
             acts.update({f"{layer}@reference": reference[layer] for layer in layers})
-            (grad,) = torch.autograd.grad(-objective(acts).sum(), [param.raw])
-            param.raw.grad = grad
-            optimizer.step()
-            if progress is not None and (step + 1) % tick == 0:
-                progress.advance(n * tick / steps)
+            return -objective(acts).sum()
+
+        ascend(param, steps, settings.lr, loss_at, progress, n)
         with torch.no_grad():
             image = param().float()
             final, reference = views(image), views(photos)
-    if progress is not None and steps % tick:
-        progress.advance(n * (steps % tick) / steps)
     pixels, originals = tf.to_uint8_pixels(image), tf.to_uint8_pixels(photos)  # photos are finite: no NaN to replace
     seconds = (time.perf_counter() - t0) / n
     out = []

@@ -18,6 +18,7 @@ import torch
 from scopecli.devices import resolve_device
 from scopecli.model.capture import LayerTap
 from scopecli.render import transforms as tf
+from scopecli.render.ascent import ascend
 from scopecli.render.engine import _Normalize, activation_views
 from scopecli.render.objectives import CellDirectionScore
 from scopecli.render.param import make_param
@@ -66,8 +67,6 @@ def _batch(module, normalize, layer, layout, directions, seeds, size, steps, lr,
     param = make_param(param_kind, size, gens).to(device)
     thetas = tf.affine_matrices(torch.stack([tf.draw(g, steps) for g in gens], dim=1), size, spec).to(device)
     objective = CellDirectionScore(layer, list(range(n)), directions, n, power)
-    optimizer = torch.optim.Adam([param.raw], lr=lr)
-    tick = max(1, steps // 16)
     layouts = {layer: layout}
     with LayerTap(module, [layer]) as tap:
         def score(image):
@@ -75,18 +74,11 @@ def _batch(module, normalize, layer, layout, directions, seeds, size, steps, lr,
 
         with torch.no_grad():
             start = score(param().float()).cpu()
-        for step in range(steps):
-            loss = -score(tf.warp(param(), thetas[step], spec.pad_value)).sum()
-            (grad,) = torch.autograd.grad(loss, [param.raw])
-            param.raw.grad = grad
-            optimizer.step()
-            if progress is not None and (step + 1) % tick == 0:
-                progress.advance(n * tick / steps)
+        ascend(param, steps, lr, lambda step: -score(tf.warp(param(), thetas[step], spec.pad_value)).sum(),
+               progress, n)
         with torch.no_grad():
             image = param().float()
             final = score(image).cpu()
-    if progress is not None and steps % tick:
-        progress.advance(n * (steps % tick) / steps)
     pixels = tf.to_uint8_pixels(image)
     return [DirectionRender(np.ascontiguousarray(pixels[i]), float(start[i]), float(final[i])) for i in range(n)]
 
