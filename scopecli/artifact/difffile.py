@@ -29,6 +29,8 @@ import h5py
 import numpy as np
 
 from scopecli.artifact.h5io import (
+    attr_float,
+    attr_int,
     H5_ERRORS,
     attr_int,
     attr_str,
@@ -181,9 +183,9 @@ def _read(f: h5py.File, path: str) -> dict:
     sides = {k: get_group(f, k, path) for k in ("a", "b")}
     out = {
         "seed": attr_int(f, "seed", path),
-        "permutations": int(read_attr(f, "permutations", path, 0)),
+        "permutations": attr_int(f, "permutations", path, 0, default=0),
         "shared_images": attr_int(f, "shared_images", path),
-        "cka_images": int(read_attr(f, "cka_images", path, read_attr(f, "shared_images", path))),
+        "cka_images": attr_int(f, "cka_images", path, 0) if "cka_images" in f.attrs else attr_int(f, "shared_images", path),
         "same_architecture": bool(read_attr(f, "same_architecture", path, False)),
         "path_a": attr_text(sides["a"], "path", "/a", "") or "",
         "path_b": attr_text(sides["b"], "path", "/b", "") or "",
@@ -198,11 +200,11 @@ def _read(f: h5py.File, path: str) -> dict:
         out[key] = _numeric(c, key, "/cka", 2)
     out["matching"] = [
         {"layer_a": attr_str(g, "layer_a", w), "layer_b": attr_str(g, "layer_b", w),
-         "floor": float(read_attr(g, "floor", w, np.nan)), **{k: _numeric(g, k, w, get_dataset(g, k, w).ndim) for k in g.keys()}}
+         "floor": attr_float(g, "floor", w, float("nan")), **{k: _numeric(g, k, w, get_dataset(g, k, w).ndim) for k in g.keys()}}
         for w, g in _numbered(f, "matching", path)
     ]
     out["changes"] = [
-        {"layer": attr_str(g, "layer", w), "k": int(read_attr(g, "k", w, 0)),
+        {"layer": attr_str(g, "layer", w), "k": attr_int(g, "k", w, 0, default=0),
          **{k: _numeric(g, k, w, get_dataset(g, k, w).ndim) for k in g.keys()}}
         for w, g in _numbered(f, "changes", path)
     ]

@@ -216,7 +216,10 @@ def attr_str(obj, key: str, where: str) -> str:
     return v
 
 
-def attr_int(obj, key: str, where: str, lo: int = -(1 << 62), hi: int = 1 << 62) -> int:
+def attr_int(obj, key: str, where: str, lo: int = -(1 << 62), hi: int = 1 << 62, default: int | None = None) -> int:
+    """An integer attribute in lo..hi (`default` when it is absent and a default is given), else one clear error."""
+    if default is not None and key not in obj.attrs:
+        return default
     v = read_attr(obj, key, where, None)
     if isinstance(v, np.ndarray) and v.shape in ((), (1,)):
         v = v.reshape(-1)[0]
@@ -226,6 +229,18 @@ def attr_int(obj, key: str, where: str, lo: int = -(1 << 62), hi: int = 1 << 62)
     if not lo <= v <= hi:
         raise ScopeError(f"{where}: attribute {key!r}={v} is outside {lo}..{hi}")
     return v
+
+
+def attr_float(obj, key: str, where: str, default: float | None = None) -> float:
+    """A real-number attribute (`default` when absent and given; NaN allowed), else one clear error."""
+    if default is not None and key not in obj.attrs:
+        return default
+    v = read_attr(obj, key, where, None)
+    if isinstance(v, np.ndarray) and v.shape in ((), (1,)):
+        v = v.reshape(-1)[0]
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, (bool, np.bool_)):
+        raise ScopeError(f"{where}: missing or non-numeric attribute {key!r}")
+    return float(v)
 
 
 def attr_str_list(obj, key: str, where: str) -> list[str]:

@@ -6,6 +6,8 @@ every machine.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -38,8 +40,17 @@ def font() -> ImageFont.ImageFont:
 WORD_GAP = 4
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(text) -> str:
+    """`text` with control characters (newlines, tabs, ...) as spaces: a name read from a stranger's file is
+    drawn on one line, never measured as multi-line text (which PIL refuses)."""
+    return _CONTROL.sub(" ", str(text))
+
+
 def _words(text: str) -> list[str]:
-    return str(text).split(" ")
+    return one_line(text).split(" ")
 
 
 def text_width(draw: ImageDraw.ImageDraw, text: str) -> int:
@@ -50,7 +61,7 @@ def text_width(draw: ImageDraw.ImageDraw, text: str) -> int:
 
 def text_size(draw: ImageDraw.ImageDraw, text: str) -> tuple[int, int]:
     """(width, height) of `text` as `draw_text` draws it."""
-    x0, y0, x1, y1 = draw.textbbox((0, 0), str(text).replace(" ", ""), font=font())
+    x0, y0, x1, y1 = draw.textbbox((0, 0), one_line(text).replace(" ", ""), font=font())
     return max(text_width(draw, text), x1 - x0), y1 - y0
 
 

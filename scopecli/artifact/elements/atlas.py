@@ -15,6 +15,7 @@ import numpy as np
 
 from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, pack_offsets
 from scopecli.artifact.h5io import (
+    attr_float,
     attr_int,
     attr_str,
     check_element,
@@ -131,7 +132,7 @@ class AtlasSection:
             elif kind is str:
                 meta[name] = attr_str(g, name, where)
             else:
-                meta[name] = float(np.asarray(read_attr(g, name, where)).reshape(-1)[0])
+                meta[name] = attr_float(g, name, where)
         if not 1 <= meta["grid"] <= MAX_GRID:
             raise ScopeError(f"{where}: grid {meta['grid']} is outside 1..{MAX_GRID}")
         num = {}

@@ -15,6 +15,7 @@ import numpy as np
 
 from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, present_mask
 from scopecli.artifact.h5io import (
+    attr_int,
     attr_text,
     check_element,
     get_dataset,
@@ -159,7 +160,7 @@ class ExampleSection:
             self.extra[col.name] = arr.astype(col.dtype)
         if ("heat" in self.extra) != ("heat_range" in self.extra) or ("heat" in self.extra) != ("heat_origin" in self.extra):
             raise ScopeError(f"{where}: heat, heat_range and heat_origin come together")
-        self.per_source = int(np.asarray(read_attr(g, "per_source", where, 0)).reshape(-1)[0]) if "per_source" in g.attrs else 0
+        self.per_source = attr_int(g, "per_source", where, 0, default=0)
         self.present = read_numeric(get_dataset(g, "present", where), f"{where}/present", "u", 1).astype(bool)
         if self.present.shape != (slot.units,):
             raise ScopeError(f"{where}/present: shape {self.present.shape}, expected ({slot.units},)")

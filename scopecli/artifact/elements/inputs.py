@@ -20,6 +20,7 @@ import numpy as np
 
 from scopecli.artifact.blobs import present_mask
 from scopecli.artifact.h5io import (
+    attr_int,
     check_element,
     get_dataset,
     read_attr,
@@ -123,7 +124,7 @@ class InputsSection:
         examples = read_numeric(get_dataset(g, "examples", where), f"{where}/examples", "i", 1).astype(np.int32)
         unit = read_numeric(get_dataset(g, "unit", where), f"{where}/unit", "i", 2).astype(np.int64)
         att = read_numeric(get_dataset(g, "attribution", where), f"{where}/attribution", "f", 2).astype(np.float32)
-        k = int(np.asarray(read_attr(g, "k", where, K)).reshape(-1)[0])
+        k = attr_int(g, "k", where, 0, 1 << 20, default=K)
         n = len(units)
         if source.shape != (n,) or examples.shape != (n,) or unit.shape != att.shape or unit.shape[0] != n \
                 or unit.shape[1] != 2 * k:

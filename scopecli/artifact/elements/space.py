@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scopecli.artifact.h5io import (
+    attr_float,
     attr_int,
     attr_str,
     check_element,
@@ -166,7 +167,7 @@ class SpaceElement(LayerElement):
                             f"{art.layer(section.base).units} units")
         for key in QUALITY_ATTRS:  # attributes mirror the JSON
             g = art.element_group(slot.name, self.name)
-            a, b = _number(np.asarray(read_attr(g, key, slot.where)).reshape(-1)[0]), _number(section.quality.get(key))
+            a, b = _number(attr_float(g, key, slot.where)), _number(section.quality.get(key))
             if not (a == b or (math.isnan(a) and math.isnan(b))):
                 problems.append(f"unit space {slot.name}: attribute {key} ({a}) disagrees with quality_json ({b})")
         return problems, set()

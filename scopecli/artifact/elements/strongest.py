@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scopecli.artifact.blobs import present_mask
-from scopecli.artifact.h5io import check_element, get_dataset, read_attr, read_numeric, set_encoding, write_array
+from scopecli.artifact.h5io import attr_float, attr_int, check_element, get_dataset, read_attr, read_numeric, set_encoding, write_array
 from scopecli.artifact.registry import LayerElement, MergeInput, MergePlan, register_layer_element, remap_images
 from scopecli.errors import ScopeError
 from scopecli.records import Strongest
@@ -128,8 +128,8 @@ class StrongestSection:
         hi = slot.n_images or 0
         if self.image_index.size and ((self.image_index < -1) | (self.image_index >= hi)).any():
             raise ScopeError(f"{where}/image_index: index out of range of the image table ({hi} images)")
-        self.fraction = float(np.asarray(read_attr(g, "fraction", where, 0.01)).reshape(-1)[0])
-        self.per_source = int(np.asarray(read_attr(g, "per_source", where, 0)).reshape(-1)[0])
+        self.fraction = attr_float(g, "fraction", where, 0.01)
+        self.per_source = attr_int(g, "per_source", where, 0, default=0)
         self._row = {int(x): i for i, x in enumerate(self.units)}
 
     def images_of(self, unit: int) -> np.ndarray | None:
