@@ -3,7 +3,7 @@
 The library is usable from Python; the CLI (`scopecli.cli`) only parses arguments and calls it.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from scopecli.errors import ScopeError  # noqa: E402
 
