@@ -63,7 +63,7 @@ def _root(
 
 
 # The commands below are defined in the order of the work, which is the order `scope --help` lists them:
-# make (render, collect), look (show), compare (diff, query), share (export); then file tools and helpers.
+# make (render, collect, decompose), look (show), compare (diff, query), share (export); then file tools and helpers.
 
 
 def _split_names(text: Optional[str]) -> Optional[List[str]]:
@@ -134,7 +134,8 @@ def render_cmd(
     loaded = load_model(model, weights, mean, std, input_size)
     settings.size = loaded.preprocess.crop if size is None else size
     plan = plan_render(loaded, _split_names(",".join(layer)) if layer else None, units,
-                       "deepdream" if deepdream else objective, diversity, settings, data, position)
+                       "deepdream" if deepdream else objective, diversity, settings, data, position,
+                       spaces_from=out or f"{loaded.name}.h5")
     err = Console(file=sys.stderr, soft_wrap=True)
     summary = render_job(loaded, plan, out, shard, resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out,
                          log=lambda message: err.print(message, markup=False))
@@ -156,6 +157,44 @@ def render_cmd(
                  f"{summary['seconds']:.1f} s", markup=False)
 
 
+@app.command("caricature")
+def caricature_cmd(
+    model: str = typer.Argument(..., help="Model spec: resnet50, timm/inception_v4, open_clip/RN50x4, efficientnet_lite0, or package.module:factory."),
+    image: List[str] = typer.Option(..., "--image", "-i", help="A photo to caricature (repeatable)."),
+    layer: List[str] = typer.Option(..., "--layer", "-l", help="Layer name (repeatable or comma-separated)."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Artifact to add to (default <model>.h5)."),
+    steps: int = typer.Option(256, "--steps", help="Optimization steps."),
+    power: float = typer.Option(1.0, "--power", help="Cosine power p of the objective dot(a, a_photo) * cos^p (0: plain dot product)."),
+    param: str = typer.Option("fft", "--param", help="Image parameterization: fft or pixel (it starts from the photo)."),
+    lr: float = typer.Option(0.05, "--lr", help="Adam learning rate."),
+    batch: int = typer.Option(8, "--batch", help="(layer, photo) images optimized together."),
+    seed: int = typer.Option(0, "--seed", help="Run seed of the transforms."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    weights: str = WeightsOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    input_size: Optional[int] = InputSizeOpt,
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Caricatures: photos re-optimized so that a layer's response to them is exaggerated (Lucid's recipe)."""
+    from scopecli.render.caricature import CaricatureSettings, load_photos, run_caricature
+
+    settings = CaricatureSettings(steps=steps, lr=lr, power=power, param=param, seed=seed, batch=batch, device=device)
+    settings.check()
+    loaded = load_model(model, weights, mean, std, input_size)
+    load_photos(image, loaded.preprocess)  # a photo the model cannot read fails before any work
+    summary = run_caricature(loaded, _split_names(",".join(layer)), image, settings, out, quiet=quiet or json_out)
+    if json_out:
+        _print_json(summary)
+        return
+    for row in summary["images"]:
+        _out().print(f"{row['layer']}  {row['photo']}: cosine to the photo {row['cosine']:.3f}, magnitude "
+                     f"x{row['magnitude_ratio']:.2f}", markup=False)
+    _out().print(f"wrote {summary['output']}: {len(summary['images'])} caricatures, {summary['seconds']:.1f} s on "
+                 f"{summary['device']}", markup=False)
+
+
 @app.command("collect")
 def collect_cmd(
     model: str = typer.Argument(..., help="Model spec: resnet50, timm/inception_v4, open_clip/RN50x4, efficientnet_lite0, or package.module:factory."),
@@ -172,6 +211,8 @@ def collect_cmd(
     labels: Optional[str] = typer.Option(None, "--labels", help="TSV/CSV mapping file -> label (e.g. the sample folder's labels.tsv)."),
     groups: Optional[str] = typer.Option(None, "--groups", help="TSV/CSV mapping file -> source group: crops and mirrors of one photo count as one source."),
     per_source: Optional[int] = typer.Option(None, "--per-source", help="At most N examples of one source group per unit (default 1 with --groups; 0: no limit)."),
+    sample: int = typer.Option(0, "--sample", help="Keep a seeded uniform sample of N position vectors per layer (float16), what `scope decompose` fits unit spaces on."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the activation sample."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the model under bfloat16 autocast (GPU speed; stats stay float32)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="k/n: process the k-th of n deterministic parts (1-based); merge with scope pack."),
@@ -182,6 +223,7 @@ def collect_cmd(
     lossless: bool = typer.Option(False, "--lossless", help="Store patches as PNG instead of JPEG q90."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its saved pass-1 state (OUT.collect-state)."),
     checkpoint: float = typer.Option(300.0, "--checkpoint", help="Save the pass-1 state at most every S seconds (0: every batch), so --resume loses little."),
+    circuits: Optional[str] = typer.Option(None, "--circuits", help="Then store each unit's strongest inputs from layer FROM ('prev': each layer's previous default layer), as scope circuits does."),
     quiet: bool = QuietOpt,
     json_out: bool = JsonOpt,
 ):
@@ -191,12 +233,12 @@ def collect_cmd(
 
     settings = CollectSettings(top_k=top_k, bottom_k=bottom_k, patch_size=patch_size, probe=probe, batch=batch,
                                workers=workers, limit=limit, device=device, bf16=bf16, lossless=lossless,
-                               per_source=per_source)
+                               per_source=per_source, sample=sample, seed=seed)
     settings.check()
     source = open_source(data, labels=labels, groups=groups)
     loaded = load_model(model, weights, mean, std, input_size)
     summary = run_collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, out, shard,
-                          resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out)
+                          resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out, circuits=circuits)
     if summary is None:  # a torchrun rank other than the leader
         return
     if json_out:
@@ -222,27 +264,144 @@ def collect_cmd(
                  f"{summary['images_per_s']} img/s on {summary['device']}, {summary['seconds']:.1f} s", markup=False)
 
 
+@app.command("decompose")
+def decompose_cmd(
+    file: str = typer.Argument(..., metavar="FILE", help="Artifact whose layer has an activation sample (collect --sample N)."),
+    layer: str = typer.Option(..., "--layer", "-l", help="The layer to fit the space on."),
+    method: Optional[str] = typer.Option(None, "--method", help="pca (centred), nmf (non-negative; --shift for signed layers) or sae (TopK sparse autoencoder)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Directions / latents (sae default: 4x the channels)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Space name (default METHODK, e.g. pca32): units are LAYER@NAME:i."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fit (NMF init, SAE init and batches)."),
+    k_active: Optional[int] = typer.Option(None, "--k-active", help="sae / imported topk: latents kept per position (sae default: channels / 8)."),
+    shift: bool = typer.Option(False, "--shift", help="nmf on a layer with negative values: subtract each channel's sample minimum first (stored as pre_bias)."),
+    from_file: Optional[str] = typer.Option(None, "--from", help="Import a dictionary: .safetensors / .npz (W_enc, b_enc, W_dec, b_dec) or .npy (directions); pickles are refused."),
+    nonlinearity: str = typer.Option("relu", "--nonlinearity", help="With --from: none, relu or topk (with --k-active)."),
+    subtract_b_dec: bool = typer.Option(True, "--subtract-b-dec/--no-subtract-b-dec", help="With --from: the encoder reads x - b_dec (SAELens) or x itself (saev)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Then collect the space's examples from this image folder (the artifact's images)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="With --data: the labels file the artifact was collected with."),
+    groups: Optional[str] = typer.Option(None, "--groups", help="With --data: the source-groups file the artifact was collected with."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="With --data: the model's weights when the artifact's record cannot rebuild them (a PATH)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (NMF, SAE and --data)."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Unit spaces: fit PCA / NMF / a sparse autoencoder on a layer's activation sample, or import a
+    dictionary, and store it as layer LAYER@NAME whose units every command reads."""
+    from scopecli.spaces import decompose
+
+    res = decompose(file, layer, method, k, name, seed=seed, from_file=from_file, data=data, labels=labels,
+                    groups=groups, k_active=k_active, shift=shift, device=device, nonlinearity=nonlinearity,
+                    subtract_b_dec=subtract_b_dec, weights=weights, quiet=quiet or json_out)
+    if json_out:
+        _print_json(res)
+        return
+    q = res["quality"]
+
+    def num(key, pct=False):
+        v = q.get(key)
+        return "n/a" if v is None else (f"{100 * v:.1f}%" if pct else f"{v:.3g}")
+
+    ev = f", explained variance {num('explained_variance', True)}" if q.get("explained_variance") is not None else ""
+    nn = f", NNLS R² {num('r2_nnls')}" if q.get("r2_nnls") is not None else ""
+    _out().print(f"wrote {res['layer']} into {res['output']}: {res['method']} k={res['k']} ({res['nonlinearity']}"
+                 f"{' ' + str(res['k_active']) if res['k_active'] else ''}); held-out R² {num('r2')}{nn}{ev}, "
+                 f"dead {num('dead_fraction', True)}, fit {q.get('fit_seconds', 0):.1f} s", markup=False)
+    if res["collected"]:
+        c = res["collected"]
+        _out().print(f"collected {c['units']} units on {c['images']} images into {c['output']}", markup=False)
+
+
+@app.command("circuits")
+def circuits_cmd(
+    file: str = typer.Argument(..., metavar="A.h5", help="Artifact with dataset examples (scope collect); the inputs are added to it."),
+    data: str = typer.Option(..., "--data", help="The image folder (or list) collect read: each unit's top examples are run again."),
+    from_layer: Optional[str] = typer.Option(None, "--from", help="Input layer L' (default: each layer's previous default layer)."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layers L (repeatable or comma-separated; default: every layer with examples)."),
+    units: Optional[str] = typer.Option(None, "--units", "-u", help="Units of L: all, 0:64, 3,5,9 (default all)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Average over each unit's first K top examples (default: all stored)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model spec, when the recorded one cannot be built here."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights, when the recorded ones cannot be loaded (a PATH)."),
+    batch: int = typer.Option(32, "--batch", help="(image, unit) rows per forward/backward."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Strongest inputs (Circuits): which units of an earlier layer build each unit, by gradient x input over its top examples."""
+    from scopecli.circuits import run_circuits
+
+    err = Console(file=sys.stderr, soft_wrap=True)
+    notes: list[str] = []
+    summary = run_circuits(file, data, from_layer, _split_names(",".join(layer)) if layer else None, units, top_k,
+                           model, weights, device=device, batch=batch, quiet=quiet or json_out, log=notes.append)
+    if json_out:
+        _print_json(summary | {"notes": notes})
+        return
+    for m in notes:
+        err.print(f"note: {m}", markup=False)
+    done = ", ".join(f"{x['layer']} <- {x['from']} ({x['units']} units)" for x in summary["layers"])
+    _out().print(f"wrote strongest inputs to {summary['output']}: {done}; {summary['seconds']:.1f} s on "
+                 f"{summary['device']}", markup=False)
+
+
+@app.command("atlas")
+def atlas_cmd(
+    file: str = typer.Argument(..., metavar="A.h5", help="Artifact with an activation sample of the layer (scope collect --sample N); the atlas is added to it."),
+    layer: str = typer.Option(..., "--layer", "-l", help="The layer to map."),
+    grid: int = typer.Option(20, "--grid", help="Cells per side of the atlas grid."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the layout (UMAP) and of the renders."),
+    steps: int = typer.Option(128, "--steps", help="Optimization steps per cell."),
+    size: int = typer.Option(96, "--size", help="Side in pixels of each cell's render."),
+    layout: str = typer.Option("auto", "--layout", help="auto (UMAP when umap-learn is installed, else PCA), umap or pca."),
+    power: float = typer.Option(1.0, "--power", help="Cosine power of the direction objective dot(a, d) * cos^p."),
+    batch: int = typer.Option(32, "--batch", help="Cells rendered together."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model spec, when the recorded one cannot be built here."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights, when the recorded ones cannot be loaded (a PATH)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Activation atlas: the layer's activation sample laid out in 2-D (UMAP), gridded, every cell's mean direction rendered."""
+    from scopecli.atlas import run_atlas
+
+    summary = run_atlas(file, layer, grid=grid, seed=seed, steps=steps, size=size, layout=layout, power=power,
+                        batch=batch, model=model, weights=weights, device=device, quiet=quiet or json_out)
+    if json_out:
+        _print_json(summary)
+        return
+    if summary["note"]:
+        Console(file=sys.stderr, soft_wrap=True).print(f"note: {summary['note']}", markup=False)
+    _out().print(f"wrote the atlas of {summary['layer']} to {summary['output']}: {summary['cells']} of "
+                 f"{summary['grid']}x{summary['grid']} cells from {summary['vectors']} sample vectors ({summary['layout']} "
+                 f"layout {summary['layout_s']:.1f} s), rendered in {summary['render_s']:.1f} s on {summary['device']}",
+                 markup=False)
+
+
 @app.command("show")
 def show_cmd(
     file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
-    unit: str = typer.Argument(..., metavar="LAYER:UNIT", help="Unit address, e.g. layer4.2:117."),
+    unit: str = typer.Argument(..., metavar="LAYER:UNIT", help="Unit address, e.g. layer4.2:117; or a LAYER for its caricatures and atlas."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Write the unit card as a PNG (a name ending in .png)."),
     json_out: bool = JsonOpt,
 ):
-    """One unit: statistics, renders and examples; -o writes its card as PNG."""
-    from scopecli.compare.show import check_card_output, load_unit, unit_json, write_card
+    """One unit: statistics, renders and examples; -o writes its card as PNG. A layer: its caricatures and atlas."""
+    from scopecli.compare.report import layer_summary, unit_summary
+    from scopecli.compare.show import (
+        check_card_output, layer_json, load_layer, load_unit, unit_json, write_card, write_layer_card,
+    )
 
     if out:
         check_card_output(out)
-    info = load_unit(file, unit, pixels=bool(out))
+    if ":" not in unit:  # layer names never hold a colon: a whole layer
+        load, write, as_json, summary = load_layer, write_layer_card, layer_json, layer_summary
+    else:
+        load, write, as_json, summary = load_unit, write_card, unit_json, unit_summary
+    info = load(file, unit, pixels=bool(out))
     if out:
-        write_card(info, out)
+        write(info, out)
     if json_out:
-        _print_json(unit_json(info))
+        _print_json(as_json(info))
         return
-    from scopecli.compare.report import unit_summary
-
-    _out().print(unit_summary(info))
+    _out().print(summary(info))
     if out:
         _out().print(f"wrote card {out}")
 

@@ -55,13 +55,14 @@ def run_demo(out_dir, steps: int = 192, size: int = 128, quiet: bool = False, lo
     start = time.perf_counter()
 
     t = time.perf_counter()
-    photos, labels = prepare_photos(out / "photos")
+    photos, labels, groups = prepare_photos(out / "photos")
     loaded = resolve_model("efficientnet_lite0")
     timings["setup"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    source = open_source(str(photos), labels=str(labels))
-    settings = CollectSettings(top_k=8, bottom_k=4, patch_size=96, probe=len(source.paths), batch=16)
+    source = open_source(str(photos), labels=str(labels), groups=str(groups))
+    # one example per photo and unit (--per-source 1): the views of a photo count once
+    settings = CollectSettings(top_k=8, bottom_k=4, patch_size=96, probe=len(source.paths), batch=16, per_source=1)
     collected_summary = run_collect(loaded, source, list(DEMO_LAYERS), settings, str(artifact), quiet=quiet)
     timings["collect"] = time.perf_counter() - t
 

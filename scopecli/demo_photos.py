@@ -2,7 +2,8 @@
 
 They install from the package registry with the `[demo]` extra, so the demo runs offline. A dozen
 photos are too few for dataset examples, so each one is also cut into overlapping crops (and a mirror
-image): the demo's "dataset" is those views, labelled by the photo they come from.
+image): the demo's "dataset" is those views, labelled by the photo they come from, and grouped by it
+(a source group per photo), so a unit's examples come from different photos, not five crops of one.
 """
 
 from __future__ import annotations
@@ -62,12 +63,14 @@ def _views(img: Image.Image):
     yield "mirror", img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
 
-def prepare_photos(dest: Path) -> tuple[Path, Path]:
-    """Write the demo photos and their views to dest/ plus a labels.tsv; returns (folder, labels file)."""
+def prepare_photos(dest: Path) -> tuple[Path, Path, Path]:
+    """Write the demo photos and their views to dest/ plus a labels file and a source-groups file (one
+    group per photo); returns (folder, labels file, groups file)."""
     source = skimage_data_dir()
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     rows = []
+    group_rows = []
     found = 0
     for filename, label, _credit in PHOTOS:
         path = source / filename
@@ -81,11 +84,14 @@ def prepare_photos(dest: Path) -> tuple[Path, Path]:
             name = f"{stem}_{tag}.jpg"
             view.save(dest / name, quality=92)
             rows.append(f"{name}\t{label}")
+            group_rows.append(f"{name}\t{stem}")
     if found < 4:
         raise ScopeError(f"scikit-image's sample photos are missing from {source}: {INSTALL_HINT}")
     labels = dest.parent / "photo_labels.tsv"
     labels.write_text("file\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    return dest, labels
+    groups = dest.parent / "photo_groups.tsv"
+    groups.write_text("file\tgroup\n" + "\n".join(group_rows) + "\n", encoding="utf-8")
+    return dest, labels, groups
 
 
 def credits_markdown() -> str:

@@ -24,7 +24,7 @@ def fires(heat: np.ndarray | None, sign: float = 1.0) -> bool:
         return False
     h = sign * np.asarray(heat, np.float64)
     h = h[np.isfinite(h)]
-    return h.size > 0 and h.max() > 0 and h.max() > h.min()
+    return bool(h.size > 0 and h.max() > 0 and h.max() > h.min())
 
 
 def _centres(record, origin: tuple[int, int], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -78,6 +78,25 @@ class LayerRecord:
         return self.layout if self.layout is not None else LayerLayout.implied(self.shape)
 
 
+def space_layout(base: LayerLayout) -> LayerLayout:
+    """The layout of a unit space's output on a layer of layout `base`: the encoder runs on the layer's
+    canonical (batch, channel, positions...) view with class tokens dropped, so the space is channels first
+    (nchw), a token sequence without prefix (tokens), or a vector, on the same grid and field."""
+    if base.kind == "vector":
+        return LayerLayout("vector", (0, 1), (1, 1), 0, base.field, base.global_context)
+    if base.kind == "tokens":
+        return LayerLayout("tokens", (0, 1, 2), tuple(base.grid), 0, base.field, base.global_context)
+    return LayerLayout("nchw", (0, 1, 2, 3), tuple(base.grid), 0, base.field, base.global_context)
+
+
+def space_record(base: "LayerRecord", name: str, k: int) -> "LayerRecord":
+    """The layer record of a unit space with k units on layer `base` (named `name`: BASE@SPACE): the base's
+    grid and receptive field, k units, the space layout."""
+    return LayerRecord(name=name, units=int(k), shape=(int(k), int(base.shape[1]), int(base.shape[2])),
+                       rf_size=base.rf_size, rf_stride=base.rf_stride, rf_start=base.rf_start,
+                       layout=space_layout(base.effective_layout))
+
+
 @dataclass
 class RenderRecord:
     """One optimized image for one unit (or one layer, for deepdream: unit = -1)."""
@@ -182,3 +201,91 @@ class Strongest:
     image_index: np.ndarray  # int64 [U, k] into the ImageTable; -1 where missing
     fraction: float = 0.01
     per_source: int = 0  # at most this many images of one source group per unit (0: no limit)
+
+
+@dataclass
+class ActivationSample:
+    """A seeded uniform sample of one layer's position vectors (what unit spaces are fitted on).
+
+    Row i is the activation vector (float16 [C]) at grid position `positions[i]` = (row, col) of image
+    `image_index[i]`; `keys` (uint64, ascending) are the rows' sample keys: the sample is the `size`
+    smallest keys among `population` positions (see `scopecli.sketch.position_keys`).
+    """
+
+    keys: np.ndarray  # uint64 [S], ascending
+    vectors16: np.ndarray  # float16 [S, C]
+    image_index: np.ndarray  # int64 [S] into the ImageTable
+    positions: np.ndarray  # int32 [S, 2]: (row, col) in the position grid
+    seed: int
+    size: int  # the N asked for (S <= N: fewer positions existed)
+    population: int = 0  # positions the sample was drawn from
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """float32 [S, C] (the stored float16 values, widened)."""
+        return self.vectors16.astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+NONLINEARITIES = ("none", "relu", "topk")
+
+
+@dataclass
+class UnitSpace:
+    """A unit space on a layer: z = f(encoder @ (x - pre_bias) + bias) at every position, x the layer's
+    activation vector there; reconstruction x_hat = pre_bias + z @ decoder.
+
+    f is none, relu or topk (ReLU of the k_active largest pre-activations, the rest 0). The decoder rows
+    are the space's directions (what `--objective direction` renders). `quality` holds the fit's numbers
+    (explained_variance, r2, dead_fraction, fit_seconds, ...; NaN where a number does not apply) and
+    `params` the settings it was fitted with.
+    """
+
+    base: str  # the layer it is fitted on
+    name: str  # its own name (the part after '@')
+    encoder: np.ndarray  # float32 [k, C]
+    pre_bias: np.ndarray  # float32 [C]
+    bias: np.ndarray  # float32 [k]
+    decoder: np.ndarray  # float32 [k, C]
+    nonlinearity: str = "none"
+    k_active: int = 0  # topk: latents kept per position
+    method: str = "pca"  # pca | nmf | sae | import
+    seed: int = 0
+    data_sha256: str = ""  # sha256 of the activation sample it was fitted on ('' for an import)
+    quality: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    note: str = ""  # e.g. which encoder NMF stores
+
+    @property
+    def layer(self) -> str:
+        return f"{self.base}@{self.name}"
+
+    @property
+    def k(self) -> int:
+        return int(self.encoder.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.encoder.shape[1])
+
+    def pre_activations(self, x: np.ndarray) -> np.ndarray:
+        """encoder @ (x - pre_bias) + bias for rows x [n, C] (float64)."""
+        x = np.asarray(x, np.float64)
+        return (x - self.pre_bias) @ self.encoder.T.astype(np.float64) + self.bias
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """z [n, k] for activation vectors x [n, C] (numpy; the model side encodes with torch)."""
+        h = self.pre_activations(x)
+        if self.nonlinearity == "none":
+            return h
+        h = np.maximum(h, 0.0)
+        if self.nonlinearity == "topk" and self.k_active < h.shape[1]:
+            cut = np.argpartition(-h, self.k_active - 1, axis=1)[:, self.k_active:]
+            np.put_along_axis(h, cut, 0.0, axis=1)
+        return h
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """x_hat [n, C] = pre_bias + z @ decoder."""
+        return self.pre_bias + np.asarray(z, np.float64) @ self.decoder.astype(np.float64)

@@ -254,3 +254,39 @@ def merge_stats(a: StatsBlock, b: StatsBlock) -> StatsBlock:
     mean = np.where(na == 0, mb, np.where(nb == 0, ma, mean))
     hist = np.asarray(a.sketch["hist"], dtype=np.int64) + np.asarray(b.sketch["hist"], dtype=np.int64)
     return stats_from_sketch(a.units, n, mean, m2, np.fmin(a.min, b.min), np.fmax(a.max, b.max), hist)
+
+
+# ---------------------------------------------------------------------------------------- activation sample
+# A seeded uniform sample of position vectors that merges exactly: every (image, position) gets a
+# pseudo-random 64-bit key from (seed, image path, position) alone, and a sample of size n is the n
+# smallest keys. The n smallest keys of a union are the n smallest of the inputs' n smallest, so shards
+# and batches never change the sample (bottom-k sampling). Keys tie only by a 2**-64 accident; the
+# order (key, image path order, position) makes even that deterministic.
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def image_key(seed: int, path: str) -> int:
+    """64-bit key of one image under a sample seed (blake2b of the seed and the image's table path)."""
+    import hashlib
+
+    h = hashlib.blake2b(f"scope-sample\0{int(seed)}\0{path}".encode("utf-8", "surrogateescape"), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
+def position_keys(seed: int, path: str, n_positions: int) -> np.ndarray:
+    """uint64 [n_positions]: the key of each grid position (row-major) of one image (splitmix64 of
+    the image key plus the position)."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(image_key(seed, path)) + (np.arange(1, n_positions + 1, dtype=np.uint64) * _GOLDEN)
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        return z ^ (z >> np.uint64(31))
+
+
+def smallest_keys(keys: np.ndarray, image_index: np.ndarray, position: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n smallest entries by (key, image index, flat position), in that order."""
+    order = np.lexsort((np.asarray(position), np.asarray(image_index), np.asarray(keys, np.uint64)))
+    return order[: max(int(n), 0)]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import shutil
 
 from rich import box
-from rich.console import Group
+from rich.console import Console, Group
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -21,12 +22,12 @@ def table(title: str, columns: list[tuple[str, str]], rows: list[list], keep: tu
     rows = [[str(x) for x in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, (h, _) in enumerate(columns)]
     width = width or shutil.get_terminal_size((100, 24)).columns
-    if sum(widths) + 2 * (len(columns) - 1) <= width:
-        out = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, caption=caption)
-        for (header, justify), w in zip(columns, widths):
-            out.add_column(header, justify=justify, no_wrap=True, min_width=w)
-        for r in rows:
-            out.add_row(*r)
+    out = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, caption=caption)
+    for (header, justify), w in zip(columns, widths):
+        out.add_column(header, justify=justify, no_wrap=True, min_width=w)
+    for r in rows:
+        out.add_row(*r)
+    if _rendered_width(out) <= width and (caption is None or len(caption) <= width):
         return out
     lines = [Text(title, style="bold")]
     kept = [i for i, (h, _) in enumerate(columns) if h in keep]
@@ -36,3 +37,9 @@ def table(title: str, columns: list[tuple[str, str]], rows: list[list], keep: tu
     if caption:
         lines.append(Text(caption, style="dim"))
     return Group(*lines)
+
+
+def _rendered_width(out: Table) -> int:
+    """The width rich gives the table when nothing limits it (cell padding and column gaps included)."""
+    console = Console(width=1_000_000)
+    return Measurement.get(console, console.options, out).maximum

@@ -1,8 +1,38 @@
-"""Parsing of unit selections (`0:64`, `3,5,9`, `all`) and unit addresses (`layer4.2:117`)."""
+"""Parsing of unit selections (`0:64`, `3,5,9`, `all`), unit addresses (`layer4.2:117`) and unit-space layer
+names (`_blocks.14@sae256`: the space `sae256` fitted on layer `_blocks.14`, whose units are `..@sae256:17`)."""
 
 from __future__ import annotations
 
+import re
+
 from scopecli.errors import ScopeError
+
+SPACE_SEP = "@"
+SPACE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_space_name(name: str) -> str:
+    """A unit space's own name (the part after '@'): letters, digits, '_' and '-', at most 64."""
+    if not isinstance(name, str) or not SPACE_NAME.fullmatch(name):
+        raise ScopeError(f"space name {name!r} must be 1-64 letters, digits, '_' or '-' (e.g. sae256)")
+    return name
+
+
+def split_space(layer: str) -> tuple[str, str | None]:
+    """`BASE@SPACE` -> (BASE, SPACE); a plain layer name -> (name, None)."""
+    base, sep, space = str(layer).rpartition(SPACE_SEP)
+    if not sep:
+        return str(layer), None
+    if not base:
+        raise ScopeError(f"layer {layer!r}: a unit space is named LAYER@SPACE, e.g. _blocks.14@sae256")
+    return base, check_space_name(space)
+
+
+def space_layer(base: str, space: str) -> str:
+    """The layer name of space `space` on layer `base`."""
+    if SPACE_SEP in base:
+        raise ScopeError(f"layer {base!r} is itself a unit space; spaces are fitted on model layers")
+    return f"{base}{SPACE_SEP}{check_space_name(space)}"
 
 
 def parse_units(spec: str, n: int) -> list[int]:

@@ -2,10 +2,14 @@
 
 Prints images/s of both, measured side by side in one run (bare and collect alternated --repeats times),
 their wall-clock ratio and their main-process CPU-time ratio (robust when other jobs share the machine);
-goal >= 0.9. `--full` also times a whole collect including pass 2 (patches).
+goal >= 0.9. `--full` also times a whole collect including pass 2 (patches). `--baseline REV` runs the
+same pairs with the `scopecli` of git revision REV (extracted to a temporary folder, run in a child
+process) alternated with this tree's, so before/after ratios come from one run; `--paired` instead runs
+both trees' pass-1 bookkeeping on the same forwards in one process (robust on a loaded machine).
 
     .venv/bin/python scripts/bench_collect.py --model efficientnet_lite0 --limit 128
-    .venv/bin/python scripts/bench_collect.py --model resnet50 --weights random --limit 128
+    .venv/bin/python scripts/bench_collect.py --model resnet50 --weights random --limit 128 --baseline main
+    .venv/bin/python scripts/bench_collect.py --model resnet50 --weights random --baseline main --paired
     .venv/bin/python scripts/bench_collect.py --model resnet50 --weights random --device cuda --bf16
 """
 
@@ -14,8 +18,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import re
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -63,7 +74,7 @@ def pass1(model, source, layers, n, settings, workers, device) -> tuple[float, f
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--weights", default="DEFAULT")
@@ -77,7 +88,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="bare/collect pairs, alternated")
     ap.add_argument("--full", action="store_true", help="also time a whole collect (pass 1 + patches)")
     ap.add_argument("--layer", action="append", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--baseline", default=None, metavar="REV",
+                    help="also time the scopecli of git revision REV (or of folder REV/scopecli), alternated with this tree's")
+    ap.add_argument("--paired", action="store_true",
+                    help="with --baseline: time both trees' bookkeeping on the same forwards in one process "
+                         "(ratio = forward / (forward + bookkeeping)); robust on a loaded machine")
+    ap.add_argument("--one-pair", action="store_true", help=argparse.SUPPRESS)  # child: one pair, JSON row
+    return ap
+
+
+def _setup(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -89,19 +109,160 @@ def main() -> None:
     workers = default_workers() if args.workers is None else args.workers
     settings = CollectSettings(batch=args.batch, workers=workers, limit=n, device=args.device, bf16=args.bf16)
     bare(model, source, layers, min(n, args.batch), args.batch, workers, device, args.bf16)  # warm-up
-    rows = []
-    for _ in range(args.repeats):
-        b = bare(model, source, layers, n, args.batch, workers, device, args.bf16)
-        c = pass1(model, source, layers, n, settings, workers, device)
-        rows.append({"bare_img_s": round(n / b[0], 2), "collect_img_s": round(n / c[0], 2),
-                     "ratio_wall": round(b[0] / c[0], 3), "ratio_cpu": round(b[1] / c[1], 3)})
+    return device, model, source, n, layers, workers, settings
+
+
+def _pair(args, device, model, source, n, layers, workers, settings) -> dict:
+    b = bare(model, source, layers, n, args.batch, workers, device, args.bf16)
+    c = pass1(model, source, layers, n, settings, workers, device)
+    return {"bare_img_s": round(n / b[0], 2), "collect_img_s": round(n / c[0], 2),
+            "ratio_wall": round(b[0] / c[0], 3), "ratio_cpu": round(b[1] / c[1], 3)}
+
+
+def _extract(rev: str) -> str:
+    """`scopecli/` of git revision rev in a new temporary folder (put first on a child's PYTHONPATH); rev may
+    also be a folder that holds a `scopecli/` already (a copy taken to a machine without the repository)."""
+    if os.path.isdir(os.path.join(rev, "scopecli")):
+        out = tempfile.mkdtemp(prefix="scope-baseline-")
+        shutil.copytree(os.path.join(rev, "scopecli"), os.path.join(out, "scopecli"))
+        return out
+    root = Path(__file__).resolve().parents[1]
+    out = tempfile.mkdtemp(prefix="scope-baseline-")
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "scopecli"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", out], input=archive, check=True)
+    return out
+
+
+def _baseline_pair(tree: str) -> dict:
+    """One pair timed by the baseline's scopecli, in a child process running this script."""
+    argv = [a for a in sys.argv[1:]]
+    if "--baseline" in argv:
+        i = argv.index("--baseline")
+        del argv[i : i + 2]
+    argv = [a for a in argv if not a.startswith("--baseline=")]
+    env = dict(os.environ, PYTHONPATH=tree + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, __file__, *argv, "--one-pair"], env=env, check=True,
+                          capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _renamed(tree: str) -> str:
+    """The baseline's scopecli copied as package `scopecli_base` (imports rewritten), so both trees can run
+    in one process on the very same activations; returns the folder to put on sys.path."""
+    out = tempfile.mkdtemp(prefix="scope-baseline-pkg-")
+    shutil.copytree(os.path.join(tree, "scopecli"), os.path.join(out, "scopecli_base"))
+    for folder, _, files in os.walk(os.path.join(out, "scopecli_base")):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path, encoding="utf-8") as fh:
+                    text = fh.read()
+                with open(path, "w", encoding="utf-8") as fh:
+                    fh.write(re.sub(r"\bscopecli\b", "scopecli_base", text))
+    return out
+
+
+def paired(args, tree: str, device, model, source, n, layers, workers, settings) -> dict:
+    """Bookkeeping of both trees on the same batches: one forward per batch (timed), then each tree's
+    pass-1 updates of every layer (order alternated per batch), CPU and wall time; the results must agree.
+    Immune to the load of a shared machine in a way separate runs are not."""
+    import importlib
+
+    import numpy as np
+
+    from scopecli.collect.checkpoint import Pass1State
+    from scopecli.model import adapter, find_layer, layer_table
+
+    sys.path.insert(0, _renamed(tree))
+    trees = {"this": (engine, Pass1State, layer_table, find_layer)}
+    base_engine = importlib.import_module("scopecli_base.collect.engine")
+    base_ck = importlib.import_module("scopecli_base.collect.checkpoint")
+    base_model = importlib.import_module("scopecli_base.model")
+    trees["baseline"] = (base_engine, base_ck.Pass1State, base_model.layer_table, base_model.find_layer)
+    pre = model.preprocess
+    states, records = {}, {}
+    for name, (eng, state_cls, table_fn, find) in trees.items():
+        table = table_fn(model.module, pre.crop)
+        records[name] = [find(table, layer).record() for layer in layers]
+        trackers = eng._trackers(eng.CollectSettings(), pre, device, None, 0, 0)
+        states[name] = state_cls.empty(records[name], n, device, trackers)
+    t = {k: [0.0, 0.0] for k in ("forward", *trees)}  # wall, CPU
+    ds = ModelInputs(source.files, range(n), pre.resize, pre.crop, pre.interpolation)
+    with LayerTap(model.module, layers) as tap, torch.no_grad():
+        for b, batch in enumerate(make_loader(ds, args.batch, workers, pin_memory=device.type == "cuda")):
+            x = pre.normalize(batch["image"].to(device).float().div_(255.0))
+            gidx = batch["index"].to(device)
+            w0, c0 = time.perf_counter(), time.process_time()
+            outs = tap(x)
+            _sync(device)
+            t["forward"][0] += time.perf_counter() - w0
+            t["forward"][1] += time.process_time() - c0
+            for name in (list(trees) if b % 2 else list(trees)[::-1]):
+                eng = trees[name][0]
+                w0, c0 = time.perf_counter(), time.process_time()
+                for rec in records[name]:
+                    a = adapter.units(outs[rec.name], rec.effective_layout).float()
+                    eng._observe_layer(states[name].layers[rec.name], a, gidx, None)
+                _sync(device)
+                t[name][0] += time.perf_counter() - w0
+                t[name][1] += time.process_time() - c0
+            del outs
+    same = True
+    for layer in layers:
+        a, b = states["this"].layers[layer], states["baseline"].layers[layer]
+        for which in ("top", "bottom"):
+            for x, y in zip(getattr(a, which).result(1), getattr(b, which).result(1)):
+                same &= x is None and y is None or np.array_equal(x, y, equal_nan=True)
+        same &= np.array_equal(a.stats.finalize().sketch["hist"], b.stats.finalize().sketch["hist"])
+    fw, fc = t["forward"]
+    return {"forward_s": round(fw, 3), "identical_results": bool(same), **{
+        name: {"bookkeeping_s": round(t[name][0], 3), "bookkeeping_cpu_s": round(t[name][1], 3),
+               "ratio_wall": round(fw / (fw + t[name][0]), 3), "ratio_cpu": round(fc / (fc + t[name][1]), 3)}
+        for name in trees}}
+
+
+def _medians(rows) -> dict:
+    return {"ratio_wall_median": round(statistics.median(r["ratio_wall"] for r in rows), 3),
+            "ratio_cpu_median": round(statistics.median(r["ratio_cpu"] for r in rows), 3)}
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.one_pair:
+        row = _pair(args, *_setup(args))
+        row["scopecli"] = str(Path(engine.__file__).parents[1])  # proves which tree ran
+        print(json.dumps(row))
+        return
+    tree = _extract(args.baseline) if args.baseline else None
+    device, model, source, n, layers, workers, settings = ctx = _setup(args)
+    rows, base_rows = [], []
+    if args.paired:
+        if not tree:
+            sys.exit("--paired needs --baseline REV")
+        try:
+            runs = [paired(args, tree, *ctx) for _ in range(args.repeats)]
+        finally:
+            shutil.rmtree(tree, ignore_errors=True)
+        print(json.dumps({"model": args.model, "weights": model.weights, "device": str(device), "images": n,
+                          "layers": len(layers), "batch": args.batch, "threads": torch.get_num_threads(),
+                          "baseline": args.baseline, "runs": runs}, indent=1))
+        return
+    try:
+        for _ in range(args.repeats):
+            rows.append(_pair(args, *ctx))
+            if tree:
+                base_rows.append(_baseline_pair(tree))
+    finally:
+        if tree:
+            shutil.rmtree(tree, ignore_errors=True)
     out = {
         "model": args.model, "weights": model.weights, "device": str(device), "bf16": args.bf16, "images": n,
         "layers": len(layers), "units": sum(find_units(model, layers)), "batch": args.batch, "workers": workers,
-        "threads": torch.get_num_threads(), "pairs": rows,
-        "ratio_wall_median": round(statistics.median(r["ratio_wall"] for r in rows), 3),
-        "ratio_cpu_median": round(statistics.median(r["ratio_cpu"] for r in rows), 3),
+        "threads": torch.get_num_threads(), "pairs": rows, **_medians(rows),
     }
+    if tree:
+        out["baseline"] = {"rev": args.baseline, "pairs": base_rows, **_medians(base_rows)}
     if args.full:
         res = collect(model, source, layers, settings)
         t = res.timings

@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--growth", action="store_true", help="also the per-step divergence (at the largest --steps)")
+    ap.add_argument("--growth-only", action="store_true", help="only the per-step divergence")
     ap.add_argument("--no-mkldnn", action="store_true", help="CPU convolutions without oneDNN (torch's own kernels)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -95,7 +96,7 @@ def main() -> None:
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        for steps in args.steps:
+        for steps in ([] if args.growth_only else args.steps):
             t0 = time.perf_counter()
             batch = render(loaded, targets, steps, len(targets), args)
             seconds = time.perf_counter() - t0
@@ -113,7 +114,7 @@ def main() -> None:
                   + " ".join(f"{x:.2f}" for x in row["alone_vs_batch_mean"]) + "  max "
                   + " ".join(str(x) for x in row["alone_vs_batch_max"]) + "  activation differs by "
                   + " ".join(f"{x:.2f}%" for x in row["act_final_rel_diff_pct"]), flush=True)
-        if args.growth:
+        if args.growth or args.growth_only:
             g = growth(loaded, targets, max(args.steps), args)
             rows.append({"threads": threads, "growth": g})
             print(f"threads {threads} parameter distance alone vs batch after step: "

@@ -17,6 +17,7 @@ import numpy as np
 from scopecli.artifact import ArtifactWriter
 from scopecli.records import (
     QUANTILES,
+    ActivationSample,
     ExampleSet,
     ImageTable,
     LayerLayout,
@@ -25,6 +26,8 @@ from scopecli.records import (
     RenderRecord,
     StatsBlock,
     Strongest,
+    UnitSpace,
+    space_record,
 )
 
 FAKE_FINGERPRINT = hashlib.sha256(b"fake model").hexdigest()
@@ -118,6 +121,57 @@ def fake_strongest(layer: LayerRecord, units, n_images: int, k: int = 2, seed: i
     return Strongest(units, score, ii, 0.01)
 
 
+def fake_inputs(layer: LayerRecord, units, source: LayerRecord, k: int = 3):
+    """Strongest inputs of `units` from `source` (a circuits run writes them). Derived from the unit alone, so
+    shards of one model agree; the last unit never fires (no rows)."""
+    from scopecli.artifact.elements.inputs import InputsBlock
+
+    units = np.asarray(list(units), np.int64)
+    table = np.full((len(units), source.units), np.nan)
+    for i, u in enumerate(units):
+        if u != layer.units - 1:
+            table[i] = np.random.default_rng(int(u)).normal(size=source.units)
+    examples = [0 if u == layer.units - 1 else 4 for u in units]
+    return InputsBlock.from_table(units, source.name, table, examples, k)
+
+
+def fake_caricatures(layer: LayerRecord, n: int = 2, size: int = 24):
+    """Caricatures of n fake photos (`scope caricature` writes them); derived from the layer name alone."""
+    from scopecli.artifact.elements.caricatures import Caricature
+
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        photo = fake_image(rng, size, size)
+        out.append(Caricature(hashlib.sha256(f"photo {i}".encode()).hexdigest(), f"photo_{i}.jpg",
+                              fake_image(np.random.default_rng([i, len(layer.name)]), size, size), photo,
+                              0.9 - 0.1 * i, 1.5 + i, 64, size, 1000 + i, 0.05, 1.0, "fft", 0.2))
+    return out
+def fake_sample(layer: LayerRecord, n_images: int, n: int = 5, seed: int = 0) -> ActivationSample:
+    """An activation sample of n position vectors (a collect with --sample writes one per layer)."""
+    rng = np.random.default_rng(seed)
+    gh, gw = layer.shape[1:]
+    return ActivationSample(keys=np.sort(rng.integers(0, 1 << 62, n, dtype=np.int64)).astype(np.uint64),
+                            vectors16=rng.normal(size=(n, layer.units)).astype(np.float16),
+                            image_index=rng.integers(0, n_images, n).astype(np.int64),
+                            positions=np.stack([rng.integers(0, gh, n), rng.integers(0, gw, n)], 1).astype(np.int32),
+                            seed=seed, size=n, population=n_images * gh * gw)
+
+
+def fake_atlas(layer: LayerRecord, grid: int = 3, size: int = 16):
+    """A small activation atlas (`scope atlas` writes it): the cells of the diagonal and one more."""
+    from scopecli.artifact.elements.atlas import AtlasBlock
+
+    rng = np.random.default_rng(len(layer.name))
+    cell = np.array([[i, i] for i in range(grid)] + [[0, grid - 1]], np.int32)
+    a = len(cell)
+    return AtlasBlock(grid=grid, layout="pca", layout_note="umap-learn is not installed: PCA layout", seed=0,
+                      vectors=10 * a, steps=8, size=size, power=1.0, param="fft", lr=0.05, cell=cell,
+                      count=np.full(a, 10, np.int32), center=((cell + 0.5) / grid).astype(np.float32),
+                      mean=rng.normal(size=(a, layer.units)).astype(np.float32), act_start=np.zeros(a),
+                      act_final=np.ones(a), images=[fake_image(rng, size, size) for _ in range(a)])
+
+
 def fake_stats(layer: LayerRecord, units, seed: int = 0, bins: int = 8) -> StatsBlock:
     rng = np.random.default_rng(seed)
     units = np.asarray(list(units), np.int64)
@@ -137,15 +191,29 @@ def fake_probe(layer: LayerRecord, image_indices, seed: int = 0) -> ProbeBlock:
     return ProbeBlock(image_index=ii, acts=rng.normal(size=(len(ii), layer.units)).astype(np.float16))
 
 
+def fake_space(base: LayerRecord, name: str = "pca3", k: int = 3, seed: int = 0) -> UnitSpace:
+    """A unit space of k directions on layer `base` (what `scope decompose` writes)."""
+    rng = np.random.default_rng(seed)
+    enc = rng.normal(size=(k, base.units)).astype(np.float32)
+    return UnitSpace(base.name, name, enc, rng.normal(size=base.units).astype(np.float32), np.zeros(k, np.float32),
+                     enc.copy(), "relu", 0, "pca", seed, "ab" * 32,
+                     {"r2": 0.5, "explained_variance": 0.6, "dead_fraction": 0.0, "fit_seconds": 0.1},
+                     {"k": k}, "a test space")
+
+
 def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = True, n_images: int = 12,
                   k: int = 4, units=None, fingerprint: str = FAKE_FINGERPRINT, table: ImageTable | None = None,
-                  patch_format: str = "jpeg", command: str = "test") -> str:
+                  patch_format: str = "jpeg", command: str = "test", space: bool = False) -> str:
     """Write a complete small artifact to `path` and return it as str.
 
     `units` (default: all) limits which units of each layer get renders/examples/stats; the probe covers
-    the first 3 images. `table` overrides the synthetic image table (e.g. for pack shard tests).
+    the first 3 images. `table` overrides the synthetic image table (e.g. for pack shard tests). `space`
+    adds a unit space on the first layer (layer `<first>@pca3`, with renders and collected content too).
     """
     layers = fake_layers()
+    if space:
+        sp = fake_space(layers[0], seed=seed)
+        layers.append(space_record(layers[0], sp.layer, sp.k))
     table = table if table is not None else fake_image_table(n_images, seed)
     with ArtifactWriter(path, fake_model_info(fingerprint), command, {"seed": seed, "k": k}) as w:
         for li, rec in enumerate(layers):
@@ -153,6 +221,9 @@ def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = 
             us = list(range(rec.units)) if units is None else [u for u in units if u < rec.units]
             if renders:
                 w.put_renders(rec.name, fake_renders(rec, us, seed + li))
+                if li == 1:
+                    w.put(rec.name, "caricatures", fake_caricatures(rec))
+                    w.put(rec.name, "atlas", fake_atlas(rec))
             if collect:
                 w.set_dataset(table)
                 n = len(table)
@@ -161,5 +232,10 @@ def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = 
                 w.put_stats(rec.name, fake_stats(rec, us, seed + li))
                 w.put_probe(rec.name, fake_probe(rec, range(min(3, n)), seed + li))
                 w.put(rec.name, "strongest", fake_strongest(rec, us, n, 2, seed + li))
+                if li > 0 and us:
+                    w.put(rec.name, "inputs", fake_inputs(rec, us, layers[li - 1]))
+                w.put(rec.name, "sample", fake_sample(rec, n, 5, seed + li))
+        if space:
+            w.put(sp.layer, "space", sp)
         w.add_timing("total", 0.5)
     return str(path)

@@ -42,3 +42,18 @@ def model_input(arrays: list[np.ndarray]) -> torch.Tensor:
     """The normalized batch a size-preserving preprocess gives (resize/crop are identities here)."""
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
     return (x - 0.5) / 0.5
+
+
+def collect_single_and_packed(scope_cli, common: list, folder: Path) -> tuple[Path, Path]:
+    """Run the `scope collect` arguments `common` once whole (single.h5) and as two shards packed into one
+    (packed.h5), asserting each command succeeds; returns both paths, for tests that a sharded run
+    reproduces the single run exactly."""
+    single, packed = folder / "single.h5", folder / "packed.h5"
+    r = scope_cli(*common, "-o", single)
+    assert r.code == 0, r.stderr
+    for k in (1, 2):
+        r = scope_cli(*common, "--shard", f"{k}/2", "-o", folder / f"s{k}.h5")
+        assert r.code == 0, r.stderr
+    r = scope_cli("pack", folder / "s1.h5", folder / "s2.h5", "-o", packed, "--quiet")
+    assert r.code == 0, r.stderr
+    return single, packed

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from collect_builders import loaded, model_input, noise_images, small_cnn
+from collect_builders import collect_single_and_packed, loaded, model_input, noise_images, small_cnn
 from scopecli.collect import CollectSettings, collect, merge_examples, merge_stats, open_source
 from scopecli.collect.crops import crop_patch
 from scopecli.sketch import RELATIVE_ACCURACY
@@ -176,13 +176,8 @@ def test_cli_shards_then_pack_equal_single_collect(tmp_path, scope_cli):
     noise_images(data, 14, 40, seed=2)
     common = ["collect", "tinymodels:tiny_cnn", "--data", data, "--top-k", 3, "--bottom-k", 2, "--batch", 4,
               "--probe", 6, "--patch-size", 16, "--workers", 0, "--quiet", "--lossless"]
-    assert scope_cli(*common, "-o", tmp_path / "single.h5").code == 0
-    for k in (1, 2):
-        r = scope_cli(*common, "--shard", f"{k}/2", "-o", tmp_path / f"s{k}.h5")
-        assert r.code == 0, r.stderr
-    r = scope_cli("pack", tmp_path / "s1.h5", tmp_path / "s2.h5", "-o", tmp_path / "packed.h5", "--quiet")
-    assert r.code == 0, r.stderr
-    with open_artifact(tmp_path / "single.h5") as a, open_artifact(tmp_path / "packed.h5") as b:
+    single, packed = collect_single_and_packed(scope_cli, common, tmp_path)
+    with open_artifact(single) as a, open_artifact(packed) as b:
         assert a.dataset.paths == b.dataset.paths and a.dataset.sha256 == b.dataset.sha256
         assert list(a.layers) == list(b.layers) and len(a.layers) > 0
         for layer in a.layers:
@@ -192,6 +187,11 @@ def test_cli_shards_then_pack_equal_single_collect(tmp_path, scope_cli):
                     np.testing.assert_array_equal(getattr(ea, f), getattr(eb, f))
                 for ra, rb in zip(ea.patches, eb.patches):
                     assert all(np.array_equal(p, q) for p, q in zip(ra, rb))
+            for which in ("top", "bottom"):  # heatmaps and shown windows too (the streaming top-k's own state)
+                ra, rb = a.section(layer, "examples").set(which), b.section(layer, "examples").set(which)
+                assert set(ra.extra) == set(rb.extra) == {"shown", "heat", "heat_range", "heat_origin"}
+                for name in ra.extra:
+                    np.testing.assert_array_equal(ra.extra[name], rb.extra[name])
             sa, sb = a.stats(layer), b.stats(layer)
             np.testing.assert_array_equal(sa.quantiles, sb.quantiles)
             np.testing.assert_array_equal(sa.sketch["hist"], sb.sketch["hist"])

@@ -20,9 +20,11 @@ def _batches():
     return [x[:6], x[6:7], x[7:20], x[20:]]
 
 
+@pytest.mark.parametrize("interleave", [2, 1 << 30])  # rows counted into two alternating copies, or one
 @pytest.mark.parametrize("threads", [1, 3])
-def test_observe_equals_update_with_plain_reductions(monkeypatch, threads):
+def test_observe_equals_update_with_plain_reductions(monkeypatch, threads, interleave):
     monkeypatch.setattr(stats_mod, "_CHUNK_ELEMENTS", 100)  # several blocks per image and per thread
+    monkeypatch.setattr(stats_mod, "_INTERLEAVE_MIN", interleave)
     monkeypatch.setattr(stats_mod, "_sweep_threads", lambda device: threads)
     plain, swept = LayerStats(5, torch.device("cpu")), LayerStats(5, torch.device("cpu"))
     for b in _batches():
@@ -84,6 +86,7 @@ def test_threaded_sweep_with_per_unit_topk_equals_plain(monkeypatch, threads):
 
 def test_sweep_state_is_identical_whatever_the_thread_count(monkeypatch):
     monkeypatch.setattr(stats_mod, "_CHUNK_ELEMENTS", 500)
+    monkeypatch.setattr(stats_mod, "_INTERLEAVE_MIN", 4)
     x = torch.randn(19, 37, 5, generator=torch.Generator().manual_seed(5)) * 3
     states = []
     for threads in (1, 2, 3, 7):

@@ -29,6 +29,12 @@ def test_demo_end_to_end(tmp_path, scope_cli):
             top = art.unit(f"{layer}:{rendered[0]}").examples["top"]
             side = min(art.layer(layer).rf_size, 224, 96)  # the field at native size, at most --patch-size 96
             assert len(top) == 8 and top[0].patch.shape == (side, side, 3)
+            # crops and mirrors of one photo count once: every unit's top 8 come from 8 different photos
+            table = art.dataset
+            for u in rendered:
+                ex = art.examples(layer, "top")
+                row = ex.image_index[list(ex.units).index(u)]
+                assert len({int(table.source[i]) for i in row if i >= 0}) == 8
     assert scope_cli("validate", out / "demo.h5").code == 0
     # a second run replaces the demo cleanly
     r = scope_cli("demo", "-o", out, "--steps", "4", "--size", "48", "--quiet")

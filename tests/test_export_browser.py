@@ -105,3 +105,43 @@ def test_gallery_pages_load_cleanly_offline(site, tmp_path):
         _not_blank(png)
     keep = shutil.copytree(shots, tmp_path.parent / "export-screenshots", dirs_exist_ok=True)
     print(f"screenshots: {keep}")
+
+
+def test_comparison_page_loads_cleanly_offline(tmp_path):
+    """`scope export --diff`: the comparison page and a model page linking to it, in Chromium."""
+    from test_export_comparison import _pair
+
+    pa, pb, d, _ = _pair(tmp_path)
+    out = tmp_path / "site"
+    export_site([pa, pb], out, diff_paths=[d])
+    base = out.resolve().as_uri()
+    with Browser() as browser:
+        page = browser.new_page(1280, 900)
+        assert _check(page, f"{base}/d/01-d/index.html")["count"] == 2  # the linear and the debiased heatmap
+        page.screenshot(str(tmp_path / "comparison.png"), full_page=True)
+        text = page.evaluate("document.body.innerText")
+        assert "alpha vs beta" in text and "best match per layer of a" in text.lower()
+        _check(page, f"{base}/m/01-a/index.html")
+        assert "vs beta (d.h5)" in page.evaluate("document.body.innerText")
+    _not_blank(tmp_path / "comparison.png")
+
+
+def test_other_views_load_cleanly_offline(site, tmp_path):
+    """Format 1.1 views: the activation atlas page, a layer page with caricatures, a unit page with strongest inputs."""
+    out, _ = site
+    layer = next((out / "m").glob("01-*/02-*"))
+    pages = {"atlas": layer / "atlas.html", "caricatures": layer / "index.html", "inputs": layer / "u/0.html"}
+    with Browser() as browser:
+        page = browser.new_page(1280, 900)
+        for name, path in pages.items():
+            count = _check(page, path.resolve().as_uri())["count"]
+            assert count >= 2, name
+            page.screenshot(str(tmp_path / f"{name}.png"), full_page=True)
+            text = page.evaluate("document.body.innerText").lower()
+            assert {"atlas": "activation atlas", "caricatures": "caricatures", "inputs": "strongest inputs"}[name] in text
+        page.goto((layer / "atlas.html").resolve().as_uri())
+        page.evaluate("document.getElementById('z2').click()")  # zoom: the map doubles in width, no script needed
+        page.settle(0.2)
+        assert page.evaluate("document.querySelector('img.atlasmap').getBoundingClientRect().width") > 1000
+    for png in tmp_path.glob("*.png"):
+        _not_blank(png)

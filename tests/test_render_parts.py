@@ -200,7 +200,7 @@ def test_an_objective_is_one_decorated_function():
     finally:
         reg.OBJECTIVE_KINDS.pop("spatial_max", None)
     assert "spatial_max" not in reg.OBJECTIVES
-    assert list(reg.OBJECTIVES) == ["channel", "neuron", "negative", "deepdream"]
+    assert list(reg.OBJECTIVES) == ["channel", "neuron", "negative", "deepdream", "direction", "direction-cos"]
 
 
 def test_a_parameterization_is_one_registered_class():

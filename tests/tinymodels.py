@@ -56,3 +56,67 @@ def raising_factory():
 
 def not_a_module():
     return 42
+
+
+def _circuit_pair(kernel: int) -> nn.Sequential:
+    """conv(3->40, 1x1, every channel the same: mean RGB + 2) -> ReLU -> conv(40->6, k x k, no padding, no bias).
+
+    Every channel of the ReLU output is the same positive map, so unit u's strongest inputs are its weights
+    W[u, v] (summed over the kernel) times one positive number: the known answer of the circuits tests.
+    Unit 5's weights sum below 0: it never fires."""
+    g = torch.Generator().manual_seed(7)
+    first = nn.Conv2d(3, 40, 1)
+    second = nn.Conv2d(40, 6, kernel, bias=False)
+    with torch.no_grad():
+        first.weight.fill_(1.0 / 3.0)
+        first.bias.fill_(2.0)
+        w = torch.randn(6, 40, kernel, kernel, generator=g)
+        sums = w.sum(dim=(2, 3))
+        for u in range(6):  # units 0..4 fire (positive weight sum), unit 5 never does
+            want = 1.0 if u < 5 else -1.0
+            if sums[u].sum() * want < 0:
+                w[u] = -w[u]
+        second.weight.copy_(w)
+    return nn.Sequential(first, nn.ReLU(), second)
+
+
+def circuit_1x1():
+    return _circuit_pair(1)
+
+
+def circuit_3x3():
+    return _circuit_pair(3)
+
+
+class TwoBranch(nn.Module):
+    """Two parallel branches from the stem: `left` is not on the path to `right`."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.left = nn.Conv2d(4, 4, 3, padding=1)
+        self.right = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        s = F.relu(self.stem(x))
+        return self.left(s) + self.right(s)
+
+
+def two_branch():
+    return TwoBranch()
+
+
+def ablation_net():
+    """conv -> ReLU -> conv -> ReLU -> conv, nonlinear between layer 1 and layer 4 (the ablation test), with a
+    planted circuit on top of the random weights: unit u of layer 4 reads mostly channel u of layer 3, which
+    reads mostly channels u, u+2 and u+4 of layer 1. Near-ties between weak inputs would make any top-3
+    comparison a coin toss; the planted ones are clear, and ReLU and max still bend the path."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 4, 3, padding=1))
+    with torch.no_grad():
+        for c in range(8):
+            for v in (c, (c + 2) % 8, (c + 4) % 8):
+                net[2].weight[c, v] = net[2].weight[c, v].abs() * 4
+        for u in range(4):
+            net[4].weight[u, u] = net[4].weight[u, u].abs() * 4
+    return net

@@ -27,20 +27,22 @@ def _as_rgb_uint8(image: np.ndarray, what: str) -> np.ndarray:
 
 
 def encode_png(image: np.ndarray, what: str = "image") -> bytes:
-    """Lossless PNG bytes of an HxWx3 uint8 array."""
+    """Lossless PNG bytes of an HxWx3 uint8 array (zlib level 9 with the best filter: the same pixels in
+    fewer bytes than the default)."""
     buf = io.BytesIO()
-    Image.fromarray(_as_rgb_uint8(image, what), "RGB").save(buf, format="PNG", compress_level=6)
+    Image.fromarray(_as_rgb_uint8(image, what), "RGB").save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
-def encode_jpeg(image: np.ndarray, quality: int = 90, what: str = "image") -> bytes:
-    """Baseline JPEG bytes (4:4:4 at quality >= 90) of an HxWx3 uint8 array."""
+def encode_jpeg(image: np.ndarray, quality: int = 90, what: str = "image", optimize: bool = False) -> bytes:
+    """Baseline JPEG bytes (4:4:4 at quality >= 90) of an HxWx3 uint8 array. `optimize`: Huffman tables
+    fitted to the image, about 8 % fewer bytes for the very same pixels."""
     if not 1 <= int(quality) <= 100:
         raise ScopeError(f"JPEG quality must be 1..100, got {quality}")
     buf = io.BytesIO()
     sub = 0 if quality >= 90 else 2
     Image.fromarray(_as_rgb_uint8(image, what), "RGB").save(
-        buf, format="JPEG", quality=int(quality), subsampling=sub, optimize=False
+        buf, format="JPEG", quality=int(quality), subsampling=sub, optimize=bool(optimize)
     )
     return buf.getvalue()
 
@@ -48,7 +50,7 @@ def encode_jpeg(image: np.ndarray, quality: int = 90, what: str = "image") -> by
 def encode_patch(image: np.ndarray, fmt: str, quality: int) -> bytes:
     """Encode one dataset patch in `fmt` ('jpeg' or 'png')."""
     if fmt == "jpeg":
-        return encode_jpeg(image, quality, "patch")
+        return encode_jpeg(image, quality, "patch", optimize=True)
     if fmt == "png":
         return encode_png(image, "patch")
     raise ScopeError(f"unknown patch format {fmt!r}; use one of: {', '.join(PATCH_FORMATS)}")

@@ -55,7 +55,7 @@ from scopecli.artifact.layout import (
 )
 from scopecli.errors import ScopeError
 from scopecli.fileio import check_input_file, did_you_mean
-from scopecli.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock
+from scopecli.records import ActivationSample, ExampleSet, ImageTable, UnitSpace, LayerRecord, ProbeBlock, StatsBlock
 from scopecli.units import parse_unit_address
 
 PATH_TABLE_LOAD_LIMIT = 50_000  # image tables up to this size are read whole for example paths
@@ -404,6 +404,55 @@ class Artifact:
     def probe(self, layer: str) -> ProbeBlock | None:
         """Spatial-mean activations of every unit on the probe images, or None."""
         return self.section(layer, "probe")
+
+    def caricatures(self, layer: str) -> list:
+        """The layer's caricatures (`scope caricature`): items with `.image`, `.photo` (HxWx3 uint8, decoded
+        on access), `.source_sha256`, `.source_name`, `.layer`, `.cosine`, `.magnitude_ratio`; [] if none."""
+        s = self.section(layer, "caricatures")
+        return [] if s is None else [s.view(i) for i in range(s.n)]
+
+    def atlas(self, layer: str):
+        """The layer's activation atlas (`scope atlas`): `.grid`, `.layout`, `.seed` and `.cells`, each with
+        `.image` (HxWx3 uint8, decoded on access), `.count`, `.position` (row, col); None when it has none."""
+        s = self.section(layer, "atlas")
+        return None if s is None else s.view()
+
+    def sample(self, layer: str) -> ActivationSample | None:
+        """The layer's activation sample (`collect --sample N`): `.vectors` float32 [S, C], `.image_index`,
+        `.positions` [S, 2] (row, col), `.seed`, `.keys`; None when the layer has none."""
+        return self.section(layer, "sample")
+
+    @property
+    def spaces(self) -> list[dict]:
+        """The unit spaces in the file: one dict per space layer (name BASE@SPACE, base, space, method, k)."""
+        out = []
+        for name in self.layers:
+            if self.element_group(name, "space") is None:
+                continue
+            sp = self.section(name, "space")
+            out.append({"name": name, "base": sp.base, "space": sp.name, "method": sp.method, "k": sp.k,
+                        "nonlinearity": sp.nonlinearity, "quality": dict(sp.quality)})
+        return out
+
+    def space(self, name: str) -> UnitSpace:
+        """A unit space by its layer name `BASE@SPACE`, or by `SPACE` alone when one layer has a space of
+        that name: `.encoder` [k, C], `.pre_bias`, `.bias`, `.nonlinearity`, `.k_active`, `.decoder`, and
+        `.encode(x)` / `.decode(z)` in numpy."""
+        if "@" in name:
+            if name not in self._layers or self.element_group(name, "space") is None:
+                names = [s["name"] for s in self.spaces]
+                raise ScopeError(f"no unit space {name!r} in {os.path.basename(self.path)}"
+                                 + did_you_mean(name, names, "space", None if names else "it has none", n=3))
+            return self.section(name, "space")
+        hits = [s["name"] for s in self.spaces if s["space"] == name]
+        if len(hits) > 1:
+            raise ScopeError(f"space {name!r} is on several layers ({', '.join(hits)}); name one as LAYER@{name}")
+        if not hits:
+            names = [s["name"] for s in self.spaces]
+            raise ScopeError(f"no unit space {name!r} in {os.path.basename(self.path)}"
+                             + did_you_mean(name, [s.split("@", 1)[1] for s in names], "space",
+                                            None if names else "it has none", n=3))
+        return self.section(hits[0], "space")
 
     # ------------------------------------------------------------------------------------------- units
 

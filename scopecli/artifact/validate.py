@@ -43,7 +43,7 @@ def load_schema(name: str = f"artifact-{FORMAT_VERSION}.json") -> dict:
 
 
 _DTYPES = {
-    "int64": np.dtype("<i8"), "int32": np.dtype("<i4"), "uint8": np.dtype("u1"), "float64": np.dtype("<f8"),
+    "int64": np.dtype("<i8"), "int32": np.dtype("<i4"), "uint8": np.dtype("u1"), "uint64": np.dtype("<u8"), "float64": np.dtype("<f8"),
     "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
 }
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from scopecli.collect.sample import StreamingSample
 from scopecli.collect.stats import LayerStats
 from scopecli.collect.topk import StreamingExtremes
 from scopecli.errors import ScopeError
@@ -28,7 +29,9 @@ from scopecli.fileio import AtomicFile
 from scopecli.records import LayerRecord
 
 STATE_SUFFIX = ".collect-state"
-STATE_VERSION = 3  # 3: heatmaps and the strongest images; 2: named arrays; 1: positional accumulators
+STATE_VERSION = 5  # 5: the activation sample and top-k slots in any order; 4: one of them; 3: heatmaps and the
+# strongest images; 2: named arrays; 1: positional accumulators
+READABLE_VERSIONS = (3, 4, STATE_VERSION)  # older states' winners (best first, maybe fewer columns) are valid slots
 _META = "__meta__"
 
 
@@ -55,7 +58,8 @@ class LayerPass1:
     top: StreamingExtremes
     bottom: StreamingExtremes
     strongest: StreamingExtremes | None = None  # top 1 % of images (label profiles), when more than top-k
-    probe_rows: list[torch.Tensor] = field(default_factory=list)  # float16 [rows, C] per batch, CPU
+    sample: StreamingSample | None = None  # seeded uniform sample of position vectors (--sample N)
+    probe_rows: list[torch.Tensor] = field(default_factory=list)  # float16 [rows, C] per batch (any device)
 
     def trackers(self) -> dict[str, StreamingExtremes]:
         out = {"top": self.top, "bottom": self.bottom}
@@ -63,11 +67,16 @@ class LayerPass1:
             out["strongest"] = self.strongest
         return out
 
+    def parts(self) -> list[tuple[str, object]]:
+        """Every accumulator with state arrays, by the name its arrays are saved under."""
+        out = [("stats", self.stats)] + list(self.trackers().items())
+        return out + ([("sample", self.sample)] if self.sample is not None else [])
+
     def probe_acts(self) -> np.ndarray:
         """The probe rows so far as one float16 [rows, C] array."""
         if not self.probe_rows:
             return np.zeros((0, self.record.units), np.float16)
-        return torch.cat(self.probe_rows).numpy().astype(np.float16)
+        return torch.cat([r.cpu() for r in self.probe_rows]).numpy().astype(np.float16)
 
 
 @dataclass
@@ -86,9 +95,11 @@ class Pass1State:
     batches: int = 0
 
     @classmethod
-    def empty(cls, records: list[LayerRecord], m: int, device, trackers) -> "Pass1State":
-        """trackers(record) -> (top, bottom, strongest or None) StreamingExtremes of that layer."""
-        layers = {r.name: LayerPass1(r, LayerStats(r.units, device), *trackers(r)) for r in records}
+    def empty(cls, records: list[LayerRecord], m: int, device, trackers, sample: tuple[int, int] = (0, 0)) -> "Pass1State":
+        """trackers(record) -> (top, bottom, strongest or None) StreamingExtremes of that layer;
+        sample: (N, seed) of the activation sample (N 0: none)."""
+        layers = {r.name: LayerPass1(r, LayerStats(r.units, device), *trackers(r),
+                                     StreamingSample(r.units, *sample) if sample[0] else None) for r in records}
         return cls(layers, np.zeros(m, dtype=bool), [""] * m, [0] * m, [0] * m, [""] * m)
 
     def probe_image_index(self) -> np.ndarray:
@@ -105,7 +116,7 @@ class Pass1State:
             "probe/image_index": self.probe_image_index(),
         }
         for i, acc in enumerate(self.layers.values()):
-            for part, obj in [("stats", acc.stats)] + list(acc.trackers().items()):
+            for part, obj in acc.parts():
                 for name, arr in obj.state_arrays().items():
                     out[f"layer{i}/{part}/{name}"] = arr
             out[f"layer{i}/probe"] = acc.probe_acts()
@@ -125,7 +136,7 @@ class Pass1State:
         probe_index = arrays.get("probe/image_index")
         self.probe_index[:] = [probe_index] if probe_index is not None and len(probe_index) else []
         for i, acc in enumerate(self.layers.values()):
-            for part, obj in [("stats", acc.stats)] + list(acc.trackers().items()):
+            for part, obj in acc.parts():
                 prefix = f"layer{i}/{part}/"
                 obj.load_state_arrays({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
             probe = arrays.get(f"layer{i}/probe")
@@ -162,7 +173,7 @@ class Pass1Checkpoint:
             meta = json.loads(bytes(arrays.pop(_META)).decode("utf-8"))
         except (KeyError, ValueError, UnicodeDecodeError):
             raise ScopeError(f"{self.path}: not a scope collect state; delete it or run without --resume")
-        if meta.get("version") != STATE_VERSION:
+        if meta.get("version") not in READABLE_VERSIONS:
             raise ScopeError(f"{self.path}: resume state version {meta.get('version')} is not {STATE_VERSION}; "
                              "run without --resume")
         if meta.get("params") != self.params:

@@ -80,24 +80,31 @@ _INDEX_COLS = ("class_index", "label", "index", "class_id", "target", "label_ind
 _NAME_COLS = ("class_name", "name", "class", "label_name", "category")
 
 
+def _read_mapping_rows(path: str | Path, kind: str) -> tuple[list[list[str]], str]:
+    """The stripped cells of a TSV/CSV mapping file (`kind` is 'labels' or 'groups', for the errors), and
+    its delimiter: a tab if the first line holds one, else a comma. Blank and '#' lines are dropped, and a
+    missing, unreadable or empty file is a one-line ScopeError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ScopeError(f"{kind} file not found: {path}")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScopeError(f"cannot read {kind} file {path}: {exc}".splitlines()[0]) from None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise ScopeError(f"{kind} file {path} is empty")
+    delim = "\t" if "\t" in lines[0] else ","
+    return [[c.strip() for c in r] for r in csv.reader(lines, delimiter=delim)], delim
+
+
 def read_labels(path: str | Path) -> tuple[dict[str, int], list[str]]:
     """Read a TSV/CSV mapping file -> label (index or name); returns ({file: index}, class_names).
 
     Accepted rows: `file,label_name`, `file,index`, `file,index,name`, and the sample folder's
     `file, class index, wnid, class name`. A header row is recognised by its column names.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ScopeError(f"labels file not found: {path}")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScopeError(f"cannot read labels file {path}: {exc}".splitlines()[0]) from None
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if not lines:
-        raise ScopeError(f"labels file {path} is empty")
-    delim = "\t" if "\t" in lines[0] else ","
-    rows = [[c.strip() for c in r] for r in csv.reader(lines, delimiter=delim)]
+    rows, delim = _read_mapping_rows(path, "labels")
     header = [c.lower().replace(" ", "_") for c in rows[0]]
     fcol, icol, ncol = 0, None, None
     if any(h in _FILE_COLS for h in header):
@@ -146,18 +153,7 @@ def read_labels(path: str | Path) -> tuple[dict[str, int], list[str]]:
 def read_groups(path: str | Path) -> dict[str, str]:
     """A TSV/CSV of `file, group`: images of one group are views of one source photo (crops, mirrors),
     so collect keeps at most --per-source examples of each group per unit."""
-    p = Path(path)
-    if not p.is_file():
-        raise ScopeError(f"groups file not found: {path}")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScopeError(f"cannot read groups file {path}: {exc}".splitlines()[0]) from None
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if not lines:
-        raise ScopeError(f"groups file {path} is empty")
-    delim = "\t" if "\t" in lines[0] else ","
-    rows = [[c.strip() for c in r] for r in csv.reader(lines, delimiter=delim)]
+    rows, delim = _read_mapping_rows(path, "groups")
     if rows[0][0].lower() in _FILE_COLS:
         rows = rows[1:]
     out = {}

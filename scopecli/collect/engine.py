@@ -34,6 +34,7 @@ from scopecli.settings import CheckedSettings, reads
 
 JPEG_QUALITY = 90
 STRONGEST_FRACTION = 0.01  # label profiles also look at each unit's top 1 % of images
+MAX_SAMPLE = 10_000_000  # activation sample rows per layer (float16 rows: memory is N x units x 2 bytes)
 
 
 @dataclass
@@ -70,6 +71,8 @@ class CollectSettings(CheckedSettings):
     image_cache_mb: int = 1024  # winning model inputs kept decoded across layer groups
     lossless: bool = False  # patches stored as PNG instead of JPEG q90
     per_source: int | None = None  # examples per source group and unit (None: 1 with --groups, else no limit)
+    sample: int = 0  # position vectors per layer kept as the activation sample (0: none)
+    seed: int = 0  # seed of the activation sample
 
     def params(self) -> dict:
         d = asdict(self)
@@ -83,6 +86,11 @@ class CollectSettings(CheckedSettings):
                 raise ScopeError(f"--{name.replace('_', '-')} must be >= 0")
         if self.top_k == 0 and self.bottom_k == 0:
             raise ScopeError("--top-k and --bottom-k are both 0: nothing to collect")
+
+    @reads("sample")
+    def _sample(self) -> None:
+        if self.sample < 0 or self.sample > MAX_SAMPLE:
+            raise ScopeError(f"--sample must be between 0 and {MAX_SAMPLE} position vectors per layer")
 
     @reads("patch_size")
     def _patch_size(self) -> None:
@@ -120,6 +128,7 @@ class CollectResult:
     stats: dict[str, StatsBlock]
     probe: dict[str, ProbeBlock]
     examples: dict[str, dict[str, ExampleSet]] = field(default_factory=dict)
+    extra: dict[str, dict[str, object]] = field(default_factory=dict)  # other elements by layer (sample, strongest)
     params: dict = field(default_factory=dict)
     candidates: int = 0  # images in this shard before skipping
     timings: dict = field(default_factory=dict)
@@ -246,6 +255,8 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
     for rec in records:
         acc = state.layers[rec.name]
         sink.put_stats(rec.name, acc.stats.finalize())
+        if acc.sample is not None:
+            sink.put(rec.name, "sample", acc.sample.result(rec.effective_layout.grid[1], remap))
         if probe_n and len(probe_index):
             sink.put_probe(rec.name, ProbeBlock(image_index=remap[probe_index], acts=acc.probe_acts()))
     for which, k_ in (("top", settings.top_k), ("bottom", settings.bottom_k)):
@@ -288,7 +299,7 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
     result = CollectResult(
         model=model.info(), layers=records, images=images,
         stats=dict(sink.stats) if own_sink else {}, probe=dict(sink.probe) if own_sink else {},
-        examples=dict(sink.examples) if own_sink else {},
+        examples=dict(sink.examples) if own_sink else {}, extra=dict(sink.extra) if own_sink else {},
         params=settings.params() | {"layers": names, "workers": workers}, candidates=len(cand), timings=timings,
     )
     return result
@@ -314,7 +325,8 @@ def _trackers(settings, pre, device, groups: torch.Tensor | None, per_source: in
 def _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet,
            checkpoint: Pass1Checkpoint | None = None, trackers=None) -> Pass1State:
     m = len(cand)
-    state = Pass1State.empty(records, m, device, trackers or _trackers(settings, pre, device, None, 0, 0))
+    state = Pass1State.empty(records, m, device, trackers or _trackers(settings, pre, device, None, 0, 0),
+                             (settings.sample, settings.seed))
     if checkpoint is not None:
         checkpoint.restore(state)  # the batches an interrupted run already did
     ok, sha, width, height, reason = state.ok, state.sha256, state.width, state.height, state.reason
@@ -338,12 +350,14 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
             x = pre.normalize(x.float().div_(255.0))
             with autocast:
                 outs = tap(x)
-            sel = None if good.all() else torch.from_numpy(np.flatnonzero(good)).to(device)
-            gidx = torch.from_numpy(idx if sel is None else idx[good]).to(device)
+            sel = None if good.all() else _indices(np.flatnonzero(good), device)
+            gidx = _indices(idx if sel is None else idx[good], device)
             is_probe = idx[good] < probe_n if sel is not None else idx < probe_n
             if is_probe.any():
                 state.probe_index.append((idx if sel is None else idx[good])[is_probe])
-            probe_sel = torch.from_numpy(np.flatnonzero(is_probe)).to(device) if is_probe.any() else None
+            probe_sel = _indices(np.flatnonzero(is_probe), device) if is_probe.any() else None
+            used = idx if sel is None else idx[good]
+            used_paths = [source.paths[i] for i in used] if settings.sample else []
             for rec in records:
                 a = adapter.units(outs[rec.name], rec.effective_layout).float()
                 if sel is not None:
@@ -352,8 +366,10 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
                     continue
                 acc = state.layers[rec.name]
                 probe = _observe_layer(acc, a, gidx, probe_sel)
+                if acc.sample is not None:
+                    acc.sample.observe(a, used, used_paths)
                 if probe is not None:
-                    acc.probe_rows.append(probe.cpu())
+                    acc.probe_rows.append(probe)  # stays on the device until read: no sync per batch
             del outs
             bar.advance(len(idx))
             state.batches += 1
@@ -362,6 +378,14 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
     if checkpoint is not None:
         checkpoint.save(state, force=True, pass1_done=True)
     return state
+
+
+def _indices(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Increasing int64 indices on the device; a run of consecutive values (the usual batch) is made there, so no
+    copy from host memory waits for the device's queue."""
+    if len(values) and values[-1] - values[0] == len(values) - 1:
+        return torch.arange(int(values[0]), int(values[0]) + len(values), device=device)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(device)
 
 
 def _observe_layer(acc: LayerPass1, a: torch.Tensor, gidx: torch.Tensor,

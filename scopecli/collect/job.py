@@ -15,10 +15,13 @@ def default_output(name: str, k: int, n: int, torchrun: bool) -> str:
 
 
 def run_collect(loaded, source, layers=None, settings=None, output: str | None = None, shard: str | None = None,
-                resume: bool = False, checkpoint_s: float = 300.0, quiet: bool = False) -> dict | None:
+                resume: bool = False, checkpoint_s: float = 300.0, quiet: bool = False,
+                circuits: str | None = None) -> dict | None:
     """Collect `source` into the artifact; returns a JSON-able summary (None on non-leader torchrun ranks).
 
     shard: `k/n` for one share of a job array (torchrun ranks take theirs from the environment).
+    circuits: then store the strongest inputs of the collected layers from this layer ('prev': each one's
+    previous default layer; see `scopecli/circuits.py`).
     The summary's `notes` hold skipped files and resume messages for the caller to print."""
     from scopecli import distributed as dist
     from scopecli.artifact import ArtifactWriter
@@ -32,11 +35,24 @@ def run_collect(loaded, source, layers=None, settings=None, output: str | None =
     if checkpoint_s < 0:
         raise ScopeError(f"--checkpoint must be >= 0 seconds, got {checkpoint_s}")
     k, n = settings.shard
+    if circuits is not None and n > 1:
+        raise ScopeError("--circuits needs every image's examples: run scope circuits on the packed artifact instead")
+    if circuits not in (None, "prev"):  # a bad --circuits layer is refused before the long run, not after
+        from scopecli.circuits import LayerOrder
+
+        order = LayerOrder.of(loaded.module, loaded.preprocess.crop)
+        start = order.index(circuits)
+        if not any(name in order.names and order.index(name) > start for name in (layers or order.defaults)):
+            raise ScopeError(f"--circuits {circuits}: no collected layer runs after it")
     final = output or default_output(loaded.name, k, n, share.torchrun)
     path = dist.part_path(final, k, n) if share.torchrun else final
     quiet = quiet or (share.torchrun and not share.leader)
     notes: list[str] = []
     params = settings.params() | {"data": source.describe(), "layers": list(layers) if layers else "default"}
+    if layers:  # unit spaces (BASE@SPACE) are read from the artifact being written
+        from scopecli.model.spaces import attach_spaces
+
+        attach_spaces(loaded, final, layers)
     state = Pass1Checkpoint(path, {key: v for key, v in params.items() if key != "workers"} | {
         "model": loaded.fingerprint, "images": paths_digest(source.paths)}, every_s=checkpoint_s, resume=resume)
     with dist.RankGroup(share, settings.device) as ranks:
@@ -50,6 +66,12 @@ def run_collect(loaded, source, layers=None, settings=None, output: str | None =
         state.remove()
         if state.loaded is not None:
             notes.append(f"resumed pass 1 after {state.start_batch} batches")
+        if circuits is not None:  # the hook point: strongest inputs from the examples just stored
+            from scopecli.circuits import run_circuits
+
+            summary_c = run_circuits(path, source, None if circuits == "prev" else circuits,
+                                     [r.name for r in res.layers], loaded=loaded, device=settings.device,
+                                     quiet=quiet, log=notes.append, strict=False)
         summary = res.summary() | {
             "output": path,
             "notes": notes,
@@ -58,6 +80,8 @@ def run_collect(loaded, source, layers=None, settings=None, output: str | None =
             "device": res.timings.get("device"),
             "seconds": round(res.timings.get("pass1_s", 0.0) + res.timings.get("pass2_s", 0.0), 2),
         }
+        if circuits is not None:
+            summary["circuits"] = summary_c["layers"]
         if share.torchrun:
             ranks.barrier()
             if not share.leader:

@@ -29,6 +29,8 @@ def _lut(device: torch.device) -> torch.Tensor:
 
 
 _CHUNK_ELEMENTS = 1 << 18  # on CPU activations are swept in blocks of about this many values (1 MiB, in cache)
+_BLOCK_UNITS = 32  # units per block at most: the histogram rows one block scatters into (32 x 16 KiB) stay in L2
+_INTERLEAVE_MIN = 256  # rows (positions per image) at least this long count into two alternating histogram copies
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
 
@@ -67,19 +69,21 @@ def _ones(device: torch.device, m: int) -> torch.Tensor:
 def _blocks(n: int, c: int, p: int, parts: int, device: torch.device) -> list[tuple[int, int, list]]:
     """Split an [n, c, p] activation into `parts` unit ranges (lo, hi, blocks): blocks (i0, i1, u0, u1) hold
     about _CHUNK_ELEMENTS values; ranges are disjoint, so their histogram rows and top-k rows never
-    overlap. Off the CPU there is no cache to fit: one block."""
+    overlap. A block takes every image of a few units (at most _BLOCK_UNITS), so the histogram rows it
+    scatters into stay in cache; one unit's rows longer than a block are split by images. Off the CPU
+    there is no cache to fit: one block."""
     if device.type != "cpu":
         return [(0, c, [(0, n, 0, c)])]
     parts = max(1, min(parts, c))
     out = []
     for t in range(parts):
         lo, hi = t * c // parts, (t + 1) * c // parts
-        if (hi - lo) * p <= _CHUNK_ELEMENTS:  # several images' rows of these units per block
-            per = max(1, _CHUNK_ELEMENTS // ((hi - lo) * p))
-            out.append((lo, hi, [(i, min(n, i + per), lo, hi) for i in range(0, n, per)]))
-        else:  # one image, a sub-range of units per block
-            ub = max(1, _CHUNK_ELEMENTS // p)
-            out.append((lo, hi, [(i, i + 1, u, min(hi, u + ub)) for i in range(n) for u in range(lo, hi, ub)]))
+        if n * p <= _CHUNK_ELEMENTS:  # all images of a few units per block
+            ub = max(1, min(_BLOCK_UNITS, _CHUNK_ELEMENTS // (n * p)))
+            out.append((lo, hi, [(0, n, u, min(hi, u + ub)) for u in range(lo, hi, ub)]))
+        else:  # one unit, a range of images per block
+            per = max(1, _CHUNK_ELEMENTS // p)
+            out.append((lo, hi, [(i, min(n, i + per), u, u + 1) for u in range(lo, hi) for i in range(0, n, per)]))
     return out
 
 
@@ -99,8 +103,34 @@ class LayerStats:
         self.m2 = torch.zeros(channels, dtype=torch.float64, device=device)
         self.vmin = torch.full((channels,), float("inf"), dtype=torch.float64, device=device)
         self.vmax = torch.full((channels,), float("-inf"), dtype=torch.float64, device=device)
-        self.hist = torch.zeros(channels * NUM_BUCKETS, dtype=torch.int64, device=device)
+        # bucket counts, [copies * channels * NUM_BUCKETS]: long rows alternate between two copies (a run
+        # of equal values, e.g. ReLU zeros, would otherwise wait on one counter); `hist` adds them up
+        self._counts = torch.zeros(channels * NUM_BUCKETS, dtype=torch.int64, device=device)
         self._offsets = (torch.arange(channels, device=device, dtype=torch.int32) * NUM_BUCKETS).view(1, -1, 1)
+        self._offsets2: torch.Tensor | None = None  # [1, channels, P]: unit offset + that of the position's copy
+
+    @property
+    def hist(self) -> torch.Tensor:
+        """int64 [channels * NUM_BUCKETS] bucket counts so far."""
+        size = self.channels * NUM_BUCKETS
+        return self._counts if self._counts.numel() == size else self._counts[:size] + self._counts[size:]
+
+    @hist.setter
+    def hist(self, value: torch.Tensor) -> None:
+        self._counts = value
+        self._offsets2 = None
+
+    def _interleave(self, p: int) -> bool:
+        """Whether rows of p positions count into two alternating copies (allocated on first use)."""
+        if p < _INTERLEAVE_MIN or self.device.type != "cpu":
+            return False
+        if self._offsets2 is None or self._offsets2.shape[2] != p:
+            size = self.channels * NUM_BUCKETS
+            if self._counts.numel() == size:
+                self._counts = torch.cat([self._counts, torch.zeros_like(self._counts)])
+            second = (torch.arange(p, dtype=torch.int32) % 2 * size).view(1, 1, p)
+            self._offsets2 = self._offsets + second
+        return True
 
     def update(self, v: torch.Tensor, img_sum: torch.Tensor, img_sumsq: torch.Tensor,
                img_max: torch.Tensor, img_min: torch.Tensor) -> None:
@@ -112,8 +142,9 @@ class LayerStats:
         self.count += n * p
         v = v.contiguous()
         scratch = None
+        pairs = self._interleave(p)
         for i0, i1, u0, u1 in _blocks(n, c, p, 1, v.device)[0][2]:
-            scratch = self._histogram(v[i0:i1, u0:u1], u0, scratch)
+            scratch = self._histogram(v[i0:i1, u0:u1], u0, scratch, pairs)
 
     def observe(self, v: torch.Tensor, per_units=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Add a batch of float32 [N, C, P] activations; returns their per-image (max, min, sum) [N, C].
@@ -128,6 +159,7 @@ class LayerStats:
         v = v.contiguous()
         out = torch.empty(4, n, c, dtype=v.dtype, device=v.device)
         vmax, vmin, total, norm = out.unbind(0)
+        pairs = self._interleave(p)
 
         def sweep(lo, hi, blocks):
             scratch = None
@@ -137,7 +169,7 @@ class LayerStats:
                 torch.amin(part, 2, out=vmin[i0:i1, u0:u1])
                 torch.sum(part, 2, out=total[i0:i1, u0:u1])
                 torch.linalg.vector_norm(part, dim=2, out=norm[i0:i1, u0:u1])
-                scratch = self._histogram(part, u0, scratch)
+                scratch = self._histogram(part, u0, scratch, pairs)
             self._moments(p, total[:, lo:hi], norm[:, lo:hi].square(), vmax[:, lo:hi], vmin[:, lo:hi], lo, hi)
             if per_units is not None:
                 per_units(lo, hi, vmax[:, lo:hi], vmin[:, lo:hi], total[:, lo:hi])
@@ -169,7 +201,7 @@ class LayerStats:
         torch.maximum(self.vmax[lo:hi], img_max.double().amax(0), out=self.vmax[lo:hi])  # exact either way
         torch.minimum(self.vmin[lo:hi], img_min.double().amin(0), out=self.vmin[lo:hi])
 
-    def _histogram(self, part: torch.Tensor, u0: int, scratch):
+    def _histogram(self, part: torch.Tensor, u0: int, scratch, pairs: bool = False):
         """Count an [images, units u0.., P] block into the histogram; returns reusable scratch.
 
         float bits -> key (sign, exponent, top mantissa bits) -> bucket via lookup table -> + the unit's
@@ -184,8 +216,11 @@ class LayerStats:
         torch.bitwise_right_shift(part.view(torch.int32), KEY_SHIFT, out=key.view(ni, nu, p))  # part may be strided
         key &= KEY_MASK
         torch.index_select(_lut(part.device), 0, key, out=idx)
-        idx.view(ni, nu, p).add_(self._offsets[:, u0 : u0 + nu])
-        self.hist.index_add_(0, idx, _ones(part.device, m))
+        if pairs:  # even positions count into copy 1, odd ones into copy 2
+            idx.view(ni, nu, p).add_(self._offsets2[:, u0 : u0 + nu])
+        else:
+            idx.view(ni, nu, p).add_(self._offsets[:, u0 : u0 + nu])
+        self._counts.index_add_(0, idx, _ones(part.device, m))
         return scratch
 
     _STATE = ("mean", "m2", "vmin", "vmax", "hist")

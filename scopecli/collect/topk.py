@@ -1,14 +1,22 @@
-"""Streaming top-k / bottom-k of per-image spatial extremes, on the device, one small sort per batch.
+"""Streaming top-k / bottom-k of per-image spatial extremes, on the device, with work proportional to what
+can change.
 
 Why: only K winners per unit survive, so memory is O(units * K) whatever the dataset size. The order is
 a total order (score, then lower image index first) so results do not depend on batching or sharding.
 
-Each winner also keeps its heatmap: the unit's values over the grid positions around the winning one
-(`HeatGeometry`), cut when the image enters the top K, so heatmaps cost nothing for the many images
-that never do. With source groups (crops and mirrors of one photo), at most `per_source` winners come
-from one group: after each batch's sort, a winner whose group already has `per_source` better ones
-drops out. That stays exact when streaming: a group's winner is only ever displaced by a better winner
-of the same group, so the kept set never loses a place another image would have needed.
+Each unit has K places (slots, in no particular order; `result()` sorts them). Once they are all taken, a
+new image can only enter by beating the unit's worst kept score: images arrive in increasing index order,
+so a tie loses to the kept, lower index. That per-unit threshold is exact, and on CPU a batch first
+compares its scores with it; only units with a candidate are merged, and only the slots that change are
+written. Each winner also keeps its heatmap: the unit's values over the grid positions around the
+winning one (`HeatGeometry`), cut when the image enters, so positions and heatmaps cost nothing for the
+many images that never do. Off the CPU (no host syncs) every unit is merged, with only its K best new
+images, the only ones that can enter (without groups).
+
+With source groups (crops and mirrors of one photo), at most `per_source` winners come from one group:
+in each merge a winner whose group already has `per_source` better ones drops out. That stays exact when
+streaming: a group's winner is only ever displaced by a better winner of the same group, so the kept set
+never loses a place another image would have needed, and the threshold argument above still holds.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import numpy as np
 import torch
 
 from scopecli.collect.crops import heat_origins
+
+_LAST = torch.iinfo(torch.int64).max  # image index an empty slot sorts by: after every real image
 
 
 @dataclass(frozen=True)
@@ -33,10 +43,9 @@ class StreamingExtremes:
     """Keeps, per unit, the K largest (or smallest) per-image scores with image index, grid position and
     (with a geometry) heatmap.
 
-    Images must arrive in increasing image-index order (the engine guarantees it): then a stable sort
-    of [kept, new] breaks score ties in favour of the lower image index.
+    Images must arrive in increasing image-index order (the engine guarantees it).
     groups: int64 tensor image index -> source group id (None: every image its own group); per_source:
-    winners allowed per group (0: no limit).
+    winners allowed per group (0: no limit). An empty slot holds score NaN and image -1.
     """
 
     def __init__(self, channels: int, k: int, largest: bool, device: torch.device, heat: HeatGeometry | None = None,
@@ -46,23 +55,25 @@ class StreamingExtremes:
         self.geometry = heat
         self.groups = groups.to(device) if groups is not None else None
         self.per_source = int(per_source) if groups is not None else 0
-        self.score = torch.empty(channels, 0, dtype=torch.float32, device=device)
-        self.image = torch.empty(channels, 0, dtype=torch.int64, device=device)
-        self.pos = torch.empty(channels, 0, dtype=torch.int64, device=device)
+        self._fill = float("-inf") if largest else float("inf")  # sort key of a NaN score
+        # find the units a batch can change (one host sync: free on CPU) or merge them all (accelerators)
+        self.skip_units = torch.device(device).type == "cpu"
         hs, ws = heat.size if heat is not None else (0, 0)
-        self.heat = torch.empty(channels, 0, hs, ws, dtype=torch.float32, device=device)
+        self.score = torch.full((channels, self.k), float("nan"), dtype=torch.float32, device=device)
+        self.image = torch.full((channels, self.k), -1, dtype=torch.int64, device=device)
+        self.pos = torch.zeros(channels, self.k, dtype=torch.int64, device=device)
+        self.heat = torch.zeros(channels, self.k, hs, ws, dtype=torch.float32, device=device)
 
     def update(self, score: torch.Tensor, pos: torch.Tensor, image: torch.Tensor) -> None:
         """The plain reference: score, pos [N, C] per-image extreme and its flat position, image [N] (no
-        heatmaps, no groups; tests check `update_located` against it)."""
+        heatmaps, no groups; tests check `update_located` against it): one sort of everything."""
         if self.k == 0 or score.shape[0] == 0:
             return
         c = score.shape[1]
         s = torch.cat([self.score, score.t().float()], dim=1)
         im = torch.cat([self.image, image.view(1, -1).expand(c, -1)], dim=1)
         p = torch.cat([self.pos, pos.t().long()], dim=1)
-        key = torch.nan_to_num(s, nan=float("-inf") if self.largest else float("inf"))
-        order = torch.sort(key, dim=1, descending=self.largest, stable=True).indices[:, : self.k]
+        order = self._order(self._key(s), s, im, self.k)[0]
         self.score, self.image, self.pos = torch.gather(s, 1, order), torch.gather(im, 1, order), torch.gather(p, 1, order)
 
     def update_located(self, score: torch.Tensor, image: torch.Tensor, values: torch.Tensor) -> None:
@@ -74,96 +85,125 @@ class StreamingExtremes:
             self.commit(new)
 
     def start(self, n: int):
-        """New state for a batch of n images, filled unit range by unit range (merge_units), then commit."""
+        """A batch of n images begins: merge_units takes it unit range by unit range (disjoint ranges may run
+        on different threads), commit ends it. None when there is nothing to do."""
         if self.k == 0 or n == 0:
             return None
-        c, old = self.score.shape
-        kn = min(self.k, old + n)
-        dev = self.score.device
-        return (torch.empty(c, kn, dtype=torch.float32, device=dev), torch.empty(c, kn, dtype=torch.int64, device=dev),
-                torch.empty(c, kn, dtype=torch.int64, device=dev),
-                torch.zeros(c, kn, *self.heat.shape[2:], dtype=torch.float32, device=dev),
-                torch.zeros(c, dtype=torch.int64, device=dev))  # filled columns per unit (per-source drops)
+        return n
+
+    def commit(self, new) -> None:
+        """End the batch begun by start (merge_units writes the slots in place)."""
+
+    def _key(self, score: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(score, nan=self._fill)
+
+    def threshold(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sort key of the worst kept score of units lo:hi, whether all their K slots are taken)."""
+        key = self._key(self.score[lo:hi])
+        worst = key.amin(1) if self.largest else key.amax(1)
+        return worst, (self.image[lo:hi] >= 0).all(1)
 
     def _order(self, key: torch.Tensor, scores: torch.Tensor, images: torch.Tensor, kn: int):
-        """(columns of the kept winners best first [C, kn], how many of them are real winners [C]): the
-        sort, then at most per_source per group (a dropped or empty place sorts after the real ones)."""
-        order = torch.sort(key, dim=1, descending=self.largest, stable=True).indices
-        if not self.per_source:
-            return order[:, :kn], None
+        """(columns of the kept winners best first [C, kn], how many of them are real winners [C]): by key,
+        ties by lower image, empty slots last; with groups at most per_source per group (a dropped entry
+        sorts after the real ones)."""
+        order = torch.sort(torch.where(images >= 0, images, _LAST), dim=1, stable=True).indices
+        order = torch.gather(order, 1, torch.sort(torch.gather(key, 1, order), dim=1, descending=self.largest,
+                                                  stable=True).indices)
         img = torch.gather(images, 1, order)
-        g = self.groups[img.clamp(min=0)]
-        m = g.shape[1]
-        same = g.unsqueeze(2) == g.unsqueeze(1)  # [C, M, M]
-        earlier = torch.ones(m, m, dtype=torch.bool, device=g.device).tril(-1)
-        rank = (same & earlier).sum(2)  # better winners of the same group
-        drop = (rank >= self.per_source) | (img < 0) | torch.isnan(torch.gather(scores, 1, order))
-        keep = torch.sort(drop.to(torch.int8), dim=1, stable=True).indices[:, :kn]
-        return torch.gather(order, 1, keep), (~drop).sum(1).clamp(max=kn)
+        real = img >= 0
+        if self.per_source:
+            m = img.shape[1]
+            g = torch.where(real, self.groups[img.clamp(min=0)], -1 - torch.arange(m, device=img.device))
+            same = g.unsqueeze(2) == g.unsqueeze(1)  # [C, M, M]; an empty slot is in no group
+            earlier = torch.ones(m, m, dtype=torch.bool, device=g.device).tril(-1)
+            rank = (same & earlier).sum(2)  # better winners of the same group
+            real = real & (rank < self.per_source) & ~torch.isnan(torch.gather(scores, 1, order))
+            order = torch.gather(order, 1, torch.sort((~real).to(torch.int8), dim=1, stable=True).indices)
+        return order[:, :kn], real.sum(1).clamp(max=kn)
 
     def merge_units(self, new, lo: int, hi: int, score: torch.Tensor, image: torch.Tensor,
                     values: torch.Tensor) -> None:
-        """Units lo:hi of a batch into `new`: score [N, hi - lo], image [N], values [N, hi - lo, P]."""
+        """Units lo:hi of a batch: score [N, hi - lo], image [N], values [N, hi - lo, P]."""
         if new is None or hi <= lo:
             return
-        new_score, new_image, new_pos, new_heat, filled = new
-        old = self.score.shape[1]
-        c = hi - lo
-        kn = new_score.shape[1]
-        s = torch.cat([self.score[lo:hi], score.t().float()], dim=1)
-        im = torch.cat([self.image[lo:hi], image.view(1, -1).expand(c, -1)], dim=1)
-        fill = float("-inf") if self.largest else float("inf")
-        key = torch.nan_to_num(s, nan=fill)
-        order, real = self._order(key, s, im, kn)
-        filled[lo:hi] = kn if real is None else real
-        torch.gather(s, 1, order, out=new_score[lo:hi])
-        torch.gather(im, 1, order, out=new_image[lo:hi])
-        pos = new_pos[lo:hi]
-        heat = new_heat[lo:hi]
-        if values.device.type != "cpu":  # accelerators: full arg-reductions beat a host sync (nonzero)
-            arg = (values.argmax(2) if self.largest else values.argmin(2)).long()  # [N, c]
-            cand_pos = torch.cat([self.pos[lo:hi], arg.t()], dim=1)
-            torch.gather(cand_pos, 1, order, out=pos)
-            if self.geometry is not None:
-                maps = self._cut(values.transpose(0, 1).reshape(-1, values.shape[2]), arg.t().reshape(-1))
-                maps = torch.cat([self.heat[lo:hi], maps.view(c, -1, *maps.shape[1:])], dim=1)
-                torch.gather(maps, 1, order.view(c, kn, 1, 1).expand(-1, -1, *maps.shape[2:]), out=heat)
+        key = self._key(score.t().float())  # [c, N]
+        if not self.skip_units:
+            self._merge_all(lo, hi, key, score, image, values)
             return
-        if old:
-            kept = order.clamp(max=old - 1)
-            torch.gather(self.pos[lo:hi], 1, kept, out=pos)
-            if self.geometry is not None:
-                idx = kept.view(c, kn, 1, 1).expand(-1, -1, *heat.shape[2:])
-                torch.gather(self.heat[lo:hi], 1, idx, out=heat)
-        unit, col = torch.nonzero(order >= old, as_tuple=True)
-        if unit.numel():
-            rows = values[order[unit, col] - old, unit]  # [M, P]: the new winners' maps
-            arg = (rows.argmax(1) if self.largest else rows.argmin(1)).long()
-            pos[unit, col] = arg
-            if self.geometry is not None:
-                heat[unit, col] = self._cut(rows, arg)
+        worst, full = self.threshold(lo, hi)
+        beats = key > worst.view(-1, 1) if self.largest else key < worst.view(-1, 1)
+        rows = torch.nonzero(beats.any(1) | ~full).view(-1)  # the units this batch can change
+        if rows.numel() == 0:
+            return
+        units = rows + lo
+        n = key.shape[1]
+        s = torch.cat([self.score[units], score.t()[rows].float()], dim=1)
+        im = torch.cat([self.image[units], image.view(1, -1).expand(len(rows), n)], dim=1)
+        order, real = self._order(torch.cat([self._key(self.score[units]), key[rows]], dim=1), s, im, self.k)
+        k = self.k
+        place = torch.arange(k, device=order.device).view(1, -1)
+        won = place < real.view(-1, 1)  # [a, k] places held by real winners
+        kept = torch.zeros(len(rows), k + n, dtype=torch.bool, device=order.device)
+        kept.scatter_(1, order, won)
+        entering = kept[:, k:]  # [a, N] new images that won a place
+        free = ~kept[:, :k]  # [a, k] slots whose entry lost (or that were empty)
+        # the t-th entering image of a unit takes its t-th free slot; free slots left over become empty
+        need = entering.sum(1, keepdim=True)
+        take = free & (free.cumsum(1) <= need)
+        r_new, c_new = torch.nonzero(entering, as_tuple=True)
+        r_slot, c_slot = torch.nonzero(take, as_tuple=True)  # both row-major: pairs line up
+        clear = free & ~take
+        if bool(clear.any()):
+            r_clr, c_clr = torch.nonzero(clear, as_tuple=True)
+            self.score[units[r_clr], c_clr] = float("nan")
+            self.image[units[r_clr], c_clr] = -1
+        if r_new.numel() == 0:
+            return
+        u = units[r_slot]
+        self.score[u, c_slot] = s[r_new, k + c_new]
+        self.image[u, c_slot] = im[r_new, k + c_new]
+        maps = values[c_new, rows[r_new]]  # [M, P]: the entering images' maps
+        arg = (maps.argmax(1) if self.largest else maps.argmin(1)).long()
+        self.pos[u, c_slot] = arg
+        if self.geometry is not None:
+            self.heat[u, c_slot] = self._cut(maps, arg)
+
+    def _merge_all(self, lo, hi, key, score, image, values) -> None:
+        """Every unit of lo:hi, with only its K best new images (all of them with groups: dropped ones make
+        room for later ones) and no host sync (for accelerators): the slots are rewritten best first."""
+        c, n = key.shape
+        k = self.k
+        m = n if self.per_source else min(k, n)
+        best = torch.sort(key, dim=1, descending=self.largest, stable=True).indices[:, :m]  # ties: lower image
+        s = torch.cat([self.score[lo:hi], torch.gather(score.t().float(), 1, best)], dim=1)
+        im = torch.cat([self.image[lo:hi], image[best]], dim=1)
+        order, real = self._order(torch.cat([self._key(self.score[lo:hi]), torch.gather(key, 1, best)], dim=1),
+                                  s, im, k)
+        empty = torch.arange(k, device=order.device).view(1, -1) >= real.view(-1, 1)
+        old = order.clamp(max=k - 1)
+        new = (order - k).clamp(min=0)  # [c, k] entry among the best new (where order >= k)
+        took = (order >= k) & ~empty
+        rows = torch.arange(c, device=order.device).view(-1, 1).expand(-1, k)
+        maps = values.transpose(0, 1)[rows.reshape(-1), torch.gather(best, 1, new).reshape(-1)]  # [c * k, P]
+        arg = (maps.argmax(1) if self.largest else maps.argmin(1)).long().view(c, k)
+        self.pos[lo:hi] = torch.where(took, arg, torch.gather(self.pos[lo:hi], 1, old))
+        if self.geometry is not None:
+            cut = self._cut(maps, arg.view(-1)).view(c, k, *self.heat.shape[2:])
+            oldheat = torch.gather(self.heat[lo:hi], 1, old.view(c, k, 1, 1).expand(-1, -1, *self.heat.shape[2:]))
+            self.heat[lo:hi] = torch.where(took.view(c, k, 1, 1), cut, oldheat)
+        self.score[lo:hi] = torch.where(empty, float("nan"), torch.gather(s, 1, order))
+        self.image[lo:hi] = torch.where(empty, -1, torch.gather(im, 1, order))
 
     def _cut(self, rows: torch.Tensor, arg: torch.Tensor) -> torch.Tensor:
         """The heatmap [M, hs, ws] of each map rows [M, P] around its winning position arg [M]."""
         (gh, gw), (hs, ws) = self.geometry.grid, self.geometry.size
-        maps = rows.view(-1, gh, gw).float()
+        if (hs, ws) == (gh, gw):  # the whole grid
+            return rows.reshape(-1, gh, gw).float()
         oy, ox = heat_origins(arg // gw, arg % gw, (hs, ws), (gh, gw))
-        iy = (oy.view(-1, 1) + torch.arange(hs, device=maps.device)).view(-1, hs, 1)
-        ix = (ox.view(-1, 1) + torch.arange(ws, device=maps.device)).view(-1, 1, ws)
-        m = torch.arange(maps.shape[0], device=maps.device).view(-1, 1, 1)
-        return maps[m, iy, ix]
-
-    def commit(self, new) -> None:
-        """Make the state filled by merge_units current. With per-source drops a unit may have fewer real
-        winners than places: its empty places hold NaN and image -1 (they sort last next time)."""
-        if new is None:
-            return
-        score, image, pos, heat, filled = new
-        if self.per_source:
-            empty = torch.arange(score.shape[1], device=score.device).view(1, -1) >= filled.view(-1, 1)
-            score[empty] = float("nan")
-            image[empty] = -1
-        self.score, self.image, self.pos, self.heat = score, image, pos, heat
+        window = (torch.arange(hs, device=rows.device).view(-1, 1) * gw
+                  + torch.arange(ws, device=rows.device).view(1, -1)).view(1, -1)
+        return torch.gather(rows, 1, (oy * gw + ox).view(-1, 1) + window).view(-1, hs, ws).float()
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The kept winners as plain arrays (what a resumed collect needs to go on exactly)."""
@@ -180,28 +220,25 @@ class StreamingExtremes:
                 tuple(arrays[name].shape) != shape for name in ("image", "pos")) \
                 or tuple(arrays["heat"].shape) != shape + tuple(self.heat.shape[2:]):
             raise ValueError(f"StreamingExtremes state of shape {shape} does not fit {channels} units, k={self.k}")
-        device = self.score.device
-        self.score = torch.from_numpy(np.array(arrays["score"])).to(device=device, dtype=torch.float32)
-        self.image = torch.from_numpy(np.array(arrays["image"])).to(device=device, dtype=torch.int64)
-        self.pos = torch.from_numpy(np.array(arrays["pos"])).to(device=device, dtype=torch.int64)
-        self.heat = torch.from_numpy(np.array(arrays["heat"])).to(device=device, dtype=torch.float32)
+        n = shape[1]  # a state saved by an older version may hold fewer slots: the rest are empty
+        self.score[:, n:], self.image[:, n:], self.pos[:, n:], self.heat[:, n:] = float("nan"), -1, 0, 0.0
+        for name in ("score", "image", "pos", "heat"):
+            current = getattr(self, name)
+            current[:, :n] = torch.from_numpy(np.array(arrays[name])).to(device=current.device, dtype=current.dtype)
 
     def result(self, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """(score float32 [C, K], image int64 [C, K], loc int32 [C, K, 2], heat float32 [C, K, hs, ws] or None);
-        missing: NaN, -1, 0, NaN."""
-        c, n = self.score.shape
-        score = np.full((c, self.k), np.nan, dtype=np.float32)
-        image = np.full((c, self.k), -1, dtype=np.int64)
-        loc = np.zeros((c, self.k, 2), dtype=np.int32)
-        score[:, :n] = self.score.cpu().numpy()
-        image[:, :n] = self.image.cpu().numpy()
-        pos = self.pos.cpu().numpy()
-        loc[:, :n, 0] = pos // width
-        loc[:, :n, 1] = pos % width
+        """(score float32 [C, K], image int64 [C, K], loc int32 [C, K, 2], heat float32 [C, K, hs, ws] or None),
+        best first; missing: NaN, -1, 0, NaN."""
+        order, _ = self._order(self._key(self.score), self.score, self.image, self.k)
+        score = torch.gather(self.score, 1, order).cpu().numpy()
+        image = torch.gather(self.image, 1, order).cpu().numpy()
+        pos = torch.gather(self.pos, 1, order).cpu().numpy()
+        score[image < 0] = np.nan
+        loc = np.stack([pos // width, pos % width], -1).astype(np.int32)
         loc[image < 0] = 0
         heat = None
         if self.geometry is not None:
-            heat = np.full((c, self.k) + tuple(self.heat.shape[2:]), np.nan, dtype=np.float32)
-            heat[:, :n] = self.heat.cpu().numpy()
+            idx = order.view(*order.shape, 1, 1).expand(-1, -1, *self.heat.shape[2:])
+            heat = torch.gather(self.heat, 1, idx).cpu().numpy()
             heat[image < 0] = np.nan
         return score, image, loc, heat

@@ -16,6 +16,7 @@ import numpy as np
 
 from scopecli.compare.cka import GramSet, cka_table, permutation_floor
 from scopecli.compare.matching import UnitMatching, match_units, self_correlation
+from scopecli.compare.monosemanticity import spaces_report
 from scopecli.compare.probes import ProbeSource, common_images, open_checked, require_shared, rows_for
 from scopecli.errors import ScopeError
 from scopecli.progress import progress
@@ -73,6 +74,7 @@ class DiffResult:
     pairs: list[PairMatch]
     changes: list[UnitChange]
     same_architecture: bool
+    spaces: dict = field(default_factory=dict)  # "a"/"b": unit spaces among the layers, with fit quality and purity
 
     def best_b(self) -> list[int]:
         """Index into layers_b of each A layer's best match (by debiased CKA; -1 if undefined)."""
@@ -116,6 +118,7 @@ class DiffResult:
             "best_match": layers,
             "unit_matching": [_pair_json(p, top) for p in self.pairs],
             "unit_changes": [_change_json(c, top) for c in self.changes],
+            "spaces": self.spaces,
         }
 
     def save(self, path: str | Path) -> None:
@@ -343,4 +346,5 @@ def _diff(art_a, art_b, label_a, label_b, layers_a, layers_b, pairs, seed, permu
         units_a=[int(art_a.layer(n).units) for n in la], units_b=[int(art_b.layer(n).units) for n in lb],
         cka_linear=lin, cka_debiased=deb, floor_linear=fl, floor_debiased=fd, pairs=matches,
         changes=changes, same_architecture=bool(same_arch),
+        spaces={"a": spaces_report(art_a, list(used[0][1])), "b": spaces_report(art_b, list(used[1][1]))},
     )

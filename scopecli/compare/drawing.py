@@ -33,9 +33,34 @@ def font() -> ImageFont.ImageFont:
     return ImageFont.load_default()
 
 
+# The default font's space is 2 px wide at its size: words ran together ("stimulusshuffles"). Text is
+# laid out word by word with this gap instead (same result on every machine, no font file needed).
+WORD_GAP = 4
+
+
+def _words(text: str) -> list[str]:
+    return str(text).split(" ")
+
+
+def text_width(draw: ImageDraw.ImageDraw, text: str) -> int:
+    """Advance width of `text` as `draw_text` lays it out."""
+    words = _words(text)
+    return int(sum(draw.textlength(w, font=font()) for w in words) + WORD_GAP * (len(words) - 1))
+
+
 def text_size(draw: ImageDraw.ImageDraw, text: str) -> tuple[int, int]:
-    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font())
-    return x1 - x0, y1 - y0
+    """(width, height) of `text` as `draw_text` draws it."""
+    x0, y0, x1, y1 = draw.textbbox((0, 0), str(text).replace(" ", ""), font=font())
+    return max(text_width(draw, text), x1 - x0), y1 - y0
+
+
+def draw_text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill="black") -> None:
+    """Draw one line of text in the default font, words WORD_GAP pixels apart."""
+    x, y = xy
+    for w in _words(text):
+        if w:
+            draw.text((x, y), w, fill=fill, font=font())
+        x += draw.textlength(w, font=font()) + WORD_GAP
 
 
 def _vertical_label(text: str, height: int) -> Image.Image:
@@ -43,7 +68,7 @@ def _vertical_label(text: str, height: int) -> Image.Image:
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     w, h = text_size(probe, text)
     img = Image.new("RGB", (max(w, 1) + 4, h + 6), "white")
-    ImageDraw.Draw(img).text((2, 1), text, fill="black", font=font())
+    draw_text(ImageDraw.Draw(img), (2, 1), text)
     return img.rotate(90, expand=True)
 
 
@@ -64,12 +89,12 @@ def cka_panel(values: np.ndarray, floor: np.ndarray, rows: list[str], cols: list
     height = top + cell * len(rows) + 10
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
-    d.text((left, 4), title, fill="black", font=font())
+    draw_text(d, (left, 4), title, fill="black")
     for j, lab in enumerate(col_labels):
         img.paste(lab, (left + j * cell + (cell - lab.width) // 2, top - lab.height - 2))
     for i, name in enumerate(row_labels):
         tw, th = text_size(d, name)
-        d.text((left - tw - 6, top + i * cell + (cell - th) // 2 - 1), name, fill="black", font=font())
+        draw_text(d, (left - tw - 6, top + i * cell + (cell - th) // 2 - 1), name, fill="black")
     best = [int(np.nanargmax(r)) if not np.isnan(r).all() else -1 for r in values]
     for i in range(len(rows)):
         for j in range(len(cols)):
@@ -86,7 +111,7 @@ def cka_panel(values: np.ndarray, floor: np.ndarray, rows: list[str], cols: list
             elif cell >= 30 and np.isfinite(v):
                 s = f"{v:.2f}"
                 tw, th = text_size(d, s)
-                d.text((x0 + (cell - tw) // 2, y0 + (cell - th) // 2 - 1), s, fill=ink, font=font())
+                draw_text(d, (x0 + (cell - tw) // 2, y0 + (cell - th) // 2 - 1), s, fill=ink)
             if j == best[i]:
                 d.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], outline="white", width=2)
                 d.rectangle([x0 + 2, y0 + 2, x0 + cell - 3, y0 + cell - 3], outline="black", width=1)
@@ -102,7 +127,7 @@ def colour_bar(height: int) -> Image.Image:
         d.line([6, y, 22, y], fill=colour(v))
     for v in (0.0, 0.25, 0.5, 0.75, 1.0):
         y = bar_top + (1.0 - v) * (bar_bottom - bar_top - 1)
-        d.text((26, y - 5), f"{v:.2f}", fill="black", font=font())
+        draw_text(d, (26, y - 5), f"{v:.2f}", fill="black")
     return img
 
 
@@ -126,7 +151,7 @@ def cka_heatmap(res) -> Image.Image:
     img = Image.new("RGB", (width, p1.height + 40), "white")
     d = ImageDraw.Draw(img)
     for k, s in enumerate(header):
-        d.text((10, 6 + 14 * k), s, fill="black", font=font())
+        draw_text(d, (10, 6 + 14 * k), s, fill="black")
     img.paste(p1, (0, 40))
     img.paste(p2, (p1.width + 10, 40))
     img.paste(bar, (p1.width + p2.width + 20, 40))

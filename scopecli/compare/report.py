@@ -86,6 +86,21 @@ def diff_summary(res, top: int = 5) -> Group:
             c.add_row(ch.layer, _n(np.median(live)) if live.size else "-",
                       f"{int((live < 0.5).sum())}/{len(r)}", jac, dmax, most)
         parts.append(c)
+    rows = [(side, r) for side in ("a", "b") for r in (res.spaces or {}).get(side, [])]
+    if rows:
+        cols = [("side", "left"), ("layer", "left"), ("units", "right"), ("kind", "left"), ("held-out R²", "right"),
+                ("expl. var.", "right"), ("dead", "right"), ("purity", "right"), ("lift", "right"),
+                ("left out", "right")]
+        cells = []
+        for side, r in rows:
+            p = r["purity"] or {}
+            cells.append([side.upper(), r["layer"], r["units"], r["kind"], _n(r["r2"], ".3f"),
+                          _n(r["explained_variance"], ".1%"), _n(r["dead_fraction"], ".1%"),
+                          _n(p.get("median_purity"), ".2f"), _n(p.get("median_lift"), ".1f"),
+                          f"{p['left_out']}/{p['units']}" if p else "-"])
+        parts.append(table("Unit spaces and their layers: fit quality on held-out sample rows; median label purity / "
+                           "lift of the top-8 examples (left out: units firing on fewer than 4 images)", cols, cells,
+                           keep=("side", "layer")))
     return Group(*parts)
 
 
@@ -103,6 +118,17 @@ def unit_summary(info: dict) -> Group:
                          f"  {info['model']}  ({info['artifact']}), unit {info['unit']} of "
                          f"{info['units_in_layer']}, receptive field {info['receptive_field']['size']}px")
     parts = [head]
+    sp = info.get("space")
+    if sp:
+        q = sp["quality"]
+        fit = ", ".join(f"{label} {_n(q.get(key), fmt)}" for key, label, fmt in (
+            ("r2", "held-out R²", ".3f"), ("explained_variance", "explained variance", ".1%"),
+            ("dead_fraction", "dead", ".1%")) if q.get(key) is not None)
+        nl = sp["nonlinearity"] + (f" {sp['k_active']} of {sp['k']}" if sp["nonlinearity"] == "topk" else "")
+        terms = " ".join(f"{'+' if d['weight'] >= 0 else '−'}{abs(d['weight']):.2f}·{sp['base']}:{d['channel']}"
+                         for d in sp["direction_channels"])
+        parts.append(Text(f"unit space {sp['name']} on {sp['base']} ({sp['method']}, {nl}; {fit})\n"
+                          f"direction (unit length; largest channels): {terms}", style="dim"))
     st = info["stats"]
     if st:
         t = Table(title="statistics over all positions of all images")
@@ -132,16 +158,55 @@ def unit_summary(info: dict) -> Group:
                 t.add_row(view, r["class"], str(r["count"]), _n(r["fraction"], ".0%"), _n(r["base_rate"], ".1%"),
                           _n(r["lift"], ".1f"))
         parts.append(t)
+    ins = info.get("inputs")
+    if ins:
+        if ins["note"]:
+            parts.append(Text(f"strongest inputs from {ins['from']}: {ins['note']}", style="dim"))
+        else:
+            t = Table(title=f"strongest inputs from {ins['from']} (gradient x input at the unit's maximum, mean over "
+                            f"{ins['examples']} top examples): positive, then negative")
+            for col in ("input unit", "attribution"):
+                t.add_column(col, justify="left" if col == "input unit" else "right")
+            for r in ins["rows"]:
+                t.add_row(f"{r['layer']}:{r['unit']}", _n(r["attribution"], "+.4g"))
+            parts.append(t)
     for which in ("top", "bottom"):
         ex = info["examples"].get(which, [])
         if not ex:
             continue
+        silent = [e for e in ex if e.get("fires") is False]
         t = Table(title=f"{which} dataset examples")
         for col in ("#", "score", "class", "image"):
             t.add_column(col, justify="right" if col in ("#", "score") else "left")
         for e in ex:
-            t.add_row(str(e["rank"]), _n(e["score"], ".4g"), e["class"] or "-", e["image_path"] or "-")
+            score = _n(e["score"], ".4g") + (" (no response)" if e.get("fires") is False else "")
+            t.add_row(str(e["rank"]), score, e["class"] or "-", e["image_path"] or "-")
         parts.append(t)
+        if silent and len(silent) == len(ex):
+            parts.append(Text(f"no response: the unit does not fire on any of its {which} examples "
+                              "(its heatmaps are flat)", style="dim"))
     if not info["renders"] and not any(info["examples"].values()):
         parts.append(Text("no renders or dataset examples stored for this unit", style="dim"))
+    return Group(*parts)
+
+
+def layer_summary(info: dict) -> Group:
+    """`scope show FILE LAYER`: the layer's caricatures and activation atlas."""
+    parts = [Text.assemble((info["layer"], "bold"), f"  {info['model']}  ({info['artifact']}), {info['units']} units")]
+    if info["caricatures"]:
+        t = Table(title="caricatures (cosine to the photo's activation; magnitude ratio: how much it was exaggerated)")
+        for col in ("photo", "cosine", "magnitude ratio", "steps", "power", "param", "sha256"):
+            t.add_column(col, justify="left" if col in ("photo", "param", "sha256") else "right")
+        for c in info["caricatures"]:
+            t.add_row(c["photo"], _n(c["cosine"]), _n(c["magnitude_ratio"], ".2f"), str(c["steps"]), f"{c['power']:g}",
+                      c["param"], c["source_sha256"][:12])
+        parts.append(t)
+    a = info.get("atlas")
+    if a:
+        parts.append(Text(f"activation atlas: {a['grid']}x{a['grid']} grid, {a['cells']} non-empty cells from "
+                          f"{a['vectors']} sample vectors, layout {a['layout']} (seed {a['seed']}), cells rendered "
+                          f"with {a['steps']} steps"))
+    if not info["caricatures"] and not a:
+        parts.append(Text("no caricatures or activation atlas stored for this layer (scope caricature, scope atlas)",
+                          style="dim"))
     return Group(*parts)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from scopecli import heatmaps
-from scopecli.compare.drawing import font, text_size
+from scopecli.compare.drawing import draw_text, text_size
 from scopecli.compare.probes import open_checked
 from scopecli.errors import ScopeError
 from scopecli.fileio import check_output_file, did_you_mean
@@ -75,9 +75,42 @@ def load_unit(path: str | Path, address: str, pixels: bool = False) -> dict:
         profile = view.fields.get("label_profile")
         if profile is not None and (profile.rows or profile.strongest or profile.note):
             out["label_profile"] = profile.to_json()
+        if view.fields.get("direction") is not None:  # a unit of a unit space: what it is made of
+            out["space"] = space_json(art.section(layer, "space"), index)
+        inputs = view.fields.get("inputs")
+        if inputs is not None and (len(inputs) or inputs.note):  # format 1.1: strongest inputs (circuits)
+            out["inputs"] = inputs.to_json()
+            if pixels:
+                out["_input_pixels"] = [_unit_picture(art, r.layer, r.unit) for r in inputs]
         return out
     finally:
         art.close()
+
+
+def space_json(space, unit: int, channels: int = 5) -> dict:
+    """A space unit's space (method, fit quality) and its direction: the base channels with the largest
+    weights in its unit-length decoder row (what the unit is made of), and the row's length."""
+    row = space.decoder[unit].astype(float)
+    norm = float(np.linalg.norm(row))
+    top = np.argsort(-np.abs(row), kind="stable")[:channels]
+    quality = {k: _f(v) if isinstance(v, (int, float)) else v for k, v in space.quality.items()}
+    return {"name": space.name, "base": space.base, "method": space.method, "k": space.k,
+            "nonlinearity": space.nonlinearity, "k_active": space.k_active, "note": space.note, "quality": quality,
+            "direction_norm": _f(norm),
+            "direction_channels": [{"channel": int(c), "weight": _f(row[c] / norm) if norm > 0 else 0.0} for c in top]}
+
+
+def _unit_picture(art, layer: str, unit: int) -> np.ndarray | None:
+    """What stands for an input unit on a card: its first render, else its best top example, else None."""
+    if layer not in art.layers:
+        return None
+    view = art.unit(layer, unit)
+    for r in view.renders:
+        return r.image
+    for e in view.examples.get("top", []):
+        if e.patch is not None:
+            return e.patch
+    return None
 
 
 def _example(e, class_name, rec, pixels: bool, sign: float) -> dict:
@@ -119,7 +152,7 @@ def _thumb(pixels: np.ndarray | None) -> Image.Image:
         canvas = Image.new("RGB", (THUMB, THUMB), (225, 225, 225))
         d = ImageDraw.Draw(canvas)
         w, h = text_size(d, "no patch stored")
-        d.text(((THUMB - w) // 2, (THUMB - h) // 2), "no patch stored", fill=(90, 90, 90), font=font())
+        draw_text(d, ((THUMB - w) // 2, (THUMB - h) // 2), "no patch stored", fill=(90, 90, 90))
         return canvas
     img = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
     scale = THUMB / max(img.width, img.height)
@@ -160,6 +193,17 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
                                    + ("" if e.get("fires", True) else "  no response"),
                                    e["class"] or Path(e["image_path"] or "?").name])
                                  for e in ex[:max_per_row]]))
+    ins = info.get("inputs")
+    if ins and ins["rows"]:
+        title = (f"strongest inputs from {ins['from']}, excitatory then inhibitory (attribution: gradient x input "
+                 f"over {ins['examples']} top examples)")
+        pics = list(zip(ins["rows"], info.get("_input_pixels", [None] * len(ins["rows"]))))
+        half = max(1, max_per_row // 2)
+        pos = [p for p in pics if p[0]["attribution"] > 0]
+        neg = [p for p in pics if p[0]["attribution"] < 0]
+        shown = pos[:max(half, max_per_row - len(neg[:half]))] + neg[:max(half, max_per_row - len(pos[:half]))]
+        rows.append((title, [(pix, [f"{r['layer']}:{r['unit']}", f"{r['attribution']:+.3g}"])
+                             for r, pix in shown[:max_per_row]]))
     st = info["stats"]
     head = [f"{info['model']}   {info['layer']}:{info['unit']}   ({info['artifact']})"]
     if st:
@@ -173,29 +217,38 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
                    if any("_overlay" in e for ex in info["examples"].values() for e in ex) else ""))
     if info.get("label_profile"):
         head.append("fires on: " + profile_text(info["label_profile"]))
+    if ins and ins.get("note"):
+        head.append(f"strongest inputs: {ins['note']}")
     if not rows:
         head.append("no renders or dataset examples stored for this unit")
     pad, line_h = 8, 13
     cols = max([len(r[1]) for r in rows] + [4])
     width = pad + cols * (THUMB + pad)
     height = pad + len(head) * line_h + pad + sum(line_h + THUMB + 2 * line_h + pad for _ in rows)
-    card = Image.new("RGB", (width, height), "white")
-    d = ImageDraw.Draw(card)
-    y = pad
-    for i, s in enumerate(head):
-        d.text((pad, y), _fit(d, s, width - 2 * pad), fill="black" if i == 0 else (60, 60, 60), font=font())
-        y += line_h
-    y += pad
+    card, d, y = _card_with_head(head, width, height, pad, line_h)
     for title, items in rows:
-        d.text((pad, y), title, fill=(30, 30, 120), font=font())
+        draw_text(d, (pad, y), title, fill=(30, 30, 120))
         y += line_h
         for j, (pix, captions) in enumerate(items):
             x = pad + j * (THUMB + pad)
             card.paste(_thumb(pix), (x, y))
             for k, cap in enumerate(captions):
-                d.text((x, y + THUMB + 1 + k * line_h), _fit(d, cap, THUMB), fill="black", font=font())
+                draw_text(d, (x, y + THUMB + 1 + k * line_h), _fit(d, cap, THUMB), fill="black")
         y += THUMB + 2 * line_h + pad
     return card
+
+
+def _card_with_head(head: list[str], width: int, height: int, pad: int, line_h: int):
+    """A white card of that size with its header lines drawn (the first, the title, in black; the rest in
+    gray, each cut to the card's width): (card, its ImageDraw, the y where the body starts). The unit and
+    the layer cards share it so their headers look alike."""
+    card = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(card)
+    y = pad
+    for i, s in enumerate(head):
+        draw_text(d, (pad, y), _fit(d, s, width - 2 * pad), fill="black" if i == 0 else (60, 60, 60))
+        y += line_h
+    return card, d, y + pad
 
 
 def check_card_output(out: str | Path) -> str:
@@ -209,4 +262,92 @@ def write_card(info: dict, out: str | Path) -> Path:
 
     check_card_output(out)
     save_png(unit_card(info), out, CARD_SUFFIXES)
+    return Path(out)
+
+
+# ----------------------------------------------------------------------------------------- a whole layer
+
+
+def load_layer(path: str | Path, layer: str, pixels: bool = False) -> dict:
+    """The views of one layer as plain data (`scope show FILE LAYER`): its caricatures and its activation
+    atlas (format 1.1); with `pixels`, also the decoded images a layer card needs."""
+    art = open_checked(path)
+    try:
+        if layer not in art.layers:
+            raise ScopeError(f"{path}: no layer named {layer}" + did_you_mean(layer, art.layers, n=3))
+        rec = art.layer(layer)
+        out = {"artifact": str(path), "model": art.model.get("name") or art.model.get("spec"), "layer": layer,
+               "units": rec.units, "caricatures": [], "atlas": None, "_pixels": pixels}
+        for c in art.caricatures(layer):
+            row = {"photo": c.source_name, "source_sha256": c.source_sha256, "cosine": _f(c.cosine),
+                   "magnitude_ratio": _f(c.magnitude_ratio), "steps": c.steps, "power": c.power, "param": c.param,
+                   "size": c.size, "seed": c.seed}
+            if pixels:
+                row["_image"], row["_photo"] = c.image, c.photo
+            out["caricatures"].append(row)
+        atlas = art.atlas(layer) if hasattr(art, "atlas") else None
+        if atlas is not None:
+            out["atlas"] = atlas.summary()
+            if pixels:
+                out["_atlas_mosaic"] = atlas.mosaic(THUMB // 2)
+        if not out["caricatures"] and atlas is None:
+            raise ScopeError(f"layer {layer} has no caricatures or activation atlas to show (scope caricature, scope "
+                             f"atlas); for a unit give layer:unit, e.g. {layer}:0")
+        return out
+    finally:
+        art.close()
+
+
+def layer_json(info: dict) -> dict:
+    out = {k: v for k, v in info.items() if not k.startswith("_")}
+    out["caricatures"] = [{k: v for k, v in c.items() if not k.startswith("_")} for c in info["caricatures"]]
+    return out
+
+
+def layer_card(info: dict) -> Image.Image:
+    """A PNG-ready card of a layer: each photo beside its caricature with the evidence, and the atlas mosaic."""
+    if not info.get("_pixels"):
+        raise ScopeError("layer_card needs the pictures: load the layer with load_layer(path, layer, pixels=True)")
+    pad, line_h = 8, 13
+    cars = info["caricatures"]
+    mosaic = info.get("_atlas_mosaic")
+    head = [f"{info['model']}   {info['layer']}   ({info['artifact']})"]
+    if cars:
+        head.append("caricatures: photo, then the photo re-optimized so the layer's response is exaggerated "
+                    "(cos = cosine to the photo's activation, x = magnitude ratio)")
+    if not cars and mosaic is None:
+        head.append("no caricatures or activation atlas stored for this layer")
+    per_row = 4  # pairs
+    rows = [cars[i:i + per_row] for i in range(0, len(cars), per_row)]
+    width = max(pad + min(per_row, len(cars)) * (2 * THUMB + 3 * pad), (mosaic.width + 2 * pad) if mosaic is not None
+                else 0, 640)
+    height = pad + len(head) * line_h + pad + len(rows) * (THUMB + 2 * line_h + pad)
+    if mosaic is not None:
+        height += line_h + mosaic.height + pad
+    card, d, y = _card_with_head(head, width, height, pad, line_h)
+    for row in rows:
+        for j, c in enumerate(row):
+            x = pad + j * (2 * THUMB + 3 * pad)
+            card.paste(_thumb(c["_photo"]), (x, y))
+            card.paste(_thumb(c["_image"]), (x + THUMB + 2, y))
+            draw_text(d, (x, y + THUMB + 1), _fit(d, c["photo"], 2 * THUMB), fill="black")
+            cos = "-" if c["cosine"] is None else f"{c['cosine']:.2f}"
+            mag = "-" if c["magnitude_ratio"] is None else f"{c['magnitude_ratio']:.2f}"
+            draw_text(d, (x, y + THUMB + 1 + line_h), f"cos {cos}  x{mag}  ({c['steps']} steps, p={c['power']:g})",
+                      fill=(60, 60, 60))
+        y += THUMB + 2 * line_h + pad
+    if mosaic is not None:
+        a = info["atlas"]
+        draw_text(d, (pad, y), f"activation atlas: {a['grid']}x{a['grid']} grid, {a['cells']} cells rendered, "
+                  f"{a['vectors']} sample vectors, layout {a['layout']}", fill=(30, 30, 120))
+        y += line_h
+        card.paste(mosaic, (pad, y))
+    return card
+
+
+def write_layer_card(info: dict, out: str | Path) -> Path:
+    from scopecli.compare.drawing import save_png
+
+    check_card_output(out)
+    save_png(layer_card(info), out, CARD_SUFFIXES)
     return Path(out)

@@ -48,6 +48,7 @@ class DiffSummary:
     b: Side
     pairs: list[tuple[str, str, int]]  # (layer_a, layer_b, mutual best count)
     links: dict = field(default_factory=dict)  # (artifact, layer, unit) -> list[UnitLink]
+    data: dict = field(default_factory=dict)  # the whole file as `read_diff` returns it (the comparison page)
 
 
 def _real(p: str) -> str:
@@ -106,7 +107,7 @@ def load_diff(path: str, artifacts: list[tuple[str, str]], names: list[str]) -> 
         idx = _resolve_side(sp, model, str(p), artifacts) if sp or model else None
         label = names[idx] if idx is not None else (model.get("name") or model.get("spec") or os.path.basename(sp) or key)
         sides[key] = Side(idx, str(label), sp)
-    out = DiffSummary(path=str(path), a=sides["a"], b=sides["b"], pairs=[])
+    out = DiffSummary(path=str(path), a=sides["a"], b=sides["b"], pairs=[], data=d)
     name = p.name
     try:
         for m in d.get("matching", []):

@@ -71,6 +71,51 @@ class Tile:
 
 
 @dataclass
+class CaricatureCard:
+    """A caricature on a layer page: the photo and its caricature (paths relative to the layer folder)."""
+
+    src: str
+    photo_src: str
+    width: int
+    height: int
+    photo: str
+    cosine: float
+    magnitude_ratio: float
+    meta: str
+
+
+@dataclass
+class AtlasCellCard:
+    """One atlas cell on the atlas page: its place in the grid, its render, and the units nearest to it."""
+
+    row: int
+    col: int
+    src: str
+    count: int
+    units: list[tuple[int, str | None]]  # (unit, its page relative to the layer folder, or None)
+
+    @property
+    def url(self) -> str | None:
+        return self.units[0][1] if self.units else None
+
+
+@dataclass
+class AtlasPage:
+    """A layer's activation atlas as the gallery shows it (paths relative to the layer folder)."""
+
+    grid: int
+    layout: str
+    note: str
+    seed: int
+    vectors: int
+    steps: int
+    size: int
+    mosaic: str
+    mosaic_px: int
+    cells: list[AtlasCellCard]
+
+
+@dataclass
 class LayerView:
     name: str
     slug: str
@@ -85,10 +130,35 @@ class LayerView:
     layer_renders: list = field(default_factory=list)  # RenderCards of whole-layer (deepdream) renders
     by_label: list[Tile] = field(default_factory=list)  # units with a label profile, highest lift first
     label_pages: int = 0
+    space: dict | None = None  # a unit space's layer: base, method, k, nonlinearity, k_active, quality
+    base: "LayerView | None" = None  # a unit space's layer: the layer it is fitted on
+    spaces: list["LayerView"] = field(default_factory=list)  # the unit spaces fitted on this layer
+    listed_units: int = 0  # units the plan lists (with a render or examples): the layer will have a page
+    caricatures: list = field(default_factory=list)  # CaricatureCards (format 1.1)
+    atlas: AtlasPage | None = None  # its activation atlas (format 1.1), on atlas.html
+
+    @property
+    def linkable(self) -> bool:
+        """Has, or will have once exported, a grid page (pages link to layers exported after them)."""
+        return bool(self.listed_units) or self.has_page
+
+    def space_text(self) -> str:
+        """'sae, 768 units, topk 24 · held-out R² 0.91 · dead 2.0%' for a unit space's layer ('' otherwise)."""
+        sp = self.space
+        if not sp:
+            return ""
+        q = sp.get("quality") or {}
+        nl = f"topk {sp.get('k_active')}" if sp.get("nonlinearity") == "topk" else sp.get("nonlinearity", "")
+        parts = [f"{sp.get('method')}, {sp.get('k')} units, {nl}"]
+        for key, label, spec in (("r2", "held-out R²", ".3f"), ("explained_variance", "explained variance", ".1%"),
+                                 ("dead_fraction", "dead", ".1%")):
+            if q.get(key) is not None:
+                parts.append(f"{label} {fmt(q[key], spec)}")
+        return " · ".join(parts)
 
     @property
     def has_page(self) -> bool:
-        return bool(self.tiles or self.layer_renders)
+        return bool(self.tiles or self.layer_renders or self.caricatures or self.atlas)
 
     def page_file(self, page: int, sort: str = "") -> str:
         """Grid page `page` in unit order, or (sort "label") ordered by label lift."""
@@ -125,6 +195,7 @@ class ModelView:
     file: str
     info: dict
     layers: list[LayerView] = field(default_factory=list)
+    comparisons: list[tuple[str, str]] = field(default_factory=list)  # (title, url from the site root)
 
     @property
     def label(self) -> str:
@@ -204,6 +275,37 @@ class LinkRow:
 
 
 @dataclass
+class InputCard:
+    """One strongest input of a unit: the input unit, its signed attribution, its page and thumbnail (None
+    when this export has no page for it)."""
+
+    label: str
+    attribution: float
+    url: str | None
+    thumb: str | None
+    width: int
+    height: int
+
+
+@dataclass
+class InputsView:
+    """A unit's strongest inputs (the Circuits view), positive first, then negative."""
+
+    source_layer: str
+    examples: int
+    note: str
+    cards: list[InputCard]
+
+    @property
+    def positive(self) -> list[InputCard]:
+        return [c for c in self.cards if c.attribution > 0]
+
+    @property
+    def negative(self) -> list[InputCard]:
+        return [c for c in self.cards if c.attribution < 0]
+
+
+@dataclass
 class DiffSide:
     """Model A or B of a diff file; `url` (relative to the site root) is None when it was not exported."""
 
@@ -217,6 +319,7 @@ class DiffRow:
     a: DiffSide
     b: DiffSide
     pairs: list[tuple[str, str, int]]  # (layer of A, layer of B, mutual best matches)
+    url: str | None = None  # its comparison page, relative to the site root
 
 
 # ----------------------------------------------------------------------------------------- page kinds
@@ -237,16 +340,27 @@ def layer_page(m: ModelView, lv: LayerView, current: int, per_page: int, sort: s
                    tiles=tiles[first: first + per_page], first=first)
 
 
+def atlas_page(m: ModelView, lv: LayerView) -> str:
+    """A layer's activation atlas, at m/<model>/<layer>/atlas.html."""
+    return _render("atlas.html", root="../../../", m=m, lv=lv, a=lv.atlas)
+
+
+def comparison_page(c) -> str:
+    """The page of one diff file (`comparisons.ComparisonView`), at d/<slug>/index.html."""
+    return _render("comparison.html", root="../../", c=c)
+
+
 STAT_ROWS = [("count", "positions", ".0f"), ("mean", "mean", ".4g"), ("std", "std", ".4g"), ("min", "min", ".4g"),
              ("max", "max", ".4g"), ("frac_pos", "positive", ".1%")]
 
 
 def unit_page(m: ModelView, lv: LayerView, unit: int, list_page: int, prev_unit: int | None, next_unit: int | None,
               renders: list[RenderCard], examples: dict[str, list[ExampleCard]], stats: dict,
-              hist_svg: str | None, strip_svg: str | None, links: list[LinkRow], profile=None) -> str:
+              hist_svg: str | None, strip_svg: str | None, links: list[LinkRow], profile=None,
+              inputs: InputsView | None = None) -> str:
     keys = STAT_ROWS + [(k, k, ".4g") for k in sorted(stats) if k.startswith("p") and k not in ("positions",)]
     stat_rows = [(label, fmt(stats.get(k), spec)) for k, label, spec in keys if k in stats]
     return _render("unit.html", root="../../../../", m=m, lv=lv, unit=unit, list_page=list_page,
                    prev_unit=prev_unit, next_unit=next_unit, renders=renders, examples=examples, stats=stats,
                    stat_rows=stat_rows, hist_svg=_svg(hist_svg), strip_svg=_svg(strip_svg), links=links,
-                   profile=profile)
+                   profile=profile, inputs=inputs)

@@ -12,6 +12,7 @@ Layout of SITE/:
     m/<NN-model>/<NN-layer>/index.html, page-K.html   unit grid, `per_page` units a page
     m/<NN-model>/<NN-layer>/u/<unit>.html         unit page
     m/<NN-model>/<NN-layer>/img/...               renders (r), thumbnails (s), top (t) / bottom (b) examples
+    d/<NN-diff>/index.html, cka-*.png             comparison page of each --diff file (comparisons.py)
 """
 
 from __future__ import annotations
@@ -29,13 +30,20 @@ from scopecli import __version__, heatmaps
 from scopecli.artifact.elements.strongest import lift_score
 from scopecli.artifact.images import encode_jpeg, image_kind
 from scopecli.errors import ScopeError
-from scopecli.export import charts, folder
+from scopecli.export import charts, comparisons, folder
 from scopecli.export.diffs import load_diff
 from scopecli.export.names import fmt, slug
 from scopecli.export.pages import (
+    AtlasCellCard,
+    AtlasPage,
     DiffRow,
     DiffSide,
+    atlas_page,
+    comparison_page,
+    CaricatureCard,
     ExampleCard,
+    InputCard,
+    InputsView,
     LayerView,
     LinkRow,
     ModelView,
@@ -120,7 +128,14 @@ def _plan(arts, paths, names) -> list[tuple[ModelView, dict[str, np.ndarray]]]:
             mv.layers.append(LayerView(
                 name=name, slug=f"{j + 1:0{lw}d}-{slug(name)}", units=rec.units, shape=tuple(rec.shape),
                 rf_size=rec.rf_size, rf_stride=rec.rf_stride, rendered=int(rendered.sum()), collected=int(top.sum()),
+                space=li.get("space"), listed_units=int(len(listed[name])),
             ))
+        by_name = {lv.name: lv for lv in mv.layers}
+        for lv in mv.layers:  # a unit space links to the layer it is fitted on, and that layer to its spaces
+            base = by_name.get(lv.space["base"]) if lv.space else None
+            if base is not None:
+                lv.base = base
+                base.spaces.append(lv)
         plan.append((mv, listed))
     return plan
 
@@ -160,7 +175,9 @@ def _pick_thumb_render(renders):
 
 
 def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_dir: Path, links_by_key: dict,
-                  plan, listed_sets, per_page: int, bar, counts: _Counts) -> None:
+                  plan, listed_sets, per_page: int, bar, counts: _Counts, deferred: list | None = None) -> None:
+    """Write one layer's images, grid pages and unit pages. Unit pages that show strongest inputs need the
+    input layer's thumbnails, known once every layer is done: they go to `deferred` (callables)."""
     layer = lv.name
     img_dir, unit_dir = layer_dir / "img", layer_dir / "u"
     img_dir.mkdir(parents=True)
@@ -190,6 +207,16 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
                                                r.act_final, r.act_robust, r.dataset_max_ratio, False,
                                                f"{r.param} · {r.steps} steps · {r.size}px · seed {r.seed}",
                                                charts.trace_svg(r.act_trace)))
+    for j, c in enumerate(art.caricatures(layer)):  # caricatures: the photo beside it, both copied as stored
+        kinds = (image_kind(c.encoded), image_kind(c.photo_encoded))
+        if None in kinds:
+            continue
+        name, photo = f"ca{j}.{EXT[kinds[0]]}", f"cp{j}.{EXT[kinds[1]]}"
+        _write(img_dir / name, c.encoded, counts, image=True)
+        _write(img_dir / photo, c.photo_encoded, counts, image=True)
+        lv.caricatures.append(CaricatureCard(f"img/{name}", f"img/{photo}", c.width, c.height, c.source_name,
+                                             c.cosine, c.magnitude_ratio,
+                                             f"{c.param} · {c.steps} steps · power {c.power:g} · seed {c.seed}"))
     pending = []
     for u in (int(x) for x in units):
         view = art.unit(layer, u)
@@ -266,26 +293,40 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
         link_rows = _link_rows(links_by_key.get((mv.index, layer, u), []), plan, listed_sets)
         counts.links += len(link_rows)
         # pages are written below, once every listed unit (prev/next, grid page) is known
-        pending.append((u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows, profile))
+        pending.append((u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows, profile,
+                        view.fields.get("inputs")))
         counts.units += 1
         bar.advance()
     # write unit pages now that neighbours and page numbers are known
     listed_units = [t.unit for t in lv.tiles]
     where = {uu: i for i, uu in enumerate(listed_units)}
-    for u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows, profile in pending:
+    for u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows, profile, inputs in pending:
         i = where[u]
         prev_u = listed_units[i - 1] if i > 0 else None
         next_u = listed_units[i + 1] if i + 1 < len(listed_units) else None
-        _write(unit_dir / f"{u}.html", unit_page(mv, lv, u, i // per_page + 1, prev_u, next_u, cards, ex_cards, stats,
-                                                 hist_svg, strip_svg, link_rows, profile), counts)
+        args = (mv, lv, u, i // per_page + 1, prev_u, next_u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows,
+                profile)
+
+        def write(args=args, u=u, inputs=inputs):
+            _write(unit_dir / f"{u}.html", unit_page(*args, inputs=_input_cards(mv, inputs)), counts)
+
+        if inputs and deferred is not None:
+            deferred.append(write)
+        else:
+            write()
     lv.pages = max(1, math.ceil(len(lv.tiles) / per_page))
     if lifts:  # one more ordering of the grid (static pages: one page set per order)
         lv.by_label = sorted((replace(t, label=lifts[t.unit][1], lift_score=lifts[t.unit][0])
                               for t in lv.tiles if t.unit in lifts), key=lambda t: (-t.lift_score, t.unit))
         lv.label_pages = max(1, math.ceil(len(lv.by_label) / per_page))
+    atlas = art.atlas(layer)
+    if atlas is not None and atlas.cells:
+        lv.atlas = _export_atlas(atlas, lv, img_dir, counts)
     if not lv.has_page:  # nothing stored for this layer: no folder either
         shutil.rmtree(layer_dir)
         return
+    if lv.atlas is not None:
+        _write(layer_dir / "atlas.html", atlas_page(mv, lv), counts)
     if not lv.tiles:
         shutil.rmtree(unit_dir)
     if lv.has_page:
@@ -293,6 +334,50 @@ def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_di
             _write(layer_dir / lv.page_file(p), layer_page(mv, lv, p, per_page), counts)
         for p in range(1, lv.label_pages + 1):
             _write(layer_dir / lv.page_file(p, "label"), layer_page(mv, lv, p, per_page, "label"), counts)
+
+
+ATLAS_MOSAIC_PX = 2048  # side of the atlas mosaic image (cells scaled to fit)
+
+
+def _export_atlas(atlas, lv: LayerView, img_dir: Path, counts: _Counts) -> AtlasPage:
+    """The atlas's cell renders copied as stored, one mosaic PNG of them all, and each cell's nearest units
+    (its largest components) linked to their pages where this export has them."""
+    import io
+
+    cell_px = max(8, min(atlas.size, ATLAS_MOSAIC_PX // atlas.grid))
+    buf = io.BytesIO()
+    atlas.mosaic(cell_px).save(buf, format="PNG", optimize=True)
+    _write(img_dir / "atlas.png", buf.getvalue(), counts, image=True)
+    paged = {t.unit for t in lv.tiles}
+    cells = []
+    for c in atlas.cells:
+        name = f"at{c.position[0]}_{c.position[1]}.png"
+        _write(img_dir / name, c.encoded, counts, image=True)
+        units = [(u, f"u/{u}.html" if u in paged else None) for u in c.nearest_units(3)]
+        cells.append(AtlasCellCard(c.position[0], c.position[1], f"img/{name}", c.count, units))
+    return AtlasPage(atlas.grid, atlas.layout, atlas.layout_note, atlas.seed, atlas.vectors, atlas.steps, atlas.size,
+                     "img/atlas.png", cell_px * atlas.grid, cells)
+
+
+def _input_cards(mv: ModelView, inputs) -> InputsView | None:
+    """A unit's strongest inputs as the unit page shows them: each input unit's thumbnail and page when this
+    export has them (paths relative to m/<model>/<layer>/u/), else its name alone."""
+    if not inputs and not getattr(inputs, "note", ""):
+        return None
+    tiles: dict = {}
+    cards = []
+    for r in inputs:
+        lv = next((x for x in mv.layers if x.name == r.layer), None)
+        tile = None
+        if lv is not None:
+            if lv.name not in tiles:
+                tiles[lv.name] = {t.unit: t for t in lv.tiles}
+            tile = tiles[lv.name].get(r.unit)
+        cards.append(InputCard(f"{r.layer}:{r.unit}", r.attribution,
+                               None if tile is None else f"../../{lv.slug}/u/{r.unit}.html",
+                               None if tile is None else f"../../{lv.slug}/{tile.thumb}",
+                               0 if tile is None else tile.width, 0 if tile is None else tile.height))
+    return InputsView(inputs.source_layer or "", inputs.examples, inputs.note, cards)
 
 
 def _add_heat(card: ExampleCard, e, rec, sign: float, img_dir: Path, name: str, counts: _Counts) -> None:
@@ -315,6 +400,61 @@ def _add_heat(card: ExampleCard, e, rec, sign: float, img_dir: Path, name: str, 
     peak = heatmaps.peak(e, rec)
     if peak is not None:
         card.peak_style = f"left:{100 * peak[0]:.2f}%;top:{100 * peak[1]:.2f}%"
+
+
+def _comparison_views(diffs, plan) -> list:
+    """A comparison page per diff file, named before the models are written (their pages link to it)."""
+    views = []
+    for k, d in enumerate(diffs):
+        def side(s) -> DiffSide:
+            return DiffSide(s.name, None if s.artifact is None else f"m/{plan[s.artifact][0].slug}/index.html")
+
+        view = comparisons.ComparisonView(k, comparisons.comparison_slug(k, d.path, len(diffs)), Path(d.path).name,
+                                          side(d.a), side(d.b))
+        for s, other in ((d.a, d.b), (d.b, d.a)):
+            if s.artifact is not None:
+                entry = (f"vs {other.name} ({view.file})", view.url)
+                if entry not in plan[s.artifact][0].comparisons:
+                    plan[s.artifact][0].comparisons.append(entry)
+        views.append(view)
+    return views
+
+
+def _export_comparison(d, view, plan, staging: Path, counts: _Counts) -> None:
+    """Write one diff file's comparison page (and its heatmaps) under d/<slug>/."""
+    out = staging / "d" / view.slug
+    out.mkdir(parents=True)
+    sides = {"a": d.a, "b": d.b}
+
+    def layer_view(side: str, layer: str):
+        s = sides[side]
+        if s.artifact is None:
+            return None, None
+        mv = plan[s.artifact][0]
+        return mv, next((x for x in mv.layers if x.name == layer), None)
+
+    def layer_ref(side: str, layer: str) -> comparisons.LayerRef:
+        mv, lv = layer_view(side, layer)
+        url = f"../../m/{mv.slug}/{lv.slug}/index.html" if lv is not None and lv.has_page else None
+        return comparisons.LayerRef(layer, url)
+
+    paged: dict = {}  # (model slug, layer) -> units that got a page (listed and with a picture)
+
+    def unit_ref(side: str, layer: str, unit: int) -> comparisons.UnitRef:
+        mv, lv = layer_view(side, layer)
+        if lv is None:
+            return comparisons.UnitRef(f"{layer}:{unit}", None)
+        key = (mv.slug, layer)
+        if key not in paged:
+            paged[key] = {t.unit for t in lv.tiles}
+        url = f"../../m/{mv.slug}/{lv.slug}/u/{unit}.html" if unit in paged[key] else None
+        return comparisons.UnitRef(f"{layer}:{unit}", url)
+
+    def write_image(name: str, data: bytes) -> None:
+        _write(out / name, data, counts, image=True)
+
+    comparisons.build(view, d.data, unit_ref, layer_ref, write_image)
+    _write(out / "index.html", comparison_page(view), counts)
 
 
 class _NoBar:
@@ -352,6 +492,7 @@ def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page:
                 links_by_key.setdefault(key, []).extend(lst)
         plan = _plan(arts, paths, names)
         listed_sets = [{k: set(v.tolist()) for k, v in listed.items()} for _, listed in plan]
+        views = _comparison_views(diffs, plan)
         total = sum(len(v) for _, listed in plan for v in listed.values())
         staging = folder.new_staging(out)
         counts = _Counts()
@@ -361,17 +502,19 @@ def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page:
             for (mv, listed), art in zip(plan, arts):
                 mdir = staging / "m" / mv.slug
                 mdir.mkdir(parents=True)
+                deferred: list = []
                 for lv in mv.layers:
                     _export_layer(art, mv, lv, listed[lv.name], mdir / lv.slug, links_by_key, plan, listed_sets,
-                                  int(per_page), bar, counts)
+                                  int(per_page), bar, counts, deferred)
+                for write in deferred:  # unit pages with strongest inputs: every layer's thumbnails are known
+                    write()
                 _write(mdir / "index.html", model_page(mv), counts)
         finally:
             if bar_cm is not None:
                 bar_cm.__exit__(None, None, None)
-        def side(s) -> DiffSide:
-            return DiffSide(s.name, None if s.artifact is None else f"m/{plan[s.artifact][0].slug}/index.html")
-
-        diff_rows = [DiffRow(Path(d.path).name, side(d.a), side(d.b), d.pairs) for d in diffs]
+        for d, view in zip(diffs, views):
+            _export_comparison(d, view, plan, staging, counts)
+        diff_rows = [DiffRow(Path(d.path).name, v.a, v.b, d.pairs, v.url) for d, v in zip(diffs, views)]
         _write(staging / "index.html", index_page([mv for mv, _ in plan], diff_rows), counts)
         _write(staging / "style.css", (STATIC / "style.css").read_bytes(), counts)
         folder.write_marker(staging, {"writer": f"scope {__version__}", "artifacts": [Path(p).name for p in paths]})

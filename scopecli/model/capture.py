@@ -13,6 +13,8 @@ from torch import nn
 from scopecli.errors import ScopeError
 from scopecli.model.adapter import module_tensor
 from scopecli.model.layers import get_module
+from scopecli.model.spaces import resolve_space
+from scopecli.units import split_space
 
 
 class _StopForward(Exception):
@@ -23,7 +25,8 @@ class LayerTap:
     """Context manager: `tap(x)` returns {layer name: output} and runs nothing after the deepest layer.
 
     A module that runs several times in one forward (a shared activation module) is captured at its
-    first call.
+    first call. A unit-space name `BASE@SPACE` (bound with `model.spaces.attach_spaces`) hooks BASE and
+    gives the space's units z in the space's layout.
     """
 
     def __init__(self, model: nn.Module, names, stop: bool = True):
@@ -32,23 +35,35 @@ class LayerTap:
         if not self.names:
             raise ScopeError("no layers requested")
         self.stop = stop
-        self._modules = {name: get_module(model, name) for name in self.names}
+        # what each hooked module gives: its own output (None) and/or unit spaces encoding it
+        self._wants: dict[str, list] = {}
+        for name in self.names:
+            if split_space(name)[1] is None:
+                self._wants.setdefault(name, []).append((name, None))
+            else:
+                space = resolve_space(model, name)
+                self._wants.setdefault(space.base, []).append((name, space))
+        self._modules = {base: get_module(model, base) for base in self._wants}
         self._handles: list = []
         self._outputs: dict[str, torch.Tensor] = {}
 
-    def _hook(self, name):
+    def _hook(self, base):
+        wants = self._wants[base]
+
         def hook(module, inputs, output):
-            if name in self._outputs:
-                return
-            self._outputs[name] = module_tensor(output, name)
+            for name, space in wants:
+                if name in self._outputs:
+                    continue
+                out = module_tensor(output, base)
+                self._outputs[name] = out if space is None else space.encode(out)
             if self.stop and len(self._outputs) == len(self.names):
                 raise _StopForward
 
         return hook
 
     def __enter__(self):
-        for name, module in self._modules.items():
-            self._handles.append(module.register_forward_hook(self._hook(name)))
+        for base, module in self._modules.items():
+            self._handles.append(module.register_forward_hook(self._hook(base)))
         return self
 
     def __exit__(self, *exc):

@@ -14,7 +14,9 @@ from torch import nn
 from scopecli.errors import ScopeError
 from scopecli.fileio import did_you_mean
 from scopecli.model.receptive import annotation, field_ints, layout_of, tensors, tracing
-from scopecli.records import LayerLayout, LayerRecord
+from scopecli.model.spaces import check_base_layout, resolve_space
+from scopecli.records import LayerLayout, LayerRecord, space_layout
+from scopecli.units import split_space
 
 LAYERS_HINT = "`scope layers MODEL` lists them"
 
@@ -376,12 +378,16 @@ def ensure_measured(model: nn.Module, table: list[LayerInfo], input_size: int, n
 
 def layouts_at(model: nn.Module, input_size: int, names) -> dict[str, LayerLayout]:
     """The layouts of some layers at an input size (token grids depend on it); one traced forward, no
-    measuring. A model that cannot take this size, or a layer that is not units x positions, is refused."""
-    for name in names:
+    measuring. A model that cannot take this size, or a layer that is not units x positions, is refused.
+    A unit space `BASE@SPACE` bound to the model gets the space layout on BASE's grid."""
+    names = list(names)
+    spaces = {n: resolve_space(model, n) for n in names if split_space(n)[1] is not None}
+    bases = list(dict.fromkeys(spaces[n].base if n in spaces else n for n in names))
+    for name in bases:
         get_module(model, name)  # unknown names get the usual hint
-    seen = _trace(model, input_size, until=names)
+    seen = _trace(model, input_size, until=bases)
     out = {}
-    for name in names:
+    for name in bases:
         s = seen.get(name)
         if s is None:
             raise ScopeError(f"layer {name} produced no tensor at {input_size}x{input_size} inputs")
@@ -389,17 +395,34 @@ def layouts_at(model: nn.Module, input_size: int, names) -> dict[str, LayerLayou
             raise ScopeError(f"layer {name} has an output of shape {tuple(s.shape)} that scope cannot map to units x "
                              "positions; pick another layer (`scope layers MODEL` lists them)")
         out[name] = s.layout
-    return out
+    for name, sp in spaces.items():
+        check_base_layout(sp, out[sp.base])
+        out[name] = space_layout(out[sp.base])
+    return {n: out[n] for n in dict.fromkeys(names + bases)}
 
 
 def select_layers(model: nn.Module, input_size: int, names=None, hint: str = "pass --layer NAME") -> list[LayerInfo]:
     """The layers a command works on: `names` (in that order, unknown ones refused with a hint) or the
-    default set, with their fields measured where the tracer could not follow them."""
-    table = layer_table(model, input_size, measure=list(names) if names else None)
+    default set, with their fields measured where the tracer could not follow them. A unit space
+    `BASE@SPACE` bound to the model (`model.spaces.attach_spaces`) is a layer of k units on BASE's grid."""
+    spaces = {n: resolve_space(model, n) for n in (names or []) if split_space(n)[1] is not None}
+    bases = [spaces[n].base if n in spaces else n for n in names] if names else None
+    table = layer_table(model, input_size, measure=list(dict.fromkeys(bases)) if bases else None)
     names = list(dict.fromkeys(names)) if names else [i.name for i in table if i.default]
     if not names:
         raise ScopeError(f"the model has no default layers; {hint}")
-    return [find_layer(table, n) for n in names]
+    return [space_info(find_layer(table, spaces[n].base), spaces[n]) if n in spaces else find_layer(table, n)
+            for n in names]
+
+
+def space_info(base: LayerInfo, space) -> LayerInfo:
+    """The LayerInfo of a bound unit space on layer `base`: k units, BASE's grid and field, the space layout."""
+    if space.space.width != base.channels:
+        raise ScopeError(f"unit space {space.name} reads {space.space.width} channels, but layer {base.name} has "
+                         f"{base.channels}")
+    check_base_layout(space, base.layout)
+    return replace(base, name=space.name, kind="unit space", channels=space.k, default=False,
+                   layout=space_layout(base.layout), output=None)
 
 
 def default_layers(model: nn.Module, input_size: int) -> list[str]:

@@ -27,4 +27,4 @@ def layers_table(title: str, infos) -> Table:
              field_text(i) + (" G" if i.layout.global_context else "")] for i in infos]
     cols = [("", "left"), ("layer", "left"), ("type", "left"), ("units", "right"), ("layout", "left"), ("RF", "right")]
     return table(title, cols, rows, keep=("", "layer"),
-                 caption="RF: size/stride/start px; ~ measured from gradients; G: a global gate also enters")
+                 caption="RF: size/stride/start px; ~ measured from gradients; G: a global gate enters")

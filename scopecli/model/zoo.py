@@ -204,6 +204,45 @@ def _claim_prefix(spec: str, prefixes: tuple[str, ...], canonical: str, slash: s
     return None
 
 
+def _extra_family_rows(family: str, module: str, distribution: str, extra: str, pip: str,
+                       listing: str, any_weights: str, microscope_models) -> list[dict]:
+    """`scope models` rows of a family that lives in an optional extra: one row for any of its models
+    (`listing` says where their names come from), then one per Microscope model it carries, so the
+    table shows the Microscope names whether or not the extra is installed."""
+    ok = installed(module)
+    source = (f"{module} {_version(distribution)} ([{extra}] extra)" if ok
+              else f"{module} ([{extra}] extra, not installed: {pip})")
+    rows = [{
+        "name": f"{family}/<name>",
+        "family": family,
+        "source": f"{source}: {listing}",
+        "weights": any_weights,
+        "available": ok,
+    }]
+    for microscope, name, tag in microscope_models:
+        rows.append({
+            "name": f"{family}/{name}",
+            "family": family,
+            "source": f"{source}: Microscope's {microscope}",
+            "weights": f"DEFAULT ({tag}), random, PATH",
+            "available": ok,
+        })
+    return rows
+
+
+def _extra_family_names(family: str, module: str, microscope_models, list_models) -> list[str]:
+    """Every `family/NAME` the extra's library lists (`list_models(library)`), for name completion and
+    'did you mean'; only the Microscope models when the extra is missing, none when it fails to import."""
+    if not installed(module):
+        return [f"{family}/{name}" for _, name, _ in microscope_models]
+    try:
+        with _quiet():
+            library = importlib.import_module(module)
+        return [f"{family}/{name}" for name in list_models(library)]
+    except Exception:
+        return []
+
+
 # ---------------------------------------------------------------- timm ([timm] extra)
 
 # Microscope's models that timm names (Microscope name, timm name, timm's default tag when written)
@@ -356,35 +395,12 @@ def _timm_family_preprocess(spec: str) -> Preprocess:
 
 
 def _timm_rows() -> list[dict]:
-    ok = installed("timm")
-    source = f"timm {_version('timm')} ([timm] extra)" if ok else f"timm ([timm] extra, not installed: {TIMM_PIP})"
-    rows = [{
-        "name": "timm/<name>",
-        "family": "timm",
-        "source": f"{source}: any of timm.list_models()",
-        "weights": "DEFAULT or a tag (local Hugging Face cache only), random, PATH",
-        "available": ok,
-    }]
-    for microscope, name, tag in TIMM_MICROSCOPE:
-        rows.append({
-            "name": f"timm/{name}",
-            "family": "timm",
-            "source": f"{source}: Microscope's {microscope}",
-            "weights": f"DEFAULT ({tag}), random, PATH",
-            "available": ok,
-        })
-    return rows
+    return _extra_family_rows("timm", "timm", "timm", "timm", TIMM_PIP, "any of timm.list_models()",
+                              "DEFAULT or a tag (local Hugging Face cache only), random, PATH", TIMM_MICROSCOPE)
 
 
 def _timm_names() -> list[str]:
-    if not installed("timm"):
-        return [f"timm/{name}" for _, name, _ in TIMM_MICROSCOPE]
-    try:
-        with _quiet():
-            timm = importlib.import_module("timm")
-        return [f"timm/{name}" for name in timm.list_models()]
-    except Exception:
-        return []
+    return _extra_family_names("timm", "timm", TIMM_MICROSCOPE, lambda timm: timm.list_models())
 
 
 register_family(ModelFamily(
@@ -525,35 +541,13 @@ def _clip_family_preprocess(spec: str) -> Preprocess:
 
 
 def _clip_rows() -> list[dict]:
-    ok = installed("open_clip")
-    source = f"open_clip {_version('open-clip-torch')} ([clip] extra)" if ok else f"open_clip ([clip] extra, not installed: {CLIP_PIP})"
-    rows = [{
-        "name": "open_clip/<name>",
-        "family": "open_clip",
-        "source": f"{source}: the visual tower of any of open_clip.list_models()",
-        "weights": "DEFAULT (the first tag) or a tag (local cache only), random, PATH",
-        "available": ok,
-    }]
-    for microscope, name, tag in CLIP_MICROSCOPE:
-        rows.append({
-            "name": f"open_clip/{name}",
-            "family": "open_clip",
-            "source": f"{source}: Microscope's {microscope}",
-            "weights": f"DEFAULT ({tag}), random, PATH",
-            "available": ok,
-        })
-    return rows
+    return _extra_family_rows("open_clip", "open_clip", "open-clip-torch", "clip", CLIP_PIP,
+                              "the visual tower of any of open_clip.list_models()",
+                              "DEFAULT (the first tag) or a tag (local cache only), random, PATH", CLIP_MICROSCOPE)
 
 
 def _clip_names() -> list[str]:
-    if not installed("open_clip"):
-        return [f"open_clip/{name}" for _, name, _ in CLIP_MICROSCOPE]
-    try:
-        with _quiet():
-            oc = importlib.import_module("open_clip")
-        return [f"open_clip/{name}" for name in oc.list_models()]
-    except Exception:
-        return []
+    return _extra_family_names("open_clip", "open_clip", CLIP_MICROSCOPE, lambda oc: oc.list_models())
 
 
 register_family(ModelFamily(

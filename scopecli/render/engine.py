@@ -38,6 +38,7 @@ from scopecli.render.param import PARAMS, make_param
 from scopecli.render.redirect import RedirectedReLU
 from scopecli.render.schedule import DEFAULT_SCHEDULE, DEFAULT_STEPS, SCHEDULES, get_schedule, scaled_transforms
 from scopecli.settings import CheckedSettings, reads
+from scopecli.units import split_space
 
 MIN_SIZE = 16
 
@@ -153,6 +154,8 @@ def plan_targets(layer_units, objective: str = "channel", diversity: int = 1, po
     items = layer_units.items() if isinstance(layer_units, dict) else layer_units
     targets = []
     for layer, units in items:
+        if OBJECTIVE_KINDS[objective].direction and split_space(layer)[1] is None:
+            raise ScopeError(direction_needs_space(layer))
         units = [-1] if per_layer else list(units)
         for unit in units:
             for k in range(int(diversity)):
@@ -183,10 +186,10 @@ def check_position(position: str, objective: str, layout, layer: str) -> str:
 
 def activation_views(raw: dict[str, torch.Tensor], layouts: dict, keys) -> dict[str, torch.Tensor]:
     """What objectives read: each layer as its canonical grid (N, C, rows, cols) or (N, C), and for
-    positioned targets `layer@cls` / `layer@y,x` as that one position (N, C, 1)."""
+    positioned targets `layer|cls` / `layer|y,x` as that one position (N, C, 1)."""
     out = {}
     for key in keys:
-        layer, _, pos = key.partition("@")
+        layer, _, pos = key.partition("|")
         lay = layouts[layer]
         if not pos:
             out[key] = adapter.grid(raw[layer], lay)
@@ -196,6 +199,29 @@ def activation_views(raw: dict[str, torch.Tensor], layouts: dict, keys) -> dict[
             y, x = (int(v) for v in pos.split(","))
             out[key] = adapter.grid(raw[layer], lay)[:, :, y, x].unsqueeze(2)
     return out
+
+
+def tapped_layers(targets: list[RenderTarget]) -> list[str]:
+    """The layers a batch must capture: each target's layer and the layer its objective reads (a direction
+    objective on `BASE@SPACE` reads BASE)."""
+    return list(dict.fromkeys([t.layer for t in targets] + [t.view.partition("|")[0] for t in targets]))
+
+
+def _directions(module, device):
+    """directions(layer, unit) -> (direction [C], pre_bias [C]): the decoder row of a bound unit space."""
+    from scopecli.model.spaces import resolve_space
+
+    def find(layer: str, unit: int):
+        if split_space(layer)[1] is None:
+            raise ScopeError(direction_needs_space(layer))
+        return resolve_space(module, layer).direction(unit, device)
+
+    return find
+
+
+def direction_needs_space(layer: str) -> str:
+    return (f"--objective direction follows a unit space's decoder row: use it on a space's units "
+            f"(LAYER@SPACE, e.g. {layer}@pca32), not on layer {layer} (its units' directions are channels)")
 
 
 def _unwrap(model, normalize, fingerprint):
@@ -328,8 +354,11 @@ def render_units(
         module.to(memory_format=torch.channels_last)
     start = time.perf_counter()
     try:
-        layers = list(dict.fromkeys(t.layer for t in targets))
-        layouts = layouts or layouts_at(module, int(settings.size), layers)
+        layers = tapped_layers(targets)
+        layouts = dict(layouts or {})
+        missing = [name for name in layers if name not in layouts]
+        if missing:
+            layouts.update(layouts_at(module, int(settings.size), missing))
         if settings.batch == "auto":
             batch_size = auto_batch(module, layers, int(settings.size), device, normalize, group)
         else:
@@ -407,9 +436,9 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
     step_thetas = step_transforms(step_draws, size, spec, schedule).to(device)
     robust_thetas = tf.affine_matrices(robust_draws, size, spec).to(device)
 
-    objective, measure = batch_objectives(targets, settings.diversity_weight)
-    layers = list(dict.fromkeys(t.layer for t in targets))
-    views = list(dict.fromkeys([t.view for t in targets] + layers))
+    objective, measure = batch_objectives(targets, settings.diversity_weight, _directions(module, device))
+    layers = tapped_layers(targets)
+    views = list(dict.fromkeys([t.view for t in targets] + [t.layer for t in targets]))
     every = max(1, int(settings.trace_every))
     trace = torch.zeros((steps + every - 1) // every, n, device=device)
     optimizer = torch.optim.Adam([param.raw], lr=lr, betas=schedule.betas)
@@ -462,7 +491,7 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
             skipped.append((target, f"{what} ({target.objective}, image {target.diversity_index}): loss became NaN/inf"))
             continue
         ratio = math.nan
-        if dataset_max and target.unit >= 0:
+        if dataset_max and target.unit >= 0 and not OBJECTIVE_KINDS[target.objective].direction:
             top = dataset_max.get(target.layer, {}).get(target.unit)
             if top is not None and math.isfinite(top) and top > 0:
                 ratio = values[0] / top

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from scopecli.errors import ScopeError
 from scopecli.model.layers import layouts_at, select_layers
+from scopecli.model.spaces import attach_spaces
 from scopecli.render.engine import (
     RenderResult,
     RenderSettings,
@@ -48,14 +49,17 @@ class RenderPlan:
 
 def plan_render(loaded, layers=None, units: str | None = None, objective: str = "channel",
                 diversity: int = 1, settings: RenderSettings | None = None, data_dir=None,
-                position: str = "") -> RenderPlan:
+                position: str = "", spaces_from: str | None = None) -> RenderPlan:
     """Resolve layer names (default set when none), unit selections and settings; raise ScopeError early.
 
     A model that cannot take `settings.size` (fixed position embeddings, window sizes) is refused here,
-    before anything runs; `position` (neuron objective: center, cls, or row,col) is checked per layer."""
+    before anything runs; `position` (neuron objective: center, cls, or row,col) is checked per layer.
+    Unit spaces among the layers (`BASE@SPACE`) are read from artifact `spaces_from` (the output)."""
     settings = settings or RenderSettings(size=loaded.preprocess.crop)
     settings.check()
     resolve_device(settings.device)
+    if layers:
+        attach_spaces(loaded, spaces_from, layers)
     crop, size = loaded.preprocess.crop, int(settings.size)
     chosen, records = {}, {}
     infos = select_layers(loaded.module, crop, layers, "name some with --layer")

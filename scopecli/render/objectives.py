@@ -8,7 +8,9 @@ activations (the spirit of Lucid's `wrap_objective`):
         return unit_acts.float().flatten(1).mean(dim=1)
 
 `per_layer=True` kinds get the whole layer's rows ([rows, C, *spatial]) and render one image per layer
-(unit -1); `signed_objective` registers a kind that optimizes another kind's score times a sign (negative
+(unit -1); `reads="direction"` kinds get the rows of the layer the unit's direction lives in, centred
+([rows, C, *spatial] minus the space's pre_bias), and each row's direction ([rows, C]): a unit space's
+decoder row (`BASE@SPACE:i` reads BASE), or the unit's own axis on a plain layer; `signed_objective` registers a kind that optimizes another kind's score times a sign (negative
 is a minimized channel, measured as a channel). OBJECTIVES and `scope render --help` list the registry.
 
 An `Objective` maps the captured activations {layer: tensor with the batch first} to a vector with one
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from scopecli.errors import ScopeError
+from scopecli.units import split_space
 
 
 @dataclass(frozen=True)
@@ -41,17 +44,27 @@ class ObjectiveKind:
     per_layer: bool = False  # scores the whole layer: one image per layer, unit -1
     measured_as: str | None = None  # the kind whose score the records report (None: this one)
     sign: float = 1.0  # the objective optimizes sign * score of `measured_as`
+    reads: str = "unit"  # unit: the unit's rows; layer: the whole layer (per_layer); direction: see above
+
+    @property
+    def direction(self) -> bool:
+        return self.reads == "direction"
 
 
 OBJECTIVE_KINDS: dict[str, ObjectiveKind] = {}
 OBJECTIVES = OBJECTIVE_KINDS.keys()  # every registered name, in registration order (a live view)
 
 
-def objective(name: str, help: str, per_layer: bool = False):
-    """Register the decorated function as the score of objective kind `name` (`help`: a few words)."""
+def objective(name: str, help: str, per_layer: bool = False, reads: str | None = None):
+    """Register the decorated function as the score of objective kind `name` (`help`: a few words).
+
+    reads: "unit" (default), "layer" (same as per_layer=True) or "direction" (score(acts, directions))."""
+    reads = reads or ("layer" if per_layer else "unit")
+    if reads not in ("unit", "layer", "direction"):
+        raise ValueError(f"objective '{name}': reads must be unit, layer or direction")
 
     def register(score):
-        _add_kind(ObjectiveKind(name, score, help, per_layer))
+        _add_kind(ObjectiveKind(name, score, help, reads == "layer", reads=reads))
         return score
 
     return register
@@ -60,7 +73,7 @@ def objective(name: str, help: str, per_layer: bool = False):
 def signed_objective(name: str, of: str, help: str, sign: float = -1.0) -> None:
     """Register kind `name` as `sign` times kind `of` (records report `of`'s score)."""
     base = OBJECTIVE_KINDS[of]
-    _add_kind(ObjectiveKind(name, base.score, help, base.per_layer, of, sign))
+    _add_kind(ObjectiveKind(name, base.score, help, base.per_layer, of, sign, base.reads))
 
 
 def _add_kind(kind: ObjectiveKind) -> None:
@@ -102,6 +115,28 @@ signed_objective("negative", of="channel", help="channel minimized")
 def deepdream_score(layer_acts: torch.Tensor) -> torch.Tensor:
     """The mean squared activation of the whole layer (DeepDream)."""
     return layer_acts.float().pow(2).flatten(1).mean(dim=1)
+
+
+COSSIM_POW = 2.0  # direction-cos: dot x cos^2 (Lucid's direction_neuron_cossim with cossim_pow=2, as in Activation Atlas)
+COS_FLOOR = 0.1  # cos below this counts as 0.1, so an image that starts pointing away still gets a gradient
+
+
+@objective("direction", "dot product with the unit's direction, mean over positions", reads="direction")
+def direction_score(acts: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """<x - pre_bias, d> at every position, averaged: d is a unit space's decoder row (Lucid's direction)."""
+    x = acts.float().flatten(2) if acts.dim() > 2 else acts.float().unsqueeze(2)
+    return torch.einsum("ncp,nc->np", x, directions.float()).mean(dim=1)
+
+
+@objective("direction-cos", "dot x cos^2 with the unit's direction, mean over positions", reads="direction")
+def direction_cos_score(acts: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """dot * max(cos, 0.1)^2 at every position, averaged (Lucid's cossim variant): favours activations
+    that point along the direction over ones that are merely large."""
+    x = acts.float().flatten(2) if acts.dim() > 2 else acts.float().unsqueeze(2)
+    d = directions.float()
+    dot = torch.einsum("ncp,nc->np", x, d)
+    cos = dot / (x.norm(dim=1) * d.norm(dim=1, keepdim=True) + 1e-8)
+    return (dot * cos.clamp(min=COS_FLOOR) ** COSSIM_POW).mean(dim=1)
 
 
 class Objective:
@@ -223,6 +258,42 @@ class UnitScore(Objective, _DeviceCache):
         return f"{self.kind}({self.layer}, rows={self.rows.tolist()}, units={self.units.tolist()})"
 
 
+class DirectionScore(Objective, _DeviceCache):
+    """The score of a direction kind in given rows: each row's activations of `layer` (the layer its
+    direction lives in) minus `pre_bias`, against that row's direction."""
+
+    def __init__(self, kind: str, layer: str, rows, directions: torch.Tensor, pre_bias: torch.Tensor, batch: int):
+        if kind not in OBJECTIVE_KINDS or not OBJECTIVE_KINDS[kind].direction:
+            raise ScopeError(f"objective '{kind}' does not follow a direction")
+        self.kind, self.layer, self.batch = kind, layer, batch
+        self._score = OBJECTIVE_KINDS[kind]
+        self.rows = _rows(rows, batch)
+        self.directions = torch.as_tensor(directions, dtype=torch.float32).detach().cpu()
+        self.pre_bias = torch.as_tensor(pre_bias, dtype=torch.float32).detach().cpu()
+        if self.directions.shape[0] != self.rows.shape[0] or self.pre_bias.shape != self.directions.shape:
+            raise ScopeError("a direction objective needs one direction and pre-bias per row")
+        self.layers = (layer,)
+
+    def __call__(self, acts):
+        a = acts[self.layer]
+        rows = self._on("rows", a.device)
+        if a.shape[1] != self.directions.shape[1]:
+            raise ScopeError(f"direction of {self.directions.shape[1]} channels for layer {self.layer} of {a.shape[1]}")
+        x = a[rows].float()
+        shift = self._on("pre_bias", a.device).view(x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
+        return _scatter(self._score.score(x - shift, self._on("directions", a.device)), rows, self.batch)
+
+    def __repr__(self):
+        return f"{self.kind}({self.layer}, rows={self.rows.tolist()})"
+
+
+def direction(layer: str, vector, row: int = 0, batch: int = 1, pre_bias=None, cos: bool = False) -> DirectionScore:
+    """Mean dot product (cos=True: times cos^2) of `layer`'s activations in row `row` with `vector` [C]."""
+    v = torch.as_tensor(vector, dtype=torch.float32).reshape(1, -1)
+    b = torch.zeros_like(v) if pre_bias is None else torch.as_tensor(pre_bias, dtype=torch.float32).reshape(1, -1)
+    return DirectionScore("direction-cos" if cos else "direction", layer, [row], v, b, batch)
+
+
 def channel(layer: str, unit: int, row: int = 0, batch: int = 1) -> UnitScore:
     """Mean activation of channel `unit` of `layer` in batch row `row`."""
     return UnitScore("channel", layer, [row], [unit], batch)
@@ -292,8 +363,11 @@ class RenderTarget:
 
     @property
     def view(self) -> str:
-        """The activation view the objective reads: the layer, or `layer@position`."""
-        return f"{self.layer}@{self.position}" if self.position else self.layer
+        """The activation view the objective reads: the layer, `layer|position`, or for a direction
+        objective on a unit space `BASE@SPACE` the layer BASE its direction lives in."""
+        if objective_kind(self.objective).direction:
+            return split_space(self.layer)[0]
+        return f"{self.layer}|{self.position}" if self.position else self.layer
 
     @property
     def stored_objective(self) -> str:
@@ -301,8 +375,11 @@ class RenderTarget:
         return f"{self.objective}@{self.position}" if self.position else self.objective
 
 
-def batch_objectives(targets: list[RenderTarget], diversity_weight: float = 1.0) -> tuple[Objective, Objective]:
+def batch_objectives(targets: list[RenderTarget], diversity_weight: float = 1.0,
+                     directions=None) -> tuple[Objective, Objective]:
     """(loss objective, measure) for a batch whose row i renders targets[i].
+
+    directions(layer, unit) -> (direction [C], pre_bias [C]) of a unit, for direction objectives.
 
     The measure is what the records report as the unit's activation: each row's kind's score, or for a
     signed kind (negative) the score of the kind it signs (channel). The objective is the measure times
@@ -313,10 +390,17 @@ def batch_objectives(targets: list[RenderTarget], diversity_weight: float = 1.0)
     by_kind: dict[tuple[str, str], list[int]] = defaultdict(list)
     for row, (t, kind) in enumerate(zip(targets, kinds)):
         by_kind[(kind.measured_as or kind.name, t.view)].append(row)
-    measure_parts = [
-        UnitScore(base, layer, rows, [] if OBJECTIVE_KINDS[base].per_layer else [targets[r].unit for r in rows], batch)
-        for (base, layer), rows in by_kind.items()
-    ]
+    measure_parts = []
+    for (base, layer), rows in by_kind.items():
+        if OBJECTIVE_KINDS[base].direction:
+            if directions is None:
+                raise ScopeError(f"objective '{base}' needs the units' directions")
+            pairs = [directions(targets[r].layer, targets[r].unit) for r in rows]
+            measure_parts.append(DirectionScore(base, layer, rows, torch.stack([torch.as_tensor(d) for d, _ in pairs]),
+                                                torch.stack([torch.as_tensor(b) for _, b in pairs]), batch))
+        else:
+            measure_parts.append(UnitScore(base, layer, rows, [] if OBJECTIVE_KINDS[base].per_layer
+                                           else [targets[r].unit for r in rows], batch))
     measure = sum(measure_parts)
     sign = torch.tensor([kind.sign for kind in kinds])
     objective: Objective = _Signed(measure, sign)
@@ -342,3 +426,55 @@ class _Signed(Objective, _DeviceCache):
     def __call__(self, acts):
         values = self.inner(acts)
         return values * self._on("sign", values.device)
+
+
+class DotCompare(Objective, _DeviceCache):
+    """Lucid's caricature objective: dot(a, r) * max(cos(a, r), 0.1) ** power for each row, where a is the
+    row's activation of its layer (the whole layer, every position) and r the reference activation the
+    caller provides under `acts[f"{layer}@reference"]` (the photo's, under the same transform).
+
+    Rows may belong to different layers (one `DotCompare` per layer, summed); the cosine weight keeps the
+    image from trading the photo's pattern for sheer magnitude (power 0: plain dot product)."""
+
+    def __init__(self, layer: str, rows, batch: int, power: float = 1.0):
+        self.layer, self.batch, self.power = layer, batch, float(power)
+        self.rows = _rows(rows, batch)
+        self.layers = (layer,)
+
+    def __call__(self, acts):
+        rows = self._on("rows", acts[self.layer].device)
+        a = acts[self.layer][rows].float().flatten(1)
+        r = acts[f"{self.layer}@reference"][rows].float().flatten(1)
+        dot = (a * r).sum(dim=1)
+        cos = dot / (a.norm(dim=1) * r.norm(dim=1) + 1e-8)
+        return _scatter(dot * cos.clamp(min=0.1) ** self.power, rows, self.batch)
+
+    def __repr__(self):
+        return f"dot_compare({self.layer}, rows={self.rows.tolist()}, power={self.power:g})"
+
+
+class CellDirectionScore(Objective, _DeviceCache):
+    """A direction in a layer's activation space (activation atlases): each row's mean over positions of
+    dot(a, d) * max(cos(a, d), 0.1) ** power, d the row's direction (Lucid's direction_neuron_cossim).
+
+    `directions` [rows, C] (one per row of `rows`); a vector layer (N, C) is its one position."""
+
+    def __init__(self, layer: str, rows, directions, batch: int, power: float = 1.0):
+        self.layer, self.batch, self.power = layer, batch, float(power)
+        self.rows = _rows(rows, batch)
+        d = torch.as_tensor(directions, dtype=torch.float32).reshape(len(self.rows), -1)
+        self.directions = d / d.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        self.layers = (layer,)
+
+    def __call__(self, acts):
+        x = acts[self.layer]
+        rows = self._on("rows", x.device)
+        a = x[rows].float()
+        a = a.unsqueeze(2) if a.dim() == 2 else a.flatten(2)  # (n, C, P)
+        d = self._on("directions", x.device).unsqueeze(2)  # (n, C, 1)
+        dot = (a * d).sum(dim=1)  # (n, P)
+        cos = dot / (a.norm(dim=1) + 1e-8)
+        return _scatter((dot * cos.clamp(min=0.1) ** self.power).mean(dim=1), rows, self.batch)
+
+    def __repr__(self):
+        return f"direction({self.layer}, rows={self.rows.tolist()}, power={self.power:g})"

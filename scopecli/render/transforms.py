@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -77,3 +78,10 @@ def warp(images: torch.Tensor, theta: torch.Tensor, pad_value: float = 0.5) -> t
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     out = F.grid_sample(images - pad_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out + pad_value
+
+
+def to_uint8_pixels(images: torch.Tensor) -> np.ndarray:
+    """A batch of optimized images (N,3,H,W) in [0, 1] as the (N,H,W,3) uint8 pixels the artifact stores.
+    Values are clamped and rounded; a NaN (a diverged sample) becomes mid-gray, so one bad sample cannot
+    break the encoding of the batch (callers report divergence from the float image)."""
+    return (images.nan_to_num(0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -3,4 +3,4 @@
 Each module is one element: how it is read, written, validated and merged (see `registry.py`).
 """
 
-from scopecli.artifact.elements import layout, renders, examples, strongest, stats, probe  # noqa: F401  (registration order)
+from scopecli.artifact.elements import layout, renders, examples, strongest, stats, probe, sample, space, inputs, caricatures, atlas  # noqa: F401  (registration order)

@@ -7,6 +7,7 @@ score, ties to the lower image index (`scopecli.sketch.merge_ranked`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import h5py
@@ -31,6 +32,7 @@ from scopecli.records import ExampleSet
 from scopecli.sketch import merge_ranked, take_ranked
 
 WHICH = ("top", "bottom")
+_READ_GAP = 1 << 16  # bytes between two patches of a unit read at once rather than separately
 SET_ENCODING = "scope.example-set"
 CROP_RULE = "shown: receptive field (capped at the input) centred, shifted inside the input; patch: shown, shrunk to <= patch_size"
 
@@ -202,15 +204,22 @@ class ExampleSection:
                             f"patch {self.layer}:{int(self.units[row])}#{k}")
 
     def row_bytes(self, row: int) -> list[bytes | None]:
-        """All encoded patches of one unit with ONE read (they are stored contiguously)."""
-        ln = self.length[row]
-        if not (ln > 0).any():
-            return [None] * self.k
-        offs = self.offset[row]
-        lo = int(offs[ln > 0].min())
-        hi = int((offs + ln)[ln > 0].max())
-        chunk = self._read(lo, hi - lo)
-        return [chunk[int(o) - lo : int(o) - lo + int(n)] if n > 0 else None for o, n in zip(offs, ln)]
+        """All encoded patches of one unit, one read per run of nearby spans (a unit's patches are mostly
+        stored together; a patch shared with other units may sit elsewhere in the byte array)."""
+        ln, offs = self.length[row], self.offset[row]
+        out: list[bytes | None] = [None] * self.k
+        spans = sorted((int(offs[j]), int(ln[j]), j) for j in np.flatnonzero(ln > 0))
+        i = 0
+        while i < len(spans):
+            lo, hi, j = spans[i][0], spans[i][0] + spans[i][1], i
+            while j + 1 < len(spans) and spans[j + 1][0] <= hi + _READ_GAP:
+                j += 1
+                hi = max(hi, spans[j][0] + spans[j][1])
+            chunk = self._read(lo, hi - lo)
+            for o, n, col in spans[i : j + 1]:
+                out[col] = chunk[o - lo : o - lo + n]
+            i = j + 1
+        return out
 
     def example_set(self) -> ExampleSet:
         return ExampleSet(units=self.units.copy(), score=self.score.copy(), image_index=self.image_index.copy(),
@@ -372,6 +381,26 @@ def _stack_rows(units: list[int], rows: dict[int, StoredExamples]):
     return k, cols, hw, patches
 
 
+class _SharedBlob:
+    """Encoded patches back to back, each distinct byte string once: add(bytes) -> its offset."""
+
+    def __init__(self):
+        self._parts: list[bytes] = []
+        self._at: dict[bytes, int] = {}
+        self._size = 0
+
+    def add(self, data: bytes) -> int:
+        at = self._at.get(data)
+        if at is None:
+            at = self._at[data] = self._size
+            self._parts.append(data)
+            self._size += len(data)
+        return at
+
+    def bytes(self) -> bytes:
+        return b"".join(self._parts)
+
+
 @register_layer_element
 class ExamplesElement(LayerElement):
     name = "examples"
@@ -476,6 +505,7 @@ class ExamplesElement(LayerElement):
             raise ScopeError(f"examples {layer}/{which}: stored with at most {st.per_source} per source group, this "
                              f"run keeps {per_source}; write to a new file")
         st.per_source = per_source
+        encoded: dict[tuple, bytes] = {}  # an image's window is often the example of several units: encode once
         for row in range(u):
             blobs, hw = [], np.zeros((k, 2), np.int32)
             for j in range(k):
@@ -486,7 +516,10 @@ class ExamplesElement(LayerElement):
                     blobs.append(None)
                     continue
                 arr = np.asarray(p)
-                blobs.append(encode_patch(arr, patch_format, quality))
+                key = (arr.shape, arr.dtype.str, hashlib.sha256(np.ascontiguousarray(arr).data).digest())
+                if key not in encoded:
+                    encoded[key] = encode_patch(arr, patch_format, quality)
+                blobs.append(encoded[key])
                 hw[j] = arr.shape[:2]
             st.rows[int(units[row])] = StoredExamples({name: arr[row].copy() for name, arr in cols.items()}, blobs, hw)
         st.formats.add(patch_format)
@@ -505,17 +538,28 @@ class ExamplesElement(LayerElement):
                                      f"({n or 0} images); call set_dataset with the run's ImageTable")
 
     def write(self, group, staged: ExamplesStage, slot) -> None:
+        """Each set's table; the patches of the sets written here go into ONE byte array, each distinct
+        patch once (an image's window is the top or bottom example of many units): the first set holds
+        it, the other links to the same dataset (an HDF5 hard link: any reader sees two plain arrays)."""
         eg = group.create_group(self.name)
         set_encoding(eg, self.encoding, self.version)
         untouched = staged.untouched()
+        shared = _SharedBlob()
+        first = None
         for w in WHICH:
             st = staged.sets.get(w)
             if st is not None and st.rows:
-                self._write_set(eg, w, slot, st)
+                g = self._write_set(eg, w, slot, st, shared)
+                first = first or g
             elif w in untouched:
                 eg.copy(untouched[w].group, eg, w)
+        if first is not None:
+            write_blob(first, "blob", shared.bytes())
+            for w in WHICH:
+                if w in eg and eg[w] is not first and "blob" not in eg[w]:
+                    eg[w]["blob"] = first["blob"]
 
-    def _write_set(self, eg, which: str, slot: LayerSlot, st: ExampleRows) -> None:
+    def _write_set(self, eg, which: str, slot: LayerSlot, st: ExampleRows, shared: "_SharedBlob") -> h5py.Group:
         g = eg.create_group(which)
         set_encoding(g, SET_ENCODING, self.version)
         units = sorted(st.rows)
@@ -523,13 +567,10 @@ class ExamplesElement(LayerElement):
         n = len(units)
         off = np.zeros((n, k), np.int64)
         ln = np.zeros((n, k), np.int64)
-        parts, pos = [], 0
         for i in range(n):
             for j, b in enumerate(patches[i]):
                 if b:
-                    off[i, j], ln[i, j] = pos, len(b)
-                    parts.append(b)
-                    pos += len(b)
+                    off[i, j], ln[i, j] = shared.add(b), len(b)
         g.attrs["k"] = np.int64(k)
         g.attrs["patch_format"] = "+".join(sorted(st.formats)) or "jpeg"
         g.attrs["quality"] = np.int64(st.quality)
@@ -544,7 +585,7 @@ class ExamplesElement(LayerElement):
         write_array(g, "length", ln, np.int64)
         write_array(g, "height", hw[..., 0], np.int32)
         write_array(g, "width", hw[..., 1], np.int32)
-        write_blob(g, "blob", b"".join(parts))
+        return g
 
     # -- validate
     def check(self, section, slot, art, quick):

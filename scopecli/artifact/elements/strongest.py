@@ -107,6 +107,9 @@ def unit_profile(labels: np.ndarray, class_names: list[str], top: np.ndarray | N
         note = "uninformative: the dataset has one class"
     rows, n_top = profile_rows(top if top is not None else np.zeros(0, np.int64), labels, class_names, base)
     srows, n_str = profile_rows(strongest if strongest is not None else np.zeros(0, np.int64), labels, class_names, base)
+    if not note and n_top > 1 and rows and all(r.count == 1 for r in rows):
+        # e.g. one photo per class, or labels that name the photo while --per-source keeps one view of each
+        note = "uninformative: no class repeats among its top examples"
     return LabelProfile(rows, srows, (n_top, n_str), note)
 
 
