@@ -18,7 +18,7 @@ below, on early, middle and late layers of pretrained EfficientNet-Lite0, agains
   shrink rather than grow in the last steps.
 
 A schedule is a pure function of (step, steps): nothing in it depends on the batch, so a unit still
-renders the same alone or in any batch. Its `name` is stored with every render; `describe()` goes into the
+starts and is transformed the same alone or in any batch. Its `name` is stored with every render; `describe()` goes into the
 artifact's provenance.
 """
 
