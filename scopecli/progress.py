@@ -4,6 +4,10 @@ Why it draws its own line: the numbers are what a user reads (how far, how fast,
 they must never be cut. In a terminal the bar takes whatever width the numbers leave (none on a very
 narrow one); without a terminal (a CI log, `| tee`) there is no bar at all, only plain lines at most
 every 10 % or 30 s, and a last one at the end.
+
+Items need not cost the same (a render unit of a deep layer costs several of an early one): after
+`set_work(total)`, `advance(n, work=w)` counts n items but the ETA follows the work done, so the bar's
+ETA agrees with an up-front estimate made in the same work units (e.g. predicted seconds).
 """
 
 from __future__ import annotations
@@ -32,11 +36,26 @@ def _count(x: float) -> str:
     return f"{x:.0f}" if abs(x - round(x)) < 1e-6 else f"{x:.1f}"
 
 
-def numbers_text(done: float, total: float, elapsed: float, unit: str) -> str:
-    """`done/total pct% rate unit/s ETA h:mm:ss` (the numbers a user reads)."""
+class Work:
+    """Weighted progress for the ETA: total work, work done, and the time spent on it (since `set_work`)."""
+
+    def __init__(self, total: float, clock=time.monotonic):
+        self.total, self.done, self.clock, self.t0 = float(total), 0.0, clock, clock()
+
+    def eta(self) -> float | None:
+        spent = self.clock() - self.t0
+        if self.done <= 0 or spent <= 0:
+            return None
+        return max(0.0, self.total - self.done) * spent / self.done
+
+
+def numbers_text(done: float, total: float, elapsed: float, unit: str, work: Work | None = None) -> str:
+    """`done/total pct% rate unit/s ETA h:mm:ss` (the numbers a user reads); the ETA from `work` if given."""
     pct = 100.0 * done / total if total else 100.0
     rate = done / elapsed if elapsed > 0 and done > 0 else None
     eta = (total - done) / rate if rate else None
+    if work is not None:
+        eta = work.eta()
     rate_text = f"{rate:.2f} {unit}/s" if rate else f"- {unit}/s"
     return f"{_count(done)}/{_count(total)} {pct:3.0f}% {rate_text} ETA {_clock(eta)}"
 
@@ -51,7 +70,7 @@ class _Line(ProgressColumn):
     def render(self, task) -> Text:
         total = task.total or 0
         name = task.description
-        numbers = numbers_text(task.completed, total, task.elapsed or 0.0, self.unit)
+        numbers = numbers_text(task.completed, total, task.elapsed or 0.0, self.unit, task.fields.get("work"))
         room = self.console.width - len(name) - len(numbers) - 3
         if room < 6:
             return Text.assemble((name, "bold"), " ", numbers)
@@ -62,7 +81,17 @@ class _Line(ProgressColumn):
 
 
 class _Handle:
-    """What `progress` yields: `.advance(n)` and `.describe(text)`."""
+    """What `progress` yields: `.advance(n, work=w)`, `.set_work(total)` and `.describe(text)`."""
+
+    work: Work | None = None
+
+    def set_work(self, total: float) -> None:
+        """From now on the ETA follows `work=` given to advance (total: the work still to do)."""
+        self.work = Work(total)
+
+    def _add_work(self, fields) -> None:
+        if self.work is not None and "work" in fields:
+            self.work.done += float(fields["work"])
 
     def advance(self, n: float = 1, **fields) -> None:
         pass
@@ -75,7 +104,12 @@ class _RichHandle(_Handle):
     def __init__(self, bar: Progress, task):
         self._bar, self._task = bar, task
 
+    def set_work(self, total: float) -> None:
+        super().set_work(total)
+        self._bar.update(self._task, work=self.work)
+
     def advance(self, n: float = 1, **fields) -> None:
+        self._add_work(fields)
         self._bar.update(self._task, advance=n)
 
     def describe(self, text: str) -> None:
@@ -90,13 +124,14 @@ class _PlainHandle(_Handle):
         self._last_fraction = -1.0
 
     def _say(self) -> None:
-        numbers = numbers_text(self.done, self.total, time.monotonic() - self.t0, self.unit)
+        numbers = numbers_text(self.done, self.total, time.monotonic() - self.t0, self.unit, self.work)
         self.stream.write(f"{self.description} {numbers}\n")
         self.stream.flush()
         self._last_t = time.monotonic()
         self._last_fraction = self.done / self.total if self.total else 1.0
 
     def advance(self, n: float = 1, **fields) -> None:
+        self._add_work(fields)
         self.done += n
         fraction = self.done / self.total if self.total else 1.0
         if fraction - self._last_fraction >= PLAIN_EVERY_FRACTION or time.monotonic() - self._last_t >= PLAIN_EVERY_S:

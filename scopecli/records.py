@@ -115,6 +115,7 @@ class RenderRecord:
     act_trace: np.ndarray  # float32, activation every 32 steps
     time_s: float
     dataset_max_ratio: float = math.nan  # act_final / dataset max, when stats exist
+    schedule: str = "lucid"  # optimisation schedule (scopecli/render/schedule.py); format 1.0 files: lucid
 
 
 @dataclass

@@ -218,3 +218,25 @@ def test_functional_relu_model_and_vector_layer():
     result = render_units(Net(), plan_targets({"fc": [0, 3]}), fast(steps=48), fingerprint="t")
     for _, rec in result.records:
         assert rec.act_final > rec.act_trace[0]
+
+
+def test_same_batch_is_bit_identical_and_alone_differs_only_by_rounding():
+    """What README promises: the same batch on the same machine and threads gives the same pixels; alone
+    (another batch size, so other kernel rounding) the fast schedule stays within 2/255 on a small net."""
+    model = small_cnn(seed=3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        targets = plan_targets({"4": [0, 1, 2, 3]}, "channel")
+        settings = dict(steps=40, size=32, device="cpu", schedule="fast", seed=5)
+        together = render_units(model, targets, RenderSettings(batch=4, **settings), fingerprint="tiny").records
+        again = render_units(model, targets, RenderSettings(batch=4, **settings), fingerprint="tiny").records
+        alone = [render_units(model, [t], RenderSettings(batch=1, **settings), fingerprint="tiny").records[0]
+                 for t in targets]
+    finally:
+        torch.set_num_threads(threads)
+    for (_, a), (_, b), (_, c) in zip(together, again, alone):
+        assert np.array_equal(a.image, b.image) and a.act_final == b.act_final
+        assert np.abs(a.image.astype(float) - c.image.astype(float)).mean() < 2.0
+        assert math.isclose(a.act_final, c.act_final, rel_tol=1e-3)
+    assert np.abs(together[0][1].image.astype(float) - together[1][1].image.astype(float)).mean() > 2.0

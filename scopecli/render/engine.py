@@ -2,8 +2,13 @@
 
 Each batch row renders its own target (unit, layer, objective, diversity index). Everything random about
 a row — its initial image and every transform it will see — comes from a CPU generator seeded by
-`derive_seed(seed, model fingerprint, layer, unit, diversity index)`, and the loss is the sum of per-row
-scores, so a unit renders the same alone, in any batch, or on another machine (up to float rounding).
+`derive_seed(seed, model fingerprint, layer, unit, diversity index)`, the loss is the sum of per-row
+scores and the schedule (scopecli/render/schedule.py) depends only on the step, so a unit starts and is
+transformed the same alone, in any batch, or on another machine. Its pixels are bit-identical wherever the
+arithmetic is (same device type, kernels and thread count); where kernels round differently (a batch of
+one on several CPU threads, another machine), the optimisation amplifies the rounding into differences of
+detail (pretrained Lite0 `_blocks.8`, 2 threads, alone vs batch of 4: mean 9-14/255, activation within 3 %;
+one thread: bit-identical; scripts/check_render_determinism.py measures them).
 The forward pass stops after the deepest requested layer (`LayerTap`). On a GPU nothing is fetched from
 the device inside the step loop: the activation trace is kept on device and read once per batch.
 """
@@ -28,9 +33,11 @@ from scopecli.model.capture import LayerTap
 from scopecli.model.layers import layouts_at
 from scopecli.records import RenderRecord
 from scopecli.render import transforms as tf
+from scopecli.render.estimate import LayerCost, RenderEstimate, deepest_layers, estimate_plan, time_layer
 from scopecli.render.objectives import OBJECTIVE_KINDS, OBJECTIVES, RenderTarget, batch_objectives
 from scopecli.render.param import PARAMS, make_param
 from scopecli.render.redirect import RedirectedReLU
+from scopecli.render.schedule import DEFAULT_SCHEDULE, DEFAULT_STEPS, SCHEDULES, get_schedule, scaled_transforms
 from scopecli.settings import CheckedSettings, reads
 from scopecli.units import split_space
 
@@ -43,10 +50,11 @@ class RenderSettings(CheckedSettings):
 
     `check()` refuses values that cannot work; each rule runs once per value (scopecli/settings.py)."""
 
-    steps: int = 512
+    steps: int = DEFAULT_STEPS[DEFAULT_SCHEDULE]
     size: int = 224
     param: str = "fft"
-    lr: float = 0.05
+    lr: float | None = None  # None: the schedule's learning rate
+    schedule: str = DEFAULT_SCHEDULE
     batch: int | str = "auto"
     seed: int = 0
     device: str = "auto"
@@ -75,8 +83,17 @@ class RenderSettings(CheckedSettings):
 
     @reads("lr")
     def _lr(self) -> None:
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ScopeError(f"--lr must be a positive number, got {self.lr}")
+
+    @reads("schedule")
+    def _schedule(self) -> None:
+        get_schedule(self.schedule)
+
+    @property
+    def learning_rate(self) -> float:
+        """--lr, or the schedule's own learning rate."""
+        return float(self.lr) if self.lr is not None else get_schedule(self.schedule).lr
 
     @reads("batch")
     def _batch(self) -> None:
@@ -94,7 +111,8 @@ class RenderSettings(CheckedSettings):
             "steps": int(self.steps),
             "size": int(self.size),
             "param": self.param,
-            "lr": float(self.lr),
+            "lr": self.learning_rate,
+            "schedule": get_schedule(self.schedule).describe(),
             "seed": int(self.seed),
             "amp": bool(self.amp),
             "diversity_weight": float(self.diversity_weight),
@@ -304,17 +322,24 @@ def render_units(
     progress=None,
     on_batch=None,
     on_records=None,
+    on_estimate=None,
     layouts: dict | None = None,
+    clock=time.perf_counter,
 ) -> RenderResult:
     """Render every target; return records (with evidence) and skipped targets.
 
     model: a `scopecli.model.LoadedModel` or a bare nn.Module (then pass `normalize`, a function on
     [0,1] NCHW images, and `fingerprint`, used for the per-image seeds).
     dataset_max: {layer: {unit: dataset maximum}} to fill `dataset_max_ratio`.
-    progress: an object with `.advance(n)` (scopecli.progress), advanced in units.
-    on_batch(done_batches, total_batches, done_targets, elapsed_s): called after every batch.
+    progress: an object with `.advance(n, work=w)` (scopecli.progress), advanced in units; after an
+    estimate, `work` is predicted seconds (the bar's ETA then follows the per-layer costs).
+    on_batch(done_batches, total_batches, done_targets, elapsed_s): called after every batch (elapsed since
+    the first batch started).
     on_records(records): called with each batch's [(layer, RenderRecord)] (e.g. to store them at once).
+    on_estimate(RenderEstimate): when given and there is more than one batch, each batch's deepest layer
+    gets one timed step first (scopecli/render/estimate.py) and the prediction is passed here.
     layouts: {layer: LayerLayout} at settings.size (default: traced here).
+    clock: the timer used for the estimate (tests inject a fake one).
     """
     settings = settings or RenderSettings()
     settings.check()
@@ -340,35 +365,76 @@ def render_units(
         else:
             batch_size = int(settings.batch)
         chunks = list(batches(targets, batch_size, group))
+        estimate = None
+        if on_estimate is not None and len(chunks) > 1:
+            estimate = estimate_render(module, normalize, chunks, settings, device, clock)
+            on_estimate(estimate)
+        batches_start = time.perf_counter()
         records, skipped, done = [], [], 0
         for b, chunk in enumerate(chunks):
             seeds = [derive_seed(settings.seed, fingerprint, t.layer, t.unit, t.diversity_index) for t in chunk]
+            work = estimate.batch_seconds[b] if estimate is not None else float(len(chunk))
             recs, skips = _render_batch(module, normalize, chunk, seeds, settings, device, dataset_max, progress,
-                                        layouts)
+                                        layouts, work)
             records.extend(recs)
             skipped.extend(skips)
             if on_records is not None and recs:
                 on_records(recs)
             done += len(chunk)
             if on_batch is not None:
-                on_batch(b + 1, len(chunks), done, time.perf_counter() - start)
+                on_batch(b + 1, len(chunks), done, time.perf_counter() - batches_start)
         return RenderResult(records, skipped, time.perf_counter() - start, batch_size, str(device))
     finally:
         module.train(was_training)
 
 
-def _render_batch(module, normalize, targets, seeds, settings, device, dataset_max, progress, layouts):
-    """Optimize one batch; returns ([(layer, RenderRecord)], [(target, reason)])."""
+def layer_depth_order(module, layers) -> list[str]:
+    """`layers` in the order the forward pass reaches them (module registration order)."""
+    index = {name: i for i, (name, _) in enumerate(module.named_modules())}
+    return sorted(layers, key=lambda name: index.get(name, len(index)))
+
+
+def estimate_render(module, normalize, chunks, settings: RenderSettings, device, clock=time.perf_counter,
+                    timer=time_layer) -> RenderEstimate:
+    """Predicted seconds per batch: one timed step (and forward) on each batch's deepest layer, at the
+    largest batch size of the run. `timer(module, normalize, layer, batch, size, device, amp, clock)`
+    returns a LayerCost (tests pass a fake one)."""
+    order = layer_depth_order(module, {t.layer for chunk in chunks for t in chunk})
+    batch = max(len(chunk) for chunk in chunks)
+    costs: dict[str, LayerCost] = {}
+    for layer in deepest_layers(chunks, order):
+        costs[layer] = timer(module, normalize, layer, batch, int(settings.size), device, bool(settings.amp), clock)
+    evidence = 1 + int(settings.robust_samples)  # final image + robustness transforms, forward only
+    return estimate_plan(chunks, order, costs, int(settings.steps), evidence)
+
+
+def step_transforms(draws: torch.Tensor, size: int, spec: tf.TransformSpec, schedule) -> torch.Tensor:
+    """Affine matrices (steps, n, 2, 3) for per-step draws (steps, n, 6), each step at the schedule's strength."""
+    steps = draws.shape[0]
+    if schedule.transform_end == 1.0:
+        return tf.affine_matrices(draws, size, spec)
+    return torch.stack([tf.affine_matrices(draws[s], size, scaled_transforms(spec, schedule.strength_at(s, steps)))
+                        for s in range(steps)])
+
+
+def _render_batch(module, normalize, targets, seeds, settings, device, dataset_max, progress, layouts, work=None):
+    """Optimize one batch; returns ([(layer, RenderRecord)], [(target, reason)]).
+
+    work: what this batch is worth to the progress bar's ETA (predicted seconds; default: its size)."""
     t0 = time.perf_counter()
     n, size, steps = len(targets), int(settings.size), int(settings.steps)
+    work = float(n if work is None else work)
     spec = settings.transforms
+    schedule = get_schedule(settings.schedule)
+    lr = settings.learning_rate
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     # Order of draws per sample is fixed: initial image, then every step's transform, then the
     # robustness transforms — so it never depends on the batch.
-    param = make_param(settings.param, size, generators, settings.magnitude).to(device)
+    param = make_param(settings.param, size, generators, settings.magnitude, init_scale=schedule.init_scale,
+                       decay_power=schedule.decay_power).to(device)
     step_draws = torch.stack([tf.draw(g, steps) for g in generators], dim=1)  # (steps, n, 6)
     robust_draws = torch.stack([tf.draw(g, settings.robust_samples) for g in generators], dim=1)
-    step_thetas = tf.affine_matrices(step_draws, size, spec).to(device)
+    step_thetas = step_transforms(step_draws, size, spec, schedule).to(device)
     robust_thetas = tf.affine_matrices(robust_draws, size, spec).to(device)
 
     objective, measure = batch_objectives(targets, settings.diversity_weight, _directions(module, device))
@@ -376,7 +442,7 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
     views = list(dict.fromkeys([t.view for t in targets] + [t.layer for t in targets]))
     every = max(1, int(settings.trace_every))
     trace = torch.zeros((steps + every - 1) // every, n, device=device)
-    optimizer = torch.optim.Adam([param.raw], lr=settings.lr)
+    optimizer = torch.optim.Adam([param.raw], lr=lr, betas=schedule.betas)
     channels_last = device.type == "cuda"
     tick = max(1, steps // 16)
 
@@ -389,6 +455,8 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
 
     with LayerTap(module, layers) as tap:
         for step in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = schedule.lr_at(step, steps, lr)
             image = param()
             acts = forward(tf.warp(image, step_thetas[step], spec.pad_value), step < settings.redirect_steps)
             score = objective(acts)
@@ -398,7 +466,7 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
             if step % every == 0:
                 trace[step // every] = measure(acts).detach()
             if progress is not None and (step + 1) % tick == 0:
-                progress.advance(n * tick / steps)
+                progress.advance(n * tick / steps, work=work * tick / steps)
         with torch.no_grad():
             image = param().float()
             final = measure(forward(image)).float()
@@ -409,7 +477,7 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
             finite_image = torch.isfinite(image).flatten(1).all(dim=1)
             pixels = (image.nan_to_num(0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
     if progress is not None and steps % tick:
-        progress.advance(n * (steps % tick) / steps)
+        progress.advance(n * (steps % tick) / steps, work=work * (steps % tick) / steps)
     # One transfer back per batch.
     pixels, final, robust, trace, finite_image = (
         t.cpu() for t in (pixels, final, robust, trace, finite_image)
@@ -437,7 +505,8 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
             steps=steps,
             size=size,
             param=settings.param,
-            lr=float(settings.lr),
+            lr=lr,
+            schedule=schedule.name,
             act_final=values[0],
             act_robust=values[1],
             act_trace=trace[:, i].numpy().astype(np.float32),

@@ -24,6 +24,7 @@ from scopecli.render.engine import (
     render_units,
     resolve_device,
 )
+from scopecli.render.estimate import fmt_duration
 from scopecli.render.param import spectrum_from_images
 from scopecli.render.resume import render_done_keys
 from scopecli.units import parse_units
@@ -100,13 +101,15 @@ def _dataset_maxima(existing, layers) -> dict[str, dict[int, float]]:
 
 def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", progress=None,
                on_batch=None, stats_from: str | None = None, resume: bool = False,
-               checkpoint_s: float = CHECKPOINT_S) -> dict:
+               checkpoint_s: float = CHECKPOINT_S, on_estimate=None) -> dict:
     """Render the plan into `output` (created or extended); returns a JSON-able summary.
 
     stats_from: another artifact of the model whose statistics give `dataset_max_ratio` (a torchrun part
     file is new, the statistics live in the final file).
     resume: skip images `output` already holds with the same settings and seeds (an interrupted run's
-    checkpoints). checkpoint_s: commit finished batches to `output` at most this often (0: every batch)."""
+    checkpoints). checkpoint_s: commit finished batches to `output` at most this often (0: every batch).
+    on_estimate(RenderEstimate): the up-front time estimate (one timed step per layer), when there are
+    several batches; the progress bar's ETA then follows it."""
     from scopecli.artifact import ArtifactWriter
 
     params = dict(plan.settings.describe(), layers={k: len(v) for k, v in plan.layers.items()},
@@ -144,7 +147,8 @@ def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", p
 
         if targets:
             result = render_units(loaded, targets, plan.settings, dataset_max=maxima, progress=progress,
-                                  on_batch=on_batch, on_records=store, layouts=plan.layouts or None)
+                                  on_batch=on_batch, on_records=store, on_estimate=on_estimate,
+                                  layouts=plan.layouts or None)
         else:  # --resume found everything done
             result = RenderResult([], [], 0.0, 0, str(resolve_device(plan.settings.device)))
         writer.add_timing("render", result.seconds)
@@ -171,12 +175,33 @@ def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", p
     }
 
 
+class EstimateTracker:
+    """The printed time estimate: predicted up front, then corrected once by the first batch's real time.
+
+    The first batch is usually the cheapest layer, so its time alone says little; its time relative to
+    its own prediction says how fast this machine runs the timed steps, which scales the whole plan."""
+
+    def __init__(self):
+        self.estimate = None
+
+    def after_batch(self, done: int, elapsed: float) -> str | None:
+        """The line to print after batch `done` (1-based) took the run to `elapsed` seconds, or None."""
+        if done != 1 or self.estimate is None or len(self.estimate.batch_seconds) < 2:
+            return None
+        predicted = self.estimate.batch_seconds[0]
+        scale = elapsed / predicted if predicted > 0 else 1.0
+        total = elapsed + scale * sum(self.estimate.batch_seconds[1:])
+        return (f"first batch: {elapsed:.1f} s (predicted {predicted:.1f} s); "
+                f"estimated total {fmt_duration(total)}")
+
+
 def render_job(loaded, plan: RenderPlan, output: str | None = None, shard: str | None = None, resume: bool = False,
                checkpoint_s: float = CHECKPOINT_S, quiet: bool = False, log=None) -> dict | None:
     """`scope render` whole: this process's share of the units (`--shard k/n` or torchrun), progress, artifact,
     and under torchrun the leader's packing of the parts. Returns the summary (None on other torchrun ranks).
 
-    log: optional callable for human messages (what will be rendered, the first batch's time estimate)."""
+    log: optional callable for human messages (what will be rendered, the time estimate before the first
+    batch from one timed step per layer, and after it the estimate corrected by how long it really took)."""
     from scopecli import distributed as dist
     from scopecli.progress import progress
 
@@ -198,20 +223,31 @@ def render_job(loaded, plan: RenderPlan, output: str | None = None, shard: str |
     quiet = quiet or (share.torchrun and not share.leader)
     say = log if (log is not None and not quiet) else (lambda message: None)
     say(f"rendering {plan.n_units} image{'s' if plan.n_units != 1 else ''} of {len(plan.layers)} "
-        f"layer{'s' if len(plan.layers) != 1 else ''} ({plan.settings.steps} steps, {plan.settings.size}px, "
-        f"{plan.settings.param}) into {path}")
+        f"layer{'s' if len(plan.layers) != 1 else ''} ({plan.settings.steps} steps, {plan.settings.schedule} schedule, "
+        f"{plan.settings.size}px, {plan.settings.param}) into {path}")
+    tracker = EstimateTracker()
+
+    def on_estimate(estimate):
+        tracker.estimate = estimate
+        if bar is not None:
+            bar.set_work(estimate.total_s)
+        say(f"estimated total {fmt_duration(estimate.total_s)} ({len(estimate.batch_seconds)} batches; "
+            f"from one timed step per layer)")
 
     def on_batch(done, total, done_units, elapsed):
-        if done == 1 and total > 1:
-            est = elapsed * total
-            say(f"first batch: {elapsed:.1f} s; estimated total {f'{est / 60:.1f} min' if est >= 60 else f'{est:.0f} s'}")
+        line = tracker.after_batch(done, elapsed)
+        if line:
+            say(line)
 
+    bar = None
     with dist.RankGroup(share, plan.settings.device) as ranks:
         if plan.targets:
             with progress(plan.n_units, "render", quiet=quiet, unit="units") as bar:
                 summary = run_render(loaded, plan, path, progress=bar, on_batch=on_batch,
                                      stats_from=final if path != final else None, resume=resume,
-                                     checkpoint_s=checkpoint_s)
+                                     checkpoint_s=checkpoint_s, on_estimate=on_estimate)
+            if tracker.estimate is not None:
+                summary["estimated_s"] = round(tracker.estimate.total_s, 3)
         else:
             summary = {"output": path, "requested": 0, "rendered": 0, "skipped": [], "seconds": 0.0}
         if share.torchrun:

@@ -9,8 +9,9 @@ Random initial values come from each sample's own CPU `torch.Generator`, so a sa
 depend on which batch it is in.
 
 Each `--param NAME` is one class registered with `@parameterization(NAME, help)`; it is built as
-`cls(size, generators, magnitude=...)` and takes the keyword arguments it declares (only MACO uses
-`magnitude`). PARAMS and `make_param` read the registry.
+`cls(size, generators, magnitude=..., init_scale=..., decay_power=...)` and takes the keyword arguments it
+declares (only MACO uses `magnitude`; the schedule's `init_scale` and `decay_power` reach fft and pixel /
+fft). PARAMS and `make_param` read the registry.
 """
 
 from __future__ import annotations
@@ -99,12 +100,13 @@ class ImageParam(nn.Module):
 class FFTParam(ImageParam):
     """Lucid's Fourier parameterization: 1/f-scaled spectrum, decorrelated color, sigmoid."""
 
-    def __init__(self, size: int, generators: list[torch.Generator], decay_power: float = 1.0):
+    def __init__(self, size: int, generators: list[torch.Generator], decay_power: float = 1.0,
+                 init_scale: float = 1.0):
         super().__init__(size)
         scale = inverse_f_scale(size, size, decay_power) * math.sqrt(size * size)
         self.register_buffer("scale", torch.from_numpy(scale))
         fh, fw = scale.shape
-        init = _per_sample(generators, lambda g: torch.randn(3, fh, fw, 2, generator=g) * _INIT_SD)
+        init = _per_sample(generators, lambda g: torch.randn(3, fh, fw, 2, generator=g) * _INIT_SD) * init_scale
         self.raw = nn.Parameter(init)
 
     def forward(self) -> torch.Tensor:
@@ -117,9 +119,9 @@ class FFTParam(ImageParam):
 class PixelParam(ImageParam):
     """Plain pixels (decorrelated color + sigmoid, as Lucid's `image(fft=False)`)."""
 
-    def __init__(self, size: int, generators: list[torch.Generator]):
+    def __init__(self, size: int, generators: list[torch.Generator], init_scale: float = 1.0):
         super().__init__(size)
-        init = _per_sample(generators, lambda g: torch.randn(3, size, size, generator=g) * _INIT_SD)
+        init = _per_sample(generators, lambda g: torch.randn(3, size, size, generator=g) * _INIT_SD) * init_scale
         self.raw = nn.Parameter(init)
 
     def forward(self) -> torch.Tensor:
@@ -196,11 +198,14 @@ def make_param(
     size: int,
     generators: list[torch.Generator],
     magnitude: np.ndarray | None = None,
+    init_scale: float = 1.0,
+    decay_power: float = 1.0,
 ) -> ImageParam:
-    """Build the parameterization `kind` for len(generators) samples of size x size pixels."""
+    """Build the parameterization `kind` for len(generators) samples of size x size pixels (options a
+    parameterization does not declare are not passed to it)."""
     if kind not in PARAMETERIZATIONS:
         raise ScopeError(f"unknown parameterization '{kind}': choose one of {', '.join(PARAMS)}")
     cls = PARAMETERIZATIONS[kind]
-    options = {"magnitude": magnitude}
+    options = {"magnitude": magnitude, "init_scale": init_scale, "decay_power": decay_power}
     accepted = inspect.signature(cls).parameters
     return cls(size, generators, **{k: v for k, v in options.items() if k in accepted})

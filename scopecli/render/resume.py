@@ -20,7 +20,7 @@ def render_done_keys(existing, layers, settings, fingerprint: str) -> set[tuple[
             continue
         for v in existing.renders(layer):
             if (v.steps == int(settings.steps) and v.size == int(settings.size) and v.param == settings.param
-                    and v.lr == float(settings.lr)
+                    and v.lr == settings.learning_rate and v.schedule == settings.schedule
                     and v.seed == derive_seed(settings.seed, fingerprint, layer, v.unit, v.diversity_index)):
                 done.add((layer, v.unit, v.objective, v.diversity_index))
     return done

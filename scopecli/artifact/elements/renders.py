@@ -1,6 +1,8 @@
 """Element `renders` [scope.renders]: feature visualizations of a layer's units, PNG, with their evidence.
 
 One row per (unit, objective, diversity_index), sorted; unit -1 is a layer-wide render (deepdream).
+Format 1.1 adds the optional `schedule` column (the optimisation schedule's name); files without it were
+all rendered with the `lucid` schedule, which is what they read as.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from scopecli.artifact.images import decode_image, encode_png
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
 from scopecli.errors import ScopeError
 from scopecli.records import RenderRecord
+
+OLD_SCHEDULE = "lucid"  # what every render of a file without the `schedule` column (format 1.0) used
 
 
 @dataclass
@@ -38,6 +42,7 @@ class RenderView:
     act_trace: np.ndarray
     time_s: float
     dataset_max_ratio: float
+    schedule: str = OLD_SCHEDULE
     _load: object = field(repr=False, default=None)
     _encoded: bytes | None = field(repr=False, default=None)
     _image: np.ndarray | None = field(repr=False, default=None)
@@ -79,6 +84,7 @@ class StoredRender:
     act_trace: np.ndarray
     time_s: float
     dataset_max_ratio: float
+    schedule: str = OLD_SCHEDULE
 
     @property
     def key(self) -> tuple[int, str, int]:
@@ -108,6 +114,11 @@ class RenderSection:
             cols[name] = read_numeric(get_dataset(g, name, where), f"{where}/{name}", "f", 1).astype(np.float64)
         for name in ("objective", "param"):
             cols[name] = np.array(read_strings(get_dataset(g, name, where), f"{where}/{name}"), dtype=object)
+        n_rows = len(cols["unit"])
+        if "schedule" in g:  # format 1.1
+            cols["schedule"] = np.array(read_strings(get_dataset(g, "schedule", where), f"{where}/schedule"), dtype=object)
+        else:
+            cols["schedule"] = np.array([OLD_SCHEDULE] * n_rows, dtype=object)
         n = len(cols["unit"])
         for k, v in cols.items():
             if len(v) != n:
@@ -151,6 +162,7 @@ class RenderSection:
             act_final=float(c["act_final"][i]), act_robust=float(c["act_robust"][i]),
             act_trace=self.traces()[toff : toff + tln].copy() if tln else np.zeros(0, np.float32),
             time_s=float(c["time_s"][i]), dataset_max_ratio=float(c["dataset_max_ratio"][i]),
+            schedule=str(c["schedule"][i]),
         )
 
     def view(self, i: int) -> RenderView:
@@ -211,7 +223,7 @@ class RendersElement(LayerElement):
                 seed=int(r.seed), steps=int(r.steps), size=int(r.size), param=str(r.param), lr=float(r.lr),
                 act_final=float(r.act_final), act_robust=float(r.act_robust),
                 act_trace=np.asarray(r.act_trace, np.float32).reshape(-1), time_s=float(r.time_s),
-                dataset_max_ratio=float(r.dataset_max_ratio),
+                dataset_max_ratio=float(r.dataset_max_ratio), schedule=str(r.schedule),
             )
             staged[s.key] = s
 
@@ -234,6 +246,7 @@ class RendersElement(LayerElement):
         for col, dt in WRITTEN:
             write_array(rg, col, [getattr(r, col) for r in rows], dt)
         write_strings(rg, "param", [r.param for r in rows])
+        write_strings(rg, "schedule", [r.schedule for r in rows])
         write_array(rg, "trace_offset", to, np.int64)
         write_array(rg, "trace_length", tl, np.int64)
         traces = np.concatenate([r.act_trace for r in rows]).astype(np.float32) if rows else np.zeros(0, np.float32)

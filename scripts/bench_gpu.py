@@ -1,0 +1,209 @@
+"""GPU figures for scope: render units/minute, collect images/s, and what all of resnet50 would cost.
+
+One prepared run (under 6 minutes on one H100; every part is capped) that measures, on --device:
+- render: resnet50 (random weights: nothing downloads) `layer4.2`, 224 px, the default schedule and steps,
+  batch 32 / 64 / 128, fp32 and bf16 (`--amp`): units per minute, timed after an untimed warm-up;
+- collect: images/s of `scopecli.collect.collect` (pass 1 statistics + pass 2 patches) on resnet50's
+  default layers over --photos, DataLoader workers 0 / 4 / 8;
+- extrapolation: "all block-output units of resnet50" = its 16 default layers (the bottleneck outputs
+  layer1.0 .. layer4.2, 15,104 units) rendered at the default settings. Each layer costs what one timed
+  step there predicts (scopecli/render/estimate.py, at the fastest measured batch and precision), scaled
+  by how far layer4.2's prediction was from its measured render; plus one collect over --dataset-images
+  photos at the best measured rate. Printed in GPU-hours.
+
+Prints a compact table; `--json PATH` writes every figure. `--smoke` runs tiny sizes on the CPU to prove
+the script works (its figures mean nothing).
+
+    .venv/bin/python scripts/bench_gpu.py --device cuda --photos /work/shared/data/imagenet-sample-500 --json gpu.json
+    .venv/bin/python scripts/bench_gpu.py --smoke --json /tmp/gpu_smoke.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scopecli.collect import CollectSettings, collect, open_source
+from scopecli.model import default_layers, layer_table, resolve_model
+from scopecli.render import RenderSettings, RenderTarget, render_units
+from scopecli.render.engine import resolve_device
+from scopecli.render.estimate import batch_cost, time_layer
+from scopecli.render.schedule import DEFAULT_SCHEDULE, DEFAULT_STEPS
+
+RENDER_LAYER = "layer4.2"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def render_rate(loaded, batch, settings, device) -> dict:
+    """Units/minute for one batch of `batch` layer4.2 units (one warm-up batch of 2 steps first)."""
+    targets = [RenderTarget(RENDER_LAYER, u) for u in range(batch)]
+    warm = dataclasses.replace(settings, steps=2)
+    render_units(loaded, targets, warm)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time.perf_counter()
+    result = render_units(loaded, targets, settings)
+    sync(device)
+    seconds = time.perf_counter() - t
+    row = {"batch": batch, "amp": bool(settings.amp), "steps": int(settings.steps), "seconds": round(seconds, 3),
+           "units_per_min": round(60 * batch / seconds, 2), "skipped": len(result.skipped)}
+    if device.type == "cuda":
+        row["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return row
+
+
+def collect_rate(loaded, source, layers, n, workers, batch, device_name, amp) -> dict:
+    """Images/s of a whole collect (pass 1 + pass 2) over the first n photos."""
+    settings = CollectSettings(batch=batch, workers=workers, limit=n, device=device_name, bf16=amp,
+                               probe=min(500, n))
+    t = time.perf_counter()
+    result = collect(loaded, source, layers, settings)
+    seconds = time.perf_counter() - t
+    timings = result.timings
+    return {"workers": workers, "images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 2),
+            "pass1_images_per_s": round(n / timings["pass1_s"], 2) if timings.get("pass1_s") else None}
+
+
+def noise_photos(folder: Path, n: int, size: int) -> Path:
+    """`n` random JPEGs (for --smoke without --photos)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"noise_{i:03d}.jpg")
+    return folder
+
+
+def extrapolate(loaded, layers, units, settings, device, calibration, batch, robust) -> dict:
+    """Predicted seconds to render every unit of `layers` (one timed step per layer, calibrated)."""
+    normalize = loaded.preprocess.normalize
+    per_layer, total = {}, 0.0
+    for layer in layers:
+        cost = time_layer(loaded.module, normalize, layer, batch, int(settings.size), device, bool(settings.amp))
+        batches = math.ceil(units[layer] / batch)
+        seconds = batches * batch_cost(cost, int(settings.steps), 1 + robust) * calibration
+        per_layer[layer] = {"units": units[layer], "step_s": round(cost.step_s, 5), "seconds": round(seconds, 1)}
+        total += seconds
+    return {"layers": per_layer, "seconds": total}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--photos", default=None, help="folder of photos for the collect figures")
+    ap.add_argument("--json", default=None, help="write every figure here")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: proves the script runs")
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS[DEFAULT_SCHEDULE])
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 4, 8])
+    ap.add_argument("--collect-images", type=int, default=1024, help="photos per collect measurement (cap)")
+    ap.add_argument("--collect-batch", type=int, default=128)
+    ap.add_argument("--dataset-images", type=int, default=50_000, help="collect size for the extrapolation")
+    ap.add_argument("--budget-s", type=float, default=300.0, help="skip what is left after this many seconds")
+    args = ap.parse_args()
+    start = time.perf_counter()
+    tmp = None
+    if args.smoke:
+        args.device, args.steps, args.size = "cpu", 3, 32
+        args.batches, args.workers = [2, 4], [0, 1]
+        args.collect_images, args.collect_batch = 6, 4
+        if args.photos is None:
+            tmp = tempfile.TemporaryDirectory()
+            args.photos = str(noise_photos(Path(tmp.name), 6, 64))
+    if args.photos is None:
+        ap.error("--photos DIR is needed (or --smoke)")
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    loaded = resolve_model("resnet50", weights="random", input_size=args.size if args.smoke else None)
+    loaded.module.to(device)
+    layers = default_layers(loaded.module, loaded.preprocess.crop)
+    table = {info.name: info for info in layer_table(loaded.module, loaded.preprocess.crop)}
+    units = {name: table[name].channels for name in layers}
+    out = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+           "torch": torch.__version__, "smoke": args.smoke, "schedule": DEFAULT_SCHEDULE, "steps": args.steps,
+           "size": args.size, "render": [], "collect": [], "skipped": []}
+
+    def over_budget(what):
+        if time.perf_counter() - start > args.budget_s:
+            out["skipped"].append(what)
+            return True
+        return False
+
+    print(f"{out['gpu'] or device}: resnet50 (random weights) {RENDER_LAYER}, {args.size} px, {args.steps} steps "
+          f"({DEFAULT_SCHEDULE} schedule)", flush=True)
+    print(f"{'render':<8}{'batch':>6}{'amp':>6}{'seconds':>9}{'units/min':>11}{'peak GiB':>10}", flush=True)
+    for amp in (False, True):
+        for batch in args.batches:
+            if over_budget(f"render batch {batch} amp {amp}"):
+                continue
+            settings = RenderSettings(steps=args.steps, size=args.size, batch=batch, device=str(device), amp=amp, seed=0)
+            row = render_rate(loaded, batch, settings, device)
+            out["render"].append(row)
+            print(f"{'':<8}{batch:>6}{'bf16' if amp else 'fp32':>6}{row['seconds']:>9.1f}{row['units_per_min']:>11.1f}"
+                  f"{row['peak_gib'] if 'peak_gib' in row else '-':>10}", flush=True)
+
+    source = open_source(args.photos)
+    n = min(args.collect_images, len(source))
+    print(f"{'collect':<8}{'workers':>8}{'images':>8}{'img/s':>9}{'pass1 img/s':>13}   ({len(layers)} default layers, "
+          f"batch {args.collect_batch})", flush=True)
+    for workers in args.workers:
+        if over_budget(f"collect workers {workers}"):
+            continue
+        row = collect_rate(loaded, source, layers, n, workers, args.collect_batch, str(device), False)
+        out["collect"].append(row)
+        print(f"{'':<8}{workers:>8}{n:>8}{row['images_per_s']:>9.1f}{row['pass1_images_per_s'] or 0:>13.1f}", flush=True)
+
+    if out["render"]:
+        best = max(out["render"], key=lambda r: r["units_per_min"])
+        settings = RenderSettings(steps=args.steps, size=args.size, batch=best["batch"], device=str(device),
+                                  amp=best["amp"])
+        robust = int(settings.robust_samples)
+        own = time_layer(loaded.module, loaded.preprocess.normalize, RENDER_LAYER, best["batch"], args.size, device,
+                         best["amp"])
+        predicted = batch_cost(own, args.steps, 1 + robust)
+        calibration = best["seconds"] / predicted if predicted > 0 else 1.0
+        ext = extrapolate(loaded, layers, units, settings, device, calibration, best["batch"], robust)
+        collect_s = (args.dataset_images / max(r["images_per_s"] for r in out["collect"])) if out["collect"] else None
+        out["extrapolation"] = {
+            "what": "render every unit of resnet50's 16 block outputs (its default layers layer1.0..layer4.2) "
+                    "at the default schedule and steps; collect over dataset_images photos",
+            "units": sum(units.values()), "batch": best["batch"], "amp": best["amp"],
+            "calibration": round(calibration, 3), "render_gpu_hours": round(ext["seconds"] / 3600, 3),
+            "layers": ext["layers"], "dataset_images": args.dataset_images,
+            "collect_gpu_hours": round(collect_s / 3600, 3) if collect_s is not None else None,
+        }
+        e = out["extrapolation"]
+        print(f"all {e['units']} block-output units of resnet50, {args.steps} steps, batch {e['batch']} "
+              f"{'bf16' if e['amp'] else 'fp32'}: render {e['render_gpu_hours']:.2f} GPU-hours "
+              f"(per-layer timed steps x {e['calibration']:.2f} measured/predicted on {RENDER_LAYER})"
+              + (f"; collect over {args.dataset_images} photos {e['collect_gpu_hours']:.2f} GPU-hours"
+                 if collect_s is not None else ""), flush=True)
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    if out["skipped"]:
+        print(f"skipped (over --budget-s {args.budget_s:.0f}): {', '.join(out['skipped'])}", flush=True)
+    print(f"total {out['seconds']:.0f} s", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+        print(f"wrote {args.json}")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
