@@ -24,7 +24,7 @@ import time
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))  # after PYTHONPATH: a baseline run uses its own tests/
 
 from artifact_factory import fake_model_info  # noqa: E402
 
@@ -189,7 +189,7 @@ def side_by_side(args) -> None:
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.rounds} alternating rounds")
         for r in range(args.rounds):
             for name, code in (("this tree", root), (args.baseline, old)):
-                env = dict(os.environ, PYTHONPATH=code + os.pathsep + os.path.join(root, "tests"))
+                env = dict(os.environ, PYTHONPATH=code + os.pathsep + os.path.join(code, "tests"))  # each side its own test factory
                 out = subprocess.run(child, env=env, capture_output=True, text=True, check=True).stdout
                 runs[name].append(json.loads(out.strip().splitlines()[-1]))
         keys = ("write_s", "warm_read_ms", "warm_read_cpu_ms", "fetch_ms", "cold_read_ms", "open_read_ms", "bytes_per_unit")

@@ -1,5 +1,5 @@
 """Smaller files with nothing lost: each distinct patch is stored once (a layer's top and bottom sets share
-one byte array), patch JPEGs carry fitted Huffman tables, render PNGs the best zlib settings; every
+one byte array), patch JPEGs carry fitted Huffman tables; every
 example still reads back its own patch, with scope and with stock h5py."""
 
 import io
