@@ -73,7 +73,8 @@ class _Counts:
 
 
 def _write(path: Path, data: bytes | str, counts: _Counts, image: bool = False) -> None:
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+    # "replace": text read from a damaged file may hold lone surrogates (undecodable bytes); a page shows "?"
+    raw = data.encode("utf-8", "replace") if isinstance(data, str) else data
     path.write_bytes(raw)
     counts.bytes += len(raw)
     if image:
