@@ -174,10 +174,10 @@ def test_findings_of_the_10000_case_run_stay_fixed(case):
     assert rep.commands == 6 and rep.failures == [], rep.failures
 
 
-@pytest.mark.parametrize("case", [3761, 5335, 5480, 5809])
+@pytest.mark.parametrize("case", [3761, 4841, 5335, 5480, 5809])
 def test_cases_the_10000_case_run_found(case):
-    """Seed 11 of the 10,000-case run: undecodable bytes in the dataset fingerprint (export), an attribute with a
-    null dataspace, a class name with line breaks, and two attributes swapped (a format name where a count
-    belongs) each end in exit 0 or one clean error."""
+    """Seed 11 of the 10,000-case run: undecodable bytes in the dataset fingerprint (export), a receptive-field
+    stride of 2**63 - 1, an attribute with a null dataspace, a class name with line breaks, and two attributes
+    swapped (a format name where a count belongs) each end in exit 0 or one clean error."""
     rep = fuzz(1, seed=11, start=case, timeout_s=20, growth_limit_mb=1024)
     assert rep.cases == 1 and rep.failures == [], rep.failures

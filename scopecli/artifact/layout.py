@@ -44,6 +44,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 MAX_UNITS = 1 << 20  # units per layer
 MAX_IMAGES = 1 << 26  # images in a dataset table
 MAX_IMAGE_SIDE = 8192  # pixels, for renders and patches
+MAX_FIELD_PX = 1 << 20  # receptive field size, stride and |start| in input pixels
 MAX_DATASET_BYTES = 1 << 32  # 4 GiB declared for one dataset (artifacts are at most a few GB)
 MAX_STRING_BYTES = 1 << 20  # one string element
 MAX_ELEMENTS_PER_DIM = 1 << 34

@@ -50,6 +50,8 @@ from scopecli.artifact.layout import (
     FORMAT_NAME,
     HDF5_SIGNATURE,
     MAX_IMAGES,
+    MAX_ELEMENTS_PER_DIM,
+    MAX_FIELD_PX,
     MAX_UNITS,
     unescape_name,
 )
@@ -230,13 +232,14 @@ class Artifact:
             if name != unescape_name(link):
                 raise ScopeError(f"{lw}: name attribute {short_repr(name)} does not match the group name")
             shape = np.asarray(read_attr(g, "shape", lw, ()))
-            if shape.shape != (3,) or shape.dtype.kind not in "iu" or (shape < 0).any():
+            if shape.shape != (3,) or shape.dtype.kind not in "iu" or (shape < 0).any() \
+                    or (shape > MAX_ELEMENTS_PER_DIM).any():
                 raise ScopeError(f"{lw}: bad shape attribute")
             rec = LayerRecord(
                 name=name, units=attr_int(g, "units", lw, 1, MAX_UNITS),
                 shape=tuple(int(x) for x in shape),
-                rf_size=attr_int(g, "rf_size", lw, 0), rf_stride=attr_int(g, "rf_stride", lw, 0),
-                rf_start=attr_int(g, "rf_start", lw),
+                rf_size=attr_int(g, "rf_size", lw, 0, MAX_FIELD_PX), rf_stride=attr_int(g, "rf_stride", lw, 0, MAX_FIELD_PX),
+                rf_start=attr_int(g, "rf_start", lw, -MAX_FIELD_PX, MAX_FIELD_PX),
             )
             by_name[name] = _Layer(g, rec, lw, self.n_images)
         if sorted(order) != sorted(by_name):
