@@ -475,7 +475,7 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
                 robust += measure(forward(tf.warp(image, robust_thetas[r], spec.pad_value))).float()
             robust /= max(1, robust_thetas.shape[0])
             finite_image = torch.isfinite(image).flatten(1).all(dim=1)
-            pixels = (image.nan_to_num(0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+            pixels = tf.to_uint8(image)
     if progress is not None and steps % tick:
         progress.advance(n * (steps % tick) / steps, work=work * (steps % tick) / steps)
     # One transfer back per batch.

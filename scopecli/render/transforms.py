@@ -80,8 +80,14 @@ def warp(images: torch.Tensor, theta: torch.Tensor, pad_value: float = 0.5) -> t
     return out + pad_value
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """A batch of optimized images (N,3,H,W) in [0, 1] as (N,H,W,3) uint8 on the images' device (the render
+    engine moves it to the host together with its other per-batch results). Values are clamped and rounded;
+    a NaN (a diverged sample) becomes mid-gray, so one bad sample cannot break the encoding of the batch
+    (callers report divergence from the float image)."""
+    return (images.nan_to_num(0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
 def to_uint8_pixels(images: torch.Tensor) -> np.ndarray:
-    """A batch of optimized images (N,3,H,W) in [0, 1] as the (N,H,W,3) uint8 pixels the artifact stores.
-    Values are clamped and rounded; a NaN (a diverged sample) becomes mid-gray, so one bad sample cannot
-    break the encoding of the batch (callers report divergence from the float image)."""
-    return (images.nan_to_num(0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """`to_uint8` as the host numpy array the artifact stores."""
+    return to_uint8(images).cpu().numpy()
