@@ -7,9 +7,12 @@ EfficientNet-Lite0 `_blocks.8` units 0-3, 128 px, seed 1, the default schedule),
 - each unit rendered alone vs in the batch: mean and max |pixel difference| in /255 per unit, and the
   relative difference of the activation reached (act_final);
 - `--growth`: how the difference grows over the optimisation (relative L2 distance of the image
-  parameters alone vs in the batch after steps 1, 2, 4, ...): is it there at step 1, and how fast it grows.
+  parameters alone vs in the batch after steps 1, 2, 4, ...): is it there at step 1, and how fast it grows;
+- `--device cpu cuda`: the same on each device (threads apply to the CPU), then each device's batch render
+  against the first device's ("on another machine").
 
     .venv/bin/python scripts/check_render_determinism.py --steps 32 128 --threads 1 2 --growth
+    python3 scripts/check_render_determinism.py --device cpu cuda --threads 16 --steps 32 128
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class Recorder:
 
 
 def render(loaded, targets, steps, batch, args):
-    settings = RenderSettings(steps=steps, size=args.size, seed=args.seed, batch=batch, device="cpu",
+    settings = RenderSettings(steps=steps, size=args.size, seed=args.seed, batch=batch, device=args.current_device,
                               schedule=args.schedule, robust_samples=1)
     return [rec for _, rec in render_units(loaded, targets, settings).records]
 
@@ -85,6 +88,7 @@ def main() -> None:
     ap.add_argument("--growth", action="store_true", help="also the per-step divergence (at the largest --steps)")
     ap.add_argument("--growth-only", action="store_true", help="only the per-step divergence")
     ap.add_argument("--no-mkldnn", action="store_true", help="CPU convolutions without oneDNN (torch's own kernels)")
+    ap.add_argument("--device", nargs="+", default=["cpu"], help="devices to run on; later ones are compared to the first")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.no_mkldnn:
@@ -93,8 +97,34 @@ def main() -> None:
     targets = [RenderTarget(args.layer, u) for u in range(args.units)]
     print(f"{args.model} {args.layer} units 0-{args.units - 1}, {args.size} px, seed {args.seed}, "
           f"{args.schedule} schedule{', oneDNN off' if args.no_mkldnn else ''}; differences in /255 per unit", flush=True)
+    rows, batches = [], {}
+    for device in args.device:
+        args.current_device = device
+        loaded.module.to(device)
+        rows += run_device(loaded, targets, device, args, batches)
+    for device in args.device[1:]:
+        for steps in ([] if args.growth_only else args.steps):
+            first, other = batches[(args.device[0], steps)], batches[(device, steps)]
+            diff = [np.abs(a.image.astype(float) - b.image.astype(float)) for a, b in zip(first, other)]
+            act = [abs(a.act_final - b.act_final) / max(abs(a.act_final), 1e-12) for a, b in zip(first, other)]
+            row = {"devices": [args.device[0], device], "steps": steps,
+                   "mean": [round(float(d.mean()), 2) for d in diff], "max": [int(d.max()) for d in diff],
+                   "act_final_rel_diff_pct": [round(100 * x, 2) for x in act]}
+            rows.append(row)
+            print(f"{device} vs {args.device[0]} steps {steps:>4}: batch render mean "
+                  + " ".join(f"{x:.2f}" for x in row["mean"]) + "  max " + " ".join(str(x) for x in row["max"])
+                  + "  activation differs by " + " ".join(f"{x:.2f}%" for x in row["act_final_rel_diff_pct"]),
+                  flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"model": args.model, "layer": args.layer, "units": args.units, "size": args.size,
+                       "seed": args.seed, "schedule": args.schedule, "rows": rows}, fh, indent=1)
+
+
+def run_device(loaded, targets, device, args, batches) -> list[dict]:
+    """Same batch twice, alone vs batch (and --growth) on one device; keeps the batch renders in `batches`."""
     rows = []
-    for threads in args.threads:
+    for threads in (args.threads if device == "cpu" else [torch.get_num_threads()]):
         torch.set_num_threads(threads)
         for steps in ([] if args.growth_only else args.steps):
             t0 = time.perf_counter()
@@ -105,24 +135,23 @@ def main() -> None:
             same_max = max(int(np.abs(a.image.astype(int) - b.image.astype(int)).max()) for a, b in zip(batch, again))
             diff = [np.abs(a.image.astype(float) - b.image.astype(float)) for a, b in zip(alone, batch)]
             act = [abs(a.act_final - b.act_final) / max(abs(b.act_final), 1e-12) for a, b in zip(alone, batch)]
-            row = {"threads": threads, "steps": steps, "seconds_batch": round(seconds, 1), "same_batch_max": same_max,
+            batches[(device, steps)] = batch
+            row = {"device": device, "threads": threads, "steps": steps, "seconds_batch": round(seconds, 1),
+                   "same_batch_max": same_max,
                    "alone_vs_batch_mean": [round(float(d.mean()), 2) for d in diff],
                    "alone_vs_batch_max": [int(d.max()) for d in diff],
                    "act_final_rel_diff_pct": [round(100 * x, 2) for x in act]}
             rows.append(row)
-            print(f"threads {threads} steps {steps:>4}: batch {seconds:.1f} s; same batch twice max {same_max}; alone vs batch mean "
+            print(f"{device} threads {threads} steps {steps:>4}: batch {seconds:.1f} s; same batch twice max {same_max}; alone vs batch mean "
                   + " ".join(f"{x:.2f}" for x in row["alone_vs_batch_mean"]) + "  max "
                   + " ".join(str(x) for x in row["alone_vs_batch_max"]) + "  activation differs by "
                   + " ".join(f"{x:.2f}%" for x in row["act_final_rel_diff_pct"]), flush=True)
         if args.growth or args.growth_only:
             g = growth(loaded, targets, max(args.steps), args)
-            rows.append({"threads": threads, "growth": g})
-            print(f"threads {threads} parameter distance alone vs batch after step: "
+            rows.append({"device": device, "threads": threads, "growth": g})
+            print(f"{device} threads {threads} parameter distance alone vs batch after step: "
                   + ", ".join(f"{s}: {d:.1e}" for s, d in g), flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"model": args.model, "layer": args.layer, "units": args.units, "size": args.size,
-                       "seed": args.seed, "schedule": args.schedule, "rows": rows}, fh, indent=1)
+    return rows
 
 
 if __name__ == "__main__":
