@@ -105,6 +105,7 @@ def render_cmd(
     diversity: int = typer.Option(1, "--diversity", help="K different images per unit (Gram-matrix diversity penalty)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast (GPU speed)."),
+    deterministic: bool = typer.Option(True, "--deterministic/--fast-kernels", help="On a GPU: deterministic kernels, so a rerun gives the same pixels (CPU renders always do); --fast-kernels lets cuDNN pick."),
     shard: Optional[str] = typer.Option(None, "--shard", help="k/n: render the k-th of n deterministic shares of the units (1-based); merge with scope pack. Under torchrun each rank takes its share itself."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: skip images OUT already holds with the same settings."),
     checkpoint: float = typer.Option(300.0, "--checkpoint", help="Commit finished batches to OUT at most every S seconds (0: every batch), so --resume loses little."),
@@ -129,7 +130,7 @@ def render_cmd(
     if steps is None:
         steps = DEFAULT_STEPS.get(schedule, DEFAULT_STEPS["fast"])
     settings = RenderSettings(steps=steps, size=16 if size is None else size, param=param, lr=lr, batch=batch if batch == "auto" else batch_n,
-                              seed=seed, device=device, amp=amp, schedule=schedule)
+                              seed=seed, device=device, amp=amp, schedule=schedule, deterministic=deterministic)
     settings.check()
     loaded = load_model(model, weights, mean, std, input_size)
     settings.size = loaded.preprocess.crop if size is None else size

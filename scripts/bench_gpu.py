@@ -2,14 +2,18 @@
 
 One prepared run (under 6 minutes on one H100; every part is capped) that measures, on --device:
 - render: resnet50 (random weights: nothing downloads) `layer4.2`, 224 px, the default schedule and steps,
-  batch 32 / 64 / 128, fp32 and bf16 (`--amp`): units per minute, timed after an untimed warm-up;
+  batch 32 / 64 / 128, fp32 and bf16 (`--amp`): units per minute, timed after an untimed warm-up; then the
+  largest batch again with `--fast-kernels` (cuDNN's own pick, not reproducible), the price of the default
+  deterministic kernels;
 - collect: images/s of `scopecli.collect.collect` (pass 1 statistics + pass 2 patches) on resnet50's
   default layers over --photos, DataLoader workers 0 / 4 / 8;
 - extrapolation: "all block-output units of resnet50" = its 16 default layers (the bottleneck outputs
   layer1.0 .. layer4.2, 15,104 units) rendered at the default settings. Each layer costs what one timed
   step there predicts (scopecli/render/estimate.py, at the fastest measured batch and precision), scaled
   by how far layer4.2's prediction was from its measured render; plus one collect over --dataset-images
-  photos at the best measured rate. Printed in GPU-hours.
+  photos: pass 1 at its best measured rate, plus pass 2 (patches: its cost grows with the patches and the
+  distinct images they come from, not with the photos) as measured, plus the extra distinct images
+  (at most one per patch) reloaded at the pass-1 rate: an upper bound. Printed in GPU-hours.
 
 Prints a compact table; `--json PATH` writes every figure. `--smoke` runs tiny sizes on the CPU to prove
 the script works (its figures mean nothing).
@@ -58,7 +62,8 @@ def render_rate(loaded, batch, settings, device) -> dict:
     result = render_units(loaded, targets, settings)
     sync(device)
     seconds = time.perf_counter() - t
-    row = {"batch": batch, "amp": bool(settings.amp), "steps": int(settings.steps), "seconds": round(seconds, 3),
+    row = {"batch": batch, "amp": bool(settings.amp), "deterministic": bool(settings.deterministic),
+           "steps": int(settings.steps), "seconds": round(seconds, 3),
            "units_per_min": round(60 * batch / seconds, 2), "skipped": len(result.skipped)}
     if device.type == "cuda":
         row["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
@@ -74,7 +79,8 @@ def collect_rate(loaded, source, layers, n, workers, batch, device_name, amp) ->
     seconds = time.perf_counter() - t
     timings = result.timings
     return {"workers": workers, "images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 2),
-            "pass1_images_per_s": round(n / timings["pass1_s"], 2) if timings.get("pass1_s") else None}
+            "pass1_images_per_s": round(n / timings["pass1_s"], 2) if timings.get("pass1_s") else None,
+            "pass1_s": timings.get("pass1_s"), "pass2_s": timings.get("pass2_s"), "patches": timings.get("patches")}
 
 
 def noise_photos(folder: Path, n: int, size: int) -> Path:
@@ -86,6 +92,38 @@ def noise_photos(folder: Path, n: int, size: int) -> Path:
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"noise_{i:03d}.jpg")
     return folder
+
+
+def warp_cost(batch: int, size: int, device, repeats: int = 20) -> dict:
+    """Milliseconds of one transform warp forward + backward, grid_sample's own vs the reproducible one."""
+    from scopecli.render import transforms as tf
+    from scopecli.render.reproducible import reproducible
+
+    images = torch.rand(batch, 3, size, size, device=device, requires_grad=True)
+    theta = tf.affine_matrices(tf.draw(torch.Generator().manual_seed(0), batch), size).to(device)
+    row = {}
+    for name, on in (("grid_sample_ms", False), ("reproducible_ms", True)):
+        with reproducible(device, on):
+            for k in range(repeats + 3):
+                if k == 3:
+                    sync(device)
+                    t = time.perf_counter()
+                (grad,) = torch.autograd.grad(tf.warp(images, theta).square().sum(), images)
+            sync(device)
+        row[name] = round(1000 * (time.perf_counter() - t) / repeats, 3)
+    return row
+
+
+def collect_seconds(rows: list[dict], n_images: int) -> float | None:
+    """Upper bound for a collect over `n_images` photos from the measured rows: pass 1 at the best rate; pass 2
+    as measured (its patches do not grow with the photos) plus the extra distinct images it may reload (at most
+    one per patch, beyond those measured) at the best pass-1 rate."""
+    if not rows:
+        return None
+    rate = max(r["pass1_images_per_s"] for r in rows)
+    best = min(rows, key=lambda r: r["pass2_s"])
+    extra = max(0, min(n_images, best["patches"]) - best["images"])
+    return n_images / rate + best["pass2_s"] + extra / rate
 
 
 def extrapolate(loaded, layers, units, settings, device, calibration, batch, robust) -> dict:
@@ -115,6 +153,7 @@ def main() -> None:
     ap.add_argument("--collect-batch", type=int, default=128)
     ap.add_argument("--dataset-images", type=int, default=50_000, help="collect size for the extrapolation")
     ap.add_argument("--budget-s", type=float, default=300.0, help="skip what is left after this many seconds")
+    ap.add_argument("--no-collect", action="store_true", help="render figures only")
     args = ap.parse_args()
     start = time.perf_counter()
     tmp = None
@@ -125,8 +164,8 @@ def main() -> None:
         if args.photos is None:
             tmp = tempfile.TemporaryDirectory()
             args.photos = str(noise_photos(Path(tmp.name), 6, 64))
-    if args.photos is None:
-        ap.error("--photos DIR is needed (or --smoke)")
+    if args.photos is None and not args.no_collect:
+        ap.error("--photos DIR is needed (or --smoke, or --no-collect)")
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -147,30 +186,42 @@ def main() -> None:
 
     print(f"{out['gpu'] or device}: resnet50 (random weights) {RENDER_LAYER}, {args.size} px, {args.steps} steps "
           f"({DEFAULT_SCHEDULE} schedule)", flush=True)
-    print(f"{'render':<8}{'batch':>6}{'amp':>6}{'seconds':>9}{'units/min':>11}{'peak GiB':>10}", flush=True)
-    for amp in (False, True):
-        for batch in args.batches:
-            if over_budget(f"render batch {batch} amp {amp}"):
-                continue
-            settings = RenderSettings(steps=args.steps, size=args.size, batch=batch, device=str(device), amp=amp, seed=0)
-            row = render_rate(loaded, batch, settings, device)
-            out["render"].append(row)
-            print(f"{'':<8}{batch:>6}{'bf16' if amp else 'fp32':>6}{row['seconds']:>9.1f}{row['units_per_min']:>11.1f}"
-                  f"{row['peak_gib'] if 'peak_gib' in row else '-':>10}", flush=True)
+    print(f"{'render':<8}{'batch':>6}{'amp':>6}{'kernels':>15}{'seconds':>9}{'units/min':>11}{'peak GiB':>10}", flush=True)
+    runs = [(amp, batch, True) for amp in (False, True) for batch in args.batches]
+    runs += [(amp, max(args.batches), False) for amp in (False, True)]
+    for amp, batch, deterministic in runs:
+        if over_budget(f"render batch {batch} amp {amp} deterministic {deterministic}"):
+            continue
+        settings = RenderSettings(steps=args.steps, size=args.size, batch=batch, device=str(device), amp=amp, seed=0,
+                                  deterministic=deterministic)
+        if not deterministic:
+            torch.backends.cudnn.benchmark = device.type == "cuda"
+        row = render_rate(loaded, batch, settings, device)
+        out["render"].append(row)
+        print(f"{'':<8}{batch:>6}{'bf16' if amp else 'fp32':>6}{'deterministic' if deterministic else 'fast':>15}"
+              f"{row['seconds']:>9.1f}{row['units_per_min']:>11.1f}{row['peak_gib'] if 'peak_gib' in row else '-':>10}",
+              flush=True)
 
-    source = open_source(args.photos)
-    n = min(args.collect_images, len(source))
-    print(f"{'collect':<8}{'workers':>8}{'images':>8}{'img/s':>9}{'pass1 img/s':>13}   ({len(layers)} default layers, "
-          f"batch {args.collect_batch})", flush=True)
+    out["warp"] = warp_cost(max(args.batches), args.size, device)
+    w = out["warp"]
+    print(f"warp forward+backward, batch {max(args.batches)}: grid_sample {w['grid_sample_ms']:.2f} ms, reproducible "
+          f"{w['reproducible_ms']:.2f} ms", flush=True)
+    if args.no_collect:
+        args.workers = []
+    source = open_source(args.photos) if args.photos else None
+    n = min(args.collect_images, len(source)) if source is not None else 0
+    print(f"{'collect':<8}{'workers':>8}{'images':>8}{'img/s':>9}{'pass1 img/s':>13}{'pass2 s':>9}{'patches':>9}   "
+          f"({len(layers)} default layers, batch {args.collect_batch})", flush=True)
     for workers in args.workers:
         if over_budget(f"collect workers {workers}"):
             continue
         row = collect_rate(loaded, source, layers, n, workers, args.collect_batch, str(device), False)
         out["collect"].append(row)
-        print(f"{'':<8}{workers:>8}{n:>8}{row['images_per_s']:>9.1f}{row['pass1_images_per_s'] or 0:>13.1f}", flush=True)
+        print(f"{'':<8}{workers:>8}{n:>8}{row['images_per_s']:>9.1f}{row['pass1_images_per_s'] or 0:>13.1f}"
+              f"{row['pass2_s'] or 0:>9.1f}{row['patches'] or 0:>9}", flush=True)
 
     if out["render"]:
-        best = max(out["render"], key=lambda r: r["units_per_min"])
+        best = max((r for r in out["render"] if r["deterministic"]), key=lambda r: r["units_per_min"])
         settings = RenderSettings(steps=args.steps, size=args.size, batch=best["batch"], device=str(device),
                                   amp=best["amp"])
         robust = int(settings.robust_samples)
@@ -179,7 +230,7 @@ def main() -> None:
         predicted = batch_cost(own, args.steps, 1 + robust)
         calibration = best["seconds"] / predicted if predicted > 0 else 1.0
         ext = extrapolate(loaded, layers, units, settings, device, calibration, best["batch"], robust)
-        collect_s = (args.dataset_images / max(r["images_per_s"] for r in out["collect"])) if out["collect"] else None
+        collect_s = collect_seconds(out["collect"], args.dataset_images)
         out["extrapolation"] = {
             "what": "render every unit of resnet50's 16 block outputs (its default layers layer1.0..layer4.2) "
                     "at the default schedule and steps; collect over dataset_images photos",

@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch
 
+from scopecli.render.reproducible import reproducible
+
 
 def ascend(param: torch.nn.Module, steps: int, lr: float, loss_at: Callable[[int], torch.Tensor],
            progress=None, images: int = 1) -> None:
@@ -16,11 +18,12 @@ def ascend(param: torch.nn.Module, steps: int, lr: float, loss_at: Callable[[int
     negated objective). `progress`, if given, advances by `images` in all over the run."""
     optimizer = torch.optim.Adam([param.raw], lr=lr)
     tick = max(1, steps // 16)
-    for step in range(steps):
-        (grad,) = torch.autograd.grad(loss_at(step), [param.raw])
-        param.raw.grad = grad
-        optimizer.step()
-        if progress is not None and (step + 1) % tick == 0:
-            progress.advance(images * tick / steps)
+    with reproducible(param.raw.device):
+        for step in range(steps):
+            (grad,) = torch.autograd.grad(loss_at(step), [param.raw])
+            param.raw.grad = grad
+            optimizer.step()
+            if progress is not None and (step + 1) % tick == 0:
+                progress.advance(images * tick / steps)
     if progress is not None and steps % tick:
         progress.advance(images * (steps % tick) / steps)

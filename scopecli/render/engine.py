@@ -36,6 +36,7 @@ from scopecli.render import transforms as tf
 from scopecli.render.estimate import LayerCost, RenderEstimate, deepest_layers, estimate_plan, time_layer
 from scopecli.render.objectives import OBJECTIVE_KINDS, OBJECTIVES, RenderTarget, batch_objectives
 from scopecli.render.param import PARAMS, make_param
+from scopecli.render.reproducible import reproducible
 from scopecli.render.redirect import RedirectedReLU
 from scopecli.render.schedule import DEFAULT_SCHEDULE, DEFAULT_STEPS, SCHEDULES, get_schedule, scaled_transforms
 from scopecli.settings import CheckedSettings, reads
@@ -59,6 +60,7 @@ class RenderSettings(CheckedSettings):
     seed: int = 0
     device: str = "auto"
     amp: bool = False
+    deterministic: bool = True  # CUDA: deterministic kernels (render/reproducible.py); the CPU always is
     diversity_weight: float = 1.0
     redirect_steps: int = 16  # steps that use redirected ReLU gradients
     trace_every: int = 32
@@ -115,6 +117,7 @@ class RenderSettings(CheckedSettings):
             "schedule": get_schedule(self.schedule).describe(),
             "seed": int(self.seed),
             "amp": bool(self.amp),
+            "deterministic": bool(self.deterministic),
             "diversity_weight": float(self.diversity_weight),
             "redirect_steps": int(self.redirect_steps),
             "trace_every": int(self.trace_every),
@@ -355,37 +358,45 @@ def render_units(
         module.to(memory_format=torch.channels_last)
     start = time.perf_counter()
     try:
-        layers = tapped_layers(targets)
-        layouts = dict(layouts or {})
-        missing = [name for name in layers if name not in layouts]
-        if missing:
-            layouts.update(layouts_at(module, int(settings.size), missing))
-        if settings.batch == "auto":
-            batch_size = auto_batch(module, layers, int(settings.size), device, normalize, group)
-        else:
-            batch_size = int(settings.batch)
-        chunks = list(batches(targets, batch_size, group))
-        estimate = None
-        if on_estimate is not None and len(chunks) > 1:
-            estimate = estimate_render(module, normalize, chunks, settings, device, clock)
-            on_estimate(estimate)
-        batches_start = time.perf_counter()
-        records, skipped, done = [], [], 0
-        for b, chunk in enumerate(chunks):
-            seeds = [derive_seed(settings.seed, fingerprint, t.layer, t.unit, t.diversity_index) for t in chunk]
-            work = estimate.batch_seconds[b] if estimate is not None else float(len(chunk))
-            recs, skips = _render_batch(module, normalize, chunk, seeds, settings, device, dataset_max, progress,
-                                        layouts, work)
-            records.extend(recs)
-            skipped.extend(skips)
-            if on_records is not None and recs:
-                on_records(recs)
-            done += len(chunk)
-            if on_batch is not None:
-                on_batch(b + 1, len(chunks), done, time.perf_counter() - batches_start)
-        return RenderResult(records, skipped, time.perf_counter() - start, batch_size, str(device))
+        with reproducible(device, bool(settings.deterministic)):
+            return _render_chunks(module, normalize, fingerprint, targets, settings, device, group, layouts, dataset_max,
+                                  progress, on_batch, on_records, on_estimate, clock, start)
     finally:
         module.train(was_training)
+
+
+def _render_chunks(module, normalize, fingerprint, targets, settings, device, group, layouts, dataset_max, progress,
+                   on_batch, on_records, on_estimate, clock, start) -> RenderResult:
+    """render_units' work: batch sizes, the estimate, then every batch."""
+    layers = tapped_layers(targets)
+    layouts = dict(layouts or {})
+    missing = [name for name in layers if name not in layouts]
+    if missing:
+        layouts.update(layouts_at(module, int(settings.size), missing))
+    if settings.batch == "auto":
+        batch_size = auto_batch(module, layers, int(settings.size), device, normalize, group)
+    else:
+        batch_size = int(settings.batch)
+    chunks = list(batches(targets, batch_size, group))
+    estimate = None
+    if on_estimate is not None and len(chunks) > 1:
+        estimate = estimate_render(module, normalize, chunks, settings, device, clock)
+        on_estimate(estimate)
+    batches_start = time.perf_counter()
+    records, skipped, done = [], [], 0
+    for b, chunk in enumerate(chunks):
+        seeds = [derive_seed(settings.seed, fingerprint, t.layer, t.unit, t.diversity_index) for t in chunk]
+        work = estimate.batch_seconds[b] if estimate is not None else float(len(chunk))
+        recs, skips = _render_batch(module, normalize, chunk, seeds, settings, device, dataset_max, progress,
+                                    layouts, work)
+        records.extend(recs)
+        skipped.extend(skips)
+        if on_records is not None and recs:
+            on_records(recs)
+        done += len(chunk)
+        if on_batch is not None:
+            on_batch(b + 1, len(chunks), done, time.perf_counter() - batches_start)
+    return RenderResult(records, skipped, time.perf_counter() - start, batch_size, str(device))
 
 
 def layer_depth_order(module, layers) -> list[str]:
