@@ -13,13 +13,15 @@ the torch ops, which give the same results.
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import torch
 
 from scopecli.sketch import BUCKET_LUT, KEY_MASK, KEY_SHIFT, NUM_BUCKETS
 
-_STATE: dict[str, object] = {}  # "kernels": (histogram, first_index) once compiled, or None when unusable
+_STATE: dict[str, object] = {}  # "kernels": (histogram, locate) once compiled, or None when unusable
+_LOCK = threading.Lock()
 
 
 def _compile():
@@ -83,17 +85,37 @@ def _compile():
     return histogram, locate
 
 
-def _kernels():
-    if "kernels" not in _STATE:
-        kernels = None
-        if os.environ.get("SCOPE_COLLECT_NUMBA", "1") != "0":
-            try:
-                kernels = _compile()
-                _selftest(kernels)
-            except Exception:  # ImportError, or numba failing to initialise or compile: the torch path runs
-                kernels = None
-        _STATE["kernels"] = kernels
+def _kernels(wait: bool = True):
+    """The compiled loops, compiling them (or loading numba's cache, about 0.5 s) on first use; None when they
+    cannot run. wait=False: None while another thread is still preparing them (the torch path runs meanwhile;
+    both give the same results, so a batch may take either)."""
+    if "kernels" in _STATE:
+        return _STATE["kernels"]
+    if not _LOCK.acquire(blocking=wait):
+        return None
+    try:
+        if "kernels" not in _STATE:
+            kernels = None
+            if os.environ.get("SCOPE_COLLECT_NUMBA", "1") != "0":
+                try:
+                    kernels = _compile()
+                    _selftest(kernels)
+                except Exception:  # ImportError, or numba failing to initialise or compile: the torch path runs
+                    kernels = None
+            _STATE["kernels"] = kernels
+    finally:
+        _LOCK.release()
     return _STATE["kernels"]
+
+
+def prepare(device: torch.device) -> threading.Thread | None:
+    """Start preparing the compiled loops in the background (pass 1 calls it before its first batch and joins
+    the thread when it ends, so no compile outlives it)."""
+    if torch.device(device).type != "cpu" or "kernels" in _STATE:
+        return None
+    thread = threading.Thread(target=_kernels, name="scope-kernels", daemon=True)
+    thread.start()
+    return thread
 
 
 def _selftest(kernels) -> None:
@@ -116,8 +138,8 @@ def _selftest(kernels) -> None:
 
 
 def available(device: torch.device) -> bool:
-    """Whether pass 1 on `device` uses the compiled loops (CPU and numba usable)."""
-    return device.type == "cpu" and _kernels() is not None
+    """Whether pass 1 on `device` uses the compiled loops now (CPU, numba usable and ready)."""
+    return device.type == "cpu" and _kernels(wait=False) is not None
 
 
 def histogram(part: torch.Tensor, counts: torch.Tensor, u0: int, second: int = 0) -> None:
