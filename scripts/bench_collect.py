@@ -179,6 +179,12 @@ def paired(args, tree: str, device, model, source, n, layers, workers, settings)
     from scopecli.model import adapter, find_layer, layer_table
 
     sys.path.insert(0, _renamed(tree))
+    try:  # this tree's compiled loops are loaded once per process (about 0.5 s): not part of any batch
+        from scopecli.collect import kernels
+
+        kernels.available(device)
+    except ImportError:
+        pass
     trees = {"this": (engine, Pass1State, layer_table, find_layer)}
     base_engine = importlib.import_module("scopecli_base.collect.engine")
     base_ck = importlib.import_module("scopecli_base.collect.checkpoint")

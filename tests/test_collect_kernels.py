@@ -35,7 +35,9 @@ def _values(n=23, c=7, p=40, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, c, p, generator=g) * torch.logspace(-6, 5, c).view(1, c, 1)
     x = torch.round(x * 4) / 4 if seed % 2 else x
-    x[:, 1] = torch.relu(x[:, 1])  # runs of exact zeros
+    x[:, 1] = torch.relu(x[:, 1])  # exact zeros
+    x[::2, 1, 3:27] = 0.0  # runs of zeros, some covering whole aligned groups of eight
+    x[1, 5, 16:24] = -0.0  # a group of eight -0.0 (not +0.0's bits, the same bucket)
     x[2, 2, 5], x[3, 3, :4] = float("nan"), float("inf")
     x[4, 4, 7], x[5, 4, 9], x[6, 5, 1] = -0.0, float("-inf"), 1e-40  # -0, -inf, a denormal
     x[7:12, 6] = 2.5  # constant maps

@@ -18,7 +18,7 @@ import threading
 import numpy as np
 import torch
 
-from scopecli.sketch import BUCKET_LUT, KEY_MASK, KEY_SHIFT, NUM_BUCKETS
+from scopecli.sketch import BUCKET_LUT, CENTER, KEY_MASK, KEY_SHIFT, NUM_BUCKETS
 
 _STATE: dict[str, object] = {}  # "kernels": (histogram, locate) once compiled, or None when unusable
 _LOCK = threading.Lock()
@@ -27,24 +27,32 @@ _LOCK = threading.Lock()
 def _compile():
     from numba import njit  # noqa: PLC0415 (optional dependency, imported on first use)
 
-    shift, mask, buckets = KEY_SHIFT, KEY_MASK, NUM_BUCKETS
+    shift, mask, buckets, zero = KEY_SHIFT, KEY_MASK, NUM_BUCKETS, CENTER
 
     @njit(nogil=True, cache=True, boundscheck=False)
     def histogram(bits, lut, counts, u0, second):  # pragma: no cover (compiled)
         """Count bits [N, U, P] (float32 bit patterns of units u0..) into counts (flat, unit u's buckets at
         u * NUM_BUCKETS); second > 0: odd positions count into the copy that starts `second` further on (a run
-        of equal values, e.g. ReLU zeros, then alternates between two counters instead of waiting on one)."""
+        of equal values then alternates between two counters instead of waiting on one). Eight +0.0 in a
+        row (ReLU's dead regions) are counted at once, in a register."""
         n_img, n_units, p_len = bits.shape
         odd = second if second > 0 else 0
-        pairs = p_len // 2 if second > 0 else 0
+        whole = p_len - p_len % 8
         for j in range(n_units):
             base = (u0 + j) * buckets
+            zeros = 0
             for n in range(n_img):
-                for q in range(pairs):
-                    counts[base + lut[(bits[n, j, 2 * q] >> shift) & mask]] += 1
-                    counts[odd + base + lut[(bits[n, j, 2 * q + 1] >> shift) & mask]] += 1
-                for p in range(2 * pairs, p_len):
-                    counts[base + lut[(bits[n, j, p] >> shift) & mask]] += 1
+                for p0 in range(0, whole, 8):
+                    if (bits[n, j, p0] | bits[n, j, p0 + 1] | bits[n, j, p0 + 2] | bits[n, j, p0 + 3] | bits[n, j, p0 + 4]
+                            | bits[n, j, p0 + 5] | bits[n, j, p0 + 6] | bits[n, j, p0 + 7]) == 0:
+                        zeros += 8
+                    else:
+                        for p in range(p0, p0 + 8, 2):
+                            counts[base + lut[(bits[n, j, p] >> shift) & mask]] += 1
+                            counts[odd + base + lut[(bits[n, j, p + 1] >> shift) & mask]] += 1
+                for p in range(whole, p_len):
+                    counts[(odd if p % 2 else 0) + base + lut[(bits[n, j, p] >> shift) & mask]] += 1
+            counts[base + zero] += zeros
 
     @njit(nogil=True, cache=True, boundscheck=False)
     def locate(values, image, unit, target, slot_u, slot_c, pos, heat, grid_w, lost):  # pragma: no cover (compiled)
@@ -121,19 +129,23 @@ def prepare(device: torch.device) -> threading.Thread | None:
 def _selftest(kernels) -> None:
     """Compile on a tiny input and check against numpy (raises, so a broken build falls back to torch)."""
     histogram, locate = kernels
-    x = np.array([[[0.0, -0.0, 1.5, -3.0, np.nan, 1e-30, 7e5, 1.5]]], np.float32)
+    x = np.zeros((1, 2, 19), np.float32)  # a row of eight zeros, a mixed row of eight, a tail of three
+    x[0, :, 8:16] = [0.0, -0.0, 1.5, -3.0, np.nan, 1e-30, 7e5, 1.5]
+    x[0, 1, 17] = 2.0
     counts = np.zeros(2 * NUM_BUCKETS, np.int64)
-    histogram(x.view(np.int32), BUCKET_LUT, counts, 0, NUM_BUCKETS)
-    histogram(x[:, :, :7].view(np.int32), BUCKET_LUT, counts, 0, 0)
-    want = np.bincount(BUCKET_LUT[(x.view(np.int32).ravel() >> KEY_SHIFT) & KEY_MASK], minlength=NUM_BUCKETS)
-    want = want + np.bincount(BUCKET_LUT[(x[..., :7].view(np.int32).ravel() >> KEY_SHIFT) & KEY_MASK], minlength=NUM_BUCKETS)
+    histogram(x[:, :1].view(np.int32), BUCKET_LUT, counts, 0, NUM_BUCKETS)  # pairs, C layout
+    histogram(x[:, 1:, 8:].view(np.int32), BUCKET_LUT, counts, 0, 0)  # one copy, strided
+    want = np.bincount(BUCKET_LUT[(x[:, 0].view(np.int32).ravel() >> KEY_SHIFT) & KEY_MASK], minlength=NUM_BUCKETS)
+    want += np.bincount(BUCKET_LUT[(x[:, 1, 8:].view(np.int32).ravel() >> KEY_SHIFT) & KEY_MASK], minlength=NUM_BUCKETS)
     counts = counts[:NUM_BUCKETS] + counts[NUM_BUCKETS:]
+    y = x[:, :, 8:16]
     pos, heat = np.zeros((1, 3), np.int64), np.zeros((1, 3, 1, 2), np.float32)
     zero = np.zeros(3, np.int64)
     lost = np.zeros(3, np.bool_)
-    locate(x, zero, zero, np.array([1.5, np.nan, 2.0], np.float32), zero, np.arange(3), pos, heat, 8, lost)
-    if not np.array_equal(counts, want) or pos.tolist() != [[2, 4, 0]] or lost.tolist() != [False, False, True] \
-            or heat[0, 0].tolist() != [[-0.0, 1.5]]:
+    locate(y, zero, zero, np.array([1.5, np.nan, 2.0], np.float32), zero, np.arange(3), pos, heat, 8, lost)  # strided
+    locate(np.ascontiguousarray(y), zero[:1], zero[:1], np.float32([7e5]), zero[:1], zero[:1] + 2, pos, heat, 8, lost[:1])
+    if not np.array_equal(counts, want) or pos.tolist() != [[2, 4, 6]] or lost.tolist() != [False, False, True] \
+            or heat[0, 0].tolist() != [[-0.0, 1.5]] or heat[0, 2, 0, 1] != 7e5:
         raise RuntimeError("collect kernels disagree with numpy")
 
 
