@@ -51,6 +51,18 @@ def test_the_compiled_loops_run_here():
     assert kernels.available(CPU) and not kernels.available(torch.device("meta"))
 
 
+def test_scope_collect_numba_0_turns_them_off_and_prepare_loads_them_in_the_background(monkeypatch):
+    monkeypatch.setenv("SCOPE_COLLECT_NUMBA", "0")
+    monkeypatch.delitem(kernels._STATE, "kernels", raising=False)
+    assert not kernels.available(CPU)
+    monkeypatch.delenv("SCOPE_COLLECT_NUMBA")
+    monkeypatch.delitem(kernels._STATE, "kernels")
+    assert kernels.prepare(torch.device("meta")) is None  # nothing to prepare off the CPU
+    thread = kernels.prepare(CPU)
+    thread.join()
+    assert kernels.available(CPU) and kernels.prepare(CPU) is None  # ready: nothing more to start
+
+
 @pytest.mark.parametrize("pairs", [False, True])
 def test_histogram_equals_numpy_reference(pairs):
     x = _values(p=41)

@@ -24,12 +24,12 @@ _STATE: dict[str, object] = {}  # "kernels": (histogram, locate) once compiled, 
 _LOCK = threading.Lock()
 
 
-def _compile():
+def _compile(cache: bool = True):
     from numba import njit  # noqa: PLC0415 (optional dependency, imported on first use)
 
     shift, mask, buckets, zero = KEY_SHIFT, KEY_MASK, NUM_BUCKETS, CENTER
 
-    @njit(nogil=True, cache=True, boundscheck=False)
+    @njit(nogil=True, cache=cache, boundscheck=False)
     def histogram(bits, lut, counts, u0, second):  # pragma: no cover (compiled)
         """Count bits [N, U, P] (float32 bit patterns of units u0..) into counts (flat, unit u's buckets at
         u * NUM_BUCKETS); second > 0: odd positions count into the copy that starts `second` further on (a run
@@ -54,7 +54,7 @@ def _compile():
                     counts[(odd if p % 2 else 0) + base + lut[(bits[n, j, p] >> shift) & mask]] += 1
             counts[base + zero] += zeros
 
-    @njit(nogil=True, cache=True, boundscheck=False)
+    @njit(nogil=True, cache=cache, boundscheck=False)
     def locate(values, image, unit, target, slot_u, slot_c, pos, heat, grid_w, lost):  # pragma: no cover (compiled)
         """For each new winner m (map values[image[m], unit[m]], score target[m], its max or min): its first
         position equal to target (the first NaN when target is NaN) into pos[slot_u[m], slot_c[m]], and the
@@ -104,11 +104,16 @@ def _kernels(wait: bool = True):
     try:
         if "kernels" not in _STATE:
             kernels = None
-            if os.environ.get("SCOPE_COLLECT_NUMBA", "1") != "0":
+            for cache in (True, False):  # numba's on-disk cache may have nowhere to go: compile each run then
+                if os.environ.get("SCOPE_COLLECT_NUMBA", "1") == "0":
+                    break
                 try:
-                    kernels = _compile()
+                    kernels = _compile(cache)
                     _selftest(kernels)
-                except Exception:  # ImportError, or numba failing to initialise or compile: the torch path runs
+                    break
+                except ImportError:
+                    break
+                except Exception:  # numba failing to initialise, cache or compile: the torch path runs
                     kernels = None
             _STATE["kernels"] = kernels
     finally:
@@ -169,6 +174,7 @@ def locate(values: torch.Tensor, image: torch.Tensor, unit: torch.Tensor, target
     bool mask of the maps that do not hold their target (not written)."""
     _, run = _kernels()
     lost = np.zeros(image.shape[0], np.bool_)
-    run(values.numpy(), image.numpy(), unit.numpy(), target.float().numpy(), slot_u.numpy(), slot_c.numpy(),
+    index = [np.ascontiguousarray(t.numpy()) for t in (image, unit, slot_u, slot_c)]  # one compiled layout
+    run(values.numpy(), index[0], index[1], np.ascontiguousarray(target.float().numpy()), index[2], index[3],
         pos.numpy(), heat.numpy(), grid_w, lost)
     return torch.from_numpy(lost)
