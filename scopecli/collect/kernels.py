@@ -2,12 +2,12 @@
 they stand in for, so results are bit for bit those of the torch path.
 
 Why: pass 1 must cost little more than the forward it rides on. On CPU its floor is one histogram increment per
-activation; in torch that takes five passes over every value (shift, mask, bucket lookup, unit offset, index_add,
-about 2.5 ns a value), and a loop that does all of it while the value is in a register takes one (about 1 ns),
-with a run of exact zeros (ReLU) counted in a register instead of one counter. The first position of a new
-top-k winner's extreme is likewise a scan that stops at the known extreme, instead of copying the whole map
-to arg-max it. Without numba (it comes with the `atlas` extra) or with SCOPE_COLLECT_NUMBA=0, collect uses
-the torch ops, which give the same results.
+activation (5.5 M per resnet50 image over its 16 default layers); in torch that takes five passes over every
+value (shift, mask, bucket lookup, unit offset, index_add: about 2.9 ns a value in pass 1), a loop that does it
+all while the value is in a register takes one (about 1.2-1.4 ns), and eight +0.0 in a row (ReLU's dead
+regions) are counted at once. The first position of a new top-k winner's extreme is likewise a scan that stops
+at the known extreme, instead of copying the whole map to arg-max it. Without numba (it comes with the `atlas`
+extra) or with SCOPE_COLLECT_NUMBA=0, collect uses the torch ops, which give the same results.
 """
 
 from __future__ import annotations
