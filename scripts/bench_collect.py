@@ -5,12 +5,14 @@ their wall-clock ratio and their main-process CPU-time ratio (robust when other 
 goal >= 0.9. `--full` also times a whole collect including pass 2 (patches). `--baseline REV` runs the
 same pairs with the `scopecli` of git revision REV (extracted to a temporary folder, run in a child
 process) alternated with this tree's, so before/after ratios come from one run; `--paired` instead runs
-both trees' pass-1 bookkeeping on the same forwards in one process (robust on a loaded machine).
+both trees' pass-1 bookkeeping on the same forwards in one process (robust on a loaded machine). `--profile`
+prints where pass 1's bookkeeping goes, per component (ms per image, one thread, explicit timers).
 
     .venv/bin/python scripts/bench_collect.py --model efficientnet_lite0 --limit 128
     .venv/bin/python scripts/bench_collect.py --model resnet50 --weights random --limit 128 --baseline main
     .venv/bin/python scripts/bench_collect.py --model resnet50 --weights random --baseline main --paired
     .venv/bin/python scripts/bench_collect.py --model resnet50 --weights random --device cuda --bf16
+    .venv/bin/python scripts/bench_collect.py --model resnet50 --weights random --limit 64 --profile
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--paired", action="store_true",
                     help="with --baseline: time both trees' bookkeeping on the same forwards in one process "
                          "(ratio = forward / (forward + bookkeeping)); robust on a loaded machine")
+    ap.add_argument("--profile", action="store_true",
+                    help="per-component time of pass 1's bookkeeping (ms/img), on one thread, with explicit timers")
     ap.add_argument("--one-pair", action="store_true", help=argparse.SUPPRESS)  # child: one pair, JSON row
     return ap
 
@@ -175,6 +179,12 @@ def paired(args, tree: str, device, model, source, n, layers, workers, settings)
     from scopecli.model import adapter, find_layer, layer_table
 
     sys.path.insert(0, _renamed(tree))
+    try:  # this tree's compiled loops are loaded once per process (about 0.5 s): not part of any batch
+        from scopecli.collect import kernels
+
+        kernels.available(device)
+    except ImportError:
+        pass
     trees = {"this": (engine, Pass1State, layer_table, find_layer)}
     base_engine = importlib.import_module("scopecli_base.collect.engine")
     base_ck = importlib.import_module("scopecli_base.collect.checkpoint")
@@ -222,6 +232,106 @@ def paired(args, tree: str, device, model, source, n, layers, workers, settings)
         for name in trees}}
 
 
+def profile(args, device, model, source, n, layers, workers, settings) -> dict:
+    """Time each part of pass 1's bookkeeping on the same forwards: timers wrap the functions the engine calls
+    (one intra-op thread, so each part is timed alone; on an accelerator every part is synchronized, which
+    adds waits of its own); images are decoded beforehand. The sweep's reductions (max, min, sum, norm of each block) and its per-block
+    overhead are what is left of the sweep. Then the whole bookkeeping once more with the default threads."""
+    import collections
+
+    from scopecli.collect import stats, topk
+
+    try:
+        from scopecli.collect import kernels
+
+        kernels.available(device)  # loaded (about 0.5 s, once per process) before anything is timed
+    except ImportError:  # an older scopecli (PYTHONPATH=<extracted tree>): no compiled loops
+        kernels = None
+    from scopecli.collect.checkpoint import Pass1State
+    from scopecli.model import adapter, find_layer, layer_table
+
+    table = layer_table(model.module, model.preprocess.crop)
+    records = [find_layer(table, layer).record() for layer in layers]
+    pre = model.preprocess
+    spent = collections.defaultdict(float)
+
+    def timed(owner, name, label):
+        fn = getattr(owner, name)
+
+        def wrapper(*a, **kw):
+            _sync(device)
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            _sync(device)
+            key = label(a) if callable(label) else label
+            spent[key] += time.perf_counter() - t0
+            return out
+
+        return fn, wrapper
+
+    patches = [
+        (stats.LayerStats, "observe", "sweep (all of the statistics)"),
+        (stats.LayerStats, "_histogram", "  histogram (torch ops)"),
+        (kernels, "histogram", "  histogram (compiled)"),
+        (stats.LayerStats, "_moments", "  moments (float64 merge)"),
+        (topk.StreamingExtremes, "merge_units", lambda a: "  top-k merge" if a[0].largest else "  bottom-k merge"),
+        (kernels, "locate", "    positions + heatmaps (compiled)"),
+        (topk.StreamingExtremes, "_arg", "    positions (torch max/min)"),
+        (topk, "_maps", "    map copies (torch)"),
+    ]
+    saved = []
+    for owner, name, label in patches:
+        if owner is None or not hasattr(owner, name):
+            continue
+        fn, wrapper = timed(owner, name, label)
+        saved.append((owner, name, fn))
+        setattr(owner, name, wrapper)
+    threads = torch.get_num_threads()
+    ds = ModelInputs(source.files, range(n), pre.resize, pre.crop, pre.interpolation)
+    # decoded before timing: loader workers decoding the next batches would take the CPU from what is timed
+    inputs = [(b["image"], b["index"]) for b in make_loader(ds, args.batch, workers, pin_memory=False)]
+    walls = {"forward": 0.0, "bookkeeping, 1 thread": 0.0, f"bookkeeping, {threads} threads": 0.0}
+    try:
+        for profiled in (True, False):
+            if not profiled:
+                for owner, name, fn in saved:
+                    setattr(owner, name, fn)
+            trackers = engine._trackers(settings, pre, device, None, 0, 0)
+            state = Pass1State.empty(records, n, device, trackers)
+            with LayerTap(model.module, layers) as tap, torch.no_grad():
+                for image, index in inputs:
+                    x = pre.normalize(image.to(device).float().div_(255.0))
+                    gidx = index.to(device)
+                    torch.set_num_threads(threads)
+                    w0 = time.perf_counter()
+                    outs = tap(x)
+                    _sync(device)
+                    if profiled:
+                        walls["forward"] += time.perf_counter() - w0
+                    torch.set_num_threads(1 if profiled else threads)
+                    w0 = time.perf_counter()
+                    for rec in records:
+                        acc = state.layers[rec.name]
+                        engine._observe_layer(acc, adapter.units(outs[rec.name], rec.effective_layout).float(), gidx,
+                                              None)
+                    _sync(device)
+                    walls["bookkeeping, 1 thread" if profiled else f"bookkeeping, {threads} threads"] += \
+                        time.perf_counter() - w0
+                    del outs
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+        torch.set_num_threads(threads)
+    sweep = spent["sweep (all of the statistics)"]
+    parts = ("  histogram (torch ops)", "  histogram (compiled)", "  moments (float64 merge)", "  top-k merge",
+             "  bottom-k merge")
+    spent["  reductions + block overhead (rest of the sweep)"] = sweep - sum(spent[k] for k in parts)
+    spent["layer hand-off (rest of the bookkeeping)"] = walls["bookkeeping, 1 thread"] - sweep
+    ms = {k: round(1000 * v / n, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
+    return {"compiled_loops": bool(kernels and kernels.available(device)), "ms_per_image": ms,
+            "wall_ms_per_image": {k: round(1000 * v / n, 2) for k, v in walls.items()}}
+
+
 def _medians(rows) -> dict:
     return {"ratio_wall_median": round(statistics.median(r["ratio_wall"] for r in rows), 3),
             "ratio_cpu_median": round(statistics.median(r["ratio_cpu"] for r in rows), 3)}
@@ -236,6 +346,11 @@ def main() -> None:
         return
     tree = _extract(args.baseline) if args.baseline else None
     device, model, source, n, layers, workers, settings = ctx = _setup(args)
+    if args.profile:
+        print(json.dumps({"model": args.model, "weights": model.weights, "device": str(device), "images": n,
+                          "layers": len(layers), "batch": args.batch, "threads": torch.get_num_threads(),
+                          **profile(args, *ctx)}, indent=1))
+        return
     rows, base_rows = [], []
     if args.paired:
         if not tree:

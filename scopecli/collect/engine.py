@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from scopecli.collect import kernels
 from scopecli.collect.checkpoint import LayerPass1, Pass1Checkpoint, Pass1State
 from scopecli.collect.topk import HeatGeometry, StreamingExtremes
 from scopecli.collect.crops import crop_patches, heat_origins, heat_size, patch_side, rf_boxes, shown_windows
@@ -325,6 +326,7 @@ def _trackers(settings, pre, device, groups: torch.Tensor | None, per_source: in
 def _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet,
            checkpoint: Pass1Checkpoint | None = None, trackers=None) -> Pass1State:
     m = len(cand)
+    preparing = kernels.prepare(device)  # compiled loops (CPU, numba) load while the loader starts and a batch runs
     state = Pass1State.empty(records, m, device, trackers or _trackers(settings, pre, device, None, 0, 0),
                              (settings.sample, settings.seed))
     if checkpoint is not None:
@@ -377,6 +379,8 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
                 checkpoint.save(state)
     if checkpoint is not None:
         checkpoint.save(state, force=True, pass1_done=True)
+    if preparing is not None:
+        preparing.join()
     return state
 
 

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from scopecli.collect import kernels
 from scopecli.records import StatsBlock
 from scopecli.sketch import BUCKET_LUT, KEY_MASK, KEY_SHIFT, NUM_BUCKETS, stats_from_sketch
 
@@ -66,12 +67,13 @@ def _ones(device: torch.device, m: int) -> torch.Tensor:
     return torch.ones(1, dtype=torch.int64, device=device).expand(m)
 
 
-def _blocks(n: int, c: int, p: int, parts: int, device: torch.device) -> list[tuple[int, int, list]]:
+def _blocks(n: int, c: int, p: int, parts: int, device: torch.device,
+            max_units: int | None = None) -> list[tuple[int, int, list]]:
     """Split an [n, c, p] activation into `parts` unit ranges (lo, hi, blocks): blocks (i0, i1, u0, u1) hold
     about _CHUNK_ELEMENTS values; ranges are disjoint, so their histogram rows and top-k rows never
     overlap. A block takes every image of a few units (at most _BLOCK_UNITS), so the histogram rows it
     scatters into stay in cache; one unit's rows longer than a block are split by images. Off the CPU
-    there is no cache to fit: one block."""
+    there is no cache to fit: one block. max_units: units per block at most (default _BLOCK_UNITS)."""
     if device.type != "cpu":
         return [(0, c, [(0, n, 0, c)])]
     parts = max(1, min(parts, c))
@@ -79,7 +81,7 @@ def _blocks(n: int, c: int, p: int, parts: int, device: torch.device) -> list[tu
     for t in range(parts):
         lo, hi = t * c // parts, (t + 1) * c // parts
         if n * p <= _CHUNK_ELEMENTS:  # all images of a few units per block
-            ub = max(1, min(_BLOCK_UNITS, _CHUNK_ELEMENTS // (n * p)))
+            ub = max(1, min(max_units or _BLOCK_UNITS, _CHUNK_ELEMENTS // (n * p)))
             out.append((lo, hi, [(0, n, u, min(hi, u + ub)) for u in range(lo, hi, ub)]))
         else:  # one unit, a range of images per block
             per = max(1, _CHUNK_ELEMENTS // p)
@@ -159,23 +161,29 @@ class LayerStats:
         v = v.contiguous()
         out = torch.empty(4, n, c, dtype=v.dtype, device=v.device)
         vmax, vmin, total, norm = out.unbind(0)
+        compiled = v.dtype == torch.float32 and kernels.available(v.device)
         pairs = self._interleave(p)
+        second = self.channels * NUM_BUCKETS if pairs else 0
 
         def sweep(lo, hi, blocks):
             scratch = None
             for i0, i1, u0, u1 in blocks:
                 part = v[i0:i1, u0:u1]
+                if compiled:  # first, while the block comes from memory: the reductions below then read the cache
+                    kernels.histogram(part, self._counts, u0, second)
                 torch.amax(part, 2, out=vmax[i0:i1, u0:u1])
                 torch.amin(part, 2, out=vmin[i0:i1, u0:u1])
                 torch.sum(part, 2, out=total[i0:i1, u0:u1])
                 torch.linalg.vector_norm(part, dim=2, out=norm[i0:i1, u0:u1])
-                scratch = self._histogram(part, u0, scratch, pairs)
+                if not compiled:
+                    scratch = self._histogram(part, u0, scratch, pairs)
             self._moments(p, total[:, lo:hi], norm[:, lo:hi].square(), vmax[:, lo:hi], vmin[:, lo:hi], lo, hi)
             if per_units is not None:
                 per_units(lo, hi, vmax[:, lo:hi], vmin[:, lo:hi], total[:, lo:hi])
 
         if n:
-            parts = _blocks(n, c, p, _sweep_threads(v.device), v.device)
+            # the compiled histogram sweeps one unit's rows at a time: blocks need not bound the units they hold
+            parts = _blocks(n, c, p, _sweep_threads(v.device), v.device, c if compiled else None)
             _run_parallel([lambda part=part: sweep(*part) for part in parts])
             self.count += n * p
         return vmax, vmin, total

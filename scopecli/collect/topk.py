@@ -26,9 +26,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from scopecli.collect import kernels
 from scopecli.collect.crops import heat_origins
 
 _LAST = torch.iinfo(torch.int64).max  # image index an empty slot sorts by: after every real image
+
+
+def _maps(values: torch.Tensor, image: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """values[image, unit] ([M, P] rows of values [N, c, P]) as one contiguous row gather (index_select of a flat
+    view: a row copy, about three times faster on CPU than advanced indexing) when each row is contiguous and
+    rows are P apart (a unit slice of a contiguous [N, C, P] batch); advanced indexing otherwise."""
+    n, c, p = values.shape
+    s0, s1, s2 = values.stride()
+    if (s2 != 1 and p > 1) or s1 != p or s0 % max(p, 1) or n == 0 or c == 0 or p == 0:
+        return values[image, unit]
+    per = s0 // p  # rows per image in the flat view
+    flat = torch.as_strided(values, ((n - 1) * per + c, p), (p, 1), values.storage_offset())
+    return flat.index_select(0, image * per + unit)
 
 
 @dataclass(frozen=True)
@@ -161,10 +175,20 @@ class StreamingExtremes:
         if r_new.numel() == 0:
             return
         u = units[r_slot]
-        self.score[u, c_slot] = s[r_new, k + c_new]
+        entered = s[r_new, k + c_new]
+        self.score[u, c_slot] = entered
         self.image[u, c_slot] = im[r_new, k + c_new]
-        maps = values[c_new, rows[r_new]]  # [M, P]: the entering images' maps
-        arg = (maps.argmax(1) if self.largest else maps.argmin(1)).long()
+        unit = rows[r_new]
+        if kernels.available(values.device) and values.dtype == torch.float32:
+            # the entering score is its map's extreme: its first position is a scan that stops there, and the
+            # heatmap is cut from the map in place (no copy of whole maps)
+            width = self.geometry.grid[1] if self.geometry is not None else 1
+            lost = kernels.locate(values, c_new, unit, entered, u, c_slot, self.pos, self.heat, width)
+            if not bool(lost.any()):
+                return
+            c_new, unit, u, c_slot = c_new[lost], unit[lost], u[lost], c_slot[lost]  # scores not in their maps
+        maps = _maps(values, c_new, unit)  # [M, P]: the entering images' maps
+        arg = self._arg(maps)
         self.pos[u, c_slot] = arg
         if self.geometry is not None:
             self.heat[u, c_slot] = self._cut(maps, arg)
@@ -185,8 +209,8 @@ class StreamingExtremes:
         new = (order - k).clamp(min=0)  # [c, k] entry among the best new (where order >= k)
         took = (order >= k) & ~empty
         rows = torch.arange(c, device=order.device).view(-1, 1).expand(-1, k)
-        maps = values.transpose(0, 1)[rows.reshape(-1), torch.gather(best, 1, new).reshape(-1)]  # [c * k, P]
-        arg = (maps.argmax(1) if self.largest else maps.argmin(1)).long().view(c, k)
+        maps = _maps(values, torch.gather(best, 1, new).reshape(-1), rows.reshape(-1))  # [c * k, P]
+        arg = self._arg(maps).view(c, k)
         self.pos[lo:hi] = torch.where(took, arg, torch.gather(self.pos[lo:hi], 1, old))
         if self.geometry is not None:
             cut = self._cut(maps, arg.view(-1)).view(c, k, *self.heat.shape[2:])
@@ -194,6 +218,11 @@ class StreamingExtremes:
             self.heat[lo:hi] = torch.where(took.view(c, k, 1, 1), cut, oldheat)
         self.score[lo:hi] = torch.where(empty, float("nan"), torch.gather(s, 1, order))
         self.image[lo:hi] = torch.where(empty, -1, torch.gather(im, 1, order))
+
+    def _arg(self, maps: torch.Tensor) -> torch.Tensor:
+        """First position of each row's max (min), int64 [M]: what argmax (argmin) gives, NaN counting as the
+        extreme, from max(dim) (min(dim)), which is about twice as fast on CPU."""
+        return (maps.max(1) if self.largest else maps.min(1)).indices
 
     def _cut(self, rows: torch.Tensor, arg: torch.Tensor) -> torch.Tensor:
         """The heatmap [M, hs, ws] of each map rows [M, P] around its winning position arg [M]."""
