@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils.deterministic
 
 from scopecli.render import transforms as tf
 from scopecli.render.reproducible import reproducible
@@ -52,7 +53,8 @@ def test_reproducible_warp_passes_gradcheck():
 def _switches():
     cudnn = torch.backends.cudnn
     return (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-            cudnn.deterministic, cudnn.benchmark, tf.REPRODUCIBLE_WARP.get())
+            cudnn.deterministic, cudnn.benchmark, tf.REPRODUCIBLE_WARP.get(),
+            torch.utils.deterministic.fill_uninitialized_memory)
 
 
 def test_reproducible_sets_the_switches_on_cuda_and_restores_them():
@@ -60,12 +62,12 @@ def test_reproducible_sets_the_switches_on_cuda_and_restores_them():
     torch.backends.cudnn.benchmark = True
     try:
         with reproducible(torch.device("cuda")):
-            assert _switches() == (True, True, True, False, True)
-        assert _switches()[:3] == before[:3] and torch.backends.cudnn.benchmark and not tf.REPRODUCIBLE_WARP.get()
+            assert _switches() == (True, True, True, False, True, False)
+        assert _switches()[:3] == before[:3] and _switches()[4:] == before[4:] and torch.backends.cudnn.benchmark
         with pytest.raises(KeyError):
             with reproducible(torch.device("cuda")):
                 raise KeyError("boom")
-        assert _switches()[:3] == before[:3] and torch.backends.cudnn.benchmark and not tf.REPRODUCIBLE_WARP.get()
+        assert _switches()[:3] == before[:3] and _switches()[4:] == before[4:] and torch.backends.cudnn.benchmark
     finally:
         torch.backends.cudnn.benchmark = before[3]
 

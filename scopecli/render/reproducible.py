@@ -14,6 +14,7 @@ import os
 from contextlib import contextmanager
 
 import torch
+import torch.utils.deterministic
 
 from scopecli.render import transforms as tf
 
@@ -25,17 +26,18 @@ def reproducible(device: torch.device, enabled: bool = True):
     if not enabled or device.type != "cuda":
         yield
         return
-    cudnn = torch.backends.cudnn
+    cudnn, fill = torch.backends.cudnn, torch.utils.deterministic
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             cudnn.deterministic, cudnn.benchmark)
+             cudnn.deterministic, cudnn.benchmark, fill.fill_uninitialized_memory)
     # cuBLAS reduces in a fixed order only with a fixed workspace (read when torch creates its handle)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     cudnn.deterministic, cudnn.benchmark = True, False
+    fill.fill_uninitialized_memory = False  # a render never reads memory it did not write: skip the NaN fills
     token = tf.REPRODUCIBLE_WARP.set(True)
     try:
         yield
     finally:
         tf.REPRODUCIBLE_WARP.reset(token)
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        cudnn.deterministic, cudnn.benchmark = saved[2], saved[3]
+        cudnn.deterministic, cudnn.benchmark, fill.fill_uninitialized_memory = saved[2:]
