@@ -52,20 +52,20 @@ class Recorder:
         torch.optim.Adam = self._real
 
 
-def render(loaded, targets, steps, batch, args):
-    settings = RenderSettings(steps=steps, size=args.size, seed=args.seed, batch=batch, device=args.current_device,
+def render(loaded, targets, steps, batch, args, device):
+    settings = RenderSettings(steps=steps, size=args.size, seed=args.seed, batch=batch, device=device,
                               schedule=args.schedule, robust_samples=1)
     return [rec for _, rec in render_units(loaded, targets, settings).records]
 
 
-def growth(loaded, targets, steps, args) -> list[tuple[int, float]]:
+def growth(loaded, targets, steps, args, device) -> list[tuple[int, float]]:
     """Relative L2 distance of each unit's parameters, alone vs in the batch, after steps 1, 2, 4, ..."""
     with Recorder() as together:
-        render(loaded, targets, steps, len(targets), args)
+        render(loaded, targets, steps, len(targets), args, device)
     alone = []
     for t in targets:
         with Recorder() as one:
-            render(loaded, [t], steps, 1, args)
+            render(loaded, [t], steps, 1, args, device)
         alone.append(torch.stack([s[0] for s in one.snapshots]))
     a = torch.stack(alone, dim=1)  # (steps, n, ...)
     b = torch.stack(together.snapshots)
@@ -99,7 +99,6 @@ def main() -> None:
           f"{args.schedule} schedule{', oneDNN off' if args.no_mkldnn else ''}; differences in /255 per unit", flush=True)
     rows, batches = [], {}
     for device in args.device:
-        args.current_device = device
         loaded.module.to(device)
         rows += run_device(loaded, targets, device, args, batches)
     for device in args.device[1:]:
@@ -128,10 +127,10 @@ def run_device(loaded, targets, device, args, batches) -> list[dict]:
         torch.set_num_threads(threads)
         for steps in ([] if args.growth_only else args.steps):
             t0 = time.perf_counter()
-            batch = render(loaded, targets, steps, len(targets), args)
+            batch = render(loaded, targets, steps, len(targets), args, device)
             seconds = time.perf_counter() - t0
-            again = render(loaded, targets, steps, len(targets), args)
-            alone = [render(loaded, [t], steps, 1, args)[0] for t in targets]
+            again = render(loaded, targets, steps, len(targets), args, device)
+            alone = [render(loaded, [t], steps, 1, args, device)[0] for t in targets]
             same_max = max(int(np.abs(a.image.astype(int) - b.image.astype(int)).max()) for a, b in zip(batch, again))
             diff = [np.abs(a.image.astype(float) - b.image.astype(float)) for a, b in zip(alone, batch)]
             act = [abs(a.act_final - b.act_final) / max(abs(b.act_final), 1e-12) for a, b in zip(alone, batch)]
@@ -147,7 +146,7 @@ def run_device(loaded, targets, device, args, batches) -> list[dict]:
                   + " ".join(str(x) for x in row["alone_vs_batch_max"]) + "  activation differs by "
                   + " ".join(f"{x:.2f}%" for x in row["act_final_rel_diff_pct"]), flush=True)
         if args.growth or args.growth_only:
-            g = growth(loaded, targets, max(args.steps), args)
+            g = growth(loaded, targets, max(args.steps), args, device)
             rows.append({"device": device, "threads": threads, "growth": g})
             print(f"{device} threads {threads} parameter distance alone vs batch after step: "
                   + ", ".join(f"{s}: {d:.1e}" for s, d in g), flush=True)

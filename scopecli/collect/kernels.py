@@ -104,9 +104,9 @@ def _kernels(wait: bool = True):
     try:
         if "kernels" not in _STATE:
             kernels = None
-            for cache in (True, False):  # numba's on-disk cache may have nowhere to go: compile each run then
-                if os.environ.get("SCOPE_COLLECT_NUMBA", "1") == "0":
-                    break
+            off = os.environ.get("SCOPE_COLLECT_NUMBA", "1") == "0"
+            # numba's on-disk cache may have nowhere to go: then compile in every run
+            for cache in () if off else (True, False):
                 try:
                     kernels = _compile(cache)
                     _selftest(kernels)

@@ -357,46 +357,39 @@ def render_units(
     if device.type == "cuda":
         module.to(memory_format=torch.channels_last)
     start = time.perf_counter()
-    try:
-        with reproducible(device, bool(settings.deterministic)):
-            return _render_chunks(module, normalize, fingerprint, targets, settings, device, group, layouts, dataset_max,
-                                  progress, on_batch, on_records, on_estimate, clock, start)
-    finally:
-        module.train(was_training)
-
-
-def _render_chunks(module, normalize, fingerprint, targets, settings, device, group, layouts, dataset_max, progress,
-                   on_batch, on_records, on_estimate, clock, start) -> RenderResult:
-    """render_units' work: batch sizes, the estimate, then every batch."""
-    layers = tapped_layers(targets)
-    layouts = dict(layouts or {})
-    missing = [name for name in layers if name not in layouts]
-    if missing:
-        layouts.update(layouts_at(module, int(settings.size), missing))
-    if settings.batch == "auto":
-        batch_size = auto_batch(module, layers, int(settings.size), device, normalize, group)
-    else:
-        batch_size = int(settings.batch)
-    chunks = list(batches(targets, batch_size, group))
-    estimate = None
-    if on_estimate is not None and len(chunks) > 1:
-        estimate = estimate_render(module, normalize, chunks, settings, device, clock)
-        on_estimate(estimate)
-    batches_start = time.perf_counter()
-    records, skipped, done = [], [], 0
-    for b, chunk in enumerate(chunks):
-        seeds = [derive_seed(settings.seed, fingerprint, t.layer, t.unit, t.diversity_index) for t in chunk]
-        work = estimate.batch_seconds[b] if estimate is not None else float(len(chunk))
-        recs, skips = _render_batch(module, normalize, chunk, seeds, settings, device, dataset_max, progress,
-                                    layouts, work)
-        records.extend(recs)
-        skipped.extend(skips)
-        if on_records is not None and recs:
-            on_records(recs)
-        done += len(chunk)
-        if on_batch is not None:
-            on_batch(b + 1, len(chunks), done, time.perf_counter() - batches_start)
-    return RenderResult(records, skipped, time.perf_counter() - start, batch_size, str(device))
+    with reproducible(device, bool(settings.deterministic)):
+        try:
+            layers = tapped_layers(targets)
+            layouts = dict(layouts or {})
+            missing = [name for name in layers if name not in layouts]
+            if missing:
+                layouts.update(layouts_at(module, int(settings.size), missing))
+            if settings.batch == "auto":
+                batch_size = auto_batch(module, layers, int(settings.size), device, normalize, group)
+            else:
+                batch_size = int(settings.batch)
+            chunks = list(batches(targets, batch_size, group))
+            estimate = None
+            if on_estimate is not None and len(chunks) > 1:
+                estimate = estimate_render(module, normalize, chunks, settings, device, clock)
+                on_estimate(estimate)
+            batches_start = time.perf_counter()
+            records, skipped, done = [], [], 0
+            for b, chunk in enumerate(chunks):
+                seeds = [derive_seed(settings.seed, fingerprint, t.layer, t.unit, t.diversity_index) for t in chunk]
+                work = estimate.batch_seconds[b] if estimate is not None else float(len(chunk))
+                recs, skips = _render_batch(module, normalize, chunk, seeds, settings, device, dataset_max, progress,
+                                            layouts, work)
+                records.extend(recs)
+                skipped.extend(skips)
+                if on_records is not None and recs:
+                    on_records(recs)
+                done += len(chunk)
+                if on_batch is not None:
+                    on_batch(b + 1, len(chunks), done, time.perf_counter() - batches_start)
+            return RenderResult(records, skipped, time.perf_counter() - start, batch_size, str(device))
+        finally:
+            module.train(was_training)
 
 
 def layer_depth_order(module, layers) -> list[str]:

@@ -134,7 +134,7 @@ def splat_bilinear(grad_out: torch.Tensor, grid: torch.Tensor, image_shape) -> t
     # o with |s(o) - p| < 1 per axis lie strictly within `reach` of the point that lands on p: at most
     # ceil(2 * reach) integers per axis, the first one floor(centre - reach) + 1 (a margin covers rounding)
     reach = inv.abs().sum(-1) + 1e-2
-    k_j, k_i = (int(math.ceil(2 * float(reach[:, a].max()))) for a in (0, 1))
+    k_j, k_i = (math.ceil(2 * r) for r in reach.amax(0).tolist())  # one device -> host read per step
     py, px = torch.meshgrid(torch.arange(h, device=grid.device, dtype=torch.float32),
                             torch.arange(w, device=grid.device, dtype=torch.float32), indexing="ij")
     dx = px.unsqueeze(0) - origin[:, 0, None, None]  # (N, H, W)
