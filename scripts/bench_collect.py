@@ -273,6 +273,7 @@ def profile(args, device, model, source, n, layers, workers, settings) -> dict:
         (stats.LayerStats, "observe", "sweep (all of the statistics)"),
         (stats.LayerStats, "_histogram", "  histogram (torch ops)"),
         (kernels, "histogram", "  histogram (compiled)"),
+        (kernels, "reduce", "  histogram + max, min, sums (compiled)"),
         (stats.LayerStats, "_moments", "  moments (float64 merge)"),
         (topk.StreamingExtremes, "merge_units", lambda a: "  top-k merge" if a[0].largest else "  bottom-k merge"),
         (kernels, "locate", "    positions + heatmaps (compiled)"),
@@ -323,8 +324,8 @@ def profile(args, device, model, source, n, layers, workers, settings) -> dict:
             setattr(owner, name, fn)
         torch.set_num_threads(threads)
     sweep = spent["sweep (all of the statistics)"]
-    parts = ("  histogram (torch ops)", "  histogram (compiled)", "  moments (float64 merge)", "  top-k merge",
-             "  bottom-k merge")
+    parts = ("  histogram (torch ops)", "  histogram (compiled)", "  histogram + max, min, sums (compiled)",
+             "  moments (float64 merge)", "  top-k merge", "  bottom-k merge")
     spent["  reductions + block overhead (rest of the sweep)"] = sweep - sum(spent[k] for k in parts)
     spent["layer hand-off (rest of the bookkeeping)"] = walls["bookkeeping, 1 thread"] - sweep
     ms = {k: round(1000 * v / n, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}

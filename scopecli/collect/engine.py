@@ -402,13 +402,25 @@ def _observe_layer(acc: LayerPass1, a: torch.Tensor, gidx: torch.Tensor,
     probe = None if probe_sel is None else torch.empty(len(probe_sel), a.shape[1], dtype=torch.float16,
                                                        device=a.device)
 
-    def per_units(lo, hi, mx, mn, total):
+    def per_units(lo, hi, mx, mn, total, at_max, at_min):
         for tracker, new, largest in trackers:
-            tracker.merge_units(new, lo, hi, mx if largest else mn, gidx, a[:, lo:hi])
+            tracker.merge_units(new, lo, hi, mx if largest else mn, gidx, a[:, lo:hi], at_max if largest else at_min)
         if probe is not None:
             probe[:, lo:hi] = total.index_select(0, probe_sel) / a.shape[2]
 
-    acc.stats.observe(a, per_units)
+    def bars(lo, hi):
+        """The entry levels of units lo:hi over all trackers (a new winner's extreme is beyond its tracker's)."""
+        levels = []
+        for sign in (1, -1):
+            worst = [t.threshold(lo, hi)[0] for t, new, largest in trackers if new is not None and largest == (sign > 0)]
+            if not worst:
+                levels.append(torch.full((hi - lo,), sign * float("inf")))
+            else:
+                level = worst[0] if len(worst) == 1 else torch.stack(worst).amin(0) if sign > 0 else torch.stack(worst).amax(0)
+                levels.append(level.float().contiguous())
+        return levels
+
+    acc.stats.observe(a, per_units, bars)
     for tracker, new, _ in trackers:
         tracker.commit(new)
     return probe

@@ -1,13 +1,16 @@
-"""Optional compiled loops for collect's pass 1 on CPU (numba, when it imports): the same integers as the torch ops
-they stand in for, so results are bit for bit those of the torch path.
+"""Optional compiled loops for collect's pass 1 on CPU (numba, when it imports).
 
 Why: pass 1 must cost little more than the forward it rides on. On CPU its floor is one histogram increment per
 activation (5.5 M per resnet50 image over its 16 default layers); in torch that takes five passes over every
-value (shift, mask, bucket lookup, unit offset, index_add: about 2.9 ns a value in pass 1), a loop that does it
-all while the value is in a register takes one (about 1.2-1.4 ns), and eight +0.0 in a row (ReLU's dead
-regions) are counted at once. The first position of a new top-k winner's extreme is likewise a scan that stops
-at the known extreme, instead of copying the whole map to arg-max it. Without numba (it comes with the `atlas`
-extra) or with SCOPE_COLLECT_NUMBA=0, collect uses the torch ops, which give the same results.
+value (shift, mask, bucket lookup, unit offset, index_add) and four more for max, min, sum and norm. `reduce`
+does all of it in one pass while each value is in a register (eight +0.0 in a row, ReLU's dead regions, are
+counted at once), and finds the first position of a map's extreme while the map is still in cache when the map
+can enter a top-k list, so a new winner's position costs no second read from memory. Counts, max, min and
+positions are bit for bit those of the torch path; sums are float64 (torch's are float32), so the moments are
+closer to exact. Without numba (the `fast` extra) or with SCOPE_COLLECT_NUMBA=0, collect uses the torch ops.
+
+The loops take flat C-contiguous arrays and row strides (compiled once, for one signature: views of any unit
+range then need no new compile in the middle of a run, and the inner loops see unit-stride rows).
 """
 
 from __future__ import annotations
@@ -20,63 +23,133 @@ import torch
 
 from scopecli.sketch import BUCKET_LUT, CENTER, KEY_MASK, KEY_SHIFT, NUM_BUCKETS
 
-_STATE: dict[str, object] = {}  # "kernels": (histogram, locate) once compiled, or None when unusable
+_STATE: dict[str, object] = {}  # "kernels": (reduce, locate, merge) once compiled, or None when unusable
 _LOCK = threading.Lock()
 
 
 def _compile(cache: bool = True):
     from numba import njit  # noqa: PLC0415 (optional dependency, imported on first use)
+    from numba import types as nt  # noqa: PLC0415
 
+    def arr(dtype, ndim=1):
+        return nt.Array(dtype, ndim, "C")
+
+    i64, f32, f64, i32 = nt.int64, nt.float32, nt.float64, nt.int32
+    sig_reduce = nt.void(arr(f32, 3), arr(i32, 3), i64, i64, arr(i32), arr(i32), i64, arr(f32, 2), arr(f32, 2),
+                         arr(f64, 2), arr(f64, 2), arr(f32), arr(f32), arr(i32, 2), arr(i32, 2))
+    sig_locate = nt.void(arr(f32), i64, i64, arr(i64), arr(i64), arr(f32), arr(i64), arr(i64), arr(i64, 2),
+                         arr(f32, 4), i64, arr(nt.boolean), arr(i32), i64)
+    sig_merge = nt.void(arr(f32), i64, i64, nt.Array(f32, 2, "A"), arr(i64), nt.Array(i32, 2, "A"), nt.boolean,
+                        arr(f32, 2), arr(i64, 2), arr(i64, 2), arr(f32, 4), i64)
     shift, mask, buckets, zero = KEY_SHIFT, KEY_MASK, NUM_BUCKETS, CENTER
+    last = np.iinfo(np.int64).max  # image index an empty slot sorts by (topk._LAST)
 
     @njit(nogil=True, cache=cache, boundscheck=False)
-    def histogram(bits, lut, counts, u0, second):  # pragma: no cover (compiled)
-        """Count bits [N, U, P] (float32 bit patterns of units u0..) into counts (flat, unit u's buckets at
-        u * NUM_BUCKETS); second > 0: odd positions count into the copy that starts `second` further on (a run
-        of equal values then alternates between two counters instead of waiting on one). Eight +0.0 in a
-        row (ReLU's dead regions) are counted at once, in a register."""
-        n_img, n_units, p_len = bits.shape
-        odd = second if second > 0 else 0
+    def first(values, row, p_len, t):  # pragma: no cover (compiled)
+        """First position of t in the map values[row:row + p_len] (of a NaN when t is NaN); -1 when none."""
+        if t != t:
+            for p in range(p_len):
+                if values[row + p] != values[row + p]:
+                    return p
+            return -1
+        for p in range(p_len):
+            if values[row + p] == t:
+                return p
+        return -1
+
+    @njit(nogil=True, cache=cache, boundscheck=False, fastmath={"reassoc"})
+    def moments(values, bits):  # pragma: no cover (compiled)
+        """(max key, min key, sum, sum of squares) of one map. Max and min compare order-preserving integer keys
+        of the float bits (a NaN's key is beyond +-inf's) and the sums may be reordered: all of it runs on
+        vector registers. Only these sums are reassociated (fastmath), never a comparison."""
+        kmax = np.int32(-2147483648)
+        kmin = np.int32(2147483647)
+        s = 0.0
+        q = 0.0
+        for p in range(values.shape[0]):
+            b = bits[p]
+            k = b ^ ((b >> 31) & 0x7FFFFFFF)
+            kmax = max(kmax, k)
+            kmin = min(kmin, k)
+            d = np.float64(values[p])
+            s += d
+            q += d * d
+        return kmax, kmin, s, q
+
+    @njit(sig_reduce, nogil=True, cache=cache, boundscheck=False)
+    def reduce(values, bits, lo, hi, lut, counts, second, vmax, vmin, sums, sumsq, top_bar, bottom_bar, at_max,
+               at_min):  # pragma: no cover (compiled)
+        """Units lo:hi of a batch values [N, C, P] (bits: the same memory as int32). Counts each value into its
+        unit's histogram (counts, unit u's buckets at u * NUM_BUCKETS; odd positions into the copy `second`
+        further on when second > 0, so a run of equal values alternates between two counters; eight +0.0 in a
+        row are counted at once), then, while the map is in cache, writes its max and min (NaN when it holds
+        one, like torch.amax), sum and sum of squares (float64) into [N, C] outputs. A map whose max is above
+        top_bar[u - lo] (or NaN) gets the first position of its max in at_max (else -1); likewise bottom_bar /
+        at_min."""
+        n_img, _, p_len = values.shape
         whole = p_len - p_len % 8
-        for j in range(n_units):
-            base = (u0 + j) * buckets
+        odd = second if second > 0 else 0
+        extremes = np.empty(2, np.int32)
+        as_float = extremes.view(np.float32)
+        for u in range(lo, hi):
+            base = u * buckets
             zeros = 0
             for n in range(n_img):
                 for p0 in range(0, whole, 8):
-                    if (bits[n, j, p0] | bits[n, j, p0 + 1] | bits[n, j, p0 + 2] | bits[n, j, p0 + 3] | bits[n, j, p0 + 4]
-                            | bits[n, j, p0 + 5] | bits[n, j, p0 + 6] | bits[n, j, p0 + 7]) == 0:
+                    b0, b1, b2, b3 = bits[n, u, p0], bits[n, u, p0 + 1], bits[n, u, p0 + 2], bits[n, u, p0 + 3]
+                    b4, b5, b6, b7 = bits[n, u, p0 + 4], bits[n, u, p0 + 5], bits[n, u, p0 + 6], bits[n, u, p0 + 7]
+                    if (b0 | b1 | b2 | b3 | b4 | b5 | b6 | b7) == 0:
                         zeros += 8
-                    else:
-                        for p in range(p0, p0 + 8, 2):
-                            counts[base + lut[(bits[n, j, p] >> shift) & mask]] += 1
-                            counts[odd + base + lut[(bits[n, j, p + 1] >> shift) & mask]] += 1
+                        continue
+                    counts[base + lut[(b0 >> shift) & mask]] += 1
+                    counts[odd + base + lut[(b1 >> shift) & mask]] += 1
+                    counts[base + lut[(b2 >> shift) & mask]] += 1
+                    counts[odd + base + lut[(b3 >> shift) & mask]] += 1
+                    counts[base + lut[(b4 >> shift) & mask]] += 1
+                    counts[odd + base + lut[(b5 >> shift) & mask]] += 1
+                    counts[base + lut[(b6 >> shift) & mask]] += 1
+                    counts[odd + base + lut[(b7 >> shift) & mask]] += 1
                 for p in range(whole, p_len):
-                    counts[(odd if p % 2 else 0) + base + lut[(bits[n, j, p] >> shift) & mask]] += 1
+                    counts[(odd if p % 2 else 0) + base + lut[(bits[n, u, p] >> shift) & mask]] += 1
+                kmax, kmin, s, q = moments(values[n, u], bits[n, u])
+                extremes[0] = kmax ^ ((kmax >> 31) & 0x7FFFFFFF)  # keys back to float bits
+                extremes[1] = kmin ^ ((kmin >> 31) & 0x7FFFFFFF)
+                top = as_float[0]
+                low = as_float[1]
+                row = values[n, u]
+                if s != s:  # a NaN, or +inf and -inf: the map's max and min are NaN only in the first case
+                    if first(row, 0, p_len, np.nan) >= 0:
+                        top = np.nan
+                        low = np.nan
+                vmax[n, u] = top
+                vmin[n, u] = low
+                sums[n, u] = s
+                sumsq[n, u] = q
+                at_max[n, u] = first(row, 0, p_len, top) if (top > top_bar[u - lo] or top != top) else -1
+                at_min[n, u] = first(row, 0, p_len, low) if (low < bottom_bar[u - lo] or low != low) else -1
             counts[base + zero] += zeros
 
-    @njit(nogil=True, cache=cache, boundscheck=False)
-    def locate(values, image, unit, target, slot_u, slot_c, pos, heat, grid_w, lost):  # pragma: no cover (compiled)
-        """For each new winner m (map values[image[m], unit[m]], score target[m], its max or min): its first
-        position equal to target (the first NaN when target is NaN) into pos[slot_u[m], slot_c[m]], and the
-        heatmap window around it (crops.heat_origins) into heat[slot_u[m], slot_c[m]]. lost[m] = 1 (and
-        nothing written) when the map does not hold its target."""
-        p_len = values.shape[2]
+    @njit(sig_locate, nogil=True, cache=cache, boundscheck=False)
+    def locate(values, stride, p_len, image, unit, target, slot_u, slot_c, pos, heat, grid_w, lost, known,
+               known_stride):  # pragma: no cover (compiled)
+        """For each new winner m (map values[image[m] * stride + unit[m] * p_len:][:p_len], score target[m], its
+        max or min): its first position equal to target (the first NaN when target is NaN) into pos[slot_u[m],
+        slot_c[m]], and the heatmap window around it (crops.heat_origins) into heat[slot_u[m], slot_c[m]].
+        lost[m] = 1 (and nothing written) when the map does not hold its target. known (empty: none) holds at
+        image * known_stride + unit a first position of the map's extreme found by `reduce` (-1: none), taken
+        when it holds target (it is then target's first)."""
         grid_h = p_len // grid_w
         hs, ws = heat.shape[2], heat.shape[3]
         for m in range(image.shape[0]):
             n, u, t = image[m], unit[m], target[m]
-            found = -1
-            if t != t:
-                for p in range(p_len):
-                    v = values[n, u, p]
-                    if v != v:
-                        found = p
-                        break
-            else:
-                for p in range(p_len):
-                    if values[n, u, p] == t:
-                        found = p
-                        break
+            row = n * stride + u * p_len
+            found = known[n * known_stride + u] if known.shape[0] else -1
+            if found >= 0:
+                v = values[row + found]
+                if not (v == t or (t != t and v != v)):
+                    found = -1
+            if found < 0:
+                found = first(values, row, p_len, t)
             lost[m] = found < 0
             if found < 0:
                 continue
@@ -86,21 +159,126 @@ def _compile(cache: bool = True):
                 oy = min(max(found // grid_w - hs // 2, 0), grid_h - hs)
                 ox = min(max(found % grid_w - ws // 2, 0), grid_w - ws)
                 for y in range(hs):
-                    row = (oy + y) * grid_w + ox
+                    at = row + (oy + y) * grid_w + ox
                     for x in range(ws):
-                        heat[su, sc, y, x] = values[n, u, row + x]
+                        heat[su, sc, y, x] = values[at + x]
 
-    return histogram, locate
+    @njit(nogil=True, cache=cache, boundscheck=False)
+    def better(key, image, than_key, than_image, largest):  # pragma: no cover (compiled)
+        """Whether (key, image) ranks before (than_key, than_image): key first, then the lower image."""
+        if key == than_key:
+            return image < than_image
+        return key > than_key if largest else key < than_key
+
+    @njit(nogil=True, cache=cache, boundscheck=False)
+    def worst(keys, images, largest):  # pragma: no cover (compiled)
+        """The entry that ranks last."""
+        w = 0
+        for s in range(1, keys.shape[0]):
+            if better(keys[w], images[w], keys[s], images[s], largest):
+                w = s
+        return w
+
+    @njit(nogil=True, cache=cache, boundscheck=False)
+    def extreme_at(values, row, p_len, largest):  # pragma: no cover (compiled)
+        """First position of the map's max (min); a NaN counts as the extreme (what Tensor.max(dim) gives)."""
+        best = 0
+        for p in range(p_len):
+            v = values[row + p]
+            if v != v:
+                return p
+            if (v > values[row + best]) if largest else (v < values[row + best]):
+                best = p
+        return best
+
+    @njit(sig_merge, nogil=True, cache=cache, boundscheck=False)
+    def merge(values, stride, p_len, score, image, known, largest, slot_score, slot_image, slot_pos, heat,
+              grid_w):  # pragma: no cover (compiled)
+        """A batch into one top/bottom-k tracker's units (StreamingExtremes.merge_units without groups): unit u's
+        K slots (slot_score/image/pos/heat [U, K, ...]) take the K best of themselves and the batch (score [N, U],
+        NaN ranking last; ties: lower image; empty slots, image -1, after every real one). Kept entries stay in
+        their slots; entering images (in batch order) take the freed slots in slot order, as the torch path does,
+        with the first position of their score in the map (values: map (n, u) at n * stride + u * p_len; known
+        [N, U] or [0, 0]: positions `reduce` found, -1: none) and the heatmap window around it."""
+        n_img, n_units = score.shape
+        k = slot_score.shape[1]
+        fill = -np.inf if largest else np.inf
+        keys = np.empty(k, np.float64)
+        images = np.empty(k, np.int64)
+        source = np.empty(k, np.int64)
+        kept = np.zeros(k, np.bool_)
+        entered = np.zeros(n_img, np.bool_)
+        grid_h = p_len // grid_w
+        hs, ws = heat.shape[2], heat.shape[3]
+        for u in range(n_units):
+            for s in range(k):
+                v = slot_score[u, s]
+                keys[s] = fill if v != v else v
+                images[s] = last if slot_image[u, s] < 0 else slot_image[u, s]
+                source[s] = s
+            w = worst(keys, images, largest)
+            changed = False
+            for n in range(n_img):
+                v = score[n, u]
+                key = fill if v != v else np.float64(v)
+                if better(key, image[n], keys[w], images[w], largest):
+                    keys[w] = key
+                    images[w] = image[n]
+                    source[w] = k + n
+                    w = worst(keys, images, largest)
+                    changed = True
+            if not changed:
+                continue
+            for s in range(k):
+                if source[s] < k:
+                    kept[source[s]] = True
+                else:
+                    entered[source[s] - k] = True
+            s = 0
+            for n in range(n_img):
+                if not entered[n]:
+                    continue
+                entered[n] = False
+                while kept[s]:
+                    s += 1
+                t = score[n, u]
+                row = n * stride + u * p_len
+                found = known[n, u] if known.shape[0] else -1
+                if found >= 0:
+                    v = values[row + found]
+                    if not (v == t or (t != t and v != v)):
+                        found = -1
+                if found < 0:
+                    found = first(values, row, p_len, t)
+                if found < 0:  # a score its map does not hold: the map's own extreme
+                    found = extreme_at(values, row, p_len, largest)
+                slot_score[u, s] = t
+                slot_image[u, s] = image[n]
+                slot_pos[u, s] = found
+                if hs:
+                    oy = min(max(found // grid_w - hs // 2, 0), grid_h - hs)
+                    ox = min(max(found % grid_w - ws // 2, 0), grid_w - ws)
+                    for y in range(hs):
+                        at = row + (oy + y) * grid_w + ox
+                        for x in range(ws):
+                            heat[u, s, y, x] = values[at + x]
+                s += 1
+            for r in range(s, k):  # freed slots no entering image took: empty
+                if not kept[r]:
+                    slot_score[u, r] = np.nan
+                    slot_image[u, r] = -1
+            kept[:] = False
+
+    return reduce, locate, merge
 
 
-def _kernels(wait: bool = True):
-    """The compiled loops, compiling them (or loading numba's cache, about 0.5 s) on first use; None when they
-    cannot run. wait=False: None while another thread is still preparing them (the torch path runs meanwhile;
-    both give the same results, so a batch may take either)."""
+def _kernels():
+    """The compiled loops, compiling them (or loading numba's cache, about 1 s) on first use; None when they
+    cannot run. A caller waits while another thread prepares them: which path runs must not depend on timing,
+    since the two paths' sums round differently (a rerun or a resumed run reproduces its file bit for bit)."""
     if "kernels" in _STATE:
         return _STATE["kernels"]
-    if not _LOCK.acquire(blocking=wait):
-        return None
+    _LOCK.acquire()
     try:
         if "kernels" not in _STATE:
             kernels = None
@@ -122,8 +300,8 @@ def _kernels(wait: bool = True):
 
 
 def prepare(device: torch.device) -> threading.Thread | None:
-    """Start preparing the compiled loops in the background (pass 1 calls it before its first batch and joins
-    the thread when it ends, so no compile outlives it)."""
+    """Start preparing the compiled loops in the background (pass 1 calls it before its first batch, whose
+    forward then overlaps the compile or cache load, and joins the thread when it ends)."""
     if torch.device(device).type != "cpu" or "kernels" in _STATE:
         return None
     thread = threading.Thread(target=_kernels, name="scope-kernels", daemon=True)
@@ -132,49 +310,100 @@ def prepare(device: torch.device) -> threading.Thread | None:
 
 
 def _selftest(kernels) -> None:
-    """Compile on a tiny input and check against numpy (raises, so a broken build falls back to torch)."""
-    histogram, locate = kernels
-    x = np.zeros((1, 2, 19), np.float32)  # a row of eight zeros, a mixed row of eight, a tail of three
-    x[0, :, 8:16] = [0.0, -0.0, 1.5, -3.0, np.nan, 1e-30, 7e5, 1.5]
-    x[0, 1, 17] = 2.0
-    counts = np.zeros(2 * NUM_BUCKETS, np.int64)
-    histogram(x[:, :1].view(np.int32), BUCKET_LUT, counts, 0, NUM_BUCKETS)  # pairs, C layout
-    histogram(x[:, 1:, 8:].view(np.int32), BUCKET_LUT, counts, 0, 0)  # one copy, strided
-    want = np.bincount(BUCKET_LUT[(x[:, 0].view(np.int32).ravel() >> KEY_SHIFT) & KEY_MASK], minlength=NUM_BUCKETS)
-    want += np.bincount(BUCKET_LUT[(x[:, 1, 8:].view(np.int32).ravel() >> KEY_SHIFT) & KEY_MASK], minlength=NUM_BUCKETS)
-    counts = counts[:NUM_BUCKETS] + counts[NUM_BUCKETS:]
-    y = x[:, :, 8:16]
-    pos, heat = np.zeros((1, 3), np.int64), np.zeros((1, 3, 1, 2), np.float32)
-    zero = np.zeros(3, np.int64)
-    lost = np.zeros(3, np.bool_)
-    locate(y, zero, zero, np.array([1.5, np.nan, 2.0], np.float32), zero, np.arange(3), pos, heat, 8, lost)  # strided
-    locate(np.ascontiguousarray(y), zero[:1], zero[:1], np.float32([7e5]), zero[:1], zero[:1] + 2, pos, heat, 8, lost[:1])
-    if not np.array_equal(counts, want) or pos.tolist() != [[2, 4, 6]] or lost.tolist() != [False, False, True] \
-            or heat[0, 0].tolist() != [[-0.0, 1.5]] or heat[0, 2, 0, 1] != 7e5:
+    """Run both loops on a tiny input and check against numpy (raises, so a broken build falls back to torch)."""
+    x = np.zeros((2, 3, 19), np.float32)
+    x[0, 0, 8:16] = [0.0, -0.0, 1.5, -3.0, np.nan, 1e-30, 7e5, 1.5]  # a NaN
+    x[0, 1, 8:] = np.arange(11) - 12.5  # negative: its max, 0, comes from a group of eight zeros alone
+    x[0, 2, 3:] = np.arange(16) * 0.25
+    x[1] = -x[0]
+    counts = np.zeros(2 * 3 * NUM_BUCKETS, np.int32)
+    out = torch.empty(2, 2, 3), torch.empty(2, 2, 3, dtype=torch.float64), torch.empty(2, 2, 3, dtype=torch.int32)
+    bars = torch.tensor([[-np.inf, -np.inf, 3.75], [np.inf, np.inf, np.inf]])  # map (0, 2)'s max is not above
+    t = torch.from_numpy(x)
+    for lo, hi in ((0, 1), (1, 3)):  # two unit ranges; units 1-2 count odd positions into a second copy
+        reduce(t, torch.from_numpy(counts), lo, hi, 3 * NUM_BUCKETS if lo else 0, out[0][0], out[0][1], out[1][0],
+               out[1][1], bars[0, lo:hi], bars[1, lo:hi], out[2][0], out[2][1], kernels)
+    keys = BUCKET_LUT[(x.view(np.int32) >> KEY_SHIFT) & KEY_MASK]
+    want = np.stack([np.bincount(keys[:, u].ravel(), minlength=NUM_BUCKETS) for u in range(3)]).ravel()
+    d = x.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        ok = np.array_equal(counts[:want.size] + counts[want.size:], want) \
+            and np.array_equal(out[0][0].numpy(), x.max(2), equal_nan=True) \
+            and np.array_equal(out[0][1].numpy(), x.min(2), equal_nan=True) \
+            and np.allclose(out[1][0].numpy(), d.sum(2), equal_nan=True) \
+            and np.allclose(out[1][1].numpy(), np.square(d).sum(2), equal_nan=True) \
+            and out[2][0].tolist() == [[12, 0, -1], [12, 8, -1]] and out[2][1].tolist() == [[12, 8, 0], [12, 0, 18]]
+    # new winners: map (0, 0) at its max 7e5 (known), 1.5 (known is the max's position: scanned), the NaN, and 2.0,
+    # which it does not hold (lost)
+    pos, heat = torch.zeros(1, 4, dtype=torch.int64), torch.zeros(1, 4, 1, 2)
+    image, unit = torch.zeros(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64)
+    known = torch.full((2, 3), 14, dtype=torch.int32)
+    lost = locate(t, image, unit, torch.tensor([7e5, 1.5, np.nan, 2.0]), image, torch.arange(4), pos, heat, 19,
+                  known, kernels)
+    ok = ok and pos.tolist() == [[14, 10, 12, 0]] and lost.tolist() == [False, False, False, True] \
+        and heat[0, 1].tolist() == [[0.0, 1.5]] and heat[0, 0, 0, 1] == 7e5
+    if not ok:
         raise RuntimeError("collect kernels disagree with numpy")
 
 
 def available(device: torch.device) -> bool:
-    """Whether pass 1 on `device` uses the compiled loops now (CPU, numba usable and ready)."""
-    return device.type == "cpu" and _kernels(wait=False) is not None
+    """Whether pass 1 on `device` uses the compiled loops (CPU and numba usable; waits while they are prepared)."""
+    return device.type == "cpu" and _kernels() is not None
 
 
-def histogram(part: torch.Tensor, counts: torch.Tensor, u0: int, second: int = 0) -> None:
-    """Count a float32 CPU block [N, U, P] of units u0.. into counts (int64, flat and contiguous, unit u's buckets at
-    u * NUM_BUCKETS; second > 0: odd positions into the copy `second` further on), like `LayerStats._histogram`."""
-    hist, _ = _kernels()
-    hist(part.view(torch.int32).numpy(), BUCKET_LUT, counts.numpy(), u0, second)
+def _flat(t: torch.Tensor, inner: int) -> tuple[np.ndarray, int]:
+    """(t's memory as a flat array from its first element, its stride along dim 0) for a tensor whose dims after
+    the first are contiguous with `inner` elements per dim-0 step at least (copied when they are not)."""
+    if t.dim() > 1 and not t[0].is_contiguous():
+        t = t.contiguous()
+    size = (t.shape[0] - 1) * t.stride(0) + inner if t.shape[0] else 0
+    return torch.as_strided(t, (size,), (1,), t.storage_offset()).numpy(), t.stride(0)
+
+
+def reduce(v: torch.Tensor, counts: torch.Tensor, lo: int, hi: int, second: int, vmax: torch.Tensor,
+           vmin: torch.Tensor, sums: torch.Tensor, sumsq: torch.Tensor, top_bar: torch.Tensor,
+           bottom_bar: torch.Tensor, at_max: torch.Tensor, at_min: torch.Tensor, kernels=None) -> None:
+    """Units lo:hi of a contiguous float32 CPU batch v [N, C, P]: their histogram into counts (int32, flat, unit u's
+    buckets at u * NUM_BUCKETS; second > 0: odd positions into the copy `second` further on) and, in the same pass,
+    each map's max and min (float32, NaN for a map holding one, like torch.amax / amin), sum and sum of squares
+    (float64) into columns lo:hi of the contiguous [N, C] vmax, vmin, sums, sumsq; and the first position of the
+    max (min) of each map whose max is above top_bar [hi - lo] (min below bottom_bar), or NaN, into int32 at_max
+    (at_min), -1 for the others."""
+    run = (kernels or _kernels())[0]
+    values = v.numpy()
+    run(values, values.view(np.int32), lo, hi, BUCKET_LUT, counts.numpy(), second, vmax.numpy(),
+        vmin.numpy(), sums.numpy(), sumsq.numpy(), np.ascontiguousarray(top_bar.numpy()),
+        np.ascontiguousarray(bottom_bar.numpy()), at_max.numpy(), at_min.numpy())
+
+
+_NONE = np.zeros(0, np.int32)
 
 
 def locate(values: torch.Tensor, image: torch.Tensor, unit: torch.Tensor, target: torch.Tensor, slot_u: torch.Tensor,
-           slot_c: torch.Tensor, pos: torch.Tensor, heat: torch.Tensor, grid_w: int) -> torch.Tensor:
+           slot_c: torch.Tensor, pos: torch.Tensor, heat: torch.Tensor, grid_w: int,
+           known: torch.Tensor | None = None, kernels=None) -> torch.Tensor:
     """Write the first position of target in each map values[image, unit] (float32 CPU [N, c, P]; for a map's
     max / min that is what max(dim) / min(dim) give, NaN: the first NaN) into pos[slot_u, slot_c], and its heatmap
-    window (`StreamingExtremes._cut`) into heat[slot_u, slot_c] (heat [C, K, hs, ws], hs 0: none). Returns a
-    bool mask of the maps that do not hold their target (not written)."""
-    _, run = _kernels()
+    window (`StreamingExtremes._cut`) into heat[slot_u, slot_c] (pos, heat [C, K, hs, ws] contiguous; hs 0: none).
+    known: int32 [N, c], the first position of each map's extreme where `reduce` found it (-1 elsewhere): no scan
+    for those. Returns a bool mask of the maps that do not hold their target (not written)."""
+    run = (kernels or _kernels())[1]
     lost = np.zeros(image.shape[0], np.bool_)
-    index = [np.ascontiguousarray(t.numpy()) for t in (image, unit, slot_u, slot_c)]  # one compiled layout
-    run(values.numpy(), index[0], index[1], np.ascontiguousarray(target.float().numpy()), index[2], index[3],
-        pos.numpy(), heat.numpy(), grid_w, lost)
+    flat, stride = _flat(values, values.shape[1] * values.shape[2])
+    k, k_stride = (_NONE, 0) if known is None else _flat(known, known.shape[1])
+    index = [np.ascontiguousarray(t.numpy(), dtype=np.int64) for t in (image, unit, slot_u, slot_c)]
+    run(flat, stride, values.shape[2], index[0], index[1], np.ascontiguousarray(target.float().numpy()), index[2],
+        index[3], pos.numpy(), heat.numpy(), grid_w, lost, np.ascontiguousarray(k), k_stride)
     return torch.from_numpy(lost)
+
+
+def merge(tracker, lo: int, hi: int, score: torch.Tensor, image: torch.Tensor, values: torch.Tensor,
+          known: torch.Tensor | None, grid_w: int, kernels=None) -> None:
+    """Units lo:hi of a batch into `tracker` (a StreamingExtremes without groups, CPU, contiguous state): score
+    [N, hi - lo] float32, image [N] int64, values [N, hi - lo, P] float32, known as in `locate`."""
+    run = (kernels or _kernels())[2]
+    flat, stride = _flat(values, values.shape[1] * values.shape[2])
+    run(flat, stride, values.shape[2], score.float().numpy(), np.ascontiguousarray(image.numpy(), dtype=np.int64),
+        (np.zeros((0, 0), np.int32) if known is None else known.numpy()), tracker.largest,
+        tracker.score[lo:hi].numpy(), tracker.image[lo:hi].numpy(), tracker.pos[lo:hi].numpy(),
+        tracker.heat[lo:hi].numpy(), grid_w)

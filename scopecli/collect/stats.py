@@ -63,17 +63,19 @@ def _run_parallel(tasks: list) -> None:
 
 
 def _ones(device: torch.device, m: int) -> torch.Tensor:
-    """m int64 ones as an expanded view (no memory)."""
-    return torch.ones(1, dtype=torch.int64, device=device).expand(m)
+    """m int32 ones as an expanded view (no memory)."""
+    return torch.ones(1, dtype=torch.int32, device=device).expand(m)
 
 
-def _blocks(n: int, c: int, p: int, parts: int, device: torch.device,
-            max_units: int | None = None) -> list[tuple[int, int, list]]:
+_COUNT_LIMIT = 2**31 - 1  # values per unit the int32 working counts take before they are added to the int64 ones
+
+
+def _blocks(n: int, c: int, p: int, parts: int, device: torch.device) -> list[tuple[int, int, list]]:
     """Split an [n, c, p] activation into `parts` unit ranges (lo, hi, blocks): blocks (i0, i1, u0, u1) hold
     about _CHUNK_ELEMENTS values; ranges are disjoint, so their histogram rows and top-k rows never
     overlap. A block takes every image of a few units (at most _BLOCK_UNITS), so the histogram rows it
     scatters into stay in cache; one unit's rows longer than a block are split by images. Off the CPU
-    there is no cache to fit: one block. max_units: units per block at most (default _BLOCK_UNITS)."""
+    there is no cache to fit: one block."""
     if device.type != "cpu":
         return [(0, c, [(0, n, 0, c)])]
     parts = max(1, min(parts, c))
@@ -81,12 +83,17 @@ def _blocks(n: int, c: int, p: int, parts: int, device: torch.device,
     for t in range(parts):
         lo, hi = t * c // parts, (t + 1) * c // parts
         if n * p <= _CHUNK_ELEMENTS:  # all images of a few units per block
-            ub = max(1, min(max_units or _BLOCK_UNITS, _CHUNK_ELEMENTS // (n * p)))
+            ub = max(1, min(_BLOCK_UNITS, _CHUNK_ELEMENTS // (n * p)))
             out.append((lo, hi, [(0, n, u, min(hi, u + ub)) for u in range(lo, hi, ub)]))
         else:  # one unit, a range of images per block
             per = max(1, _CHUNK_ELEMENTS // p)
             out.append((lo, hi, [(i, min(n, i + per), u, u + 1) for u in range(lo, hi) for i in range(0, n, per)]))
     return out
+
+
+def _level(m: int, sign: int) -> torch.Tensor:
+    """m float32 levels no map's max exceeds (sign 1: +inf) or min undercuts (sign -1: -inf): no positions."""
+    return torch.full((m,), sign * float("inf"), dtype=torch.float32)
 
 
 def _image_sum(x: torch.Tensor) -> torch.Tensor:
@@ -106,8 +113,12 @@ class LayerStats:
         self.vmin = torch.full((channels,), float("inf"), dtype=torch.float64, device=device)
         self.vmax = torch.full((channels,), float("-inf"), dtype=torch.float64, device=device)
         # bucket counts, [copies * channels * NUM_BUCKETS]: long rows alternate between two copies (a run
-        # of equal values, e.g. ReLU zeros, would otherwise wait on one counter); `hist` adds them up
-        self._counts = torch.zeros(channels * NUM_BUCKETS, dtype=torch.int64, device=device)
+        # of equal values, e.g. ReLU zeros, would otherwise wait on one counter); `hist` adds them up. They
+        # are int32 (half the cache the increments touch) and go into the int64 `_total` before one unit
+        # could have counted 2**31 values since the last time
+        self._counts = torch.zeros(channels * NUM_BUCKETS, dtype=torch.int32, device=device)
+        self._total = torch.zeros(channels * NUM_BUCKETS, dtype=torch.int64, device=device)
+        self._pending = 0  # values per unit in _counts
         self._offsets = (torch.arange(channels, device=device, dtype=torch.int32) * NUM_BUCKETS).view(1, -1, 1)
         self._offsets2: torch.Tensor | None = None  # [1, channels, P]: unit offset + that of the position's copy
 
@@ -115,12 +126,23 @@ class LayerStats:
     def hist(self) -> torch.Tensor:
         """int64 [channels * NUM_BUCKETS] bucket counts so far."""
         size = self.channels * NUM_BUCKETS
-        return self._counts if self._counts.numel() == size else self._counts[:size] + self._counts[size:]
+        counts = self._counts if self._counts.numel() == size else self._counts[:size] + self._counts[size:]
+        return self._total + counts
 
     @hist.setter
     def hist(self, value: torch.Tensor) -> None:
-        self._counts = value
+        self._total = value.to(torch.int64)
+        self._counts = torch.zeros(self.channels * NUM_BUCKETS, dtype=torch.int32, device=self.device)
+        self._pending = 0
         self._offsets2 = None
+
+    def _room(self, values: int) -> None:
+        """Make room in the int32 working counts for `values` more values per unit."""
+        if self._pending + values > _COUNT_LIMIT:
+            self._total = self.hist
+            self._counts.zero_()
+            self._pending = 0
+        self._pending += values
 
     def _interleave(self, p: int) -> bool:
         """Whether rows of p positions count into two alternating copies (allocated on first use)."""
@@ -142,48 +164,62 @@ class LayerStats:
             return
         self._moments(p, img_sum, img_sumsq, img_max, img_min)
         self.count += n * p
+        self._room(n * p)
         v = v.contiguous()
         scratch = None
         pairs = self._interleave(p)
         for i0, i1, u0, u1 in _blocks(n, c, p, 1, v.device)[0][2]:
             scratch = self._histogram(v[i0:i1, u0:u1], u0, scratch, pairs)
 
-    def observe(self, v: torch.Tensor, per_units=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def observe(self, v: torch.Tensor, per_units=None, bars=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Add a batch of float32 [N, C, P] activations; returns their per-image (max, min, sum) [N, C].
-        `per_units(lo, hi, vmax, vmin, total)` (optional) runs on the same thread once units lo:hi are
-        swept, with their [N, hi - lo] reductions (the engine updates those units' top-k rows and probes).
+        `per_units(lo, hi, vmax, vmin, total, at_max, at_min)` (optional) runs on the same thread once units
+        lo:hi are swept, with their [N, hi - lo] reductions (the engine updates those units' top-k rows and
+        probes); at_max / at_min: int32 first positions of the maps' extremes where the compiled sweep found
+        them, -1 elsewhere (None on the torch path). `bars(lo, hi)` (optional) gives float32 [hi - lo] levels
+        (top, bottom): maps whose max is above top (min below bottom) get their positions found while they are
+        in cache (the engine's top-k entry levels: any new winner's map is one of them).
 
-        Same result as `update` with those reductions, in one sweep over cache-sized blocks of (image,
-        unit) rows: every reduction and the histogram read a block while it is in cache, instead of
-        several passes over the whole activation from memory. On CPU, threads take disjoint unit ranges.
+        Same result as `update` with those reductions, in one sweep: on the torch path over cache-sized blocks
+        of (image, unit) rows, so every reduction and the histogram read a block while it is in cache; compiled,
+        one pass over each row does all of it. On CPU, threads take disjoint unit ranges.
         """
         n, c, p = v.shape
         v = v.contiguous()
         out = torch.empty(4, n, c, dtype=v.dtype, device=v.device)
         vmax, vmin, total, norm = out.unbind(0)
         compiled = v.dtype == torch.float32 and kernels.available(v.device)
+        if compiled:
+            sums = torch.empty(2, n, c, dtype=torch.float64)
+            at = torch.empty(2, n, c, dtype=torch.int32)
+        if n:
+            self._room(n * p)
         pairs = self._interleave(p)
         second = self.channels * NUM_BUCKETS if pairs else 0
 
         def sweep(lo, hi, blocks):
+            if compiled:  # one call per unit range: histogram, max, min, float64 sums and positions
+                top, bottom = bars(lo, hi) if bars is not None else (_level(hi - lo, 1), _level(hi - lo, -1))
+                kernels.reduce(v, self._counts, lo, hi, second, vmax, vmin, sums[0], sums[1], top, bottom, at[0], at[1])
+                total[:, lo:hi] = sums[0, :, lo:hi]
+                self._moments(p, sums[0, :, lo:hi], sums[1, :, lo:hi], vmax[:, lo:hi], vmin[:, lo:hi], lo, hi)
+                if per_units is not None:
+                    per_units(lo, hi, vmax[:, lo:hi], vmin[:, lo:hi], total[:, lo:hi], at[0, :, lo:hi], at[1, :, lo:hi])
+                return
             scratch = None
             for i0, i1, u0, u1 in blocks:
                 part = v[i0:i1, u0:u1]
-                if compiled:  # first, while the block comes from memory: the reductions below then read the cache
-                    kernels.histogram(part, self._counts, u0, second)
                 torch.amax(part, 2, out=vmax[i0:i1, u0:u1])
                 torch.amin(part, 2, out=vmin[i0:i1, u0:u1])
                 torch.sum(part, 2, out=total[i0:i1, u0:u1])
                 torch.linalg.vector_norm(part, dim=2, out=norm[i0:i1, u0:u1])
-                if not compiled:
-                    scratch = self._histogram(part, u0, scratch, pairs)
+                scratch = self._histogram(part, u0, scratch, pairs)
             self._moments(p, total[:, lo:hi], norm[:, lo:hi].square(), vmax[:, lo:hi], vmin[:, lo:hi], lo, hi)
             if per_units is not None:
-                per_units(lo, hi, vmax[:, lo:hi], vmin[:, lo:hi], total[:, lo:hi])
+                per_units(lo, hi, vmax[:, lo:hi], vmin[:, lo:hi], total[:, lo:hi], None, None)
 
         if n:
-            # the compiled histogram sweeps one unit's rows at a time: blocks need not bound the units they hold
-            parts = _blocks(n, c, p, _sweep_threads(v.device), v.device, c if compiled else None)
+            parts = _blocks(n, c, p, _sweep_threads(v.device), v.device)
             _run_parallel([lambda part=part: sweep(*part) for part in parts])
             self.count += n * p
         return vmax, vmin, total

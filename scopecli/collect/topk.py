@@ -137,9 +137,14 @@ class StreamingExtremes:
         return order[:, :kn], real.sum(1).clamp(max=kn)
 
     def merge_units(self, new, lo: int, hi: int, score: torch.Tensor, image: torch.Tensor,
-                    values: torch.Tensor) -> None:
-        """Units lo:hi of a batch: score [N, hi - lo], image [N], values [N, hi - lo, P]."""
+                    values: torch.Tensor, known: torch.Tensor | None = None) -> None:
+        """Units lo:hi of a batch: score [N, hi - lo], image [N], values [N, hi - lo, P]; known (optional): int32
+        [N, hi - lo] first positions of the maps' extremes where already found (-1 elsewhere)."""
         if new is None or hi <= lo:
+            return
+        if not self.per_source and values.dtype == torch.float32 and kernels.available(values.device):
+            # compiled: one pass over the batch's scores per unit, no torch ops (the same slots as below)
+            kernels.merge(self, lo, hi, score, image, values, known, self.geometry.grid[1] if self.geometry else 1)
             return
         key = self._key(score.t().float())  # [c, N]
         if not self.skip_units:
@@ -183,7 +188,7 @@ class StreamingExtremes:
             # the entering score is its map's extreme: its first position is a scan that stops there, and the
             # heatmap is cut from the map in place (no copy of whole maps)
             width = self.geometry.grid[1] if self.geometry is not None else 1
-            lost = kernels.locate(values, c_new, unit, entered, u, c_slot, self.pos, self.heat, width)
+            lost = kernels.locate(values, c_new, unit, entered, u, c_slot, self.pos, self.heat, width, known)
             if not bool(lost.any()):
                 return
             c_new, unit, u, c_slot = c_new[lost], unit[lost], u[lost], c_slot[lost]  # scores not in their maps
