@@ -76,6 +76,16 @@ def pass1(model, source, layers, n, settings, workers, device) -> tuple[float, f
     return time.perf_counter() - w0, time.process_time() - c0
 
 
+def _observe_batch(eng, layers, gidx, device) -> None:
+    """One batch's bookkeeping for every (accumulator, activations) of `layers`, as `eng` (this tree's engine or an
+    older one: there `_observe_layer` did its layer's work itself, here it returns tasks run for all layers)."""
+    parts = [eng._observe_layer(acc, a, gidx, None) for acc, a in layers]
+    if parts and isinstance(parts[0], tuple):
+        eng.stats.run_sweeps([t for tasks, _ in parts for t in tasks], device)
+        for _, done in parts:
+            done()
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="efficientnet_lite0")
@@ -211,9 +221,9 @@ def paired(args, tree: str, device, model, source, n, layers, workers, settings)
             for name in (list(trees) if b % 2 else list(trees)[::-1]):
                 eng = trees[name][0]
                 w0, c0 = time.perf_counter(), time.process_time()
-                for rec in records[name]:
-                    a = adapter.units(outs[rec.name], rec.effective_layout).float()
-                    eng._observe_layer(states[name].layers[rec.name], a, gidx, None)
+                _observe_batch(eng, [(states[name].layers[rec.name],
+                                      adapter.units(outs[rec.name], rec.effective_layout).float())
+                                     for rec in records[name]], gidx, device)
                 _sync(device)
                 t[name][0] += time.perf_counter() - w0
                 t[name][1] += time.process_time() - c0
@@ -270,7 +280,8 @@ def profile(args, device, model, source, n, layers, workers, settings) -> dict:
         return fn, wrapper
 
     patches = [
-        (stats.LayerStats, "observe", "sweep (all of the statistics)"),
+        (stats.LayerStats, "observe", "sweep (all of the statistics)"),  # older trees: per layer
+        (stats, "run_sweeps", "sweep (all of the statistics)"),  # this tree: a batch's layers at once
         (stats.LayerStats, "_histogram", "  histogram (torch ops)"),
         (kernels, "histogram", "  histogram (compiled)"),
         (kernels, "reduce", "  histogram + max, min, sums (compiled)"),
@@ -311,10 +322,9 @@ def profile(args, device, model, source, n, layers, workers, settings) -> dict:
                         walls["forward"] += time.perf_counter() - w0
                     torch.set_num_threads(1 if profiled else threads)
                     w0 = time.perf_counter()
-                    for rec in records:
-                        acc = state.layers[rec.name]
-                        engine._observe_layer(acc, adapter.units(outs[rec.name], rec.effective_layout).float(), gidx,
-                                              None)
+                    _observe_batch(engine, [(state.layers[rec.name],
+                                             adapter.units(outs[rec.name], rec.effective_layout).float())
+                                            for rec in records], gidx, device)
                     _sync(device)
                     walls["bookkeeping, 1 thread" if profiled else f"bookkeeping, {threads} threads"] += \
                         time.perf_counter() - w0

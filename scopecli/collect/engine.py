@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from scopecli.collect import kernels
+from scopecli.collect import kernels, stats
 from scopecli.collect.checkpoint import LayerPass1, Pass1Checkpoint, Pass1State
 from scopecli.collect.topk import HeatGeometry, StreamingExtremes
 from scopecli.collect.crops import crop_patches, heat_origins, heat_size, patch_side, rf_boxes, shown_windows
@@ -360,6 +360,7 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
             probe_sel = _indices(np.flatnonzero(is_probe), device) if is_probe.any() else None
             used = idx if sel is None else idx[good]
             used_paths = [source.paths[i] for i in used] if settings.sample else []
+            tasks, finish = [], []
             for rec in records:
                 a = adapter.units(outs[rec.name], rec.effective_layout).float()
                 if sel is not None:
@@ -367,9 +368,14 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
                 if a.shape[0] == 0:
                     continue
                 acc = state.layers[rec.name]
-                probe = _observe_layer(acc, a, gidx, probe_sel)
+                layer_tasks, done = _observe_layer(acc, a, gidx, probe_sel)
+                tasks += layer_tasks
+                finish.append((acc, done))
                 if acc.sample is not None:
                     acc.sample.observe(a, used, used_paths)
+            stats.run_sweeps(tasks, device)  # every layer's statistics and top-k at once: no wait between layers
+            for acc, done in finish:
+                probe = done()
                 if probe is not None:
                     acc.probe_rows.append(probe)  # stays on the device until read: no sync per batch
             del outs
@@ -392,11 +398,11 @@ def _indices(values: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(device)
 
 
-def _observe_layer(acc: LayerPass1, a: torch.Tensor, gidx: torch.Tensor,
-                   probe_sel: torch.Tensor | None) -> torch.Tensor | None:
-    """One layer's batch [N, C, P] into its statistics and top/bottom trackers; returns the probe rows'
-    spatial means (float16 [len(probe_sel), C]) or None. Everything per unit runs on the stats threads,
-    each for its own unit range, so the main thread issues no small ops."""
+def _observe_layer(acc: LayerPass1, a: torch.Tensor, gidx: torch.Tensor, probe_sel: torch.Tensor | None):
+    """One layer's batch [N, C, P] into its statistics and top/bottom trackers, as (tasks, done): run the tasks
+    (`stats.run_sweeps`), then done() returns the probe rows' spatial means (float16 [len(probe_sel), C]) or
+    None. Everything per unit runs in the tasks, each for its own unit range, so the main thread issues no
+    small ops."""
     a = a.contiguous()
     trackers = [(t, t.start(a.shape[0]), t.largest) for t in acc.trackers().values()]
     probe = None if probe_sel is None else torch.empty(len(probe_sel), a.shape[1], dtype=torch.float16,
@@ -420,10 +426,15 @@ def _observe_layer(acc: LayerPass1, a: torch.Tensor, gidx: torch.Tensor,
                 levels.append(level.float().contiguous())
         return levels
 
-    acc.stats.observe(a, per_units, bars)
-    for tracker, new, _ in trackers:
-        tracker.commit(new)
-    return probe
+    tasks, stats_done = acc.stats.sweep_tasks(a, per_units, bars)
+
+    def done():
+        stats_done()
+        for tracker, new, _ in trackers:
+            tracker.commit(new)
+        return probe
+
+    return tasks, done
 
 
 def _layer_groups(records, winners, settings) -> list[list[LayerRecord]]:

@@ -210,18 +210,33 @@ def _compile(cache: bool = True):
         entered = np.zeros(n_img, np.bool_)
         grid_h = p_len // grid_w
         hs, ws = heat.shape[2], heat.shape[3]
+        empty = np.empty(k, np.int64)
         for u in range(n_units):
+            n_empty = 0
             for s in range(k):
                 v = slot_score[u, s]
                 keys[s] = fill if v != v else v
                 images[s] = last if slot_image[u, s] < 0 else slot_image[u, s]
                 source[s] = s
-            w = worst(keys, images, largest)
+                if slot_image[u, s] < 0:
+                    empty[n_empty] = s
+                    n_empty += 1
+            filled = 0
+            w = worst(keys, images, largest) if n_empty == 0 else -1
             changed = False
             for n in range(n_img):
                 v = score[n, u]
                 key = fill if v != v else np.float64(v)
-                if better(key, image[n], keys[w], images[w], largest):
+                if filled < n_empty:  # an empty slot ranks after every image: it is taken without a comparison
+                    e = empty[filled]
+                    keys[e] = key
+                    images[e] = image[n]
+                    source[e] = k + n
+                    filled += 1
+                    changed = True
+                    if filled == n_empty:
+                        w = worst(keys, images, largest)
+                elif better(key, image[n], keys[w], images[w], largest):
                     keys[w] = key
                     images[w] = image[n]
                     source[w] = k + n

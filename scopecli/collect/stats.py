@@ -41,18 +41,24 @@ def _sweep_threads(device: torch.device) -> int:
     return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
 
 
-def _run_parallel(tasks: list) -> None:
-    """Run callables on the sweep pool with intra-op parallelism off (workers read it once, when they start).
+def _run_parallel(tasks: list, workers: int | None = None) -> None:
+    """Run callables on the sweep pool (`workers` threads, default one per task) with intra-op parallelism off
+    (workers read it once, when they start); one worker: in this thread.
 
     Why: many small OpenMP regions cost a thread wake-up each and spin while index_add_ runs serially;
-    disjoint unit ranges on plain threads (torch ops release the GIL) keep every core busy instead.
+    disjoint unit ranges on plain threads (torch ops and the compiled loops release the GIL) keep every core
+    busy instead.
     """
     global _POOL, _POOL_SIZE
-    if len(tasks) == 1:
-        tasks[0]()
+    workers = min(len(tasks), workers or len(tasks))
+    if workers <= 1:
+        for t in tasks:
+            t()
         return
-    if _POOL is None or _POOL_SIZE < len(tasks):
-        _POOL, _POOL_SIZE = ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="scope-stats"), len(tasks)
+    if _POOL is None or _POOL_SIZE != workers:
+        if _POOL is not None:
+            _POOL.shutdown()
+        _POOL, _POOL_SIZE = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scope-stats"), workers
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -60,6 +66,12 @@ def _run_parallel(tasks: list) -> None:
             f.result()
     finally:
         torch.set_num_threads(threads)
+
+
+def run_sweeps(tasks: list, device: torch.device) -> None:
+    """Run the tasks of several `LayerStats.sweep_tasks` (a batch's layers) together: one thread per intra-op
+    thread takes them in turn, with no wait between layers."""
+    _run_parallel(tasks, _sweep_threads(device))
 
 
 def _ones(device: torch.device, m: int) -> torch.Tensor:
@@ -184,6 +196,14 @@ class LayerStats:
         of (image, unit) rows, so every reduction and the histogram read a block while it is in cache; compiled,
         one pass over each row does all of it. On CPU, threads take disjoint unit ranges.
         """
+        tasks, done = self.sweep_tasks(v, per_units, bars)
+        _run_parallel(tasks)
+        return done()
+
+    def sweep_tasks(self, v: torch.Tensor, per_units=None, bars=None):
+        """`observe` in parts: (tasks, done). Run every task (in any order, on any threads: they touch disjoint
+        units), then call done() once, which advances the count and returns what observe returns. The engine
+        runs all layers' tasks of a batch together (`run_sweeps`)."""
         n, c, p = v.shape
         v = v.contiguous()
         out = torch.empty(4, n, c, dtype=v.dtype, device=v.device)
@@ -218,11 +238,12 @@ class LayerStats:
             if per_units is not None:
                 per_units(lo, hi, vmax[:, lo:hi], vmin[:, lo:hi], total[:, lo:hi], None, None)
 
-        if n:
-            parts = _blocks(n, c, p, _sweep_threads(v.device), v.device)
-            _run_parallel([lambda part=part: sweep(*part) for part in parts])
+        def done():
             self.count += n * p
-        return vmax, vmin, total
+            return vmax, vmin, total
+
+        parts = _blocks(n, c, p, _sweep_threads(v.device), v.device) if n else []
+        return [lambda part=part: sweep(*part) for part in parts], done
 
     def _moments(self, p: int, img_sum: torch.Tensor, img_sumsq: torch.Tensor,
                  img_max: torch.Tensor, img_min: torch.Tensor, lo: int = 0, hi: int | None = None) -> None:
