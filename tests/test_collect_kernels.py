@@ -194,3 +194,29 @@ def test_collect_is_identical_with_and_without_kernels(tmp_path, torch_only):
             for name in ("score", "image_index", "loc", "box", "heat", "heat_origin"):
                 np.testing.assert_array_equal(getattr(ea, name), getattr(eb, name), err_msg=f"{layer} {which} {name}")
         np.testing.assert_allclose(a.probe[layer].acts, b.probe[layer].acts, rtol=1e-3)  # float16 means
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_int32_working_counts_are_added_into_int64_ones_before_they_could_overflow(monkeypatch, torch_only, compiled):
+    torch_only(not compiled)
+    x = _values(n=30, seed=1)
+    c = x.shape[1]
+    batches = (x[:9], x[9:10], x[10:])
+    plain = LayerStats(c, CPU)
+    for b in batches:
+        plain.observe(b)
+    monkeypatch.setattr(stats_mod, "_COUNT_LIMIT", 100)  # every batch (9 x 40 values a unit at most) flushes first
+    flushed, resumed = LayerStats(c, CPU), LayerStats(c, CPU)
+    for i, b in enumerate(batches):
+        flushed.observe(b)
+        if i == 1:  # a resumed run goes on from the saved int64 counts
+            resumed.load_state_arrays(flushed.state_arrays())
+        if i >= 1:
+            assert flushed._total.sum() > 0 and flushed._counts.dtype == torch.int32
+        if i == 2:
+            resumed.observe(b)
+    ref = x.permute(1, 0, 2).reshape(c, -1).numpy()
+    want = np.stack([np.bincount(sketch.bucket_index_numpy(r), minlength=sketch.NUM_BUCKETS) for r in ref]).ravel()
+    for s in (plain, flushed, resumed):
+        assert s.hist.dtype == torch.int64
+        np.testing.assert_array_equal(s.hist.numpy(), want)
