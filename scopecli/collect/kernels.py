@@ -3,14 +3,16 @@
 Why: pass 1 must cost little more than the forward it rides on. On CPU its floor is one histogram increment per
 activation (5.5 M per resnet50 image over its 16 default layers); in torch that takes five passes over every
 value (shift, mask, bucket lookup, unit offset, index_add) and four more for max, min, sum and norm. `reduce`
-does all of it in one pass while each value is in a register (eight +0.0 in a row, ReLU's dead regions, are
-counted at once), and finds the first position of a map's extreme while the map is still in cache when the map
-can enter a top-k list, so a new winner's position costs no second read from memory. Counts, max, min and
-positions are bit for bit those of the torch path; sums are float64 (torch's are float32), so the moments are
-closer to exact. Without numba (the `fast` extra) or with SCOPE_COLLECT_NUMBA=0, collect uses the torch ops.
+does all of it in one pass over each map (the increments one value at a time, eight +0.0 in a row, ReLU's dead
+regions, counted at once; max, min and sums on vector registers while the map is in cache) and finds the first
+position of a map's extreme there when the map can enter a top-k list. `merge` then updates a top/bottom-k
+tracker without a torch op, and `locate` serves the torch path's merge (source groups). Counts, max, min,
+winners, positions and heatmaps are bit for bit those of the torch path; sums are float64 (torch's are
+float32), so the moments are closer to exact. Without numba (the `fast` extra) or with SCOPE_COLLECT_NUMBA=0,
+collect uses the torch ops.
 
-The loops take flat C-contiguous arrays and row strides (compiled once, for one signature: views of any unit
-range then need no new compile in the middle of a run, and the inner loops see unit-stride rows).
+The loops have explicit signatures over C-contiguous arrays (the whole batch, or a flat view with row strides):
+compiled once, so no view of a new unit range or layout triggers a compile in the middle of a run.
 """
 
 from __future__ import annotations
