@@ -59,6 +59,27 @@ def _compile(cache: bool = True):
                 return p
         return -1
 
+    @njit(nogil=True, cache=cache, boundscheck=False)
+    def position(values, row, p_len, t, known):  # pragma: no cover (compiled)
+        """First position of t in the map at row: `known` (a first position of the map's extreme found by
+        `reduce`, -1: none) when the map holds t there, else a scan; -1 when the map does not hold t."""
+        if known >= 0:
+            v = values[row + known]
+            if v == t or (t != t and v != v):
+                return known
+        return first(values, row, p_len, t)
+
+    @njit(nogil=True, cache=cache, boundscheck=False)
+    def cut(values, row, p_len, found, grid_w, out):  # pragma: no cover (compiled)
+        """The heatmap window around position `found` of the map at row into out [hs, ws] (crops.heat_origins)."""
+        hs, ws = out.shape
+        oy = min(max(found // grid_w - hs // 2, 0), p_len // grid_w - hs)
+        ox = min(max(found % grid_w - ws // 2, 0), grid_w - ws)
+        for y in range(hs):
+            at = row + (oy + y) * grid_w + ox
+            for x in range(ws):
+                out[y, x] = values[at + x]
+
     @njit(nogil=True, cache=cache, boundscheck=False, fastmath={"reassoc"})
     def moments(values, bits):  # pragma: no cover (compiled)
         """(max key, min key, sum, sum of squares) of one map. Max and min compare order-preserving integer keys
@@ -140,30 +161,17 @@ def _compile(cache: bool = True):
         lost[m] = 1 (and nothing written) when the map does not hold its target. known (empty: none) holds at
         image * known_stride + unit a first position of the map's extreme found by `reduce` (-1: none), taken
         when it holds target (it is then target's first)."""
-        grid_h = p_len // grid_w
-        hs, ws = heat.shape[2], heat.shape[3]
         for m in range(image.shape[0]):
             n, u, t = image[m], unit[m], target[m]
             row = n * stride + u * p_len
-            found = known[n * known_stride + u] if known.shape[0] else -1
-            if found >= 0:
-                v = values[row + found]
-                if not (v == t or (t != t and v != v)):
-                    found = -1
-            if found < 0:
-                found = first(values, row, p_len, t)
+            found = position(values, row, p_len, t, known[n * known_stride + u] if known.shape[0] else -1)
             lost[m] = found < 0
             if found < 0:
                 continue
             su, sc = slot_u[m], slot_c[m]
             pos[su, sc] = found
-            if hs:
-                oy = min(max(found // grid_w - hs // 2, 0), grid_h - hs)
-                ox = min(max(found % grid_w - ws // 2, 0), grid_w - ws)
-                for y in range(hs):
-                    at = row + (oy + y) * grid_w + ox
-                    for x in range(ws):
-                        heat[su, sc, y, x] = values[at + x]
+            if heat.shape[2]:
+                cut(values, row, p_len, found, grid_w, heat[su, sc])
 
     @njit(nogil=True, cache=cache, boundscheck=False)
     def better(key, image, than_key, than_image, largest):  # pragma: no cover (compiled)
@@ -210,8 +218,6 @@ def _compile(cache: bool = True):
         source = np.empty(k, np.int64)
         kept = np.zeros(k, np.bool_)
         entered = np.zeros(n_img, np.bool_)
-        grid_h = p_len // grid_w
-        hs, ws = heat.shape[2], heat.shape[3]
         empty = np.empty(k, np.int64)
         for u in range(n_units):
             n_empty = 0
@@ -260,25 +266,14 @@ def _compile(cache: bool = True):
                     s += 1
                 t = score[n, u]
                 row = n * stride + u * p_len
-                found = known[n, u] if known.shape[0] else -1
-                if found >= 0:
-                    v = values[row + found]
-                    if not (v == t or (t != t and v != v)):
-                        found = -1
-                if found < 0:
-                    found = first(values, row, p_len, t)
+                found = position(values, row, p_len, t, known[n, u] if known.shape[0] else -1)
                 if found < 0:  # a score its map does not hold: the map's own extreme
                     found = extreme_at(values, row, p_len, largest)
                 slot_score[u, s] = t
                 slot_image[u, s] = image[n]
                 slot_pos[u, s] = found
-                if hs:
-                    oy = min(max(found // grid_w - hs // 2, 0), grid_h - hs)
-                    ox = min(max(found % grid_w - ws // 2, 0), grid_w - ws)
-                    for y in range(hs):
-                        at = row + (oy + y) * grid_w + ox
-                        for x in range(ws):
-                            heat[u, s, y, x] = values[at + x]
+                if heat.shape[2]:
+                    cut(values, row, p_len, found, grid_w, heat[u, s])
                 s += 1
             for r in range(s, k):  # freed slots no entering image took: empty
                 if not kept[r]:
