@@ -415,16 +415,12 @@ def _observe_layer(acc: LayerPass1, a: torch.Tensor, gidx: torch.Tensor, probe_s
             probe[:, lo:hi] = total.index_select(0, probe_sel) / a.shape[2]
 
     def bars(lo, hi):
-        """The entry levels of units lo:hi over all trackers (a new winner's extreme is beyond its tracker's)."""
-        levels = []
-        for sign in (1, -1):
-            worst = [t.threshold(lo, hi)[0] for t, new, largest in trackers if new is not None and largest == (sign > 0)]
-            if not worst:
-                levels.append(torch.full((hi - lo,), sign * float("inf")))
-            else:
-                level = worst[0] if len(worst) == 1 else torch.stack(worst).amin(0) if sign > 0 else torch.stack(worst).amax(0)
-                levels.append(level.float().contiguous())
-        return levels
+        """Entry levels of units lo:hi: the lowest over the top trackers, the highest over the bottom ones (a new
+        winner's extreme is beyond its tracker's level; +-inf where there is no such tracker: no positions)."""
+        top = [t.threshold(lo, hi)[0] for t, new, largest in trackers if new is not None and largest]
+        bottom = [t.threshold(lo, hi)[0] for t, new, largest in trackers if new is not None and not largest]
+        return (torch.stack(top).amin(0).float() if top else torch.full((hi - lo,), float("inf")),
+                torch.stack(bottom).amax(0).float() if bottom else torch.full((hi - lo,), float("-inf")))
 
     tasks, stats_done = acc.stats.sweep_tasks(a, per_units, bars)
 

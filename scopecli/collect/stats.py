@@ -248,9 +248,10 @@ class LayerStats:
     def _moments(self, p: int, img_sum: torch.Tensor, img_sumsq: torch.Tensor,
                  img_max: torch.Tensor, img_min: torch.Tensor, lo: int = 0, hi: int | None = None) -> None:
         """Fold per-image sums of units lo:hi into mean/m2/min/max (in place; the caller advances count)."""
-        # per-image (P, mean, M2) from float32 sums, combined with Chan's formula in float64. Sums over
-        # images are sequential scans (cumsum): unlike vectorized reductions, whose last few columns round
-        # differently, they do not depend on how units are split among threads, so results are exact.
+        # per-image (P, mean, M2) from the per-map sums (float64 from the compiled pass, float32 from torch's),
+        # combined with Chan's formula in float64. Sums over images are sequential scans (cumsum): unlike
+        # vectorized reductions, whose last few columns round differently, they do not depend on how units are
+        # split among threads, so results are exact.
         hi = self.channels if hi is None else hi
         n = img_sum.shape[0]
         sums = img_sum.double()
