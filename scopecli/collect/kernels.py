@@ -39,9 +39,10 @@ def _compile(cache: bool = True):
     i64, f32, f64, i32 = nt.int64, nt.float32, nt.float64, nt.int32
     sig_reduce = nt.void(arr(f32, 3), arr(i32, 3), i64, i64, arr(i32), arr(i32), i64, arr(f32, 2), arr(f32, 2),
                          arr(f64, 2), arr(f64, 2), arr(f32), arr(f32), arr(i32, 2), arr(i32, 2))
+    known = nt.Array(i32, 2, "A")  # [N, U] positions `reduce` found (a view of its output), or [0, 0]: none
     sig_locate = nt.void(arr(f32), i64, i64, arr(i64), arr(i64), arr(f32), arr(i64), arr(i64), arr(i64, 2),
-                         arr(f32, 4), i64, arr(nt.boolean), arr(i32), i64)
-    sig_merge = nt.void(arr(f32), i64, i64, nt.Array(f32, 2, "A"), arr(i64), nt.Array(i32, 2, "A"), nt.boolean,
+                         arr(f32, 4), i64, arr(nt.boolean), known)
+    sig_merge = nt.void(arr(f32), i64, i64, nt.Array(f32, 2, "A"), arr(i64), known, nt.boolean,
                         arr(f32, 2), arr(i64, 2), arr(i64, 2), arr(f32, 4), i64)
     shift, mask, buckets, zero = KEY_SHIFT, KEY_MASK, NUM_BUCKETS, CENTER
     last = np.iinfo(np.int64).max  # image index an empty slot sorts by (topk._LAST)
@@ -111,7 +112,7 @@ def _compile(cache: bool = True):
         at_min."""
         n_img, _, p_len = values.shape
         whole = p_len - p_len % 8
-        odd = second if second > 0 else 0
+        odd = second
         extremes = np.empty(2, np.int32)
         as_float = extremes.view(np.float32)
         for u in range(lo, hi):
@@ -153,18 +154,18 @@ def _compile(cache: bool = True):
             counts[base + zero] += zeros
 
     @njit(sig_locate, nogil=True, cache=cache, boundscheck=False)
-    def locate(values, stride, p_len, image, unit, target, slot_u, slot_c, pos, heat, grid_w, lost, known,
-               known_stride):  # pragma: no cover (compiled)
+    def locate(values, stride, p_len, image, unit, target, slot_u, slot_c, pos, heat, grid_w, lost,
+               known):  # pragma: no cover (compiled)
         """For each new winner m (map values[image[m] * stride + unit[m] * p_len:][:p_len], score target[m], its
         max or min): its first position equal to target (the first NaN when target is NaN) into pos[slot_u[m],
         slot_c[m]], and the heatmap window around it (crops.heat_origins) into heat[slot_u[m], slot_c[m]].
-        lost[m] = 1 (and nothing written) when the map does not hold its target. known (empty: none) holds at
-        image * known_stride + unit a first position of the map's extreme found by `reduce` (-1: none), taken
-        when it holds target (it is then target's first)."""
+        lost[m] = 1 (and nothing written) when the map does not hold its target. known [N, U] (or [0, 0]): a
+        first position of the map's extreme found by `reduce` (-1: none), taken when it holds target (it is
+        then target's first)."""
         for m in range(image.shape[0]):
             n, u, t = image[m], unit[m], target[m]
             row = n * stride + u * p_len
-            found = position(values, row, p_len, t, known[n * known_stride + u] if known.shape[0] else -1)
+            found = position(values, row, p_len, t, known[n, u] if known.shape[0] else -1)
             lost[m] = found < 0
             if found < 0:
                 continue
@@ -363,13 +364,14 @@ def available(device: torch.device) -> bool:
     return device.type == "cpu" and _kernels() is not None
 
 
-def _flat(t: torch.Tensor, inner: int) -> tuple[np.ndarray, int]:
-    """(t's memory as a flat array from its first element, its stride along dim 0) for a tensor whose dims after
-    the first are contiguous with `inner` elements per dim-0 step at least (copied when they are not)."""
-    if t.dim() > 1 and not t[0].is_contiguous():
-        t = t.contiguous()
-    size = (t.shape[0] - 1) * t.stride(0) + inner if t.shape[0] else 0
-    return torch.as_strided(t, (size,), (1,), t.storage_offset()).numpy(), t.stride(0)
+def _flat(values: torch.Tensor) -> tuple[np.ndarray, int]:
+    """(the memory of values [N, c, P] as a flat array from its first element, its image stride): a unit slice of a
+    contiguous batch as it is, anything else copied first."""
+    if len(values) and not values[0].is_contiguous():
+        values = values.contiguous()
+    n, c, p = values.shape
+    size = (n - 1) * values.stride(0) + c * p if n else 0
+    return torch.as_strided(values, (size,), (1,), values.storage_offset()).numpy(), values.stride(0)
 
 
 def reduce(v: torch.Tensor, counts: torch.Tensor, lo: int, hi: int, second: int, vmax: torch.Tensor,
@@ -388,7 +390,7 @@ def reduce(v: torch.Tensor, counts: torch.Tensor, lo: int, hi: int, second: int,
         np.ascontiguousarray(bottom_bar.numpy()), at_max.numpy(), at_min.numpy())
 
 
-_NONE = np.zeros(0, np.int32)
+_NONE = np.zeros((0, 0), np.int32)  # no known positions
 
 
 def locate(values: torch.Tensor, image: torch.Tensor, unit: torch.Tensor, target: torch.Tensor, slot_u: torch.Tensor,
@@ -401,11 +403,10 @@ def locate(values: torch.Tensor, image: torch.Tensor, unit: torch.Tensor, target
     for those. Returns a bool mask of the maps that do not hold their target (not written)."""
     run = (kernels or _kernels())[1]
     lost = np.zeros(image.shape[0], np.bool_)
-    flat, stride = _flat(values, values.shape[1] * values.shape[2])
-    k, k_stride = (_NONE, 0) if known is None else _flat(known, known.shape[1])
+    flat, stride = _flat(values)
     index = [np.ascontiguousarray(t.numpy(), dtype=np.int64) for t in (image, unit, slot_u, slot_c)]
     run(flat, stride, values.shape[2], index[0], index[1], np.ascontiguousarray(target.float().numpy()), index[2],
-        index[3], pos.numpy(), heat.numpy(), grid_w, lost, np.ascontiguousarray(k), k_stride)
+        index[3], pos.numpy(), heat.numpy(), grid_w, lost, _NONE if known is None else known.numpy())
     return torch.from_numpy(lost)
 
 
@@ -414,8 +415,8 @@ def merge(tracker, lo: int, hi: int, score: torch.Tensor, image: torch.Tensor, v
     """Units lo:hi of a batch into `tracker` (a StreamingExtremes without groups, CPU, contiguous state): score
     [N, hi - lo] float32, image [N] int64, values [N, hi - lo, P] float32, known as in `locate`."""
     run = (kernels or _kernels())[2]
-    flat, stride = _flat(values, values.shape[1] * values.shape[2])
+    flat, stride = _flat(values)
     run(flat, stride, values.shape[2], score.float().numpy(), np.ascontiguousarray(image.numpy(), dtype=np.int64),
-        (np.zeros((0, 0), np.int32) if known is None else known.numpy()), tracker.largest,
+        _NONE if known is None else known.numpy(), tracker.largest,
         tracker.score[lo:hi].numpy(), tracker.image[lo:hi].numpy(), tracker.pos[lo:hi].numpy(),
         tracker.heat[lo:hi].numpy(), grid_w)

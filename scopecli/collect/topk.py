@@ -142,9 +142,11 @@ class StreamingExtremes:
         [N, hi - lo] first positions of the maps' extremes where already found (-1 elsewhere)."""
         if new is None or hi <= lo:
             return
-        if not self.per_source and values.dtype == torch.float32 and kernels.available(values.device):
-            # compiled: one pass over the batch's scores per unit, no torch ops (the same slots as below)
-            kernels.merge(self, lo, hi, score, image, values, known, self.geometry.grid[1] if self.geometry else 1)
+        compiled = values.dtype == torch.float32 and kernels.available(values.device)
+        width = self.geometry.grid[1] if self.geometry is not None else 1
+        if compiled and not self.per_source:
+            # one pass over the batch's scores per unit, no torch ops (the same slots as below)
+            kernels.merge(self, lo, hi, score, image, values, known, width)
             return
         key = self._key(score.t().float())  # [c, N]
         if not self.skip_units:
@@ -184,10 +186,9 @@ class StreamingExtremes:
         self.score[u, c_slot] = entered
         self.image[u, c_slot] = im[r_new, k + c_new]
         unit = rows[r_new]
-        if kernels.available(values.device) and values.dtype == torch.float32:
+        if compiled:
             # the entering score is its map's extreme: its first position is a scan that stops there, and the
             # heatmap is cut from the map in place (no copy of whole maps)
-            width = self.geometry.grid[1] if self.geometry is not None else 1
             lost = kernels.locate(values, c_new, unit, entered, u, c_slot, self.pos, self.heat, width, known)
             if not bool(lost.any()):
                 return
