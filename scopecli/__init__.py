@@ -3,9 +3,8 @@
 The library is usable from Python; the CLI (`scopecli.cli`) only parses arguments and calls it.
 """
 
-__version__ = "0.2.0"
-
-from scopecli.errors import ScopeError  # noqa: E402
+from scopecli.core.errors import ScopeError
+from scopecli.core.version import __version__
 
 
 def open_artifact(path):

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
 
-from scopecli import __version__
-from scopecli.errors import ScopeError
+from scopecli.core.version import __version__
+from scopecli.core.errors import ScopeError
 
 app = typer.Typer(
     name="scope",
@@ -118,7 +118,7 @@ def render_cmd(
 ):
     """Feature visualizations: optimize images that drive units, stored with their evidence in the artifact."""
     from scopecli.render import RenderSettings
-    from scopecli.render.job import plan_render, render_job
+    from scopecli.jobs.render import plan_render, render_job
 
     if batch != "auto":
         try:
@@ -179,7 +179,7 @@ def caricature_cmd(
     json_out: bool = JsonOpt,
 ):
     """Caricatures: photos re-optimized so that a layer's response to them is exaggerated (Lucid's recipe)."""
-    from scopecli.render.caricature import CaricatureSettings, load_photos, run_caricature
+    from scopecli.views.caricature import CaricatureSettings, load_photos, run_caricature
 
     settings = CaricatureSettings(steps=steps, lr=lr, power=power, param=param, seed=seed, batch=batch, device=device)
     settings.check()
@@ -230,7 +230,7 @@ def collect_cmd(
 ):
     """Dataset examples: top/bottom receptive-field patches, statistics and probe activations per unit."""
     from scopecli.collect import CollectSettings, open_source
-    from scopecli.collect.job import run_collect
+    from scopecli.jobs.collect import run_collect
 
     settings = CollectSettings(top_k=top_k, bottom_k=bottom_k, patch_size=patch_size, probe=probe, batch=batch,
                                workers=workers, limit=limit, device=device, bf16=bf16, lossless=lossless,
@@ -288,7 +288,7 @@ def decompose_cmd(
 ):
     """Unit spaces: fit PCA / NMF / a sparse autoencoder on a layer's activation sample, or import a
     dictionary, and store it as layer LAYER@NAME whose units every command reads."""
-    from scopecli.spaces import decompose
+    from scopecli.jobs.spaces import decompose
 
     res = decompose(file, layer, method, k, name, seed=seed, from_file=from_file, data=data, labels=labels,
                     groups=groups, k_active=k_active, shift=shift, device=device, nonlinearity=nonlinearity,
@@ -328,7 +328,7 @@ def circuits_cmd(
     json_out: bool = JsonOpt,
 ):
     """Strongest inputs (Circuits): which units of an earlier layer build each unit, by gradient x input over its top examples."""
-    from scopecli.circuits import run_circuits
+    from scopecli.views.circuits import run_circuits
 
     err = Console(file=sys.stderr, soft_wrap=True)
     notes: list[str] = []
@@ -362,7 +362,7 @@ def atlas_cmd(
     json_out: bool = JsonOpt,
 ):
     """Activation atlas: the layer's activation sample laid out in 2-D (UMAP), gridded, every cell's mean direction rendered."""
-    from scopecli.atlas import run_atlas
+    from scopecli.views.atlas import run_atlas
 
     summary = run_atlas(file, layer, grid=grid, seed=seed, steps=steps, size=size, layout=layout, power=power,
                         batch=batch, model=model, weights=weights, device=device, quiet=quiet or json_out)
@@ -425,7 +425,7 @@ def diff_cmd(
 ):
     """Compare two artifacts from their files: layer CKA with permutation floors, unit matching, unit changes."""
     from scopecli.compare.diff import parse_pair, run_diff
-    from scopecli.fileio import check_output_file
+    from scopecli.core.fileio import check_output_file
 
     pairs = [parse_pair(p) for p in pair] if pair else None
     for path, example in ((png, "diff.png"), (save, "diff.h5")):
@@ -494,7 +494,7 @@ def export_cmd(
     import functools
 
     from scopecli.export import export_site
-    from scopecli.progress import progress
+    from scopecli.core.progress import progress
 
     res = export_site(files, out, diff_paths=diff or (), per_page=per_page,
                       progress=None if (quiet or json_out) else functools.partial(progress, unit="units"))
@@ -562,7 +562,7 @@ def validate_cmd(
     else:
         sys.stdout.write(f"valid{' (quick check)' if quick else ''}: {file}\n")
     if problems:
-        from scopecli.errors import ValidationFailed
+        from scopecli.core.errors import ValidationFailed
 
         raise ValidationFailed(f"{file}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
 

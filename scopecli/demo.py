@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 DEMO_LAYERS = ("_blocks.2", "_blocks.8", "_blocks.14")  # early, middle, late
 UNITS_PER_LAYER = 8
@@ -33,14 +33,14 @@ def run_demo(out_dir, steps: int = 192, size: int = 128, quiet: bool = False, lo
     """Collect, render and export into out_dir; returns timings and the paths to open."""
     from scopecli.artifact import open_artifact
     from scopecli.collect import CollectSettings, open_source
-    from scopecli.collect.job import run_collect
-    from scopecli.demo_photos import prepare_photos
+    from scopecli.jobs.collect import run_collect
+    from scopecli.data.demo_photos import prepare_photos
     from scopecli.export import export_site
     from scopecli.model import resolve_model
-    from scopecli.progress import progress
+    from scopecli.core.progress import progress
     from scopecli.render import RenderSettings
     from scopecli.render.engine import plan_targets
-    from scopecli.render.job import plan_render, run_render
+    from scopecli.jobs.render import plan_render, run_render
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

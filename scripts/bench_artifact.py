@@ -29,7 +29,7 @@ sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "
 from artifact_factory import fake_model_info  # noqa: E402
 
 from scopecli.artifact import ArtifactWriter, open_artifact  # noqa: E402
-from scopecli.records import ExampleSet, ImageTable, LayerRecord, RenderRecord  # noqa: E402
+from scopecli.core.records import ExampleSet, ImageTable, LayerRecord, RenderRecord  # noqa: E402
 
 PHOTOS = "/work/shared/data/imagenet-sample-500"
 

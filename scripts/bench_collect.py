@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from scopecli.collect import CollectSettings, collect, engine, open_source
-from scopecli.collect.data import ModelInputs, default_workers, make_loader
+from scopecli.data.dataset import ModelInputs, default_workers, make_loader
 from scopecli.collect.engine import resolve_device
 from scopecli.model import LayerTap, default_layers, resolve_model
 

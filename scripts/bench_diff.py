@@ -28,7 +28,7 @@ from compare_builders import CLASS_NAMES, write_artifact  # noqa: E402
 from scopecli.artifact import open_artifact  # noqa: E402
 from scopecli.compare.diff import run_diff  # noqa: E402
 from scopecli.compare.query import run_query  # noqa: E402
-from scopecli.records import ImageTable  # noqa: E402
+from scopecli.core.records import ImageTable  # noqa: E402
 
 LAYERS = [("conv1", 64)] + [(f"layer1.{i}", 256) for i in range(3)] + [(f"layer2.{i}", 512) for i in range(4)] \
     + [(f"layer3.{i}", 1024) for i in range(5)] + [(f"layer4.{i}", 2048) for i in range(3)]

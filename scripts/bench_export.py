@@ -24,7 +24,7 @@ from export_helpers import loglinear_stats  # noqa: E402
 
 from scopecli.artifact import ArtifactWriter  # noqa: E402
 from scopecli.export import export_site  # noqa: E402
-from scopecli.records import LayerRecord, RenderRecord  # noqa: E402
+from scopecli.core.records import LayerRecord, RenderRecord  # noqa: E402
 
 
 def build(path: str, units: int, render: int, patch: int) -> None:

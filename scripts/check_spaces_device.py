@@ -28,11 +28,11 @@ from collect_builders import noise_images  # noqa: E402
 
 from scopecli.artifact import open_artifact  # noqa: E402
 from scopecli.collect import CollectSettings, open_source  # noqa: E402
-from scopecli.collect.job import run_collect  # noqa: E402
+from scopecli.jobs.collect import run_collect  # noqa: E402
 from scopecli.model import resolve_model  # noqa: E402
 from scopecli.render import RenderSettings  # noqa: E402
-from scopecli.render.job import plan_render, run_render  # noqa: E402
-from scopecli.spaces import decompose  # noqa: E402
+from scopecli.jobs.render import plan_render, run_render  # noqa: E402
+from scopecli.jobs.spaces import decompose  # noqa: E402
 
 FAILED = []
 

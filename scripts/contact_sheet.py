@@ -34,7 +34,7 @@ def _fit(pixels: np.ndarray, side: int = CELL) -> Image.Image:
 
 
 def band(path: str, layer: str, units: list[int], n_examples: int, heat: bool) -> tuple[Image.Image, str]:
-    from scopecli import heatmaps
+    from scopecli.core import heatmaps
     from scopecli.artifact import open_artifact
 
     with open_artifact(path) as art:
@@ -74,7 +74,7 @@ def band(path: str, layer: str, units: list[int], n_examples: int, heat: bool) -
 
 
 def main() -> None:
-    from scopecli.units import parse_units
+    from scopecli.core.units import parse_units
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sources", nargs="+", help="ARTIFACT:LAYER")

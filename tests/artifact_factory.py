@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from scopecli.artifact import ArtifactWriter
-from scopecli.records import (
+from scopecli.core.records import (
     QUANTILES,
     ActivationSample,
     ExampleSet,

@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 
 from scopecli.artifact import ArtifactWriter
-from scopecli.records import QUANTILES, ExampleSet, ImageTable, LayerRecord, ProbeBlock, RenderRecord, StatsBlock
+from scopecli.core.records import QUANTILES, ExampleSet, ImageTable, LayerRecord, ProbeBlock, RenderRecord, StatsBlock
 
 CLASS_NAMES = ["tench", "golden retriever", "Labrador retriever", "church", "parachute"]
 

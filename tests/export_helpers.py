@@ -13,7 +13,7 @@ import numpy as np
 
 from artifact_factory import fake_examples, fake_image, fake_model_info, fake_renders
 from scopecli.artifact import ArtifactWriter
-from scopecli.records import ImageTable, LayerRecord, ProbeBlock
+from scopecli.core.records import ImageTable, LayerRecord, ProbeBlock
 
 NASTY_CLASS = "<script>alert('x')</script> & \"co\""
 NASTY_PATH = "it's a \"cat\" <em>bold</em>.jpg"
@@ -59,7 +59,7 @@ def check_site_links(site: Path) -> int:
 
 def loglinear_stats(units, acts: np.ndarray):
     """A StatsBlock with a real collect sketch (log-linear histogram) of acts [positions, units]."""
-    from scopecli.sketch import NUM_BUCKETS, bucket_index_numpy, stats_from_sketch
+    from scopecli.core.sketch import NUM_BUCKETS, bucket_index_numpy, stats_from_sketch
 
     acts = np.asarray(acts, np.float32)
     hist = np.zeros((acts.shape[1], NUM_BUCKETS), np.int64)

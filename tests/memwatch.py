@@ -22,7 +22,7 @@ from dataclasses import dataclass
 # measured is the reading, not the first import of the code that reads.
 WARM_MODULES = ("scopecli.cli", "scopecli.artifact", "scopecli.artifact.report", "scopecli.artifact.validate",
                 "scopecli.compare.diff", "scopecli.compare.drawing", "scopecli.compare.show",
-                "scopecli.compare.query", "scopecli.compare.report", "scopecli.export", "scopecli.progress")
+                "scopecli.compare.query", "scopecli.compare.report", "scopecli.export", "scopecli.core.progress")
 
 
 def mem_kb(pid="self") -> dict:

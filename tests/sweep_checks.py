@@ -296,11 +296,11 @@ def render_collect_validate(loaded, layers: list[str], workdir: str, steps: int 
     """Render unit 0 of each layer, collect `images` synthetic images, validate the one artifact.
     {'render': ok|error, 'collect': ..., 'validate': ...} (a later step is skipped after a failure)."""
     from scopecli.artifact.validate import validate
-    from scopecli.collect.data import open_source
+    from scopecli.data.dataset import open_source
     from scopecli.collect.engine import CollectSettings
-    from scopecli.collect.job import run_collect
+    from scopecli.jobs.collect import run_collect
     from scopecli.render.engine import RenderSettings
-    from scopecli.render.job import plan_render, render_job
+    from scopecli.jobs.render import plan_render, render_job
 
     out = {"render": "-", "collect": "-", "validate": "-"}
     path = os.path.join(workdir, "sweep.h5")
@@ -392,7 +392,7 @@ def check_model(name: str, steps: int = 2, images: int = 4, skip_big: bool = Fal
                 pipeline: bool = True) -> Row:
     """Every check on one model; never raises (a failure is a row). rf_layers: check only that many
     default layers, spread over the set (all by default)."""
-    from scopecli.errors import ScopeError
+    from scopecli.core.errors import ScopeError
     from scopecli.model import layer_table, resolve_model
 
     row = Row(name)

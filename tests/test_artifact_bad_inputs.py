@@ -9,7 +9,7 @@ from conftest import assert_one_line_error
 from scopecli.artifact import open_artifact
 from scopecli.artifact.layout import canonical_bytes_sha256
 from scopecli.artifact.validate import validate
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 CONV = "features.1/conv"
 CONV_LINK = "features.1%2Fconv"

@@ -12,8 +12,8 @@ from scopecli.artifact import ArtifactWriter, open_artifact
 from scopecli.artifact.pack import pack
 from scopecli.artifact.validate import validate
 from scopecli.collect.stats import LayerStats
-from scopecli.errors import ScopeError
-from scopecli.records import ExampleSet, ImageTable, ProbeBlock
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import ExampleSet, ImageTable, ProbeBlock
 
 N_IMG, K, P = 10, 3, 5
 CONV = fake_layers()[0]

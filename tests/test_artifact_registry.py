@@ -19,7 +19,7 @@ from scopecli.artifact import ArtifactWriter, LayerElement, open_artifact, regis
 from scopecli.artifact.h5io import check_element, get_dataset, read_numeric, set_encoding, write_array
 from scopecli.artifact.pack import pack
 from scopecli.artifact.validate import validate
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 
 class Notes(LayerElement):

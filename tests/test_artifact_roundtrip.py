@@ -21,8 +21,8 @@ from artifact_factory import (
 from scopecli import open_artifact as top_level_open
 from scopecli.artifact import ArtifactWriter, open_artifact
 from scopecli.artifact.layout import FORMAT_VERSION, escape_name, unescape_name
-from scopecli.errors import ScopeError
-from scopecli.records import LayerRecord
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import LayerRecord
 
 
 def test_full_round_trip(tmp_path):

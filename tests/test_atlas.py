@@ -12,7 +12,7 @@ import torch
 
 from collect_builders import noise_images
 from conftest import assert_one_line_error
-from scopecli import atlas as atlas_mod
+from scopecli.views import atlas as atlas_mod
 from scopecli.artifact import open_artifact
 from scopecli.artifact.validate import validate
 
@@ -87,7 +87,7 @@ def test_without_umap_the_layout_is_pca_and_says_so(monkeypatch):
     x = np.random.default_rng(1).normal(size=(50, 4))
     coords, used, note = atlas_mod.layout_2d(x, "auto", seed=0)
     assert used == "pca" and "umap-learn is not installed" in note
-    from scopecli.errors import ScopeError
+    from scopecli.core.errors import ScopeError
 
     with pytest.raises(ScopeError, match="needs umap-learn"):
         atlas_mod.layout_2d(x, "umap", seed=0)

@@ -51,7 +51,7 @@ def test_caricature_exaggerates_the_photos_own_activation(tmp_path, photos, scop
 
 
 def test_parameterizations_start_from_the_photo():
-    from scopecli.render.caricature import param_from_photos
+    from scopecli.views.caricature import param_from_photos
 
     photos = torch.rand(2, 3, 24, 24) * 0.9 + 0.05
     for kind in ("fft", "pixel"):

@@ -84,7 +84,7 @@ def test_3x3_conv_pair_inputs_are_its_kernel_sums(tmp_path, solid, scope_cli):
 def test_gradient_x_input_ranks_like_brute_force_ablation(tmp_path, data, scope_cli):
     """Zeroing each input channel in turn and measuring the drop of the unit's maximum, averaged over the
     same top examples: the 3 channels whose removal hurts most are the 3 strongest positive inputs."""
-    from scopecli.collect.data import ModelInputs
+    from scopecli.data.dataset import ModelInputs
     from scopecli.model.capture import capture
 
     noise_images(data, 48, 20, seed=1)

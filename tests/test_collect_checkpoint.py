@@ -8,8 +8,8 @@ import torch
 from scopecli.collect.checkpoint import Pass1Checkpoint, Pass1State, state_path
 from scopecli.collect.stats import LayerStats
 from scopecli.collect.topk import StreamingExtremes
-from scopecli.errors import ScopeError
-from scopecli.records import LayerRecord
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import LayerRecord
 
 CPU = torch.device("cpu")
 

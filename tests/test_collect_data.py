@@ -8,8 +8,8 @@ from PIL import Image
 
 from collect_builders import loaded, noise_images, small_cnn
 from scopecli.collect import CollectSettings, collect, open_source, read_labels
-from scopecli.collect.data import read_image
-from scopecli.errors import ScopeError
+from scopecli.data.dataset import read_image
+from scopecli.core.errors import ScopeError
 
 
 def _rgb(seed, size=40):

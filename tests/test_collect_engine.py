@@ -8,7 +8,7 @@ from torch import nn
 from collect_builders import collect_single_and_packed, loaded, model_input, noise_images, small_cnn
 from scopecli.collect import CollectSettings, collect, merge_examples, merge_stats, open_source
 from scopecli.collect.crops import crop_patch
-from scopecli.sketch import RELATIVE_ACCURACY
+from scopecli.core.sketch import RELATIVE_ACCURACY
 
 
 def _brute_order(scores: np.ndarray, largest: bool) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from collect_builders import loaded, noise_images, small_cnn
-from scopecli import sketch
+from scopecli.core import sketch
 from scopecli.collect import CollectSettings, collect, kernels, open_source
 from scopecli.collect import stats as stats_mod
 from scopecli.collect.stats import LayerStats

@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
-from scopecli.sketch import merge_examples, merge_stats
+from scopecli.core.sketch import merge_examples, merge_stats
 from scopecli.collect.stats import LayerStats
-from scopecli.sketch import NUM_BUCKETS, RELATIVE_ACCURACY, bucket_index_numpy, bucket_representatives
-from scopecli.records import ExampleSet
+from scopecli.core.sketch import NUM_BUCKETS, RELATIVE_ACCURACY, bucket_index_numpy, bucket_representatives
+from scopecli.core.records import ExampleSet
 
 
 def _stats(chunks):

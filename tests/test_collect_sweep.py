@@ -8,7 +8,7 @@ import torch
 
 from scopecli.collect import stats as stats_mod
 from scopecli.collect.stats import LayerStats
-from scopecli import sketch
+from scopecli.core import sketch
 from scopecli.collect.topk import StreamingExtremes
 
 

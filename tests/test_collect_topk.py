@@ -8,7 +8,7 @@ import torch
 
 from scopecli.collect.crops import heat_origins
 from scopecli.collect.topk import HeatGeometry, StreamingExtremes
-from scopecli.sketch import merge_ranked, take_ranked
+from scopecli.core.sketch import merge_ranked, take_ranked
 
 GRID = (4, 5)
 HEAT = (3, 2)

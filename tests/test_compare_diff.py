@@ -10,7 +10,7 @@ from PIL import Image
 from compare_builders import image_table, write_artifact
 from conftest import assert_one_line_error
 from scopecli.artifact.difffile import read_diff
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 N = 160
 

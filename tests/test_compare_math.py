@@ -6,7 +6,7 @@ from scipy.stats import ortho_group
 
 from scopecli.compare.cka import GramSet, cka_table, linear_cka, permutation_floor, unbiased_centre
 from scopecli.compare.matching import match_units, self_correlation, unit_correlation
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 
 def _reference_hsic(k, l_):

@@ -90,7 +90,7 @@ def _selective_net(seed: int) -> nn.Sequential:
 
 def test_label_profile_finds_a_planted_class_unit_and_lift_one_for_random_units(tmp_path, scope_cli):
     from scopecli.artifact import open_artifact
-    from scopecli.collect.job import run_collect
+    from scopecli.jobs.collect import run_collect
 
     labels = _class_images(tmp_path / "data", 30, 20, seed=4)
     model = loaded(_selective_net(5), 20)
@@ -115,7 +115,7 @@ def test_label_profile_finds_a_planted_class_unit_and_lift_one_for_random_units(
 
 def test_label_profile_with_one_class_says_uninformative(tmp_path):
     from scopecli.artifact import open_artifact
-    from scopecli.collect.job import run_collect
+    from scopecli.jobs.collect import run_collect
 
     noise_images(tmp_path / "data", 10, 16, seed=3)
     labels = tmp_path / "labels.tsv"
@@ -188,7 +188,7 @@ def test_per_source_is_exact_across_shards_and_pack(tmp_path, scope_cli):
 
 
 def test_a_unit_that_never_fires_is_said_not_drawn(tmp_path, scope_cli):
-    from scopecli.collect.job import run_collect
+    from scopecli.jobs.collect import run_collect
 
     noise_images(tmp_path / "data", 8, 16, seed=6)
     torch.manual_seed(0)
@@ -214,7 +214,7 @@ def test_a_unit_that_never_fires_is_said_not_drawn(tmp_path, scope_cli):
 
 def test_label_profile_where_no_class_repeats_says_uninformative(tmp_path):
     from scopecli.artifact import open_artifact
-    from scopecli.collect.job import run_collect
+    from scopecli.jobs.collect import run_collect
 
     noise_images(tmp_path / "data", 12, 16, seed=8)
     labels = tmp_path / "labels.tsv"  # one photo per class, as in a one-image-per-class sample

@@ -10,9 +10,9 @@ import pytest
 from collect_builders import noise_images
 from conftest import assert_one_line_error
 
-from scopecli import distributed as dist
+from scopecli.jobs import distributed as dist
 from scopecli.artifact import open_artifact
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.render.objectives import RenderTarget
 
 HERE = os.path.dirname(os.path.abspath(__file__))

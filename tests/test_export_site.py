@@ -25,7 +25,7 @@ from export_helpers import (
     site_files,
 )
 from scopecli import open_artifact
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.export import export_site
 from scopecli.export.folder import MARKER
 

@@ -14,7 +14,7 @@ from artifact_fuzz import ALL_MUTATIONS, LEGACY_MUTATIONS, RAW_MUTATIONS, build_
 from scopecli.artifact import open_artifact
 from scopecli.artifact.h5io import GCOL_HEADER
 from scopecli.artifact.layout import canonical_bytes_sha256
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from memwatch import run_scope
 
 

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 import tinymodels
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.model import default_layers, find_layer, get_module, layer_table
 
 

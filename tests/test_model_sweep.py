@@ -98,7 +98,7 @@ def test_layers_view_keeps_long_names_whole(width):
 
     from scopecli.model.layers import LayerInfo
     from scopecli.model.report import layers_table
-    from scopecli.records import LayerLayout
+    from scopecli.core.records import LayerLayout
 
     lay = LayerLayout("nchw", (0, 1, 2, 3), (56, 56), 0, "measured", True)
     names = ["blocks.0.layers.0.layers.MBconv.layers.squeeze_excitation.scale_activation", "stem.0"]

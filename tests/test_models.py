@@ -5,7 +5,7 @@ import torch
 
 import tinymodels
 from conftest import assert_one_line_error
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.model import model_fingerprint, resolve_model
 
 

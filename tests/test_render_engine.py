@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.render import RenderSettings, RenderTarget, derive_seed, plan_targets, render_units
 from scopecli.render.engine import auto_batch
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from scopecli.progress import Work, numbers_text
+from scopecli.core.progress import Work, numbers_text
 from scopecli.render import RenderSettings, RenderTarget, render_units
 from scopecli.render.engine import estimate_render
 from scopecli.render.estimate import LayerCost, batch_cost, deepest_layers, estimate_plan, fmt_duration, time_layer
-from scopecli.render.job import EstimateTracker
+from scopecli.jobs.render import EstimateTracker
 
 
 def stepped_clock(durations):

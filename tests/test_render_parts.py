@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.render import transforms as tf
 from scopecli.render.objectives import Diversity, RenderTarget, UnitScore, batch_objectives, channel
 from scopecli.render.param import make_param, spectrum_from_images

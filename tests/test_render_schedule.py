@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.render import transforms as tf
 from scopecli.render.engine import RenderSettings, step_transforms
 from scopecli.render.schedule import DEFAULT_STEPS, SCHEDULES, get_schedule, scaled_transforms

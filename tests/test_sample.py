@@ -9,7 +9,7 @@ from collect_builders import collect_single_and_packed, loaded, model_input, noi
 from conftest import assert_one_line_error
 from scopecli.collect import CollectSettings, collect, open_source
 from scopecli.collect.sample import StreamingSample
-from scopecli.sketch import position_keys
+from scopecli.core.sketch import position_keys
 
 
 def _brute_sample(paths, acts: np.ndarray, n: int, seed: int):

@@ -7,10 +7,10 @@ import pytest
 
 from collect_builders import noise_images
 from scopecli.collect import CollectSettings, collect, open_source
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.model import resolve_model
 from scopecli.render import RenderSettings, RenderTarget, render_units
-from scopecli.render.job import plan_render
+from scopecli.jobs.render import plan_render
 
 MODEL = ["tinymodels:tiny_cnn", "--weights", "random", "--input-size", "32"]
 

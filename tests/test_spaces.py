@@ -10,8 +10,8 @@ import torch
 from collect_builders import noise_images
 from conftest import assert_one_line_error
 from scopecli.artifact import ArtifactWriter, open_artifact
-from scopecli.records import ActivationSample, LayerLayout, LayerRecord
-from scopecli.spaces import decompose
+from scopecli.core.records import ActivationSample, LayerLayout, LayerRecord
+from scopecli.jobs.spaces import decompose
 from scopecli.spaces.data import split_rows
 
 SIZE = 32
@@ -38,7 +38,7 @@ def spaced(tmp_path_factory):
     """An artifact of tiny_resnet on 100 labelled noise images, with a PCA space on blocks.1 and a TopK SAE on
     blocks.2, both collected."""
     from scopecli.collect import open_source
-    from scopecli.collect.job import run_collect
+    from scopecli.jobs.collect import run_collect
 
     root = tmp_path_factory.mktemp("spaces")
     data = root / "data"
@@ -135,7 +135,7 @@ def test_nmf_refuses_negative_layers_and_shifts_when_asked(tmp_path):
     basis = np.abs(rng.normal(size=(3, 8)))
     x = np.abs(rng.normal(size=(300, 3))) @ basis - 0.5  # non-negative data shifted by -0.5: negative values
     path = _sample_artifact(tmp_path / "n.h5", x)
-    from scopecli.errors import ScopeError
+    from scopecli.core.errors import ScopeError
 
     with pytest.raises(ScopeError, match="non-negative.*--shift"):
         decompose(path, "feat", "nmf", 3)
@@ -193,7 +193,7 @@ def test_render_raises_a_space_unit(spaced, tmp_path):
     import shutil
 
     from scopecli.render import RenderSettings
-    from scopecli.render.job import plan_render, run_render
+    from scopecli.jobs.render import plan_render, run_render
 
     path = str(tmp_path / "r.h5")
     shutil.copy(spaced["path"], path)
@@ -223,7 +223,7 @@ def test_sparse_latents_get_a_gradient_while_rendering():
     """A TopK latent outside the top k has a zero true gradient; rendering gets the pre-activation's
     (straight-through), while the values stay exactly the space's."""
     from scopecli.model.spaces import BoundSpace
-    from scopecli.records import UnitSpace
+    from scopecli.core.records import UnitSpace
 
     rng = np.random.default_rng(0)
     enc = rng.normal(size=(5, 4)).astype(np.float32)
@@ -454,8 +454,8 @@ def test_bad_inputs_are_one_line(spaced, tmp_path, scope_cli):
 
 
 def test_space_layer_names():
-    from scopecli.errors import ScopeError
-    from scopecli.units import parse_unit_address, space_layer, split_space
+    from scopecli.core.errors import ScopeError
+    from scopecli.core.units import parse_unit_address, space_layer, split_space
 
     assert split_space("_blocks.14@sae256") == ("_blocks.14", "sae256")
     assert split_space("layer4.2") == ("layer4.2", None)

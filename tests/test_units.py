@@ -1,7 +1,7 @@
 import pytest
 
-from scopecli.errors import ScopeError
-from scopecli.units import parse_unit_address, parse_units
+from scopecli.core.errors import ScopeError
+from scopecli.core.units import parse_unit_address, parse_units
 
 
 def test_parse_units_forms():

@@ -12,7 +12,7 @@ import numpy as np
 
 from scopecli.artifact.h5io import first_line
 from scopecli.artifact.layout import MAX_IMAGE_SIDE
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 
 def blob_reader(ds: h5py.Dataset, where: str):

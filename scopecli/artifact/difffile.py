@@ -49,8 +49,9 @@ from scopecli.artifact.h5io import (
     write_string,
     write_strings,
 )
-from scopecli.errors import ScopeError
-from scopecli.fileio import AtomicFile, check_output_file
+from scopecli.core.errors import ScopeError
+from scopecli.core.version import __version__
+from scopecli.core.fileio import AtomicFile, check_output_file
 
 FORMAT_NAME = "scope.diff"
 FORMAT_VERSION = "1.0"
@@ -66,8 +67,6 @@ def _group(parent: h5py.Group, name: str, enc: str) -> h5py.Group:
 
 
 def _write(f: h5py.File, res) -> None:
-    from scopecli import __version__
-
     f.attrs["format"] = FORMAT_NAME
     f.attrs["format_version"] = FORMAT_VERSION
     set_encoding(f, FORMAT_NAME, ENCODING_VERSION)

@@ -44,7 +44,7 @@ def describe(path) -> tuple[FileFormat, dict]:
     from scopecli.artifact.h5io import attr_text, first_line
     from scopecli.artifact.reader import check_scope_file
     from scopecli.artifact.registry import file_format
-    from scopecli.errors import ScopeError
+    from scopecli.core.errors import ScopeError
 
     p = check_scope_file(path)
     try:

@@ -31,7 +31,7 @@ from scopecli.artifact.layout import (
     MAX_STRING_BYTES,
     canonical_bytes_sha256,
 )
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 STR = h5py.string_dtype("utf-8")
 MAX_EXPANSION = 1100  # declared bytes per stored byte a reader accepts (gzip's limit is ~1032)

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from scopecli.artifact.layout import JPEG_MAGIC, MAX_IMAGE_SIDE, PNG_MAGIC
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 PATCH_FORMATS = ("jpeg", "png")
 

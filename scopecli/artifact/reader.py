@@ -55,10 +55,10 @@ from scopecli.artifact.layout import (
     MAX_UNITS,
     unescape_name,
 )
-from scopecli.errors import ScopeError
-from scopecli.fileio import check_input_file, did_you_mean
-from scopecli.records import ActivationSample, ExampleSet, ImageTable, UnitSpace, LayerRecord, ProbeBlock, StatsBlock
-from scopecli.units import parse_unit_address
+from scopecli.core.errors import ScopeError
+from scopecli.core.fileio import check_input_file, did_you_mean
+from scopecli.core.records import ActivationSample, ExampleSet, ImageTable, UnitSpace, LayerRecord, ProbeBlock, StatsBlock
+from scopecli.core.units import parse_unit_address
 
 PATH_TABLE_LOAD_LIMIT = 50_000  # image tables up to this size are read whole for example paths
 

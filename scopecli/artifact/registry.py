@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Group
-from scopecli.termtable import table
+from scopecli.core.termtable import table
 from rich.text import Text
 
 

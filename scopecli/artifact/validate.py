@@ -30,8 +30,8 @@ from scopecli.artifact.h5io import (
 from scopecli.artifact.layout import ENC_LAYER, FORMAT_NAME, FORMAT_VERSION, canonical_bytes_sha256
 from scopecli.artifact.reader import check_scope_file
 from scopecli.artifact.registry import FileFormat, file_format
-from scopecli.errors import ScopeError
-from scopecli.fileio import check_input_file
+from scopecli.core.errors import ScopeError
+from scopecli.core.fileio import check_input_file
 
 MAX_PROBLEMS = 200
 

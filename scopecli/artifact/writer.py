@@ -36,9 +36,10 @@ from scopecli.artifact.layout import (
     escape_name,
 )
 from scopecli.artifact.reader import Artifact, open_artifact
-from scopecli.errors import ScopeError
-from scopecli.fileio import AtomicFile, ConcurrentChange
-from scopecli.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, RenderRecord, StatsBlock
+from scopecli.core.errors import ScopeError
+from scopecli.core.version import __version__
+from scopecli.core.fileio import AtomicFile, ConcurrentChange
+from scopecli.core.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, RenderRecord, StatsBlock
 
 
 def utc_now() -> str:
@@ -73,8 +74,6 @@ def _jsonable(obj, home: str):
 
 
 def _version() -> str:
-    from scopecli import __version__
-
     return __version__
 
 

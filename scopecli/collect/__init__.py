@@ -4,10 +4,9 @@
     result = collect(loaded_model, open_source("photos/"), ["layer4.2"], CollectSettings(top_k=16))
 """
 
-from scopecli.collect.data import ImageSource, open_source, read_labels
+from scopecli.data.dataset import ImageSource, open_source, read_labels
 from scopecli.collect.engine import CollectResult, CollectSettings, MemorySink, collect, shard_range
-from scopecli.distributed import parse_shard
-from scopecli.sketch import merge_examples, merge_stats
+from scopecli.core.sketch import merge_examples, merge_stats
 
 __all__ = ["CollectResult", "CollectSettings", "ImageSource", "MemorySink", "collect", "merge_examples",
-           "merge_stats", "open_source", "parse_shard", "read_labels", "shard_range"]
+           "merge_stats", "open_source", "read_labels", "shard_range"]

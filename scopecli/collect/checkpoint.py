@@ -24,9 +24,9 @@ import torch
 from scopecli.collect.sample import StreamingSample
 from scopecli.collect.stats import LayerStats
 from scopecli.collect.topk import StreamingExtremes
-from scopecli.errors import ScopeError
-from scopecli.fileio import AtomicFile
-from scopecli.records import LayerRecord
+from scopecli.core.errors import ScopeError
+from scopecli.core.fileio import AtomicFile
+from scopecli.core.records import LayerRecord
 
 STATE_SUFFIX = ".collect-state"
 STATE_VERSION = 5  # 5: the activation sample and top-k slots in any order; 4: one of them; 3: heatmaps and the

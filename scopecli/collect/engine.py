@@ -22,15 +22,15 @@ from scopecli.collect import kernels, stats
 from scopecli.collect.checkpoint import LayerPass1, Pass1Checkpoint, Pass1State
 from scopecli.collect.topk import HeatGeometry, StreamingExtremes
 from scopecli.collect.crops import crop_patches, heat_origins, heat_size, patch_side, rf_boxes, shown_windows
-from scopecli.collect.data import MAX_PIXELS, ImageSource, ModelInputs, default_workers, make_loader
-from scopecli.devices import resolve_device
-from scopecli.errors import ScopeError
+from scopecli.data.dataset import MAX_PIXELS, ImageSource, ModelInputs, default_workers, make_loader
+from scopecli.core.devices import resolve_device
+from scopecli.core.errors import ScopeError
 from scopecli.model.capture import LayerTap
 from scopecli.model import adapter
 from scopecli.model.layers import select_layers
-from scopecli.progress import progress as progress_bar
-from scopecli.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock, Strongest
-from scopecli.settings import CheckedSettings, reads
+from scopecli.core.progress import progress as progress_bar
+from scopecli.core.records import ExampleSet, ImageTable, LayerRecord, ProbeBlock, StatsBlock, Strongest
+from scopecli.core.settings import CheckedSettings, reads
 
 
 JPEG_QUALITY = 90
@@ -55,7 +55,7 @@ class Winners:
 class CollectSettings(CheckedSettings):
     """Everything that changes what collect computes (recorded in the artifact's params).
 
-    `check()` refuses values that cannot work; each rule runs once per value (scopecli/settings.py)."""
+    `check()` refuses values that cannot work; each rule runs once per value (scopecli/core/settings.py)."""
 
     top_k: int = 16
     bottom_k: int = 8

@@ -23,7 +23,7 @@ import threading
 import numpy as np
 import torch
 
-from scopecli.sketch import BUCKET_LUT, CENTER, KEY_MASK, KEY_SHIFT, NUM_BUCKETS
+from scopecli.core.sketch import BUCKET_LUT, CENTER, KEY_MASK, KEY_SHIFT, NUM_BUCKETS
 
 _STATE: dict[str, object] = {}  # "kernels": (reduce, locate, merge) once compiled, or None when unusable
 _LOCK = threading.Lock()

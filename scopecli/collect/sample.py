@@ -3,7 +3,7 @@
 Why: unit spaces (PCA, NMF, sparse autoencoders) are fitted on activation vectors, and the artifact should
 let anyone fit one later without the images. Keeping every vector is out of the question; a reservoir would
 depend on the order images arrive in, so shards could not merge. Instead every (image, position) gets a
-key from (seed, image path, position) alone (`scopecli.sketch.position_keys`) and the sample is the N
+key from (seed, image path, position) alone (`scopecli.core.sketch.position_keys`) and the sample is the N
 smallest keys: the same whatever the batching, the sharding or a resume, and `scope pack` merges shards
 exactly by taking the N smallest keys of their union.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scopecli.records import ActivationSample
-from scopecli.sketch import position_keys, smallest_keys
+from scopecli.core.records import ActivationSample
+from scopecli.core.sketch import position_keys, smallest_keys
 
 
 class StreamingSample:

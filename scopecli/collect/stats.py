@@ -3,7 +3,7 @@
 Why this design: `collect` must report mean/std/min/max/fraction-positive and p50/p90/p99/p99.9 per unit
 over billions of positions, on the device, with batched ops, and shards must merge to the same answer.
 
-The sketch itself (histogram layout, accuracy, merging) is numpy-only and lives in `scopecli.sketch`;
+The sketch itself (histogram layout, accuracy, merging) is numpy-only and lives in `scopecli.core.sketch`;
 this module fills it on the device with batched torch ops.
 """
 
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from scopecli.collect import kernels
-from scopecli.records import StatsBlock
-from scopecli.sketch import BUCKET_LUT, KEY_MASK, KEY_SHIFT, NUM_BUCKETS, stats_from_sketch
+from scopecli.core.records import StatsBlock
+from scopecli.core.sketch import BUCKET_LUT, KEY_MASK, KEY_SHIFT, NUM_BUCKETS, stats_from_sketch
 
 _LUTS: dict[torch.device, torch.Tensor] = {}
 

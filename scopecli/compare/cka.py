@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 
 def _as_matrix(x: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ from scopecli.compare.cka import GramSet, cka_table, permutation_floor
 from scopecli.compare.matching import UnitMatching, match_units, self_correlation
 from scopecli.compare.monosemanticity import spaces_report
 from scopecli.compare.probes import ProbeSource, common_images, open_checked, require_shared, rows_for
-from scopecli.errors import ScopeError
-from scopecli.progress import progress
+from scopecli.core.errors import ScopeError
+from scopecli.core.progress import progress
 
 STAT_FIELDS = ("mean", "std", "max", "frac_pos")
 

@@ -11,7 +11,7 @@ import re
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from scopecli.fileio import AtomicFile, check_output_file
+from scopecli.core.fileio import AtomicFile, check_output_file
 
 # Anchor colours of the viridis colour map (perceptually uniform, readable in grey scale).
 _VIRIDIS = np.array([

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 
 def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -62,7 +62,7 @@ def labels_from_file(art, path) -> tuple[np.ndarray, list[str]]:
     """(label per image-table row, class names) from a TSV/CSV file -> label mapping (as `collect --labels`
     reads one), matched to the artifact's image paths; rows it does not name get -1. Lets purity be
     measured under other labels than the ones collected (e.g. coarser superclasses)."""
-    from scopecli.collect.data import read_labels
+    from scopecli.data.dataset import read_labels
 
     mapping, names = read_labels(path)
     table = art.dataset

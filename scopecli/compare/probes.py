@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scopecli.errors import ScopeError
-from scopecli.fileio import check_input_file, did_you_mean
+from scopecli.core.errors import ScopeError
+from scopecli.core.fileio import check_input_file, did_you_mean
 
 MIN_SHARED = 100  # fewer shared probe images than this make CKA and correlations too noisy to report
 NO_PROBE_HINT = "run `scope collect` on both models with the same --data"

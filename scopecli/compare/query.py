@@ -15,9 +15,9 @@ import numpy as np
 
 from scopecli.compare.probes import MIN_SHARED, NO_PROBE_HINT, ProbeSource, open_checked, shared_rows
 from scopecli.artifact.elements.strongest import lift_score
-from scopecli.errors import ScopeError
-from scopecli.fileio import did_you_mean
-from scopecli.units import parse_unit_address
+from scopecli.core.errors import ScopeError
+from scopecli.core.fileio import did_you_mean
+from scopecli.core.units import parse_unit_address
 
 SORT_KEYS = ("score", "max", "mean", "std", "frac-positive", "purity", "strength", "lift")
 

@@ -12,7 +12,7 @@ import numpy as np
 from rich.console import Group
 from rich.table import Table
 
-from scopecli.termtable import table
+from scopecli.core.termtable import table
 from rich.text import Text
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from scopecli import heatmaps
+from scopecli.core import heatmaps
 from scopecli.compare.drawing import draw_text, text_size
 from scopecli.compare.probes import open_checked
-from scopecli.errors import ScopeError
-from scopecli.fileio import check_output_file, did_you_mean
-from scopecli.units import parse_unit_address
+from scopecli.core.errors import ScopeError
+from scopecli.core.fileio import check_output_file, did_you_mean
+from scopecli.core.units import parse_unit_address
 
 THUMB = 112  # pixel side of each picture on the card
 CARD_SUFFIXES = (".png",)  # a card is a PNG; another name would hide what the file holds

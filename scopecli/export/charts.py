@@ -26,7 +26,7 @@ def rebin_sketch(hist_row: np.ndarray, attrs: dict, vmin: float, vmax: float, bi
     """
     if attrs.get("kind") != LOGLINEAR_KIND or not _finite(vmin, vmax):
         return None
-    from scopecli.sketch import NUM_BUCKETS, bucket_representatives
+    from scopecli.core.sketch import NUM_BUCKETS, bucket_representatives
 
     hist_row = np.asarray(hist_row, dtype=np.int64).reshape(-1)
     if hist_row.shape[0] != NUM_BUCKETS or int(attrs.get("num_buckets", NUM_BUCKETS)) != NUM_BUCKETS:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 
 @dataclass

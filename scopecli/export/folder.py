@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 MARKER = ".scope-export.json"
 MARKER_FORMAT = "scope.export"

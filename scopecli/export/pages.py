@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import jinja2
 from markupsafe import Markup
 
-from scopecli import __version__
+from scopecli.core.version import __version__
 from scopecli.export.names import fmt, href, short_hash
 
 CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'self' file: 'unsafe-inline'; "

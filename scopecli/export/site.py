@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from scopecli import __version__, heatmaps
+from scopecli.core import heatmaps
+from scopecli.core.version import __version__
 from scopecli.artifact.elements.strongest import lift_score
 from scopecli.artifact.images import encode_jpeg, image_kind
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.export import charts, comparisons, folder
 from scopecli.export.diffs import load_diff
 from scopecli.export.names import fmt, slug
@@ -466,7 +467,7 @@ class _NoBar:
 def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page: int = PER_PAGE) -> dict:
     """Write the gallery of `artifact_paths` (and unit links from `diff_paths`) to `out_dir`.
 
-    `progress`: None for silence, or a factory like `scopecli.progress.progress` — called as
+    `progress`: None for silence, or a factory like `scopecli.core.progress.progress` — called as
     `progress(total, description)` and used as a context manager whose value has `.advance(n)`.
     Returns a summary: site, index, url, models, layers, units, pages, images, bytes, diffs, links, seconds.
     `out_dir` may be new, empty, or a previous scope export (replaced); anything else is refused.

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.model.receptive import tensors
-from scopecli.records import LayerLayout
+from scopecli.core.records import LayerLayout
 
 
 def canonical(t: torch.Tensor, layout: LayerLayout) -> torch.Tensor:

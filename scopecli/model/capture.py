@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.model.adapter import module_tensor
 from scopecli.model.layers import get_module
 from scopecli.model.spaces import resolve_space
-from scopecli.units import split_space
+from scopecli.core.units import split_space
 
 
 class _StopForward(Exception):
@@ -25,7 +25,7 @@ class LayerTap:
     """Context manager: `tap(x)` returns {layer name: output} and runs nothing after the deepest layer.
 
     A module that runs several times in one forward (a shared activation module) is captured at its
-    first call. A unit-space name `BASE@SPACE` (bound with `model.spaces.attach_spaces`) hooks BASE and
+    first call. A unit-space name `BASE@SPACE` (bound with `model.spaces.bind_spaces`) hooks BASE and
     gives the space's units z in the space's layout.
     """
 

@@ -26,7 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.model.loaded import Preprocess
 from scopecli.model.weights import (
     RANDOM_LABEL,

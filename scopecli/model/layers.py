@@ -11,12 +11,12 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
-from scopecli.errors import ScopeError
-from scopecli.fileio import did_you_mean
+from scopecli.core.errors import ScopeError
+from scopecli.core.fileio import did_you_mean
 from scopecli.model.receptive import annotation, field_ints, layout_of, tensors, tracing
 from scopecli.model.spaces import check_base_layout, resolve_space
-from scopecli.records import LayerLayout, LayerRecord, space_layout
-from scopecli.units import split_space
+from scopecli.core.records import LayerLayout, LayerRecord, space_layout
+from scopecli.core.units import split_space
 
 LAYERS_HINT = "`scope layers MODEL` lists them"
 
@@ -404,7 +404,7 @@ def layouts_at(model: nn.Module, input_size: int, names) -> dict[str, LayerLayou
 def select_layers(model: nn.Module, input_size: int, names=None, hint: str = "pass --layer NAME") -> list[LayerInfo]:
     """The layers a command works on: `names` (in that order, unknown ones refused with a hint) or the
     default set, with their fields measured where the tracer could not follow them. A unit space
-    `BASE@SPACE` bound to the model (`model.spaces.attach_spaces`) is a layer of k units on BASE's grid."""
+    `BASE@SPACE` bound to the model (`model.spaces.bind_spaces`) is a layer of k units on BASE's grid."""
     spaces = {n: resolve_space(model, n) for n in (names or []) if split_space(n)[1] is not None}
     bases = [spaces[n].base if n in spaces else n for n in names] if names else None
     table = layer_table(model, input_size, measure=list(dict.fromkeys(bases)) if bases else None)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch.overrides import TorchFunctionMode
 
-from scopecli.records import LayerLayout
+from scopecli.core.records import LayerLayout
 
 _ATTR = "_scope_ann"
 

@@ -9,7 +9,7 @@ recorded (a custom factory's module not importable here, weights loaded from a f
 
 from __future__ import annotations
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.model.loaded import LoadedModel
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from scopecli.termtable import table
+from scopecli.core.termtable import table
 
 
 def field_text(info) -> str:

@@ -7,8 +7,8 @@ lists what the families report.
 
 from __future__ import annotations
 
-from scopecli.errors import ScopeError
-from scopecli.fileio import did_you_mean
+from scopecli.core.errors import ScopeError
+from scopecli.core.fileio import did_you_mean
 from scopecli.model.families import FAMILIES, family_for
 from scopecli.model.loaded import LoadedModel
 

@@ -2,7 +2,8 @@
 
 Why bound to the module: render and collect reach a model through several functions (layer tables,
 layouts at a render size, the truncated-forward tap), each taking the module. A unit space read from the
-artifact is bound to the module for the run (`attach_spaces`), and each of them then treats `BASE@SPACE` as
+artifact is handed to the model layer and bound to the module for the run (`bind_spaces`; reading it from
+the file is the job's part, `jobs.bind`), and each of them then treats `BASE@SPACE` as
 a layer of k units on BASE's grid: the tap hooks BASE and hands back z = f(W (x - b_pre) + b) per position
 in the space's layout (channels first; a token sequence without class tokens; a vector), so renders,
 examples, statistics, probes and heatmaps of z come from the same code as those of channels. The binding
@@ -16,14 +17,12 @@ would be zero and the render would never start (Lucid's redirected-ReLU problem,
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.model import adapter
-from scopecli.records import LayerLayout, UnitSpace, space_layout
-from scopecli.units import split_space
+from scopecli.core.records import LayerLayout, UnitSpace, space_layout
+from scopecli.core.units import split_space
 
 _ATTR = "_scope_unit_spaces"
 
@@ -106,11 +105,6 @@ def bind_spaces(module, spaces) -> None:
     object.__setattr__(module, _ATTR, merged)
 
 
-def unbind_spaces(module) -> None:
-    if _ATTR in module.__dict__:
-        object.__delattr__(module, _ATTR)
-
-
 def resolve_space(module, name: str) -> BoundSpace:
     """The bound space of layer name `BASE@SPACE`, or a one-line error that says where spaces come from."""
     spaces = bound_spaces(module)
@@ -120,47 +114,6 @@ def resolve_space(module, name: str) -> BoundSpace:
     raise ScopeError(f"layer {name} is a unit space, and none of that name is loaded: render and collect read "
                      f"spaces from the output artifact (-o); fit one there first, e.g. scope decompose OUT.h5 "
                      f"--layer {base} --method pca --k 32 --name {space}")
-
-
-def load_spaces(path, names, fingerprint: str | None = None) -> list[BoundSpace]:
-    """The unit spaces named among `names` (layer names; plain layers are skipped), read from artifact `path`.
-
-    A space must exist there first (`scope decompose`); another model's artifact is refused."""
-    wanted = [n for n in dict.fromkeys(names or []) if split_space(n)[1] is not None]
-    if not wanted:
-        return []
-    from scopecli.artifact import open_artifact
-
-    if path is None or not os.path.exists(path):
-        first = wanted[0]
-        raise ScopeError(f"layer {first} is a unit space, but {path or 'the output artifact'} does not exist: fit the "
-                         f"space first with scope decompose, then render or collect into that file with -o")
-    out = []
-    with open_artifact(path) as art:
-        if fingerprint is not None and art.fingerprint != fingerprint:
-            raise ScopeError(f"{path} holds another model ({art.model.get('spec', '?')}); its unit spaces do not "
-                             "apply to this one")
-        for name in wanted:
-            base, space = split_space(name)
-            if name not in art.layers or art.element_group(name, "space") is None:
-                have = [s["name"] for s in art.spaces]
-                hint = f" (it has {', '.join(have[:6])})" if have else ""
-                raise ScopeError(f"no unit space {name} in {path}{hint}; fit it first: scope decompose {path} "
-                                 f"--layer {base} --method pca --k 32 --name {space}")
-            sp = art.space(name)
-            base_layout = art.layer(base).effective_layout if base in art.layers else None
-            if base_layout is None:
-                raise ScopeError(f"{path}: unit space {name} sits on layer {base}, which the file does not hold")
-            out.append(BoundSpace(sp, base_layout))
-    return out
-
-
-def attach_spaces(loaded, path, names) -> list[str]:
-    """Bind to `loaded.module` the unit spaces named among `names`, read from artifact `path`; returns their names."""
-    spaces = load_spaces(path, names, loaded.fingerprint)
-    if spaces:
-        bind_spaces(loaded.module, spaces)
-    return [s.name for s in spaces]
 
 
 def check_base_layout(bound: BoundSpace, live: LayerLayout) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 RANDOM_INIT_SEED = 0
 RANDOM_LABEL = f"random:{RANDOM_INIT_SEED}"

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.model.families import BuiltModule, ModelFamily, register_family
 from scopecli.model.loaded import Preprocess
 from scopecli.model.weights import (

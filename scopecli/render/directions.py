@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scopecli.devices import resolve_device
+from scopecli.core.devices import resolve_device
 from scopecli.model.capture import LayerTap
 from scopecli.render import transforms as tf
 from scopecli.render.ascent import ascend

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from scopecli.devices import resolve_device
-from scopecli.errors import ScopeError
+from scopecli.core.devices import autocast, resolve_device
+from scopecli.core.errors import ScopeError
 from scopecli.model import adapter
 from scopecli.model.capture import LayerTap
 from scopecli.model.layers import layouts_at
-from scopecli.records import RenderRecord
+from scopecli.core.records import RenderRecord
 from scopecli.render import transforms as tf
 from scopecli.render.estimate import LayerCost, RenderEstimate, deepest_layers, estimate_plan, time_layer
 from scopecli.render.objectives import OBJECTIVE_KINDS, OBJECTIVES, RenderTarget, batch_objectives
@@ -39,8 +39,8 @@ from scopecli.render.param import PARAMS, make_param
 from scopecli.render.reproducible import reproducible
 from scopecli.render.redirect import RedirectedReLU
 from scopecli.render.schedule import DEFAULT_SCHEDULE, DEFAULT_STEPS, SCHEDULES, get_schedule, scaled_transforms
-from scopecli.settings import CheckedSettings, reads
-from scopecli.units import split_space
+from scopecli.core.settings import CheckedSettings, reads
+from scopecli.core.units import split_space
 
 MIN_SIZE = 16
 
@@ -49,7 +49,7 @@ MIN_SIZE = 16
 class RenderSettings(CheckedSettings):
     """Everything that decides a rendered image (all recorded in the artifact).
 
-    `check()` refuses values that cannot work; each rule runs once per value (scopecli/settings.py)."""
+    `check()` refuses values that cannot work; each rule runs once per value (scopecli/core/settings.py)."""
 
     steps: int = DEFAULT_STEPS[DEFAULT_SCHEDULE]
     size: int = 224
@@ -308,12 +308,6 @@ def batches(targets: list[RenderTarget], size: int, group: int | None = None):
         yield targets[i : i + size]
 
 
-def _autocast(device: torch.device, amp: bool):
-    if not amp:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def render_units(
     model,
     targets: list[RenderTarget],
@@ -334,7 +328,7 @@ def render_units(
     model: a `scopecli.model.LoadedModel` or a bare nn.Module (then pass `normalize`, a function on
     [0,1] NCHW images, and `fingerprint`, used for the per-image seeds).
     dataset_max: {layer: {unit: dataset maximum}} to fill `dataset_max_ratio`.
-    progress: an object with `.advance(n, work=w)` (scopecli.progress), advanced in units; after an
+    progress: an object with `.advance(n, work=w)` (scopecli.core.progress), advanced in units; after an
     estimate, `work` is predicted seconds (the bar's ETA then follows the per-layer costs).
     on_batch(done_batches, total_batches, done_targets, elapsed_s): called after every batch (elapsed since
     the first batch started).
@@ -454,7 +448,7 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
         x = normalize(x)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, settings.amp), (RedirectedReLU() if redirect else nullcontext()):
+        with autocast(device, settings.amp), (RedirectedReLU() if redirect else nullcontext()):
             return activation_views(tap(x), layouts, views)
 
     with LayerTap(module, layers) as tap:

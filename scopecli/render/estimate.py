@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from scopecli.core.devices import autocast
 from scopecli.model.capture import LayerTap
 
 
@@ -66,7 +67,6 @@ def time_layer(module, normalize, layer: str, batch: int, size: int, device, amp
                clock=time.perf_counter, repeats: int = 2) -> LayerCost:
     """Best of `repeats` timed steps (forward to `layer` + backward to the input) and forward passes,
     after one untimed warm-up, on a random batch: what one render step costs there."""
-    from scopecli.render.engine import _autocast
 
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, size, size, generator=gen).to(device)
@@ -77,12 +77,12 @@ def time_layer(module, normalize, layer: str, batch: int, size: int, device, amp
 
     def step():
         xr = x.clone().requires_grad_(True)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             act = tap(normalize(xr))[layer]
         torch.autograd.grad(act.float().mean(), [xr])
 
     def forward():
-        with torch.no_grad(), _autocast(device, amp):
+        with torch.no_grad(), autocast(device, amp):
             tap(normalize(x))
 
     best = {}

@@ -30,8 +30,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from scopecli.errors import ScopeError
-from scopecli.units import split_space
+from scopecli.core.errors import ScopeError
+from scopecli.core.units import split_space
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 PARAMETERIZATIONS: dict[str, type] = {}
 PARAMS = PARAMETERIZATIONS.keys()  # every registered name, in registration order (a live view)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.render.transforms import TransformSpec
 
 

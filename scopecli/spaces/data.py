@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scopecli.artifact.layout import canonical_bytes_sha256
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 VALID_EVERY = 10  # one row in ten is held out
 MIN_SPLIT = 50  # below this many rows every row is used for both (and the quality says so)

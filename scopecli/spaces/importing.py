@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
 KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 MAX_ITER = 400
 TOL = 1e-5  # stop when the relative loss change over 10 iterations is below this

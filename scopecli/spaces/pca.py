@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 
 def max_k(n_rows: int, width: int) -> int:

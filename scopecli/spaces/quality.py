@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scopecli.records import UnitSpace
+from scopecli.core.records import UnitSpace
 
 CHUNK = 8192
 

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 MAX_EPOCHS = 200
 PATIENCE = 8  # epochs without a better held-out loss before stopping

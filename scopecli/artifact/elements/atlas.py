@@ -28,7 +28,7 @@ from scopecli.artifact.h5io import (
 )
 from scopecli.artifact.images import decode_image, encode_png
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 MAX_GRID = 256
 ATTRS = (("grid", int), ("layout", str), ("layout_note", str), ("seed", int), ("vectors", int), ("steps", int),

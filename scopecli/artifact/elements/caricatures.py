@@ -26,7 +26,7 @@ from scopecli.artifact.h5io import (
 )
 from scopecli.artifact.images import decode_image, encode_jpeg, encode_png
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 PHOTO_QUALITY = 90
 INT_COLS = (("height", np.int32), ("width", np.int32), ("steps", np.int32), ("size", np.int32), ("seed", np.int64))

@@ -11,8 +11,8 @@ import numpy as np
 
 from scopecli.artifact.h5io import get_dataset, read_numeric, read_strings, set_encoding, write_array, write_strings
 from scopecli.artifact.layout import dataset_fingerprint
-from scopecli.errors import ScopeError
-from scopecli.records import ImageTable
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import ImageTable
 
 NAME = "dataset"
 ENCODING = "scope.image-table"

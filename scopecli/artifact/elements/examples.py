@@ -2,7 +2,7 @@
 
 Two children, `top` and `bottom` [scope.example-set], each a [units, k] table (score, image, grid
 position, receptive-field box) plus JPEG/PNG patches stored back to back. Shards merge exactly: by
-score, ties to the lower image index (`scopecli.sketch.merge_ranked`).
+score, ties to the lower image index (`scopecli.core.sketch.merge_ranked`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from scopecli.artifact.h5io import (
 )
 from scopecli.artifact.images import PATCH_FORMATS, decode_image, encode_patch, image_kind
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element, remap_images
-from scopecli.errors import ScopeError
-from scopecli.records import ExampleSet
-from scopecli.sketch import merge_ranked, take_ranked
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import ExampleSet
+from scopecli.core.sketch import merge_ranked, take_ranked
 
 WHICH = ("top", "bottom")
 _READ_GAP = 1 << 16  # bytes between two patches of a unit read at once rather than separately

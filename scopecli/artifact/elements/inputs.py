@@ -3,7 +3,7 @@
 
 Per unit u of the layer: the units v of an earlier layer L' with the largest positive and the largest
 negative attribution(v -> u), the mean over u's top dataset examples of activation(v) x d(u's maximum)/d v,
-summed over positions (gradient x input, `scopecli/circuits.py`). For a plain conv -> conv pair that is
+summed over positions (gradient x input, `scopecli/views/circuits.py`). For a plain conv -> conv pair that is
 the weight table (kernel sums) times the input's activation. A unit that never fires on the data (no
 top example above 0) has no attribution: it is stored with `examples` 0 and no rows, and says so.
 
@@ -31,7 +31,7 @@ from scopecli.artifact.h5io import (
     write_strings,
 )
 from scopecli.artifact.registry import LayerElement, MergeInput, MergePlan, register_layer_element
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 K = 16  # inputs of each sign kept per unit
 METHOD = "gradient x input at the unit's maximum position, summed over positions, mean over its top examples"

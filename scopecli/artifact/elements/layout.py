@@ -13,8 +13,8 @@ import numpy as np
 
 from scopecli.artifact.h5io import attr_int, attr_str, check_element, read_attr, set_encoding
 from scopecli.artifact.registry import LayerElement, MergeInput, MergePlan, register_layer_element
-from scopecli.errors import ScopeError
-from scopecli.records import FIELDS, LAYOUTS, LayerLayout
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import FIELDS, LAYOUTS, LayerLayout
 
 
 def _describe(lay: LayerLayout) -> dict:

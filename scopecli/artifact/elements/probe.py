@@ -7,8 +7,8 @@ import numpy as np
 
 from scopecli.artifact.h5io import check_element, get_dataset, read_numeric, set_encoding, write_array
 from scopecli.artifact.registry import LayerElement, MergeInput, MergePlan, register_layer_element, remap_images
-from scopecli.errors import ScopeError
-from scopecli.records import ProbeBlock
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import ProbeBlock
 
 
 def read_probe(g: h5py.Group, units: int, n_images: int | None, where: str) -> ProbeBlock:

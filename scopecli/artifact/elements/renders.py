@@ -16,8 +16,8 @@ from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_
 from scopecli.artifact.h5io import check_element, get_dataset, read_numeric, read_strings, set_encoding, write_array, write_blob, write_strings
 from scopecli.artifact.images import decode_image, encode_png
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
-from scopecli.errors import ScopeError
-from scopecli.records import RenderRecord
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import RenderRecord
 
 OLD_SCHEDULE = "lucid"  # what every render of a file without the `schedule` column (format 1.0) used
 

@@ -2,7 +2,7 @@
 
 Why: unit spaces (`scope decompose`: PCA, NMF, sparse autoencoders) are fitted on activation vectors; with
 the sample in the artifact anyone can fit one later without the images or the model. Rows are the
-`size` smallest sample keys (uint64, from seed, image path and position: `scopecli.sketch.position_keys`),
+`size` smallest sample keys (uint64, from seed, image path and position: `scopecli.core.sketch.position_keys`),
 so shards merge exactly: the merged sample is the `size` smallest keys of the inputs' union.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 
 from scopecli.artifact.h5io import attr_int, check_element, get_dataset, read_numeric, set_encoding, write_array
 from scopecli.artifact.registry import LayerElement, MergeInput, MergePlan, register_layer_element, remap_images
-from scopecli.errors import ScopeError
-from scopecli.records import ActivationSample
-from scopecli.sketch import smallest_keys
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import ActivationSample
+from scopecli.core.sketch import smallest_keys
 
 MAX_SAMPLE_ROWS = 1 << 26
 

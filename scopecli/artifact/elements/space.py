@@ -28,9 +28,9 @@ from scopecli.artifact.h5io import (
     write_array,
 )
 from scopecli.artifact.registry import LayerElement, MergeInput, MergePlan, register_layer_element
-from scopecli.errors import ScopeError
-from scopecli.records import NONLINEARITIES, UnitSpace
-from scopecli.units import split_space
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import NONLINEARITIES, UnitSpace
+from scopecli.core.units import split_space
 
 QUALITY_ATTRS = ("explained_variance", "r2", "dead_fraction", "fit_seconds")  # also as attributes, for h5dump
 

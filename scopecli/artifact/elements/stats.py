@@ -1,6 +1,6 @@
 """Element `stats` [scope.stats]: per-unit activation statistics over every position of every image.
 
-The reported fields are derived from a mergeable sketch (`sketch/*`, see `scopecli.sketch`), so shards
+The reported fields are derived from a mergeable sketch (`sketch/*`, see `scopecli.core.sketch`), so shards
 merge to exactly what one run reports.
 """
 
@@ -15,9 +15,9 @@ from scopecli.artifact.blobs import present_mask
 from scopecli.artifact.h5io import check_element, get_dataset, get_group, read_attr, read_numeric, set_encoding, write_array
 from scopecli.artifact.layout import ENC_DICT
 from scopecli.artifact.registry import LayerElement, MergeInput, MergePlan, register_layer_element
-from scopecli.errors import ScopeError
-from scopecli.records import QUANTILES, StatsBlock
-from scopecli.sketch import merge_stats
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import QUANTILES, StatsBlock
+from scopecli.core.sketch import merge_stats
 
 FIELDS = ("count", "mean", "std", "min", "max", "frac_pos", "quantiles")
 ROW_ARRAYS = ("units",) + FIELDS

@@ -19,9 +19,9 @@ import numpy as np
 from scopecli.artifact.blobs import present_mask
 from scopecli.artifact.h5io import attr_float, attr_int, check_element, get_dataset, read_attr, read_numeric, set_encoding, write_array
 from scopecli.artifact.registry import LayerElement, MergeInput, MergePlan, register_layer_element, remap_images
-from scopecli.errors import ScopeError
-from scopecli.records import Strongest
-from scopecli.sketch import merge_ranked, take_ranked
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import Strongest
+from scopecli.core.sketch import merge_ranked, take_ranked
 
 MAX_ROWS = 5  # classes a profile lists
 

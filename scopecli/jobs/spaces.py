@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 
-from scopecli.errors import ScopeError
-from scopecli.records import NONLINEARITIES, UnitSpace, space_record
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import NONLINEARITIES, UnitSpace, space_record
 from scopecli.spaces import data as fitdata
 from scopecli.spaces import quality
-from scopecli.units import check_space_name, space_layer, split_space
+from scopecli.core.units import check_space_name, space_layer, split_space
 
 METHODS = ("pca", "nmf", "sae")
 COLLECT_KEYS = ("top_k", "bottom_k", "patch_size", "probe", "batch", "lossless", "per_source")
@@ -35,7 +35,7 @@ def _check_request(art, layer: str, method: str | None, from_file: str | None, n
     if split_space(layer)[1] is not None:
         raise ScopeError(f"--layer {layer} is itself a unit space; fit spaces on a model layer")
     if layer not in art.layers:
-        from scopecli.fileio import did_you_mean
+        from scopecli.core.fileio import did_you_mean
 
         raise ScopeError(f"layer {layer!r} is not in {os.path.basename(art.path)}" + did_you_mean(layer, art.layers, n=3))
     if from_file is None and method not in METHODS:
@@ -48,7 +48,7 @@ def _check_request(art, layer: str, method: str | None, from_file: str | None, n
 def _fit(art, layer: str, method: str, k: int | None, seed: int, k_active: int | None, shift: bool, device,
          quiet: bool) -> tuple[UnitSpace, dict]:
     """Fit a space of `method` on the sample of `layer`; (space without quality, quality numbers)."""
-    from scopecli.progress import progress
+    from scopecli.core.progress import progress
 
     data = fitdata.fit_data(art, layer)
     c = data.width
@@ -138,8 +138,8 @@ def decompose(path, layer: str, method: str | None = None, k: int | None = None,
     at `path`, store it as layer `layer@name`; returns a JSON-able summary (with `collected` when `data`:
     the model is rebuilt from the artifact's record, or with `weights`, and checked by fingerprint)."""
     from scopecli.artifact import ArtifactWriter, open_artifact
-    from scopecli.devices import resolve_device
-    from scopecli.fileio import check_input_file
+    from scopecli.core.devices import resolve_device
+    from scopecli.core.fileio import check_input_file
 
     path = check_input_file(path, "scope artifact")
     t0 = time.perf_counter()
@@ -238,7 +238,7 @@ def collect_space(loaded, path: str, layer: str, data: str, labels: str | None, 
     """Collect the new space's examples into `path` with the artifact's last collect settings."""
     from scopecli.artifact import open_artifact
     from scopecli.collect import CollectSettings, open_source
-    from scopecli.collect.job import run_collect
+    from scopecli.jobs.collect import run_collect
 
     with open_artifact(path) as art:
         last = _last_collect(art)

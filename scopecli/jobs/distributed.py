@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-from scopecli.errors import ScopeError
-from scopecli.fileio import write_bytes_atomic
+from scopecli.core.errors import ScopeError
+from scopecli.core.fileio import write_bytes_atomic
 
 BARRIER_TIMEOUT = timedelta(days=7)  # a rank may wait for slower ranks for as long as a render takes
 

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 LAYOUTS = ("auto", "umap", "pca")
 CLIP = (1.0, 99.0)  # layout coordinates are scaled to [0, 1] between these percentiles (outliers to the edge)
@@ -99,7 +99,7 @@ def run_atlas(path, layer: str, grid: int = 20, seed: int = 0, steps: int = 128,
     from scopecli.artifact.elements.atlas import MAX_GRID, AtlasBlock
     from scopecli.model.layers import layouts_at
     from scopecli.model.reopen import model_for_artifact
-    from scopecli.progress import progress
+    from scopecli.core.progress import progress
     from scopecli.render.directions import render_directions
     from scopecli.render.param import PARAMS
 
@@ -155,7 +155,7 @@ def run_atlas(path, layer: str, grid: int = 20, seed: int = 0, steps: int = 128,
         w.put(layer, "atlas", block)
         w.add_timing("atlas_layout_s", t_layout)
         w.add_timing("atlas_render_s", t_render)
-    from scopecli.devices import resolve_device
+    from scopecli.core.devices import resolve_device
 
     return {"output": str(path), "layer": layer, "grid": int(grid), "layout": used, "note": note,
             "vectors": int(len(vectors)), "cells": int(len(cell)), "layout_s": round(t_layout, 2),

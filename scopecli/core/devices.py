@@ -1,10 +1,12 @@
-"""One reading of `--device` for every command that runs a model."""
+"""One reading of `--device` for every command that runs a model, and the one bf16 autocast they share."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -29,3 +31,10 @@ def resolve_device(spec: str = "auto") -> torch.device:
             raise ScopeError("--device mps: Apple MPS is not available")
         return torch.device("mps")
     raise ScopeError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N")
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on `device` when `amp`, else a no-op context: render and its cost estimate run the same."""
+    if not amp:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

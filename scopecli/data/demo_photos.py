@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 # file in skimage/data, label, credit and license (from scikit-image's documentation)
 PHOTOS = [

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 MIN_SIDE = 16  # smaller images carry no usable detail after resizing to the model input

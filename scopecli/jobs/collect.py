@@ -6,7 +6,13 @@ Kept out of the CLI so Python users get exactly what the command does. The artif
 
 from __future__ import annotations
 
-from scopecli.errors import ScopeError
+from scopecli.artifact import ArtifactWriter
+from scopecli.collect.checkpoint import Pass1Checkpoint, paths_digest
+from scopecli.collect.engine import CollectSettings, collect
+from scopecli.core.errors import ScopeError
+from scopecli.jobs import distributed as dist
+from scopecli.jobs.bind import attach_spaces
+from scopecli.views.circuits import LayerOrder, run_circuits
 
 
 def default_output(name: str, k: int, n: int, torchrun: bool) -> str:
@@ -21,12 +27,8 @@ def run_collect(loaded, source, layers=None, settings=None, output: str | None =
 
     shard: `k/n` for one share of a job array (torchrun ranks take theirs from the environment).
     circuits: then store the strongest inputs of the collected layers from this layer ('prev': each one's
-    previous default layer; see `scopecli/circuits.py`).
+    previous default layer; see `scopecli/views/circuits.py`).
     The summary's `notes` hold skipped files and resume messages for the caller to print."""
-    from scopecli import distributed as dist
-    from scopecli.artifact import ArtifactWriter
-    from scopecli.collect.engine import CollectSettings, collect
-    from scopecli.collect.checkpoint import Pass1Checkpoint, paths_digest
 
     settings = settings or CollectSettings()
     share = dist.resolve_share(shard)
@@ -38,8 +40,6 @@ def run_collect(loaded, source, layers=None, settings=None, output: str | None =
     if circuits is not None and n > 1:
         raise ScopeError("--circuits needs every image's examples: run scope circuits on the packed artifact instead")
     if circuits not in (None, "prev"):  # a bad --circuits layer is refused before the long run, not after
-        from scopecli.circuits import LayerOrder
-
         order = LayerOrder.of(loaded.module, loaded.preprocess.crop)
         start = order.index(circuits)
         if not any(name in order.names and order.index(name) > start for name in (layers or order.defaults)):
@@ -50,8 +50,6 @@ def run_collect(loaded, source, layers=None, settings=None, output: str | None =
     notes: list[str] = []
     params = settings.params() | {"data": source.describe(), "layers": list(layers) if layers else "default"}
     if layers:  # unit spaces (BASE@SPACE) are read from the artifact being written
-        from scopecli.model.spaces import attach_spaces
-
         attach_spaces(loaded, final, layers)
     state = Pass1Checkpoint(path, {key: v for key, v in params.items() if key != "workers"} | {
         "model": loaded.fingerprint, "images": paths_digest(source.paths)}, every_s=checkpoint_s, resume=resume)
@@ -67,8 +65,6 @@ def run_collect(loaded, source, layers=None, settings=None, output: str | None =
         if state.loaded is not None:
             notes.append(f"resumed pass 1 after {state.start_batch} batches")
         if circuits is not None:  # the hook point: strongest inputs from the examples just stored
-            from scopecli.circuits import run_circuits
-
             summary_c = run_circuits(path, source, None if circuits == "prev" else circuits,
                                      [r.name for r in res.layers], loaded=loaded, device=settings.device,
                                      quiet=quiet, log=notes.append, strict=False)

@@ -26,15 +26,15 @@ import numpy as np
 import torch
 
 from scopecli.artifact.elements.caricatures import Caricature
-from scopecli.devices import resolve_device
-from scopecli.errors import ScopeError
+from scopecli.core.devices import resolve_device
+from scopecli.core.errors import ScopeError
 from scopecli.model.capture import LayerTap
 from scopecli.render import transforms as tf
 from scopecli.render.ascent import ascend
 from scopecli.render.engine import _Normalize, activation_views
 from scopecli.render.objectives import DotCompare
 from scopecli.render.param import _FFT_DAMP, COLOR_CORRELATION, FFTParam, PixelParam, make_param
-from scopecli.settings import CheckedSettings, reads
+from scopecli.core.settings import CheckedSettings, reads
 
 PARAMS = ("fft", "pixel")  # MACO fixes the magnitude spectrum, so it cannot start from a photo
 
@@ -96,7 +96,7 @@ class Photo:
 def load_photos(paths, preprocess) -> list[Photo]:
     """Read photos with collect's reader (same checks, same crop); a photo the model cannot read is a
     one-line error naming it. The same photo given twice is kept once."""
-    from scopecli.collect.data import BadImage, read_image
+    from scopecli.data.dataset import BadImage, read_image
 
     if not paths:
         raise ScopeError("give at least one photo with --image PATH")
@@ -218,7 +218,7 @@ def run_caricature(loaded, layers, photo_paths, settings: CaricatureSettings, ou
     """`scope caricature`: caricatures of every photo at every layer, stored in the artifact; a summary."""
     from scopecli.artifact import ArtifactWriter
     from scopecli.model.layers import select_layers
-    from scopecli.progress import progress
+    from scopecli.core.progress import progress
 
     settings.check()
     resolve_device(settings.device)

@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 
 def check_input_file(path, what: str = "file") -> str:

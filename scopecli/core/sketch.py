@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from scopecli.errors import ScopeError
-from scopecli.records import QUANTILES, ExampleSet, StatsBlock
+from scopecli.core.errors import ScopeError
+from scopecli.core.records import QUANTILES, ExampleSet, StatsBlock
 
 MANTISSA_BITS = 5
 MIN_EXPONENT = -16

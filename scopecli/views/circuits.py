@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from scopecli.artifact.elements.inputs import K, InputsBlock
-from scopecli.devices import resolve_device
-from scopecli.errors import ScopeError
+from scopecli.core.devices import resolve_device
+from scopecli.core.errors import ScopeError
 from scopecli.model import adapter
 from scopecli.model.capture import LayerTap
 from scopecli.model.layers import get_module, layer_table
@@ -49,7 +49,7 @@ class LayerOrder:
 
     def index(self, name: str) -> int:
         if name not in self.names:
-            from scopecli.fileio import did_you_mean
+            from scopecli.core.fileio import did_you_mean
             from scopecli.model.layers import LAYERS_HINT
 
             raise ScopeError(f"unknown layer '{name}'" + did_you_mean(name, self.names, listing=LAYERS_HINT))
@@ -126,7 +126,7 @@ def _image_loader(art, data, pre, max_pixels=None):
     """load(table rows) -> {row: uint8 CHW model input}: the images collect read, found again under `data`
     (a folder, a list file, or an already opened `ImageSource`) and checked by sha256 against the
     artifact's image table."""
-    from scopecli.collect.data import MAX_PIXELS, ImageSource, ModelInputs, open_source
+    from scopecli.data.dataset import MAX_PIXELS, ImageSource, ModelInputs, open_source
 
     table = art.dataset
     if table is None:
@@ -253,8 +253,8 @@ def run_circuits(path, data, from_layer: str | None = None, layers=None, units: 
     `log(message)` receives one-line notes (units that never fire). `strict`: see `plan_layers`."""
     from scopecli.artifact import ArtifactWriter, open_artifact
     from scopecli.model.reopen import model_for_artifact
-    from scopecli.progress import progress
-    from scopecli.units import parse_units
+    from scopecli.core.progress import progress
+    from scopecli.core.units import parse_units
 
     if int(batch) < 1:
         raise ScopeError(f"--batch must be >= 1, got {batch}")

@@ -209,7 +209,7 @@ class ActivationSample:
 
     Row i is the activation vector (float16 [C]) at grid position `positions[i]` = (row, col) of image
     `image_index[i]`; `keys` (uint64, ascending) are the rows' sample keys: the sample is the `size`
-    smallest keys among `population` positions (see `scopecli.sketch.position_keys`).
+    smallest keys among `population` positions (see `scopecli.core.sketch.position_keys`).
     """
 
     keys: np.ndarray  # uint64 [S], ascending

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 
 SPACE_SEP = "@"
 SPACE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")

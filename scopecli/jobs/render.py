@@ -12,9 +12,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from scopecli.errors import ScopeError
+from scopecli.core.errors import ScopeError
 from scopecli.model.layers import layouts_at, select_layers
-from scopecli.model.spaces import attach_spaces
+from scopecli.jobs.bind import attach_spaces
 from scopecli.render.engine import (
     RenderResult,
     RenderSettings,
@@ -27,7 +27,7 @@ from scopecli.render.engine import (
 from scopecli.render.estimate import fmt_duration
 from scopecli.render.param import spectrum_from_images
 from scopecli.render.resume import render_done_keys
-from scopecli.units import parse_units
+from scopecli.core.units import parse_units
 
 CHECKPOINT_S = 600.0  # long runs commit what they have every 10 minutes
 
@@ -202,8 +202,8 @@ def render_job(loaded, plan: RenderPlan, output: str | None = None, shard: str |
 
     log: optional callable for human messages (what will be rendered, the time estimate before the first
     batch from one timed step per layer, and after it the estimate corrected by how long it really took)."""
-    from scopecli import distributed as dist
-    from scopecli.progress import progress
+    from scopecli.jobs import distributed as dist
+    from scopecli.core.progress import progress
 
     if checkpoint_s < 0:
         raise ScopeError(f"--checkpoint must be >= 0 seconds, got {checkpoint_s}")
