@@ -9,7 +9,7 @@ from scopecli.core.version import __version__
 
 def open_artifact(path):
     """Open a scope artifact read-only (lazy: one unit touches only its bytes)."""
-    from scopecli.artifact import open_artifact as _open
+    from scopecli.artifact import open_artifact as _open  # lazy: `import scopecli` stays light (no h5py)
 
     return _open(path)
 

@@ -20,6 +20,7 @@ from scopecli.compare.monosemanticity import spaces_report
 from scopecli.compare.probes import ProbeSource, common_images, open_checked, require_shared, rows_for
 from scopecli.core.errors import ScopeError
 from scopecli.core.progress import progress
+from scopecli.artifact.difffile import save_diff
 
 STAT_FIELDS = ("mean", "std", "max", "frac_pos")
 
@@ -122,8 +123,6 @@ class DiffResult:
         }
 
     def save(self, path: str | Path) -> None:
-        from scopecli.artifact.difffile import save_diff
-
         save_diff(self, path)
 
 

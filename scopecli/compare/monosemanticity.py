@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from scopecli.artifact.elements.strongest import base_rates, lift_score
+from scopecli.data.dataset import read_labels
 
 TOP = 8
 MIN_EXAMPLES = 4
@@ -62,8 +63,6 @@ def labels_from_file(art, path) -> tuple[np.ndarray, list[str]]:
     """(label per image-table row, class names) from a TSV/CSV file -> label mapping (as `collect --labels`
     reads one), matched to the artifact's image paths; rows it does not name get -1. Lets purity be
     measured under other labels than the ones collected (e.g. coarser superclasses)."""
-    from scopecli.data.dataset import read_labels
-
     mapping, names = read_labels(path)
     table = art.dataset
     if table is None:

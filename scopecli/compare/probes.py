@@ -12,6 +12,7 @@ import numpy as np
 
 from scopecli.core.errors import ScopeError
 from scopecli.core.fileio import check_input_file, did_you_mean
+from scopecli.artifact import open_artifact
 
 MIN_SHARED = 100  # fewer shared probe images than this make CKA and correlations too noisy to report
 NO_PROBE_HINT = "run `scope collect` on both models with the same --data"
@@ -19,8 +20,6 @@ NO_PROBE_HINT = "run `scope collect` on both models with the same --data"
 
 def open_checked(path: str | Path):
     """Open an artifact for reading, with a one-line error for a missing path."""
-    from scopecli.artifact import open_artifact
-
     return open_artifact(Path(check_input_file(path, "scope artifact (.h5)")))
 
 

@@ -14,11 +14,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from scopecli.core import heatmaps
-from scopecli.compare.drawing import draw_text, text_size
 from scopecli.compare.probes import open_checked
 from scopecli.core.errors import ScopeError
 from scopecli.core.fileio import check_output_file, did_you_mean
 from scopecli.core.units import parse_unit_address
+from scopecli.compare.drawing import draw_text, save_png, text_size
 
 THUMB = 112  # pixel side of each picture on the card
 CARD_SUFFIXES = (".png",)  # a card is a PNG; another name would hide what the file holds
@@ -258,8 +258,6 @@ def check_card_output(out: str | Path) -> str:
 
 def write_card(info: dict, out: str | Path) -> Path:
     """Render the card and save it as PNG (atomically)."""
-    from scopecli.compare.drawing import save_png
-
     check_card_output(out)
     save_png(unit_card(info), out, CARD_SUFFIXES)
     return Path(out)
@@ -346,8 +344,6 @@ def layer_card(info: dict) -> Image.Image:
 
 
 def write_layer_card(info: dict, out: str | Path) -> Path:
-    from scopecli.compare.drawing import save_png
-
     check_card_output(out)
     save_png(layer_card(info), out, CARD_SUFFIXES)
     return Path(out)

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from scopecli.export.names import esc, fmt
+from scopecli.core.sketch import NUM_BUCKETS, bucket_representatives
 
 LOGLINEAR_KIND = "loglinear-float32-histogram"
 
@@ -26,8 +27,6 @@ def rebin_sketch(hist_row: np.ndarray, attrs: dict, vmin: float, vmax: float, bi
     """
     if attrs.get("kind") != LOGLINEAR_KIND or not _finite(vmin, vmax):
         return None
-    from scopecli.core.sketch import NUM_BUCKETS, bucket_representatives
-
     hist_row = np.asarray(hist_row, dtype=np.int64).reshape(-1)
     if hist_row.shape[0] != NUM_BUCKETS or int(attrs.get("num_buckets", NUM_BUCKETS)) != NUM_BUCKETS:
         return None

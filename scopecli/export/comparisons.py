@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scopecli.export.names import slug
+from scopecli.compare.drawing import cka_panel, colour_bar
 
 TOP_PAIRS = 8  # best one-to-one pairs listed per layer pair
 CHANGED = 6  # units listed as changed most per layer (same architecture)
@@ -141,8 +142,6 @@ def heatmap_png(values: np.ndarray, floor: np.ndarray, rows: list[str], cols: li
     """One CKA panel (a cross where the score does not beat its floor, a frame on each row's best) with
     a colour bar, as PNG bytes, width, height."""
     from PIL import Image
-
-    from scopecli.compare.drawing import cka_panel, colour_bar
 
     cell = int(np.clip(720 // max(len(rows), len(cols), 1), 10, 48))
     panel = cka_panel(np.asarray(values, np.float64), np.asarray(floor, np.float64), rows, cols, title, cell)

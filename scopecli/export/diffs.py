@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from scopecli.core.errors import ScopeError
+from scopecli.artifact.difffile import read_diff
 
 
 @dataclass
@@ -92,8 +93,6 @@ def load_diff(path: str, artifacts: list[tuple[str, str]], names: list[str]) -> 
         raise ScopeError(f"--diff {path}: no such file")
     if p.is_dir():
         raise ScopeError(f"--diff {path}: is a directory, not a diff file")
-    from scopecli.artifact.difffile import read_diff
-
     try:
         d = read_diff(p)
     except ScopeError as exc:

@@ -55,6 +55,7 @@ from scopecli.export.pages import (
     model_page,
     unit_page,
 )
+from scopecli.artifact import open_artifact
 
 PER_PAGE = 128  # units per layer-grid page
 THUMB = 192  # pixel side of generated grid thumbnails (renders up to THUMB_REUSE are used as they are)
@@ -89,8 +90,6 @@ def _finite(x) -> bool:
 
 
 def _open_all(paths: list[str]):
-    from scopecli.artifact import open_artifact
-
     arts, seen = [], {}
     try:
         for p in paths:

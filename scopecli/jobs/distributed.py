@@ -17,6 +17,7 @@ from datetime import timedelta
 
 from scopecli.core.errors import ScopeError
 from scopecli.core.fileio import write_bytes_atomic
+from scopecli.artifact.pack import pack
 
 BARRIER_TIMEOUT = timedelta(days=7)  # a rank may wait for slower ranks for as long as a render takes
 
@@ -146,8 +147,6 @@ def read_part_summaries(parts: list[str]) -> list[dict]:
 def pack_parts(out: str, parts: list[str], quiet: bool = True) -> dict:
     """Rank 0: merge the parts (after what OUT already holds; later parts win conflicts) into OUT, then
     remove the parts. OUT is replaced atomically, so a failure leaves it as it was and keeps the parts."""
-    from scopecli.artifact.pack import pack
-
     missing = [p for p in parts if not os.path.exists(p)]
     if missing:
         raise ScopeError(f"part file {missing[0]} is missing; a rank failed — the parts that exist are kept")

@@ -28,6 +28,9 @@ from scopecli.render.estimate import fmt_duration
 from scopecli.render.param import spectrum_from_images
 from scopecli.render.resume import render_done_keys
 from scopecli.core.units import parse_units
+from scopecli.artifact import ArtifactWriter, open_artifact
+from scopecli.core.progress import progress
+from scopecli.jobs import distributed as dist
 
 CHECKPOINT_S = 600.0  # long runs commit what they have every 10 minutes
 
@@ -110,8 +113,6 @@ def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", p
     checkpoints). checkpoint_s: commit finished batches to `output` at most this often (0: every batch).
     on_estimate(RenderEstimate): the up-front time estimate (one timed step per layer), when there are
     several batches; the progress bar's ETA then follows it."""
-    from scopecli.artifact import ArtifactWriter
-
     params = dict(plan.settings.describe(), layers={k: len(v) for k, v in plan.layers.items()},
                   objective=plan.targets[0].objective if plan.targets else None,
                   diversity=max((t.diversity_index for t in plan.targets), default=0) + 1)
@@ -121,8 +122,6 @@ def run_render(loaded, plan: RenderPlan, output: str, command: str = "render", p
             writer.ensure_layer(rec)
         maxima = _dataset_maxima(writer.existing, plan.layers)
         if stats_from is not None and os.path.exists(stats_from) and not maxima:
-            from scopecli.artifact import open_artifact
-
             with open_artifact(stats_from) as other:
                 maxima = _dataset_maxima(other, plan.layers)
         last_checkpoint = [time.perf_counter()]
@@ -202,9 +201,6 @@ def render_job(loaded, plan: RenderPlan, output: str | None = None, shard: str |
 
     log: optional callable for human messages (what will be rendered, the time estimate before the first
     batch from one timed step per layer, and after it the estimate corrected by how long it really took)."""
-    from scopecli.jobs import distributed as dist
-    from scopecli.core.progress import progress
-
     if checkpoint_s < 0:
         raise ScopeError(f"--checkpoint must be >= 0 seconds, got {checkpoint_s}")
     share = dist.resolve_share(shard)

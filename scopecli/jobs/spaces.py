@@ -19,6 +19,17 @@ from scopecli.core.records import NONLINEARITIES, UnitSpace, space_record
 from scopecli.spaces import data as fitdata
 from scopecli.spaces import quality
 from scopecli.core.units import check_space_name, space_layer, split_space
+from scopecli.artifact import ArtifactWriter, open_artifact
+from scopecli.collect import CollectSettings, open_source
+from scopecli.core.devices import resolve_device
+from scopecli.core.fileio import check_input_file, did_you_mean
+from scopecli.core.progress import progress
+from scopecli.jobs.collect import run_collect
+from scopecli.model import resolve_model
+from scopecli.spaces.importing import read_dictionary
+from scopecli.spaces.nmf import ENCODER_NOTE, MAX_ITER, fit_nmf, nmf_shift, nnls_r2, relu_pinv_encoder
+from scopecli.spaces.pca import fit_pca
+from scopecli.spaces.sae import MAX_EPOCHS, default_k_active, fit_sae
 
 METHODS = ("pca", "nmf", "sae")
 COLLECT_KEYS = ("top_k", "bottom_k", "patch_size", "probe", "batch", "lossless", "per_source")
@@ -35,8 +46,6 @@ def _check_request(art, layer: str, method: str | None, from_file: str | None, n
     if split_space(layer)[1] is not None:
         raise ScopeError(f"--layer {layer} is itself a unit space; fit spaces on a model layer")
     if layer not in art.layers:
-        from scopecli.core.fileio import did_you_mean
-
         raise ScopeError(f"layer {layer!r} is not in {os.path.basename(art.path)}" + did_you_mean(layer, art.layers, n=3))
     if from_file is None and method not in METHODS:
         raise ScopeError(f"--method must be one of {', '.join(METHODS)} (or import a dictionary with --from FILE), "
@@ -48,8 +57,6 @@ def _check_request(art, layer: str, method: str | None, from_file: str | None, n
 def _fit(art, layer: str, method: str, k: int | None, seed: int, k_active: int | None, shift: bool, device,
          quiet: bool) -> tuple[UnitSpace, dict]:
     """Fit a space of `method` on the sample of `layer`; (space without quality, quality numbers)."""
-    from scopecli.core.progress import progress
-
     data = fitdata.fit_data(art, layer)
     c = data.width
     if k is None:
@@ -62,16 +69,12 @@ def _fit(art, layer: str, method: str, k: int | None, seed: int, k_active: int |
     extra: dict = {}
     params: dict = {"k": k}
     if method == "pca":
-        from scopecli.spaces.pca import fit_pca
-
         comps, mean, evr = fit_pca(data.fit, k)
         space = UnitSpace(layer, "", comps, mean, np.zeros(k, np.float32), comps.copy(), "none", 0, "pca", seed)
         extra["explained_variance"] = evr
         note = "centred PCA: z = V_k (x - mean); decoder = encoder = V_k"
     elif method == "nmf":
         import torch
-
-        from scopecli.spaces.nmf import ENCODER_NOTE, MAX_ITER, fit_nmf, nmf_shift, nnls_r2, relu_pinv_encoder
 
         b_pre = nmf_shift(data.fit, layer, shift)
         with torch.no_grad(), progress(MAX_ITER, f"decompose: NMF-{k} of {layer}", quiet=quiet, unit="it") as bar:
@@ -81,8 +84,6 @@ def _fit(art, layer: str, method: str, k: int | None, seed: int, k_active: int |
         extra["r2_nnls"] = nnls_r2(h, data.valid, b_pre.astype(np.float64), data.fit.mean(axis=0, dtype=np.float64))
         note = ENCODER_NOTE
     else:
-        from scopecli.spaces.sae import MAX_EPOCHS, default_k_active, fit_sae
-
         ka = default_k_active(c) if k_active is None else int(k_active)
         batches = -(-len(data.fit) // 1024)
         with progress(MAX_EPOCHS * batches, f"decompose: TopK SAE-{k} (k_active {ka}) of {layer}", quiet=quiet,
@@ -100,8 +101,6 @@ def _fit(art, layer: str, method: str, k: int | None, seed: int, k_active: int |
 
 def _import(art, layer: str, from_file: str, nonlinearity: str, k_active: int | None,
             subtract_b_dec: bool) -> tuple[UnitSpace, dict]:
-    from scopecli.spaces.importing import read_dictionary
-
     t0 = time.perf_counter()
     c = art.layer(layer).units
     d = read_dictionary(from_file, c, layer, subtract_b_dec)
@@ -137,10 +136,6 @@ def decompose(path, layer: str, method: str | None = None, k: int | None = None,
     """Fit (method pca | nmf | sae, k directions) or import (`from_file`) a unit space on `layer` of the artifact
     at `path`, store it as layer `layer@name`; returns a JSON-able summary (with `collected` when `data`:
     the model is rebuilt from the artifact's record, or with `weights`, and checked by fingerprint)."""
-    from scopecli.artifact import ArtifactWriter, open_artifact
-    from scopecli.core.devices import resolve_device
-    from scopecli.core.fileio import check_input_file
-
     path = check_input_file(path, "scope artifact")
     t0 = time.perf_counter()
     with open_artifact(path) as art:
@@ -182,8 +177,6 @@ def decompose(path, layer: str, method: str | None = None, k: int | None = None,
 def _check_collect_inputs(art, data: str, labels: str | None, groups: str | None) -> None:
     """Refuse a --data run that would drop the artifact's labels or source groups (collect rewrites the
     image table), before anything is fitted."""
-    from scopecli.collect import open_source
-
     source = open_source(data, labels=labels, groups=groups)
     table = art.dataset
     if table is not None and table.class_names and not source.class_names:
@@ -202,8 +195,6 @@ def _last_collect(art) -> dict:
 
 def rebuild_model(art, weights: str | None = None):
     """The artifact's model rebuilt from its record (spec, weights, preprocessing), checked by fingerprint."""
-    from scopecli.model import resolve_model
-
     model = dict(art.model)
     tries = [weights] if weights else list(dict.fromkeys([model.get("weights") or "DEFAULT", "DEFAULT"]))
     loaded, why = None, ""
@@ -236,10 +227,6 @@ def rebuild_model(art, weights: str | None = None):
 def collect_space(loaded, path: str, layer: str, data: str, labels: str | None, groups: str | None, device: str,
                   quiet: bool) -> dict:
     """Collect the new space's examples into `path` with the artifact's last collect settings."""
-    from scopecli.artifact import open_artifact
-    from scopecli.collect import CollectSettings, open_source
-    from scopecli.jobs.collect import run_collect
-
     with open_artifact(path) as art:
         last = _last_collect(art)
     settings = CollectSettings(**{k: last[k] for k in COLLECT_KEYS if k in last}, device=device)

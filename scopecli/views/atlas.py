@@ -16,6 +16,14 @@ import warnings
 import numpy as np
 
 from scopecli.core.errors import ScopeError
+from scopecli.artifact import ArtifactWriter, open_artifact
+from scopecli.artifact.elements.atlas import AtlasBlock, MAX_GRID
+from scopecli.core.devices import resolve_device
+from scopecli.core.progress import progress
+from scopecli.model.layers import layouts_at
+from scopecli.model.reopen import model_for_artifact
+from scopecli.render.directions import render_directions
+from scopecli.render.param import PARAMS
 
 LAYOUTS = ("auto", "umap", "pca")
 CLIP = (1.0, 99.0)  # layout coordinates are scaled to [0, 1] between these percentiles (outliers to the edge)
@@ -95,14 +103,6 @@ def run_atlas(path, layer: str, grid: int = 20, seed: int = 0, steps: int = 128,
               model: str | None = None, weights: str | None = None, loaded=None, device: str = "auto",
               quiet: bool = True) -> dict:
     """`scope atlas`: lay out the layer's sample, grid it, render every non-empty cell, store the atlas."""
-    from scopecli.artifact import ArtifactWriter, open_artifact
-    from scopecli.artifact.elements.atlas import MAX_GRID, AtlasBlock
-    from scopecli.model.layers import layouts_at
-    from scopecli.model.reopen import model_for_artifact
-    from scopecli.core.progress import progress
-    from scopecli.render.directions import render_directions
-    from scopecli.render.param import PARAMS
-
     if not 2 <= int(grid) <= MAX_GRID:
         raise ScopeError(f"--grid must be 2..{MAX_GRID}, got {grid}")
     if int(steps) < 1 or int(batch) < 1:
@@ -155,8 +155,6 @@ def run_atlas(path, layer: str, grid: int = 20, seed: int = 0, steps: int = 128,
         w.put(layer, "atlas", block)
         w.add_timing("atlas_layout_s", t_layout)
         w.add_timing("atlas_render_s", t_render)
-    from scopecli.core.devices import resolve_device
-
     return {"output": str(path), "layer": layer, "grid": int(grid), "layout": used, "note": note,
             "vectors": int(len(vectors)), "cells": int(len(cell)), "layout_s": round(t_layout, 2),
             "render_s": round(t_render, 2), "seconds": round(time.perf_counter() - t0, 2),

@@ -35,6 +35,10 @@ from scopecli.render.engine import _Normalize, activation_views
 from scopecli.render.objectives import DotCompare
 from scopecli.render.param import _FFT_DAMP, COLOR_CORRELATION, FFTParam, PixelParam, make_param
 from scopecli.core.settings import CheckedSettings, reads
+from scopecli.artifact import ArtifactWriter
+from scopecli.core.progress import progress
+from scopecli.data.dataset import BadImage, read_image
+from scopecli.model.layers import select_layers
 
 PARAMS = ("fft", "pixel")  # MACO fixes the magnitude spectrum, so it cannot start from a photo
 
@@ -96,8 +100,6 @@ class Photo:
 def load_photos(paths, preprocess) -> list[Photo]:
     """Read photos with collect's reader (same checks, same crop); a photo the model cannot read is a
     one-line error naming it. The same photo given twice is kept once."""
-    from scopecli.data.dataset import BadImage, read_image
-
     if not paths:
         raise ScopeError("give at least one photo with --image PATH")
     out, seen = [], set()
@@ -216,10 +218,6 @@ def _batch(module, normalize, rows, settings, layouts, device, fingerprint, prog
 def run_caricature(loaded, layers, photo_paths, settings: CaricatureSettings, output: str | None = None,
                    quiet: bool = True) -> dict:
     """`scope caricature`: caricatures of every photo at every layer, stored in the artifact; a summary."""
-    from scopecli.artifact import ArtifactWriter
-    from scopecli.model.layers import select_layers
-    from scopecli.core.progress import progress
-
     settings.check()
     resolve_device(settings.device)
     infos = select_layers(loaded.module, loaded.preprocess.crop, layers, "name them with --layer")

@@ -29,7 +29,13 @@ from scopecli.core.devices import resolve_device
 from scopecli.core.errors import ScopeError
 from scopecli.model import adapter
 from scopecli.model.capture import LayerTap
-from scopecli.model.layers import get_module, layer_table
+from scopecli.artifact import ArtifactWriter, open_artifact
+from scopecli.core.fileio import did_you_mean
+from scopecli.core.progress import progress
+from scopecli.core.units import parse_units
+from scopecli.data.dataset import ImageSource, MAX_PIXELS, ModelInputs, open_source
+from scopecli.model.layers import LAYERS_HINT, get_module, layer_table
+from scopecli.model.reopen import model_for_artifact
 
 BATCH = 32  # (image, unit) rows per forward/backward
 
@@ -49,9 +55,6 @@ class LayerOrder:
 
     def index(self, name: str) -> int:
         if name not in self.names:
-            from scopecli.core.fileio import did_you_mean
-            from scopecli.model.layers import LAYERS_HINT
-
             raise ScopeError(f"unknown layer '{name}'" + did_you_mean(name, self.names, listing=LAYERS_HINT))
         return self.names.index(name)
 
@@ -126,8 +129,6 @@ def _image_loader(art, data, pre, max_pixels=None):
     """load(table rows) -> {row: uint8 CHW model input}: the images collect read, found again under `data`
     (a folder, a list file, or an already opened `ImageSource`) and checked by sha256 against the
     artifact's image table."""
-    from scopecli.data.dataset import MAX_PIXELS, ImageSource, ModelInputs, open_source
-
     table = art.dataset
     if table is None:
         raise ScopeError(f"{art.path} holds no image table: run scope collect first")
@@ -251,11 +252,6 @@ def run_circuits(path, data, from_layer: str | None = None, layers=None, units: 
 
     `loaded`: the model (collect passes its own); otherwise rebuilt from the artifact (`model/reopen.py`).
     `log(message)` receives one-line notes (units that never fire). `strict`: see `plan_layers`."""
-    from scopecli.artifact import ArtifactWriter, open_artifact
-    from scopecli.model.reopen import model_for_artifact
-    from scopecli.core.progress import progress
-    from scopecli.core.units import parse_units
-
     if int(batch) < 1:
         raise ScopeError(f"--batch must be >= 1, got {batch}")
     if top_k is not None and int(top_k) < 1:
