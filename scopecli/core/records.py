@@ -1,7 +1,8 @@
 """In-memory records that the engines produce and the artifact stores.
 
-This is the contract between `render`, `collect`, `compare` and `artifact`: engines fill these,
-the artifact writer stores them, the reader hands them back. Arrays are plain numpy (no objects).
+This is the contract between the engines (`render`, `collect`, `spaces`, `compare`), the views (caricature,
+atlas, circuits) and `artifact`: producers fill these without importing the artifact, the artifact writer
+stores them, the reader hands them back. Every such record lives here. Arrays are plain numpy (no objects).
 """
 
 from __future__ import annotations
@@ -289,3 +290,166 @@ class UnitSpace:
     def decode(self, z: np.ndarray) -> np.ndarray:
         """x_hat [n, C] = pre_bias + z @ decoder."""
         return self.pre_bias + np.asarray(z, np.float64) @ self.decoder.astype(np.float64)
+
+
+@dataclass
+class Caricature:
+    """What `scope caricature` puts for one (layer, photo): the images and the evidence."""
+
+    source_sha256: str
+    source_name: str
+    image: np.ndarray  # HxWx3 uint8, the caricature
+    photo: np.ndarray  # HxWx3 uint8, the photo as the model saw it
+    cosine: float  # cosine(activation of the caricature, activation of the photo) at the layer
+    magnitude_ratio: float  # |activation of the caricature| / |activation of the photo|
+    steps: int
+    size: int
+    seed: int
+    lr: float
+    power: float  # the objective: dot(a, a_photo) * max(cos, 0.1) ** power
+    param: str
+    time_s: float = 0.0
+
+
+@dataclass
+class AtlasBlock:
+    """What `scope atlas` puts for one layer (replaces any atlas the layer had)."""
+
+    grid: int
+    layout: str  # "umap" | "pca"
+    layout_note: str  # why this layout (e.g. "umap-learn is not installed")
+    seed: int
+    vectors: int  # sample vectors laid out
+    steps: int
+    size: int
+    power: float
+    param: str
+    lr: float
+    cell: np.ndarray  # int32 [A, 2]: (row, col) of each non-empty cell
+    count: np.ndarray  # int32 [A]: sample vectors in it
+    center: np.ndarray  # float32 [A, 2]: mean layout coordinate of its vectors, in [0, 1]
+    mean: np.ndarray  # float32 [A, C]: their mean activation vector (the direction rendered)
+    act_start: np.ndarray  # float64 [A]: the direction's score on the initial image
+    act_final: np.ndarray  # float64 [A]: and on the rendered one
+    images: list[np.ndarray] = field(default_factory=list)  # HxWx3 uint8 per cell (or pngs below)
+    pngs: list[bytes] | None = None
+    heights: np.ndarray | None = None
+    widths: np.ndarray | None = None
+
+
+INPUTS_K = 16  # inputs of each sign kept per unit
+NEVER_FIRES = "never fires on the collected images (no top example above 0): no attribution"
+
+
+@dataclass(frozen=True)
+class InputRow:
+    """One strongest input of a unit: unit `unit` of layer `layer`, with its signed attribution."""
+
+    layer: str
+    unit: int
+    attribution: float
+
+    def to_json(self) -> dict:
+        return {"layer": self.layer, "unit": self.unit, "attribution": self.attribution}
+
+
+class UnitInputs(list):
+    """A unit's strongest inputs (`InputRow`s): positive by decreasing attribution, then negative, most
+    negative first. Empty when none were computed or the unit never fires (`note` says which)."""
+
+    def __init__(self, rows=(), source_layer: str | None = None, examples: int = 0, note: str = ""):
+        super().__init__(rows)
+        self.source_layer = source_layer
+        self.examples = examples
+        self.note = note
+
+    @property
+    def positive(self) -> list[InputRow]:
+        return [r for r in self if r.attribution > 0]
+
+    @property
+    def negative(self) -> list[InputRow]:
+        return [r for r in self if r.attribution < 0]
+
+    def to_json(self) -> dict:
+        return {"from": self.source_layer, "examples": self.examples, "note": self.note,
+                "rows": [r.to_json() for r in self]}
+
+
+@dataclass
+class InputsBlock:
+    """What a circuits run puts for one layer: per unit row, the source layer index, the examples averaged,
+    and 2k (unit, attribution) columns (see `scopecli/artifact/elements/inputs.py`)."""
+
+    units: np.ndarray  # int64 [U]
+    source_layers: list[str]
+    source: np.ndarray  # int32 [U]
+    examples: np.ndarray  # int32 [U]
+    unit: np.ndarray  # int64 [U, 2k]
+    attribution: np.ndarray  # float32 [U, 2k]
+    k: int = INPUTS_K
+
+    @classmethod
+    def from_table(cls, units, source_layer: str, table: np.ndarray, examples, k: int = INPUTS_K) -> "InputsBlock":
+        """Rows from a full attribution table [U, C'] (NaN rows: no attribution)."""
+        table = np.asarray(table, np.float64)
+        units = np.asarray(units, np.int64).reshape(-1)
+        out_u = np.full((len(units), 2 * k), -1, np.int64)
+        out_a = np.full((len(units), 2 * k), np.nan, np.float32)
+        for i, row in enumerate(table):
+            if not np.isfinite(row).any():
+                continue
+            row = np.where(np.isfinite(row), row, 0.0)
+            pos = np.argsort(-row, kind="stable")
+            pos = pos[row[pos] > 0][:k]
+            neg = np.argsort(row, kind="stable")
+            neg = neg[row[neg] < 0][:k]
+            out_u[i, :len(pos)], out_a[i, :len(pos)] = pos, row[pos]
+            out_u[i, k:k + len(neg)], out_a[i, k:k + len(neg)] = neg, row[neg]
+        return cls(units, [source_layer], np.zeros(len(units), np.int32), np.asarray(examples, np.int32).reshape(-1),
+                   out_u, out_a, k)
+
+    def rows_of(self, i: int) -> UnitInputs:
+        layer = self.source_layers[int(self.source[i])]
+        n = int(self.examples[i])
+        rows = [InputRow(layer, int(u), float(a)) for u, a in zip(self.unit[i], self.attribution[i])
+                if u >= 0 and np.isfinite(a)]
+        return UnitInputs(rows, layer, n, "" if n > 0 else NEVER_FIRES)
+
+
+@dataclass
+class LabelRow:
+    """One class in a unit's profile: how many of the images were of it, that as a fraction, the class's
+    share of the whole dataset (base rate), and fraction / base rate (lift; 1 = no preference)."""
+
+    class_name: str
+    count: int
+    fraction: float
+    base_rate: float
+    lift: float
+
+    def to_json(self) -> dict:
+        return {"class": self.class_name, "count": self.count, "fraction": self.fraction, "base_rate": self.base_rate,
+                "lift": self.lift}
+
+
+@dataclass
+class LabelProfile:
+    """What a unit fires on: `rows` over its top-k examples, `strongest` over its top 1 % of images (each
+    best first, at most MAX_ROWS), `images` how many labelled images each view counted, `note` a caveat
+    (e.g. one class only). Iterating gives `rows`; empty without labels."""
+
+    rows: list[LabelRow] = field(default_factory=list)
+    strongest: list[LabelRow] = field(default_factory=list)
+    images: tuple[int, int] = (0, 0)
+    note: str = ""
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def to_json(self) -> dict:
+        return {"top_examples": [r.to_json() for r in self.rows], "strongest_images": [r.to_json() for r in self.strongest],
+                "images": list(self.images), "note": self.note}

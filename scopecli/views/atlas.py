@@ -15,7 +15,9 @@ import warnings
 
 import numpy as np
 
+from scopecli.artifact.elements.atlas import MAX_GRID
 from scopecli.core.errors import ScopeError
+from scopecli.core.records import AtlasBlock
 
 LAYOUTS = ("auto", "umap", "pca")
 CLIP = (1.0, 99.0)  # layout coordinates are scaled to [0, 1] between these percentiles (outliers to the edge)
@@ -96,7 +98,6 @@ def run_atlas(path, layer: str, grid: int = 20, seed: int = 0, steps: int = 128,
               quiet: bool = True) -> dict:
     """`scope atlas`: lay out the layer's sample, grid it, render every non-empty cell, store the atlas."""
     from scopecli.artifact import ArtifactWriter, open_artifact
-    from scopecli.artifact.elements.atlas import MAX_GRID, AtlasBlock
     from scopecli.model.layers import layouts_at
     from scopecli.model.reopen import model_for_artifact
     from scopecli.core.progress import progress
