@@ -199,11 +199,6 @@ def layer_element(name: str) -> LayerElement:
     return el
 
 
-def element_for_encoding(encoding: str) -> LayerElement | None:
-    _load_builtins()
-    return next((e for e in _LAYER_ELEMENTS.values() if e.encoding == encoding), None)
-
-
 def known_features(base) -> frozenset[str]:
     """The format's own features plus those of every registered element."""
     out = set(base)
