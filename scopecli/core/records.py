@@ -8,7 +8,7 @@ stores them, the reader hands them back. Every such record lives here. Arrays ar
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 
 import numpy as np
 
@@ -98,25 +98,84 @@ def space_record(base: "LayerRecord", name: str, k: int) -> "LayerRecord":
                        layout=space_layout(base.effective_layout))
 
 
-@dataclass
-class RenderRecord:
-    """One optimized image for one unit (or one layer, for deepdream: unit = -1)."""
+PNG = "png"  # Column.dtype of an image: HxWx3 uint8 in a record, PNG bytes in a stored row
+TRACE = "trace"  # Column.dtype of a float32 vector per row (stored concatenated, with offsets)
+REQUIRED = type("Required", (), {"__repr__": lambda self: "REQUIRED"})()  # Column.default: none
 
-    unit: int
-    objective: str  # channel | neuron | negative | deepdream
-    diversity_index: int  # 0 unless --diversity K, then 0..K-1
-    image: np.ndarray  # HxWx3 uint8
-    seed: int  # the derived per-unit seed actually used
-    steps: int
-    size: int
-    param: str  # fft | pixel | maco
-    lr: float
-    act_final: float  # objective activation on the untransformed image
-    act_robust: float  # mean activation under 16 random transforms
-    act_trace: np.ndarray  # float32, activation every 32 steps
-    time_s: float
-    dataset_max_ratio: float = math.nan  # act_final / dataset max, when stats exist
-    schedule: str = "lucid"  # optimisation schedule (scopecli/render/schedule.py); format 1.0 files: lucid
+
+@dataclass(frozen=True)
+class Column:
+    """One per-row column of a stored table, declared once: the record's field, the reader's view, the
+    writer's row and the stored dataset (name, dtype, place) all follow from a tuple of these."""
+
+    name: str
+    dtype: object  # numpy scalar type of the stored dataset, str (UTF-8 strings), PNG or TRACE
+    meaning: str
+    default: object = REQUIRED  # the record's default; a column added after 1.0: what older files read as
+    since: str = "1.0"  # the format version that added it (older files lack it)
+    key: bool = False  # part of the row key (rows are unique and sorted by it)
+    derived: bool = False  # not in the record: the writer derives it from the image (its height, width)
+
+    @property
+    def py(self) -> type:
+        """The Python type of one value (what views and stored rows hold)."""
+        if self.dtype in (PNG, TRACE):
+            return np.ndarray
+        if self.dtype is str:
+            return str
+        return int if np.dtype(self.dtype).kind in "iu" else float
+
+    def convert(self, value):
+        """`value` as this column holds it (a TRACE: a flat float32 vector)."""
+        if self.dtype == TRACE:
+            return np.asarray(value, np.float32).reshape(-1)
+        return self.py(value)
+
+
+def column_fields(columns, image: str | None, derived: bool) -> list[tuple]:
+    """make_dataclass fields for `columns`: the PNG column named `image` (None: left out, as bytes when
+    `image` is 'png'), the derived columns only when `derived`."""
+    out = []
+    for c in columns:
+        if (c.derived and not derived) or (c.dtype == PNG and image is None):
+            continue
+        name, py = (image, bytes if image == "png" else np.ndarray) if c.dtype == PNG else (c.name, c.py)
+        out.append((name, py) if c.default is REQUIRED else (name, py, field(default=c.default)))
+    return out
+
+
+def record_class(name: str, columns, doc: str) -> type:
+    """The dataclass an engine fills for one row of `columns` (no derived columns, the image as pixels)."""
+    cls = make_dataclass(name, column_fields(columns, "image", False), namespace={"__doc__": doc})
+    cls.__module__ = __name__
+    return cls
+
+
+# The metadata of one render, in record order (RenderRecord's positional order, stored row and view).
+RENDER_COLUMNS = (
+    Column("unit", np.int64, "the unit rendered; -1: the whole layer (deepdream)", key=True),
+    Column("objective", str, "a registered --objective (scopecli/render/objectives.py: channel, neuron, negative, "
+           "deepdream, direction, direction-cos), `KIND@POSITION` for a positioned one (neuron@cls)", key=True),
+    Column("diversity_index", np.int32, "0 unless --diversity K, then 0..K-1", key=True),
+    Column("image", PNG, "the rendered picture"),
+    Column("height", np.int32, "the image's height in pixels", derived=True),
+    Column("width", np.int32, "the image's width in pixels", derived=True),
+    Column("seed", np.int64, "the derived per-unit seed actually used"),
+    Column("steps", np.int32, "optimisation steps"),
+    Column("size", np.int32, "the render's side in pixels"),
+    Column("param", str, "the image parameterisation: fft | pixel | maco"),
+    Column("lr", np.float64, "learning rate"),
+    Column("act_final", np.float64, "objective activation on the untransformed image"),
+    Column("act_robust", np.float64, "mean activation under 16 random transforms"),
+    Column("act_trace", TRACE, "activation every 32 steps"),
+    Column("time_s", np.float64, "seconds the render took"),
+    Column("dataset_max_ratio", np.float64, "act_final / dataset max, when stats exist", default=math.nan),
+    Column("schedule", str, "optimisation schedule (scopecli/render/schedule.py)", default="lucid", since="1.1"),
+)
+
+RenderRecord = record_class("RenderRecord", RENDER_COLUMNS,
+                            "One optimized image for one unit (or one layer, for deepdream: unit = -1); "
+                            "its fields are RENDER_COLUMNS.")
 
 
 @dataclass
