@@ -124,7 +124,7 @@ def fake_strongest(layer: LayerRecord, units, n_images: int, k: int = 2, seed: i
 def fake_inputs(layer: LayerRecord, units, source: LayerRecord, k: int = 3):
     """Strongest inputs of `units` from `source` (a circuits run writes them). Derived from the unit alone, so
     shards of one model agree; the last unit never fires (no rows)."""
-    from scopecli.artifact.elements.inputs import InputsBlock
+    from scopecli.core.records import InputsBlock
 
     units = np.asarray(list(units), np.int64)
     table = np.full((len(units), source.units), np.nan)
@@ -137,7 +137,7 @@ def fake_inputs(layer: LayerRecord, units, source: LayerRecord, k: int = 3):
 
 def fake_caricatures(layer: LayerRecord, n: int = 2, size: int = 24):
     """Caricatures of n fake photos (`scope caricature` writes them); derived from the layer name alone."""
-    from scopecli.artifact.elements.caricatures import Caricature
+    from scopecli.core.records import Caricature
 
     out = []
     for i in range(n):
@@ -160,7 +160,7 @@ def fake_sample(layer: LayerRecord, n_images: int, n: int = 5, seed: int = 0) ->
 
 def fake_atlas(layer: LayerRecord, grid: int = 3, size: int = 16):
     """A small activation atlas (`scope atlas` writes it): the cells of the diagonal and one more."""
-    from scopecli.artifact.elements.atlas import AtlasBlock
+    from scopecli.core.records import AtlasBlock
 
     rng = np.random.default_rng(len(layer.name))
     cell = np.array([[i, i] for i in range(grid)] + [[0, grid - 1]], np.int32)

@@ -49,6 +49,8 @@ from scopecli.artifact.h5io import (
     write_string,
     write_strings,
 )
+from scopecli.artifact.reader import check_scope_file
+from scopecli.artifact.report import human_bytes
 from scopecli.core.errors import ScopeError
 from scopecli.core.version import __version__
 from scopecli.core.fileio import AtomicFile, check_output_file
@@ -127,8 +129,6 @@ def save_diff(res, path: str | Path) -> None:
 
 
 def _open(path) -> h5py.File:
-    from scopecli.artifact.reader import check_scope_file
-
     p = check_scope_file(path, "diff file")
     try:
         f = h5py.File(p, "r")
@@ -273,8 +273,6 @@ def diff_report(info: dict):
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
-
-    from scopecli.artifact.report import human_bytes
 
     def name(side):
         m = side["model"]

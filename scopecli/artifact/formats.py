@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
+import h5py
+
 from scopecli.artifact import difffile, layout
-from scopecli.artifact.registry import FileFormat, register_file_format
+from scopecli.artifact.h5io import attr_text, first_line
+from scopecli.artifact.reader import check_scope_file, open_artifact
+from scopecli.artifact.registry import FileFormat, file_format, register_file_format
+from scopecli.artifact.report import info_report
+from scopecli.artifact.validate import check_artifact
+from scopecli.core.errors import ScopeError
 
 
 def _artifact_info(path: str) -> dict:
-    from scopecli.artifact.reader import open_artifact
-
     with open_artifact(path) as art:
         return art.info()
 
 
 def _artifact_check(path: str, quick: bool) -> list[str]:
-    from scopecli.artifact.validate import check_artifact
-
     return check_artifact(path, quick)
 
 
 def _artifact_report(info: dict):
-    from scopecli.artifact.report import info_report
-
     return info_report(info)
 
 
@@ -39,13 +40,6 @@ DIFF = register_file_format(FileFormat(
 
 def describe(path) -> tuple[FileFormat, dict]:
     """(format, `info` summary) of any scope file; a one-line error for anything else."""
-    import h5py
-
-    from scopecli.artifact.h5io import attr_text, first_line
-    from scopecli.artifact.reader import check_scope_file
-    from scopecli.artifact.registry import file_format
-    from scopecli.core.errors import ScopeError
-
     p = check_scope_file(path)
     try:
         with h5py.File(p, "r") as f:

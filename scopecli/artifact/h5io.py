@@ -11,7 +11,6 @@ a damaged file from a stranger must not make libhdf5 allocate gigabytes.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import threading
 
@@ -418,13 +417,6 @@ def read_string(ds: h5py.Dataset, where: str) -> str:
 def first_line(exc: BaseException) -> str:
     s = str(exc).strip()
     return s.splitlines()[0] if s else type(exc).__name__
-
-
-def is_finite_number(x) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
 
 
 GCOL_HEADER = b"GCOL\x01\x00\x00\x00"  # global heap collection, version 1, 3 reserved zero bytes

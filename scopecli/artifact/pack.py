@@ -17,6 +17,7 @@ from scopecli.artifact.elements import dataset as image_table
 from scopecli.artifact.reader import Artifact, open_artifact
 from scopecli.artifact.writer import ArtifactWriter
 from scopecli.core.errors import ScopeError
+from scopecli.core.progress import progress
 
 
 def _check_inputs(inputs: list, out: str, force: bool) -> list[str]:
@@ -43,8 +44,6 @@ def _layers(arts: list[Artifact]) -> dict:
 
 def pack(inputs: list, out, prefer: str | None = None, force: bool = False, quiet: bool = True) -> dict:
     """Merge `inputs` into `out`; returns a summary dict. prefer='last' resolves conflicts by input order."""
-    from scopecli.core.progress import progress
-
     if prefer not in (None, "last"):
         raise ScopeError(f"--prefer must be 'last', got {prefer!r}")
     out = os.fspath(out)

@@ -374,15 +374,6 @@ class Artifact:
         """bool [units]: which units have `which` ('top'/'bottom') dataset examples."""
         return self.present(layer, "examples", which=which)
 
-    def stats_present(self, layer: str) -> np.ndarray:
-        """bool [units]: which units have statistics (reads only the mask, not the statistics)."""
-        return self.present(layer, "stats")
-
-    def probe_count(self, layer: str) -> int:
-        """Number of probe images stored for a layer (0 when none), without reading activations."""
-        e = self._layer(layer)
-        return registry.layer_element("probe").info(self.element_group(layer, "probe"), e.slot)["probe_images"]
-
     def renders(self, layer: str, units=None) -> list[RenderView]:
         """All renders of a layer (or of the given units), images decoded lazily."""
         s = self.section(layer, "renders")

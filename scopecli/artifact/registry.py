@@ -199,11 +199,6 @@ def layer_element(name: str) -> LayerElement:
     return el
 
 
-def element_for_encoding(encoding: str) -> LayerElement | None:
-    _load_builtins()
-    return next((e for e in _LAYER_ELEMENTS.values() if e.encoding == encoding), None)
-
-
 def known_features(base) -> frozenset[str]:
     """The format's own features plus those of every registered element."""
     out = set(base)
@@ -247,5 +242,5 @@ def _load_builtins() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        import scopecli.artifact.elements  # noqa: F401  (registers the built-in elements)
-        import scopecli.artifact.formats  # noqa: F401  (registers the file formats)
+        import scopecli.artifact.elements  # noqa: F401  # lazy: the elements import this registry to register themselves (intended circle)
+        import scopecli.artifact.formats  # noqa: F401  # lazy: formats imports this registry (intended circle)

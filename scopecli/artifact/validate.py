@@ -28,7 +28,8 @@ from scopecli.artifact.h5io import (
     short_repr,
 )
 from scopecli.artifact.layout import ENC_LAYER, FORMAT_NAME, FORMAT_VERSION, canonical_bytes_sha256
-from scopecli.artifact.reader import check_scope_file
+from scopecli.artifact.elements import dataset as image_table
+from scopecli.artifact.reader import check_scope_file, open_artifact
 from scopecli.artifact.registry import FileFormat, file_format
 from scopecli.core.errors import ScopeError
 from scopecli.core.fileio import check_input_file
@@ -312,9 +313,6 @@ def _structure_problems(f: h5py.File, p: str, quick: bool) -> tuple[FileFormat |
 
 def check_artifact(p: str, quick: bool) -> list[str]:
     """Cross-element rules the schema cannot express, checked through the real reader by every element."""
-    from scopecli.artifact.elements import dataset as image_table
-    from scopecli.artifact.reader import open_artifact
-
     problems: list[str] = []
     try:
         art = open_artifact(p)

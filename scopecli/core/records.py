@@ -1,13 +1,14 @@
 """In-memory records that the engines produce and the artifact stores.
 
-This is the contract between `render`, `collect`, `compare` and `artifact`: engines fill these,
-the artifact writer stores them, the reader hands them back. Arrays are plain numpy (no objects).
+This is the contract between the engines (`render`, `collect`, `spaces`, `compare`), the views (caricature,
+atlas, circuits) and `artifact`: producers fill these without importing the artifact, the artifact writer
+stores them, the reader hands them back. Every such record lives here. Arrays are plain numpy (no objects).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 
 import numpy as np
 
@@ -97,25 +98,84 @@ def space_record(base: "LayerRecord", name: str, k: int) -> "LayerRecord":
                        layout=space_layout(base.effective_layout))
 
 
-@dataclass
-class RenderRecord:
-    """One optimized image for one unit (or one layer, for deepdream: unit = -1)."""
+PNG = "png"  # Column.dtype of an image: HxWx3 uint8 in a record, PNG bytes in a stored row
+TRACE = "trace"  # Column.dtype of a float32 vector per row (stored concatenated, with offsets)
+REQUIRED = type("Required", (), {"__repr__": lambda self: "REQUIRED"})()  # Column.default: none
 
-    unit: int
-    objective: str  # channel | neuron | negative | deepdream
-    diversity_index: int  # 0 unless --diversity K, then 0..K-1
-    image: np.ndarray  # HxWx3 uint8
-    seed: int  # the derived per-unit seed actually used
-    steps: int
-    size: int
-    param: str  # fft | pixel | maco
-    lr: float
-    act_final: float  # objective activation on the untransformed image
-    act_robust: float  # mean activation under 16 random transforms
-    act_trace: np.ndarray  # float32, activation every 32 steps
-    time_s: float
-    dataset_max_ratio: float = math.nan  # act_final / dataset max, when stats exist
-    schedule: str = "lucid"  # optimisation schedule (scopecli/render/schedule.py); format 1.0 files: lucid
+
+@dataclass(frozen=True)
+class Column:
+    """One per-row column of a stored table, declared once: the record's field, the reader's view, the
+    writer's row and the stored dataset (name, dtype, place) all follow from a tuple of these."""
+
+    name: str
+    dtype: object  # numpy scalar type of the stored dataset, str (UTF-8 strings), PNG or TRACE
+    meaning: str
+    default: object = REQUIRED  # the record's default; a column added after 1.0: what older files read as
+    since: str = "1.0"  # the format version that added it (older files lack it)
+    key: bool = False  # part of the row key (rows are unique and sorted by it)
+    derived: bool = False  # not in the record: the writer derives it from the image (its height, width)
+
+    @property
+    def py(self) -> type:
+        """The Python type of one value (what views and stored rows hold)."""
+        if self.dtype in (PNG, TRACE):
+            return np.ndarray
+        if self.dtype is str:
+            return str
+        return int if np.dtype(self.dtype).kind in "iu" else float
+
+    def convert(self, value):
+        """`value` as this column holds it (a TRACE: a flat float32 vector)."""
+        if self.dtype == TRACE:
+            return np.asarray(value, np.float32).reshape(-1)
+        return self.py(value)
+
+
+def column_fields(columns, image: str | None, derived: bool) -> list[tuple]:
+    """make_dataclass fields for `columns`: the PNG column named `image` (None: left out, as bytes when
+    `image` is 'png'), the derived columns only when `derived`."""
+    out = []
+    for c in columns:
+        if (c.derived and not derived) or (c.dtype == PNG and image is None):
+            continue
+        name, py = (image, bytes if image == "png" else np.ndarray) if c.dtype == PNG else (c.name, c.py)
+        out.append((name, py) if c.default is REQUIRED else (name, py, field(default=c.default)))
+    return out
+
+
+def record_class(name: str, columns, doc: str) -> type:
+    """The dataclass an engine fills for one row of `columns` (no derived columns, the image as pixels)."""
+    cls = make_dataclass(name, column_fields(columns, "image", False), namespace={"__doc__": doc})
+    cls.__module__ = __name__
+    return cls
+
+
+# The metadata of one render, in record order (RenderRecord's positional order, stored row and view).
+RENDER_COLUMNS = (
+    Column("unit", np.int64, "the unit rendered; -1: the whole layer (deepdream)", key=True),
+    Column("objective", str, "a registered --objective (scopecli/render/objectives.py: channel, neuron, negative, "
+           "deepdream, direction, direction-cos), `KIND@POSITION` for a positioned one (neuron@cls)", key=True),
+    Column("diversity_index", np.int32, "0 unless --diversity K, then 0..K-1", key=True),
+    Column("image", PNG, "the rendered picture"),
+    Column("height", np.int32, "the image's height in pixels", derived=True),
+    Column("width", np.int32, "the image's width in pixels", derived=True),
+    Column("seed", np.int64, "the derived per-unit seed actually used"),
+    Column("steps", np.int32, "optimisation steps"),
+    Column("size", np.int32, "the render's side in pixels"),
+    Column("param", str, "the image parameterisation: fft | pixel | maco"),
+    Column("lr", np.float64, "learning rate"),
+    Column("act_final", np.float64, "objective activation on the untransformed image"),
+    Column("act_robust", np.float64, "mean activation under 16 random transforms"),
+    Column("act_trace", TRACE, "activation every 32 steps"),
+    Column("time_s", np.float64, "seconds the render took"),
+    Column("dataset_max_ratio", np.float64, "act_final / dataset max, when stats exist", default=math.nan),
+    Column("schedule", str, "optimisation schedule (scopecli/render/schedule.py)", default="lucid", since="1.1"),
+)
+
+RenderRecord = record_class("RenderRecord", RENDER_COLUMNS,
+                            "One optimized image for one unit (or one layer, for deepdream: unit = -1); "
+                            "its fields are RENDER_COLUMNS.")
 
 
 @dataclass
@@ -289,3 +349,166 @@ class UnitSpace:
     def decode(self, z: np.ndarray) -> np.ndarray:
         """x_hat [n, C] = pre_bias + z @ decoder."""
         return self.pre_bias + np.asarray(z, np.float64) @ self.decoder.astype(np.float64)
+
+
+@dataclass
+class Caricature:
+    """What `scope caricature` puts for one (layer, photo): the images and the evidence."""
+
+    source_sha256: str
+    source_name: str
+    image: np.ndarray  # HxWx3 uint8, the caricature
+    photo: np.ndarray  # HxWx3 uint8, the photo as the model saw it
+    cosine: float  # cosine(activation of the caricature, activation of the photo) at the layer
+    magnitude_ratio: float  # |activation of the caricature| / |activation of the photo|
+    steps: int
+    size: int
+    seed: int
+    lr: float
+    power: float  # the objective: dot(a, a_photo) * max(cos, 0.1) ** power
+    param: str
+    time_s: float = 0.0
+
+
+@dataclass
+class AtlasBlock:
+    """What `scope atlas` puts for one layer (replaces any atlas the layer had)."""
+
+    grid: int
+    layout: str  # "umap" | "pca"
+    layout_note: str  # why this layout (e.g. "umap-learn is not installed")
+    seed: int
+    vectors: int  # sample vectors laid out
+    steps: int
+    size: int
+    power: float
+    param: str
+    lr: float
+    cell: np.ndarray  # int32 [A, 2]: (row, col) of each non-empty cell
+    count: np.ndarray  # int32 [A]: sample vectors in it
+    center: np.ndarray  # float32 [A, 2]: mean layout coordinate of its vectors, in [0, 1]
+    mean: np.ndarray  # float32 [A, C]: their mean activation vector (the direction rendered)
+    act_start: np.ndarray  # float64 [A]: the direction's score on the initial image
+    act_final: np.ndarray  # float64 [A]: and on the rendered one
+    images: list[np.ndarray] = field(default_factory=list)  # HxWx3 uint8 per cell (or pngs below)
+    pngs: list[bytes] | None = None
+    heights: np.ndarray | None = None
+    widths: np.ndarray | None = None
+
+
+INPUTS_K = 16  # inputs of each sign kept per unit
+NEVER_FIRES = "never fires on the collected images (no top example above 0): no attribution"
+
+
+@dataclass(frozen=True)
+class InputRow:
+    """One strongest input of a unit: unit `unit` of layer `layer`, with its signed attribution."""
+
+    layer: str
+    unit: int
+    attribution: float
+
+    def to_json(self) -> dict:
+        return {"layer": self.layer, "unit": self.unit, "attribution": self.attribution}
+
+
+class UnitInputs(list):
+    """A unit's strongest inputs (`InputRow`s): positive by decreasing attribution, then negative, most
+    negative first. Empty when none were computed or the unit never fires (`note` says which)."""
+
+    def __init__(self, rows=(), source_layer: str | None = None, examples: int = 0, note: str = ""):
+        super().__init__(rows)
+        self.source_layer = source_layer
+        self.examples = examples
+        self.note = note
+
+    @property
+    def positive(self) -> list[InputRow]:
+        return [r for r in self if r.attribution > 0]
+
+    @property
+    def negative(self) -> list[InputRow]:
+        return [r for r in self if r.attribution < 0]
+
+    def to_json(self) -> dict:
+        return {"from": self.source_layer, "examples": self.examples, "note": self.note,
+                "rows": [r.to_json() for r in self]}
+
+
+@dataclass
+class InputsBlock:
+    """What a circuits run puts for one layer: per unit row, the source layer index, the examples averaged,
+    and 2k (unit, attribution) columns (see `scopecli/artifact/elements/inputs.py`)."""
+
+    units: np.ndarray  # int64 [U]
+    source_layers: list[str]
+    source: np.ndarray  # int32 [U]
+    examples: np.ndarray  # int32 [U]
+    unit: np.ndarray  # int64 [U, 2k]
+    attribution: np.ndarray  # float32 [U, 2k]
+    k: int = INPUTS_K
+
+    @classmethod
+    def from_table(cls, units, source_layer: str, table: np.ndarray, examples, k: int = INPUTS_K) -> "InputsBlock":
+        """Rows from a full attribution table [U, C'] (NaN rows: no attribution)."""
+        table = np.asarray(table, np.float64)
+        units = np.asarray(units, np.int64).reshape(-1)
+        out_u = np.full((len(units), 2 * k), -1, np.int64)
+        out_a = np.full((len(units), 2 * k), np.nan, np.float32)
+        for i, row in enumerate(table):
+            if not np.isfinite(row).any():
+                continue
+            row = np.where(np.isfinite(row), row, 0.0)
+            pos = np.argsort(-row, kind="stable")
+            pos = pos[row[pos] > 0][:k]
+            neg = np.argsort(row, kind="stable")
+            neg = neg[row[neg] < 0][:k]
+            out_u[i, :len(pos)], out_a[i, :len(pos)] = pos, row[pos]
+            out_u[i, k:k + len(neg)], out_a[i, k:k + len(neg)] = neg, row[neg]
+        return cls(units, [source_layer], np.zeros(len(units), np.int32), np.asarray(examples, np.int32).reshape(-1),
+                   out_u, out_a, k)
+
+    def rows_of(self, i: int) -> UnitInputs:
+        layer = self.source_layers[int(self.source[i])]
+        n = int(self.examples[i])
+        rows = [InputRow(layer, int(u), float(a)) for u, a in zip(self.unit[i], self.attribution[i])
+                if u >= 0 and np.isfinite(a)]
+        return UnitInputs(rows, layer, n, "" if n > 0 else NEVER_FIRES)
+
+
+@dataclass
+class LabelRow:
+    """One class in a unit's profile: how many of the images were of it, that as a fraction, the class's
+    share of the whole dataset (base rate), and fraction / base rate (lift; 1 = no preference)."""
+
+    class_name: str
+    count: int
+    fraction: float
+    base_rate: float
+    lift: float
+
+    def to_json(self) -> dict:
+        return {"class": self.class_name, "count": self.count, "fraction": self.fraction, "base_rate": self.base_rate,
+                "lift": self.lift}
+
+
+@dataclass
+class LabelProfile:
+    """What a unit fires on: `rows` over its top-k examples, `strongest` over its top 1 % of images (each
+    best first, at most MAX_ROWS), `images` how many labelled images each view counted, `note` a caveat
+    (e.g. one class only). Iterating gives `rows`; empty without labels."""
+
+    rows: list[LabelRow] = field(default_factory=list)
+    strongest: list[LabelRow] = field(default_factory=list)
+    images: tuple[int, int] = (0, 0)
+    note: str = ""
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def to_json(self) -> dict:
+        return {"top_examples": [r.to_json() for r in self.rows], "strongest_images": [r.to_json() for r in self.strongest],
+                "images": list(self.images), "note": self.note}

@@ -15,9 +15,10 @@ import warnings
 
 import numpy as np
 
+from scopecli.artifact.elements.atlas import MAX_GRID
 from scopecli.core.errors import ScopeError
 from scopecli.artifact import ArtifactWriter, open_artifact
-from scopecli.artifact.elements.atlas import AtlasBlock, MAX_GRID
+from scopecli.core.records import AtlasBlock
 from scopecli.core.devices import resolve_device
 from scopecli.core.progress import progress
 from scopecli.model.layers import layouts_at

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scopecli.artifact.elements.caricatures import Caricature
+from scopecli.core.records import Caricature
 from scopecli.core.devices import resolve_device
 from scopecli.core.errors import ScopeError
 from scopecli.model.capture import LayerTap

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scopecli.artifact.elements.inputs import K, InputsBlock
+from scopecli.core.records import INPUTS_K as K, InputsBlock
 from scopecli.core.devices import resolve_device
 from scopecli.core.errors import ScopeError
 from scopecli.model import adapter

@@ -20,7 +20,6 @@ from scopecli.artifact.h5io import (
     attr_str,
     check_element,
     get_dataset,
-    read_attr,
     read_numeric,
     set_encoding,
     write_array,
@@ -29,36 +28,11 @@ from scopecli.artifact.h5io import (
 from scopecli.artifact.images import decode_image, encode_png
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
 from scopecli.core.errors import ScopeError
+from scopecli.core.records import AtlasBlock
 
 MAX_GRID = 256
 ATTRS = (("grid", int), ("layout", str), ("layout_note", str), ("seed", int), ("vectors", int), ("steps", int),
          ("size", int), ("power", float), ("param", str), ("lr", float))
-
-
-@dataclass
-class AtlasBlock:
-    """What `scope atlas` puts for one layer (replaces any atlas the layer had)."""
-
-    grid: int
-    layout: str  # "umap" | "pca"
-    layout_note: str  # why this layout (e.g. "umap-learn is not installed")
-    seed: int
-    vectors: int  # sample vectors laid out
-    steps: int
-    size: int
-    power: float
-    param: str
-    lr: float
-    cell: np.ndarray  # int32 [A, 2]: (row, col) of each non-empty cell
-    count: np.ndarray  # int32 [A]: sample vectors in it
-    center: np.ndarray  # float32 [A, 2]: mean layout coordinate of its vectors, in [0, 1]
-    mean: np.ndarray  # float32 [A, C]: their mean activation vector (the direction rendered)
-    act_start: np.ndarray  # float64 [A]: the direction's score on the initial image
-    act_final: np.ndarray  # float64 [A]: and on the rendered one
-    images: list[np.ndarray] = field(default_factory=list)  # HxWx3 uint8 per cell (or pngs below)
-    pngs: list[bytes] | None = None
-    heights: np.ndarray | None = None
-    widths: np.ndarray | None = None
 
 
 @dataclass

@@ -27,31 +27,13 @@ from scopecli.artifact.h5io import (
 from scopecli.artifact.images import decode_image, encode_jpeg, encode_png
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
 from scopecli.core.errors import ScopeError
+from scopecli.core.records import Caricature
 
 PHOTO_QUALITY = 90
 INT_COLS = (("height", np.int32), ("width", np.int32), ("steps", np.int32), ("size", np.int32), ("seed", np.int64))
 FLOAT_COLS = (("lr", np.float64), ("power", np.float64), ("cosine", np.float64), ("magnitude_ratio", np.float64),
               ("time_s", np.float64))
 STR_COLS = ("source_sha256", "source_name", "param")
-
-
-@dataclass
-class Caricature:
-    """What `scope caricature` puts for one (layer, photo): the images and the evidence."""
-
-    source_sha256: str
-    source_name: str
-    image: np.ndarray  # HxWx3 uint8, the caricature
-    photo: np.ndarray  # HxWx3 uint8, the photo as the model saw it
-    cosine: float  # cosine(activation of the caricature, activation of the photo) at the layer
-    magnitude_ratio: float  # |activation of the caricature| / |activation of the photo|
-    steps: int
-    size: int
-    seed: int
-    lr: float
-    power: float  # the objective: dot(a, a_photo) * max(cos, 0.1) ** power
-    param: str
-    time_s: float = 0.0
 
 
 @dataclass

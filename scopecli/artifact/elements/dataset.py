@@ -9,7 +9,16 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from scopecli.artifact.h5io import get_dataset, read_numeric, read_strings, set_encoding, write_array, write_strings
+from scopecli.artifact.h5io import (
+    check_string_lengths,
+    first_line,
+    get_dataset,
+    read_numeric,
+    read_strings,
+    set_encoding,
+    write_array,
+    write_strings,
+)
 from scopecli.artifact.layout import dataset_fingerprint
 from scopecli.core.errors import ScopeError
 from scopecli.core.records import ImageTable
@@ -61,8 +70,6 @@ def read_labels(g: h5py.Group, n: int) -> tuple[np.ndarray, list[str]]:
 
 def read_paths(g: h5py.Group, indices) -> dict[int, str]:
     """Relative paths of some rows, read one by one (for tables too large to load for a few examples)."""
-    from scopecli.artifact.h5io import check_string_lengths, first_line
-
     ds = get_dataset(g, "paths", "/dataset")
     check_string_lengths(ds, "/dataset/paths")
     out = {}

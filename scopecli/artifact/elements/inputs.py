@@ -14,8 +14,6 @@ and 2k columns: k positive inputs by decreasing attribution, then k negative one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from scopecli.artifact.blobs import present_mask
@@ -23,7 +21,6 @@ from scopecli.artifact.h5io import (
     attr_int,
     check_element,
     get_dataset,
-    read_attr,
     read_numeric,
     read_strings,
     set_encoding,
@@ -32,86 +29,9 @@ from scopecli.artifact.h5io import (
 )
 from scopecli.artifact.registry import LayerElement, MergeInput, MergePlan, register_layer_element
 from scopecli.core.errors import ScopeError
+from scopecli.core.records import INPUTS_K, InputsBlock, UnitInputs
 
-K = 16  # inputs of each sign kept per unit
 METHOD = "gradient x input at the unit's maximum position, summed over positions, mean over its top examples"
-NEVER_FIRES = "never fires on the collected images (no top example above 0): no attribution"
-
-
-@dataclass(frozen=True)
-class InputRow:
-    """One strongest input of a unit: unit `unit` of layer `layer`, with its signed attribution."""
-
-    layer: str
-    unit: int
-    attribution: float
-
-    def to_json(self) -> dict:
-        return {"layer": self.layer, "unit": self.unit, "attribution": self.attribution}
-
-
-class UnitInputs(list):
-    """A unit's strongest inputs (`InputRow`s): positive by decreasing attribution, then negative, most
-    negative first. Empty when none were computed or the unit never fires (`note` says which)."""
-
-    def __init__(self, rows=(), source_layer: str | None = None, examples: int = 0, note: str = ""):
-        super().__init__(rows)
-        self.source_layer = source_layer
-        self.examples = examples
-        self.note = note
-
-    @property
-    def positive(self) -> list[InputRow]:
-        return [r for r in self if r.attribution > 0]
-
-    @property
-    def negative(self) -> list[InputRow]:
-        return [r for r in self if r.attribution < 0]
-
-    def to_json(self) -> dict:
-        return {"from": self.source_layer, "examples": self.examples, "note": self.note,
-                "rows": [r.to_json() for r in self]}
-
-
-@dataclass
-class InputsBlock:
-    """What a circuits run puts for one layer: per unit row, the source layer index, the examples averaged,
-    and 2k (unit, attribution) columns (see the module docstring)."""
-
-    units: np.ndarray  # int64 [U]
-    source_layers: list[str]
-    source: np.ndarray  # int32 [U]
-    examples: np.ndarray  # int32 [U]
-    unit: np.ndarray  # int64 [U, 2k]
-    attribution: np.ndarray  # float32 [U, 2k]
-    k: int = K
-
-    @classmethod
-    def from_table(cls, units, source_layer: str, table: np.ndarray, examples, k: int = K) -> "InputsBlock":
-        """Rows from a full attribution table [U, C'] (NaN rows: no attribution)."""
-        table = np.asarray(table, np.float64)
-        units = np.asarray(units, np.int64).reshape(-1)
-        out_u = np.full((len(units), 2 * k), -1, np.int64)
-        out_a = np.full((len(units), 2 * k), np.nan, np.float32)
-        for i, row in enumerate(table):
-            if not np.isfinite(row).any():
-                continue
-            row = np.where(np.isfinite(row), row, 0.0)
-            pos = np.argsort(-row, kind="stable")
-            pos = pos[row[pos] > 0][:k]
-            neg = np.argsort(row, kind="stable")
-            neg = neg[row[neg] < 0][:k]
-            out_u[i, :len(pos)], out_a[i, :len(pos)] = pos, row[pos]
-            out_u[i, k:k + len(neg)], out_a[i, k:k + len(neg)] = neg, row[neg]
-        return cls(units, [source_layer], np.zeros(len(units), np.int32), np.asarray(examples, np.int32).reshape(-1),
-                   out_u, out_a, k)
-
-    def rows_of(self, i: int) -> UnitInputs:
-        layer = self.source_layers[int(self.source[i])]
-        n = int(self.examples[i])
-        rows = [InputRow(layer, int(u), float(a)) for u, a in zip(self.unit[i], self.attribution[i])
-                if u >= 0 and np.isfinite(a)]
-        return UnitInputs(rows, layer, n, "" if n > 0 else NEVER_FIRES)
 
 
 class InputsSection:
@@ -124,7 +44,7 @@ class InputsSection:
         examples = read_numeric(get_dataset(g, "examples", where), f"{where}/examples", "i", 1).astype(np.int32)
         unit = read_numeric(get_dataset(g, "unit", where), f"{where}/unit", "i", 2).astype(np.int64)
         att = read_numeric(get_dataset(g, "attribution", where), f"{where}/attribution", "f", 2).astype(np.float32)
-        k = attr_int(g, "k", where, 0, 1 << 20, default=K)
+        k = attr_int(g, "k", where, 0, 1 << 20, default=INPUTS_K)
         n = len(units)
         if source.shape != (n,) or examples.shape != (n,) or unit.shape != att.shape or unit.shape[0] != n \
                 or unit.shape[1] != 2 * k:

@@ -7,7 +7,7 @@ all rendered with the `lucid` schedule, which is what they read as.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field, make_dataclass
 
 import h5py
 import numpy as np
@@ -17,35 +17,14 @@ from scopecli.artifact.h5io import check_element, get_dataset, read_numeric, rea
 from scopecli.artifact.images import decode_image, encode_png
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
 from scopecli.core.errors import ScopeError
-from scopecli.core.records import RenderRecord
+from scopecli.core.records import PNG, RENDER_COLUMNS, TRACE, RenderRecord, column_fields
 
-OLD_SCHEDULE = "lucid"  # what every render of a file without the `schedule` column (format 1.0) used
+SPANS = ("offset", "length", "trace_offset", "trace_length")  # where each row's PNG and trace lie
+ROW = tuple(c for c in RENDER_COLUMNS if c.dtype not in (PNG, TRACE))  # one stored dataset per row each
 
 
-@dataclass
-class RenderView:
-    """One stored render: the metadata fields of RenderRecord, with the image decoded on first access."""
-
-    layer: str
-    unit: int
-    objective: str
-    diversity_index: int
-    height: int
-    width: int
-    seed: int
-    steps: int
-    size: int
-    param: str
-    lr: float
-    act_final: float
-    act_robust: float
-    act_trace: np.ndarray
-    time_s: float
-    dataset_max_ratio: float
-    schedule: str = OLD_SCHEDULE
-    _load: object = field(repr=False, default=None)
-    _encoded: bytes | None = field(repr=False, default=None)
-    _image: np.ndarray | None = field(repr=False, default=None)
+class _LazyImage:
+    """The view's image: PNG bytes read, and pixels decoded, on first access."""
 
     @property
     def encoded(self) -> bytes:
@@ -64,40 +43,54 @@ class RenderView:
         return self._image
 
 
-@dataclass
-class StoredRender:
-    """A render as the writer holds it: its metadata and its PNG bytes (copied, never re-encoded)."""
+# One stored render: its layer and RENDER_COLUMNS (with height and width), the image decoded on first access.
+RenderView = make_dataclass("RenderView", [("layer", str)] + column_fields(RENDER_COLUMNS, None, True) + [
+    ("_load", object, field(repr=False, default=None)),
+    ("_encoded", bytes | None, field(repr=False, default=None)),
+    ("_image", np.ndarray | None, field(repr=False, default=None)),
+], bases=(_LazyImage,), namespace={"__doc__": "One stored render: RENDER_COLUMNS, `.image` decoded on first access."})
+RenderView.__module__ = __name__
 
-    unit: int
-    objective: str
-    diversity_index: int
-    png: bytes
-    height: int
-    width: int
-    seed: int
-    steps: int
-    size: int
-    param: str
-    lr: float
-    act_final: float
-    act_robust: float
-    act_trace: np.ndarray
-    time_s: float
-    dataset_max_ratio: float
-    schedule: str = OLD_SCHEDULE
-
-    @property
-    def key(self) -> tuple[int, str, int]:
-        return (self.unit, self.objective, self.diversity_index)
+# A render as the writer holds it: RENDER_COLUMNS with the image as its PNG bytes (copied, never re-encoded).
+StoredRender = make_dataclass("StoredRender", column_fields(RENDER_COLUMNS, "png", True), namespace={
+    "__doc__": "A render as the writer holds it: RENDER_COLUMNS, the image as PNG bytes (never re-encoded).",
+    "key": property(lambda self: (self.unit, self.objective, self.diversity_index)),
+})
+StoredRender.__module__ = __name__
 
 
-INT64_COLS = ("unit", "offset", "length", "trace_offset", "trace_length", "seed")
-INT32_COLS = ("diversity_index", "height", "width", "steps", "size")
-FLOAT_COLS = ("lr", "act_final", "act_robust", "time_s", "dataset_max_ratio")
-# stored per-row columns, in the order they are written, with their dtypes
-WRITTEN = (("height", np.int32), ("width", np.int32), ("seed", np.int64), ("steps", np.int32), ("size", np.int32),
-           ("lr", np.float64), ("act_final", np.float64), ("act_robust", np.float64), ("time_s", np.float64),
-           ("dataset_max_ratio", np.float64))
+def _read_column(g: h5py.Group, where: str, name: str, dtype) -> np.ndarray:
+    """One stored column: strings as an object array, integers as int64, floats as float64."""
+    ds = get_dataset(g, name, where)
+    if dtype is str:
+        return np.array(read_strings(ds, f"{where}/{name}"), dtype=object)
+    kind = np.dtype(dtype).kind
+    return read_numeric(ds, f"{where}/{name}", kind, 1).astype(np.int64 if kind == "i" else np.float64)
+
+
+def _read_columns(g: h5py.Group, where: str) -> dict[str, np.ndarray]:
+    """Every column of the table; one added after 1.0 that the file lacks reads as its default."""
+    cols = {name: _read_column(g, where, name, np.int64) for name in SPANS}
+    n = len(cols["offset"])
+    for c in ROW:
+        if c.since != "1.0" and c.name not in g:
+            cols[c.name] = np.array([c.default] * n, dtype=object if c.dtype is str else c.dtype)
+        else:
+            cols[c.name] = _read_column(g, where, c.name, c.dtype)
+    for k, v in cols.items():
+        if len(v) != n:
+            raise ScopeError(f"{where}/{k}: has {len(v)} rows, expected {n}")
+    return cols
+
+
+def _write_columns(rg: h5py.Group, columns, rows) -> None:
+    """One dataset per column, in the given order (the stored order: key, spans, numbers, strings)."""
+    for c in columns:
+        values = [getattr(r, c.name) for r in rows]
+        if c.dtype is str:
+            write_strings(rg, c.name, values)
+        else:
+            write_array(rg, c.name, values, c.dtype)
 
 
 class RenderSection:
@@ -107,22 +100,8 @@ class RenderSection:
         where = slot.where + "/renders"
         check_element(g, RendersElement.encoding, where, h5py.Group)
         self.layer, self.where = slot.name, where
-        cols = {}
-        for name in INT64_COLS + INT32_COLS:
-            cols[name] = read_numeric(get_dataset(g, name, where), f"{where}/{name}", "i", 1).astype(np.int64)
-        for name in FLOAT_COLS:
-            cols[name] = read_numeric(get_dataset(g, name, where), f"{where}/{name}", "f", 1).astype(np.float64)
-        for name in ("objective", "param"):
-            cols[name] = np.array(read_strings(get_dataset(g, name, where), f"{where}/{name}"), dtype=object)
-        n_rows = len(cols["unit"])
-        if "schedule" in g:  # format 1.1
-            cols["schedule"] = np.array(read_strings(get_dataset(g, "schedule", where), f"{where}/schedule"), dtype=object)
-        else:
-            cols["schedule"] = np.array([OLD_SCHEDULE] * n_rows, dtype=object)
+        cols = _read_columns(g, where)
         n = len(cols["unit"])
-        for k, v in cols.items():
-            if len(v) != n:
-                raise ScopeError(f"{where}/{k}: has {len(v)} rows, expected {n}")
         self.present = read_numeric(get_dataset(g, "present", where), f"{where}/present", "u", 1).astype(bool)
         if self.present.shape != (slot.units,):
             raise ScopeError(f"{where}/present: shape {self.present.shape}, expected ({slot.units},)")
@@ -153,17 +132,11 @@ class RenderSection:
         return range(int(np.searchsorted(u, unit, "left")), int(np.searchsorted(u, unit, "right")))
 
     def _meta(self, i: int) -> dict:
-        c = self.cols
-        toff, tln = int(c["trace_offset"][i]), int(c["trace_length"][i])
-        return dict(
-            unit=int(c["unit"][i]), objective=str(c["objective"][i]), diversity_index=int(c["diversity_index"][i]),
-            height=int(c["height"][i]), width=int(c["width"][i]), seed=int(c["seed"][i]), steps=int(c["steps"][i]),
-            size=int(c["size"][i]), param=str(c["param"][i]), lr=float(c["lr"][i]),
-            act_final=float(c["act_final"][i]), act_robust=float(c["act_robust"][i]),
-            act_trace=self.traces()[toff : toff + tln].copy() if tln else np.zeros(0, np.float32),
-            time_s=float(c["time_s"][i]), dataset_max_ratio=float(c["dataset_max_ratio"][i]),
-            schedule=str(c["schedule"][i]),
-        )
+        """Row i's RENDER_COLUMNS (the image aside) as Python values."""
+        toff, tln = int(self.cols["trace_offset"][i]), int(self.cols["trace_length"][i])
+        out = {c.name: c.py(self.cols[c.name][i]) for c in ROW}
+        out["act_trace"] = self.traces()[toff : toff + tln].copy() if tln else np.zeros(0, np.float32)
+        return out
 
     def view(self, i: int) -> RenderView:
         off, ln = int(self.cols["offset"][i]), int(self.cols["length"][i])
@@ -217,14 +190,9 @@ class RendersElement(LayerElement):
             if not isinstance(r.objective, str) or not r.objective:
                 raise ScopeError(f"render {slot.name}:{u}: objective must be a non-empty string")
             img = np.asarray(r.image)
-            s = StoredRender(
-                unit=u, objective=r.objective, diversity_index=int(r.diversity_index),
-                png=encode_png(img, f"render {slot.name}:{u}"), height=img.shape[0], width=img.shape[1],
-                seed=int(r.seed), steps=int(r.steps), size=int(r.size), param=str(r.param), lr=float(r.lr),
-                act_final=float(r.act_final), act_robust=float(r.act_robust),
-                act_trace=np.asarray(r.act_trace, np.float32).reshape(-1), time_s=float(r.time_s),
-                dataset_max_ratio=float(r.dataset_max_ratio), schedule=str(r.schedule),
-            )
+            meta = {c.name: c.convert(getattr(r, c.name)) for c in RENDER_COLUMNS if c.dtype != PNG and not c.derived}
+            s = StoredRender(png=encode_png(img, f"render {slot.name}:{u}"), height=img.shape[0], width=img.shape[1],
+                             **meta)
             staged[s.key] = s
 
     def is_empty(self, staged) -> bool:
@@ -238,15 +206,11 @@ class RendersElement(LayerElement):
         offsets, lengths = pack_offsets([len(r.png) for r in rows])
         to, tl = pack_offsets([len(r.act_trace) for r in rows])
         write_array(rg, "present", present_mask(slot.units, [k[0] for k in keys]), np.uint8)
-        write_array(rg, "unit", [k[0] for k in keys], np.int64)
-        write_strings(rg, "objective", [k[1] for k in keys])
-        write_array(rg, "diversity_index", [k[2] for k in keys], np.int32)
+        rest = [c for c in ROW if not c.key]
+        _write_columns(rg, [c for c in ROW if c.key], rows)
         write_array(rg, "offset", offsets, np.int64)
         write_array(rg, "length", lengths, np.int64)
-        for col, dt in WRITTEN:
-            write_array(rg, col, [getattr(r, col) for r in rows], dt)
-        write_strings(rg, "param", [r.param for r in rows])
-        write_strings(rg, "schedule", [r.schedule for r in rows])
+        _write_columns(rg, [c for c in rest if c.dtype is not str] + [c for c in rest if c.dtype is str], rows)
         write_array(rg, "trace_offset", to, np.int64)
         write_array(rg, "trace_length", tl, np.int64)
         traces = np.concatenate([r.act_trace for r in rows]).astype(np.float32) if rows else np.zeros(0, np.float32)

@@ -22,7 +22,6 @@ from scopecli.artifact.h5io import (
     attr_str,
     check_element,
     get_dataset,
-    read_attr,
     read_numeric,
     set_encoding,
     write_array,

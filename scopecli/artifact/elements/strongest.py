@@ -12,56 +12,18 @@ dataset every lift is 1 and the profile says it is uninformative.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from scopecli.artifact.blobs import present_mask
-from scopecli.artifact.h5io import attr_float, attr_int, check_element, get_dataset, read_attr, read_numeric, set_encoding, write_array
+from scopecli.artifact.h5io import attr_float, attr_int, check_element, get_dataset, read_numeric, set_encoding, write_array
 from scopecli.artifact.registry import LayerElement, MergeInput, MergePlan, register_layer_element, remap_images
 from scopecli.core.errors import ScopeError
-from scopecli.core.records import Strongest
+from scopecli.core.records import LabelProfile, LabelRow, Strongest
 from scopecli.core.sketch import merge_ranked, take_ranked
 
 MAX_ROWS = 5  # classes a profile lists
-
-
-@dataclass
-class LabelRow:
-    """One class in a unit's profile: how many of the images were of it, that as a fraction, the class's
-    share of the whole dataset (base rate), and fraction / base rate (lift; 1 = no preference)."""
-
-    class_name: str
-    count: int
-    fraction: float
-    base_rate: float
-    lift: float
-
-    def to_json(self) -> dict:
-        return {"class": self.class_name, "count": self.count, "fraction": self.fraction, "base_rate": self.base_rate,
-                "lift": self.lift}
-
-
-@dataclass
-class LabelProfile:
-    """What a unit fires on: `rows` over its top-k examples, `strongest` over its top 1 % of images (each
-    best first, at most MAX_ROWS), `images` how many labelled images each view counted, `note` a caveat
-    (e.g. one class only). Iterating gives `rows`; empty without labels."""
-
-    rows: list[LabelRow] = field(default_factory=list)
-    strongest: list[LabelRow] = field(default_factory=list)
-    images: tuple[int, int] = (0, 0)
-    note: str = ""
-
-    def __iter__(self):
-        return iter(self.rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def to_json(self) -> dict:
-        return {"top_examples": [r.to_json() for r in self.rows], "strongest_images": [r.to_json() for r in self.strongest],
-                "images": list(self.images), "note": self.note}
 
 
 def base_rates(labels: np.ndarray, n_classes: int) -> np.ndarray:
