@@ -22,6 +22,9 @@ from scopecli.artifact.reader import Artifact, Example, LazyPatches, RenderView,
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element, registered
 from scopecli.artifact.writer import ArtifactWriter
 
+# the built-in elements and file formats register themselves on import (registration order = storage order)
+from scopecli.artifact import elements, formats  # noqa: E402,F401  isort: skip
+
 __all__ = [
     "Artifact",
     "ArtifactWriter",

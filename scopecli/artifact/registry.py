@@ -8,6 +8,10 @@ coming. Each one is a subclass of `LayerElement` registered under its child name
 is one module (plus its entry in `schema/`, or an inline `schema` node for elements defined elsewhere,
 e.g. in a test).
 
+This module holds only the registry's state and its API; it imports none of its registrants. The
+built-in elements and file formats register when `scopecli.artifact` is imported (its `__init__`), which
+every import of an artifact module does first, so lookups never see an empty registry.
+
 A layer element lives in the group `/layers/<layer>/<name>`. Its life cycle:
     read      group -> section (index tables parsed and checked; image bytes stay on disk)
     stage     section -> staged (what the writer holds: encoded, never re-decoded), `put` adds to it
@@ -187,12 +191,10 @@ def registered(*classes) -> Iterator[None]:
 
 def layer_elements() -> list[LayerElement]:
     """Every registered layer element, in registration order (built-ins first)."""
-    _load_builtins()
     return list(_LAYER_ELEMENTS.values())
 
 
 def layer_element(name: str) -> LayerElement:
-    _load_builtins()
     el = _LAYER_ELEMENTS.get(name)
     if el is None:
         raise ScopeError(f"unknown artifact element {name!r}; known: {', '.join(_LAYER_ELEMENTS)}")
@@ -231,16 +233,4 @@ def register_file_format(fmt: FileFormat) -> FileFormat:
 
 def file_format(name) -> FileFormat | None:
     """The registered format of that root `format` attribute (None: not a scope file)."""
-    _load_builtins()
     return _FORMATS.get(name) if isinstance(name, str) else None
-
-
-_BUILTINS_LOADED = False
-
-
-def _load_builtins() -> None:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        import scopecli.artifact.elements  # noqa: F401  # lazy: the elements import this registry to register themselves (intended circle)
-        import scopecli.artifact.formats  # noqa: F401  # lazy: formats imports this registry (intended circle)
