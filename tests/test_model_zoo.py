@@ -9,6 +9,9 @@ import torchvision
 
 from conftest import assert_one_line_error
 from scopecli.model import model_fingerprint, resolve_model
+from scopecli.model.families import family_for, hub
+from scopecli.model.families.open_clip import CLIP_MICROSCOPE, _clip_name
+from scopecli.model.families.timm import TIMM_MICROSCOPE
 from scopecli.model.weights import random_init
 
 
@@ -246,12 +249,8 @@ def test_open_clip_rn50x4_random_offline(offline):
     assert out.shape == (1, 640)  # the attention pool's embedding
     import open_clip
 
-    from scopecli.model.zoo import _clip_name
-
     assert _clip_name(open_clip, "open_clip/rn50x4") == "RN50x4"
     # open_clip's own spelling rules: 'ViT-B/32' is ViT-B-32
-    from scopecli.model.families import family_for
-
     family, spec = family_for("open-clip/ViT-B/32")
     assert family.name == "open_clip" and spec == "open_clip/ViT-B-32"
     _hub_flag_untouched()
@@ -346,8 +345,6 @@ def test_models_lists_families_extras_and_microscope_names(scope_cli):
 def test_models_rows_name_the_libraries_default_tags():
     timm = pytest.importorskip("timm")
     open_clip = pytest.importorskip("open_clip")
-    from scopecli.model.zoo import CLIP_MICROSCOPE, TIMM_MICROSCOPE
-
     for _, name, tag in TIMM_MICROSCOPE:
         assert timm.models.get_pretrained_cfg(name).tag == tag
     for _, name, tag in CLIP_MICROSCOPE:
@@ -355,9 +352,7 @@ def test_models_rows_name_the_libraries_default_tags():
 
 
 def test_models_says_when_an_extra_is_missing(monkeypatch, scope_cli):
-    from scopecli.model import zoo
-
-    monkeypatch.setattr(zoo, "installed", lambda module: False)
+    monkeypatch.setattr(hub, "installed", lambda module: False)
     rows = {row["name"]: row for row in json.loads(scope_cli("models", "--json").stdout)}
     assert rows["timm/inception_v4"]["available"] is False
     table = scope_cli("models").stdout

@@ -5,8 +5,8 @@
     acts = capture(loaded.module, x, ["layer3"])
 """
 
-from scopecli.model.capture import LayerTap, capture
-from scopecli.model.layers import LayerInfo, default_layers, find_layer, get_module, layer_table
+from scopecli.model.capture import LayerTap, capture, get_module
+from scopecli.model.layers import LayerInfo, default_layers, find_layer, layer_table
 from scopecli.model.loaded import LoadedModel, Preprocess, model_fingerprint
 from scopecli.model.resolve import catalogue, resolve_model
 

@@ -3,6 +3,9 @@
 Render and collect never need the layers after their deepest target (nor the classifier head), so the
 forward pass is cut there: a forward hook on each target records its output, and once every target has
 fired the hook raises a private exception that unwinds the rest of the forward.
+
+The dotted-name lookup (`get_module`) lives here, under the layer table (model/layers.py), which builds on
+capture to measure receptive fields: the dependency goes one way, layers -> capture.
 """
 
 from __future__ import annotations
@@ -11,10 +14,21 @@ import torch
 from torch import nn
 
 from scopecli.core.errors import ScopeError
+from scopecli.core.fileio import did_you_mean
 from scopecli.model.adapter import module_tensor
-from scopecli.model.layers import get_module
 from scopecli.model.spaces import resolve_space
 from scopecli.core.units import split_space
+
+LAYERS_HINT = "`scope layers MODEL` lists them"
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """The module at a dotted name; unknown names get a one-line error with close suggestions."""
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    names = [n for n in modules if n]
+    raise ScopeError(f"unknown layer '{name}'" + did_you_mean(name, names, listing=LAYERS_HINT))
 
 
 class _StopForward(Exception):

@@ -10,15 +10,16 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from scopecli.core.errors import ScopeError
 from scopecli.core.fileio import did_you_mean
+from scopecli.model import adapter
+from scopecli.model.capture import LAYERS_HINT, LayerTap, get_module
 from scopecli.model.receptive import annotation, field_ints, layout_of, tensors, tracing
 from scopecli.model.spaces import check_base_layout, resolve_space
 from scopecli.core.records import LayerLayout, LayerRecord, space_layout
 from scopecli.core.units import split_space
-
-LAYERS_HINT = "`scope layers MODEL` lists them"
 
 # Leaf-like module types: never treated as "blocks" even when they have children.
 _LAYER_TYPES = (
@@ -85,18 +86,6 @@ class LayerInfo:
             "kind": lay.kind, "grid": list(lay.grid), "prefix_tokens": lay.prefix, "field": lay.field,
             "global_context": lay.global_context, "axes": list(lay.perm)}
         return d
-
-
-# ---------------------------------------------------------------- module lookup
-
-
-def get_module(model: nn.Module, name: str) -> nn.Module:
-    """The module at a dotted name; unknown names get a one-line error with close suggestions."""
-    modules = dict(model.named_modules())
-    if name in modules and name != "":
-        return modules[name]
-    names = [n for n in modules if n]
-    raise ScopeError(f"unknown layer '{name}'" + did_you_mean(name, names, listing=LAYERS_HINT))
 
 
 # ---------------------------------------------------------------- default layer set
@@ -221,8 +210,6 @@ MEASURE_BATCH = 8  # layers measured together: one backward for this many layers
 def _gates_held():
     """During measurement, global reductions (squeeze-excitation's pooling) pass no gradient: the field
     measured is the local one, as the tracer reports it."""
-    from torch.overrides import TorchFunctionMode
-
     class Hold(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
@@ -243,9 +230,6 @@ def measure_fields(model: nn.Module, infos: list[LayerInfo], input_size: int) ->
     its centre position, so row i's input gradient is exactly that position's dependence (eval mode keeps
     rows independent). The field is then the bounding box of the nonzero gradient, clipped to the input.
     """
-    from scopecli.model import adapter
-    from scopecli.model.capture import LayerTap
-
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     out: dict[str, tuple[int, int, int]] = {}
@@ -287,8 +271,6 @@ class _Enough(Exception):
 def _trace(model: nn.Module, input_size: int, until=None) -> dict[str, _Seen]:
     """One traced forward at this input size (2 images), hooks on every module; `until` (layer names):
     stop once they have all run, so nothing after them runs."""
-    from scopecli.model.adapter import output_note
-
     until = set(until) if until else None
     seen: dict[str, _Seen] = {}
     handles = []
@@ -302,7 +284,7 @@ def _trace(model: nn.Module, input_size: int, until=None) -> dict[str, _Seen]:
             ann = annotation(tensor)
             passthrough = tensor is last[0] and last[1].startswith(name + ".")
             seen[name] = _Seen(type(module).__name__, tuple(tensor.shape), layout_of(ann, tensor), ann, passthrough,
-                               output_note(output))
+                               adapter.output_note(output))
             last[0], last[1] = tensor, name
             if until is not None and until <= seen.keys():
                 raise _Enough

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -720,7 +720,3 @@ def field_ints(ann: Ann | None, layout: LayerLayout, input_size: int) -> tuple[i
         return int(round(max(f.size))), max(int(round(max(f.stride))), 1), int(math.floor(min(f.start)))
     gh, gw = layout.grid
     return int(input_size), max(1, int(round(input_size / max(gh, gw, 1)))), 0
-
-
-def with_field(layout: LayerLayout, field: str) -> LayerLayout:
-    return replace(layout, field=field)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from scopecli.core.errors import ScopeError
 from scopecli.model.loaded import LoadedModel
+from scopecli.model.resolve import resolve_model
 
 
 def weights_argument(label: str | None) -> str:
@@ -27,8 +28,6 @@ def weights_argument(label: str | None) -> str:
 
 def model_for_artifact(model_info: dict, spec: str | None = None, weights: str | None = None) -> LoadedModel:
     """Rebuild the artifact's model (with its recorded preprocessing); refuse one whose fingerprint differs."""
-    from scopecli.model.resolve import resolve_model
-
     spec = spec or model_info.get("spec")
     if not spec:
         raise ScopeError("the artifact does not record its model spec; pass --model SPEC")

@@ -1,6 +1,6 @@
 """One resolver from a model spec string to a ready model, used by every command.
 
-It asks the registered families (model/families.py) which one claims the spec, builds the module with
+It asks the registered families (model/families/) which one claims the spec, builds the module with
 the requested weights, applies the user's preprocessing overrides and freezes the model. `scope models`
 lists what the families report.
 """
