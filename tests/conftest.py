@@ -9,7 +9,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)  # tinymodels, artifact_factory
 
-torch.set_num_threads(1)  # tests are small; one thread avoids oversubscription on shared CPUs
+# Tests are small; one thread avoids oversubscription on shared CPUs. Tests depend on it: test_resume
+# compares renders made in this process bit for bit with ones from OMP_NUM_THREADS=1
+# subprocesses (oneDNN may round differently with another thread count), so keep the two the same.
+torch.set_num_threads(1)
 
 
 @dataclass

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from collect_builders import collect_single_and_packed, loaded, model_input, noise_images, small_cnn
 from scopecli.collect import CollectSettings, collect, merge_examples, merge_stats, open_source
@@ -25,29 +26,53 @@ def run64(tmp_path_factory):
     model = loaded(module, 24)
     settings = CollectSettings(top_k=5, bottom_k=4, patch_size=16, probe=20, batch=10, workers=0, device="cpu")
     res = collect(model, open_source(folder), ["1", "2"], settings)
+    acts, bound = _reference(module, model_input(arrays))
+    return res, acts, arrays, bound
+
+
+U32 = 2.0**-24  # float32 unit roundoff
+
+
+def _reference(module: nn.Module, x: torch.Tensor) -> tuple[dict, dict]:
+    """Float64 activations of layers 1 and 2 and a bound on how far any float32 run may lie from them: a dot of
+    n terms rounds by at most n*u*sum|w*x| in any order or kernel (Higham, Accuracy and Stability, 3.1), and an
+    input error e reaches the output as |W|*e (ReLU passes no more). The engine runs other batches than a
+    brute-force float32 pass would, and oneDNN picks kernels per batch size and CPU, so its float32 differs
+    from any float32 reference by rounding: compare against this bound, not against what one CPU gives."""
+    w1, b1, w2, b2 = (t.detach().double() for t in (module[0].weight, module[0].bias, module[2].weight,
+                                                    module[2].bias))
     with torch.no_grad():
-        x = model_input(arrays)
-        a1 = module[1](module[0](x))
-        a2 = module[2](a1)
-    return res, {"1": a1.numpy(), "2": a2.numpy()}, arrays
+        xd = x.double()
+        a1 = torch.relu(F.conv2d(xd, w1, b1, padding=1))
+        e_in = 4 * U32 * xd.abs()  # the preprocess's own float32 rounding
+        e1 = 28 * U32 * F.conv2d(xd.abs(), w1.abs(), b1.abs(), padding=1) + F.conv2d(e_in, w1.abs(), padding=1)
+        a2 = F.conv2d(a1, w2, b2, stride=2, padding=1)
+        e2 = (55 * U32 * F.conv2d(a1 + e1, w2.abs(), b2.abs(), stride=2, padding=1)
+              + F.conv2d(e1, w2.abs(), stride=2, padding=1))
+    return {"1": a1.numpy(), "2": a2.numpy()}, {"1": float(e1.max()), "2": float(e2.max())}
 
 
 @pytest.mark.parametrize("layer", ["1", "2"])
 def test_examples_equal_brute_force(run64, layer):
-    res, acts, arrays = run64
-    a = acts[layer]
+    res, acts, arrays, bound = run64
+    a, tol = acts[layer], bound[layer]
     n, c, h, w = a.shape
     flat = a.reshape(n, c, h * w)
     for which, k, largest in (("top", 5, True), ("bottom", 4, False)):
         ex = res.examples[layer][which]
         assert ex.score.shape == (c, k)
         ext = flat.max(2) if largest else flat.min(2)
-        arg = flat.argmax(2) if largest else flat.argmin(2)
         for u in range(c):
             order = _brute_order(ext[:, u], largest)[:k]
-            assert ex.image_index[u].tolist() == order.tolist(), (which, u)
-            np.testing.assert_allclose(ex.score[u], ext[order, u], atol=1e-5, rtol=0)
-            assert ex.loc[u].tolist() == [[int(p // w), int(p % w)] for p in arg[order, u]]
+            got = ex.image_index[u]
+            assert len(set(got.tolist())) == k, (which, u)
+            np.testing.assert_allclose(ex.score[u], ext[got, u], atol=tol, rtol=0)
+            # the brute order but for near-ties: the engine ranks values each within tol of the reference, so
+            # its j-th pick lies within 2*tol of the reference's j-th (the same image where gaps are wider)
+            np.testing.assert_allclose(ext[got, u], ext[order, u], atol=2 * tol, rtol=0, err_msg=f"{which} {u}")
+            at = flat[got, u, ex.loc[u, :, 0] * w + ex.loc[u, :, 1]]  # the reference at the reported places
+            np.testing.assert_allclose(at, ext[got, u], atol=2 * tol, rtol=0, err_msg=f"{which} {u} loc")
+            assert (got == order).mean() >= 0.5  # near-ties are rare: the comparison is not vacuous
     # table: sorted paths with hashes and sizes
     assert res.images.paths == [f"img_{i:03d}.png" for i in range(64)]
     assert all(len(s) == 64 for s in res.images.sha256)
@@ -55,7 +80,7 @@ def test_examples_equal_brute_force(run64, layer):
 
 
 def test_patch_is_receptive_field_crop(run64):
-    res, _, arrays = run64
+    res, _, arrays, _ = run64
     ex = res.examples["2"]["top"]
     rec = {r.name: r for r in res.layers}["2"]
     assert (rec.rf_size, rec.rf_stride, rec.rf_start) == (5, 2, -2)
@@ -74,23 +99,25 @@ def test_patch_is_receptive_field_crop(run64):
 
 @pytest.mark.parametrize("layer", ["1", "2"])
 def test_stats_agree_with_numpy(run64, layer):
-    res, acts, _ = run64
-    a = acts[layer].astype(np.float64)
+    res, acts, _, bound = run64
+    a, tol = acts[layer].astype(np.float64), bound[layer]  # every engine value within tol of its reference
     per_unit = a.transpose(1, 0, 2, 3).reshape(a.shape[1], -1)
     st = res.stats[layer]
     assert (st.count == per_unit.shape[1]).all()
-    np.testing.assert_allclose(st.mean, per_unit.mean(1), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(st.std, per_unit.std(1), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(st.min, per_unit.min(1), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(st.max, per_unit.max(1), rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(st.frac_pos, (per_unit > 0).mean(1))
+    np.testing.assert_allclose(st.mean, per_unit.mean(1), rtol=1e-5, atol=tol)
+    np.testing.assert_allclose(st.std, per_unit.std(1), rtol=1e-5, atol=2 * tol)
+    np.testing.assert_allclose(st.min, per_unit.min(1), rtol=0, atol=tol)
+    np.testing.assert_allclose(st.max, per_unit.max(1), rtol=0, atol=tol)
+    unsure = (np.abs(per_unit) <= tol).mean(1)  # values this close to 0 may take either sign in float32
+    assert (np.abs(st.frac_pos - (per_unit > 0).mean(1)) <= unsure).all()
     true_q = np.quantile(per_unit, [0.5, 0.9, 0.99, 0.999], axis=1, method="lower").T
-    bound = np.abs(true_q) * RELATIVE_ACCURACY + 2.0**-16 + 1e-7
+    # an order statistic moves no further than the values do (tol), then the sketch's own accuracy
+    bound = (np.abs(true_q) + tol) * RELATIVE_ACCURACY + 2.0**-16 + tol
     assert (np.abs(st.quantiles - true_q) <= bound).all()
 
 
 def test_probe_is_spatial_mean_of_first_images(run64):
-    res, acts, _ = run64
+    res, acts, _, _ = run64
     for layer in ("1", "2"):
         pb = res.probe[layer]
         assert pb.image_index.tolist() == list(range(20))
