@@ -93,9 +93,3 @@ def prepare_photos(dest: Path) -> tuple[Path, Path, Path]:
     groups.write_text("file\tgroup\n" + "\n".join(group_rows) + "\n", encoding="utf-8")
     return dest, labels, groups
 
-
-def credits_markdown() -> str:
-    """The photo credits table the README and the demo print."""
-    lines = ["| photo | label | credit and license |", "|---|---|---|"]
-    lines += [f"| {f} | {label} | {credit} |" for f, label, credit in PHOTOS]
-    return "\n".join(lines)
