@@ -185,6 +185,24 @@ def shard_range(n_images: int, batch: int, k: int, n: int) -> range:
     return range(min(b0 * batch, n_images), min(b1 * batch, n_images))
 
 
+@dataclass
+class _Plan:
+    """What collect settles before pass 1: layers, sink, this shard's candidates and the trackers to fill."""
+
+    device: torch.device
+    names: list[str]
+    records: list[LayerRecord]
+    sink: object
+    own_sink: bool
+    workers: int
+    n_all: int  # images in the sorted list (after --limit)
+    cand: range  # this shard's candidate indices
+    probe_n: int
+    per_source: int
+    strongest_k: int
+    trackers: object  # _trackers(...)
+
+
 def collect(model, source: ImageSource, layers: list[str] | None = None, settings: CollectSettings | None = None,
             sink=None, quiet: bool = True, log=None, checkpoint=None) -> CollectResult:
     """Run collect for a LoadedModel over an ImageSource; records go to `sink` (default: kept in memory).
@@ -195,11 +213,37 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
     """
     settings = settings or CollectSettings()
     settings.check()
-    device = resolve_device(settings.device)
-    module = model.module
+    plan = _plan(model, source, layers, settings, sink)
     pre = model.preprocess
-    infos = select_layers(module, pre.crop, layers)
-    names = [i.name for i in infos]
+    model.module.to(plan.device)
+    t0 = time.perf_counter()
+    state = _pass1(model.module, pre, source, plan.cand, plan.names, plan.records, settings, plan.device,
+                   plan.workers, plan.probe_n, quiet, checkpoint, plan.trackers)
+    t1 = time.perf_counter()
+    kept, images, remap = _image_table(source, plan, state, settings, log)
+    _put_pass1(plan, state, remap, settings, len(kept), log)
+    winners = _winners(plan, state, remap, pre)
+    t2 = time.perf_counter()
+    n_patches = _pass2(source, kept, images, plan.records, winners, settings, pre, plan.sink, plan.workers, quiet,
+                       plan.per_source)
+    t3 = time.perf_counter()
+    timings = {
+        "pass1_s": round(t1 - t0, 3),
+        "pass2_s": round(t3 - t2, 3),
+        "images_per_s": round(len(plan.cand) / max(t1 - t0, 1e-9), 2),
+        "patches": n_patches,
+        "device": str(plan.device),
+        "workers": plan.workers,
+    }
+    return _result(model, plan, images, settings, timings)
+
+
+def _plan(model, source: ImageSource, layers: list[str] | None, settings: CollectSettings, sink) -> _Plan:
+    """Resolve device, layers (declared to the sink), this shard's candidates, source groups and trackers; refuses
+    an empty shard and --per-source without groups."""
+    device = resolve_device(settings.device)
+    pre = model.preprocess
+    infos = select_layers(model.module, pre.crop, layers)
     records = [i.record() for i in infos]
     own_sink = sink is None
     sink = MemorySink() if own_sink else sink
@@ -212,24 +256,25 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
     cand = shard_range(n_all, settings.batch, k, n)
     if len(cand) == 0:
         raise ScopeError(f"shard {k}/{n} has no images ({n_all} images in batches of {settings.batch})")
-    probe_n = min(settings.probe, n_all)
 
     groups = None if source.source is None else torch.from_numpy(source.group_ids()[:n_all].copy())
     per_source = settings.per_source if settings.per_source is not None else (1 if groups is not None else 0)
     if per_source and groups is None:
         raise ScopeError("--per-source needs source groups: pass --groups FILE (file, group per row)")
     strongest_k = math.ceil(STRONGEST_FRACTION * n_all) if source.class_names else 0
-    trackers = _trackers(settings, pre, device, groups, per_source, strongest_k)
+    return _Plan(device=device, names=[i.name for i in infos], records=records, sink=sink, own_sink=own_sink,
+                 workers=workers, n_all=n_all, cand=cand, probe_n=min(settings.probe, n_all), per_source=per_source,
+                 strongest_k=strongest_k,
+                 trackers=_trackers(settings, pre, device, groups, per_source, strongest_k))
 
-    module.to(device)
-    t0 = time.perf_counter()
-    state = _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet, checkpoint,
-                   trackers)
-    t1 = time.perf_counter()
 
+def _image_table(source: ImageSource, plan: _Plan, state: Pass1State, settings: CollectSettings, log):
+    """(kept candidate indices, the image table, remap: candidate index -> table row or -1) after pass 1; the table
+    goes to the sink and each skipped image to `log`. Refuses a run where every image was skipped."""
+    cand = plan.cand
     ok = state.ok
     kept = np.array([i for i in cand if ok[i - cand.start]], dtype=np.int64)
-    skipped = ([] if k > 1 else list(source.skipped)) + [
+    skipped = ([] if settings.shard[0] > 1 else list(source.skipped)) + [
         (source.paths[i], state.reason[i - cand.start]) for i in cand if not ok[i - cand.start]
     ]
     if log:
@@ -237,36 +282,46 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
             log(f"skipped {path}: {reason}")
     if len(kept) == 0:
         raise ScopeError(f"no usable images: all {len(cand)} were skipped (first: {skipped[-1][0]}: {skipped[-1][1]})")
-    remap = np.full(n_all, -1, dtype=np.int64)
+    remap = np.full(plan.n_all, -1, dtype=np.int64)
     remap[kept] = np.arange(len(kept))
-    used_labels = source.label[kept]
     images = ImageTable(
         paths=[source.paths[i] for i in kept],
         sha256=[state.sha256[i - cand.start] for i in kept],
         width=np.array([state.width[i - cand.start] for i in kept], dtype=np.int32),
         height=np.array([state.height[i - cand.start] for i in kept], dtype=np.int32),
-        label=used_labels.astype(np.int32),
+        label=source.label[kept].astype(np.int32),
         class_names=list(source.class_names),
         skipped=skipped,
         source=None if source.source is None else source.source[kept].astype(np.int32),
         source_names=list(source.source_names),
     )
-    sink.set_dataset(images)
+    plan.sink.set_dataset(images)
+    return kept, images, remap
+
+
+def _put_pass1(plan: _Plan, state: Pass1State, remap: np.ndarray, settings: CollectSettings, n_kept: int,
+               log) -> None:
+    """Pass 1's final records to the sink (statistics, activation sample, probe activations); a note when there
+    are fewer usable images than examples per unit."""
+    sink = plan.sink
     probe_index = state.probe_image_index()
-    for rec in records:
+    for rec in plan.records:
         acc = state.layers[rec.name]
         sink.put_stats(rec.name, acc.stats.finalize())
         if acc.sample is not None:
             sink.put(rec.name, "sample", acc.sample.result(rec.effective_layout.grid[1], remap))
-        if probe_n and len(probe_index):
+        if plan.probe_n and len(probe_index):
             sink.put_probe(rec.name, ProbeBlock(image_index=remap[probe_index], acts=acc.probe_acts()))
     for which, k_ in (("top", settings.top_k), ("bottom", settings.bottom_k)):
-        if k_ > len(kept) and log:
-            log(f"only {len(kept)} usable images: {which} examples hold {len(kept)} of {k_} per unit")
+        if k_ > n_kept and log:
+            log(f"only {n_kept} usable images: {which} examples hold {n_kept} of {k_} per unit")
 
-    # examples without patches, image indices into the table
+
+def _winners(plan: _Plan, state: Pass1State, remap: np.ndarray, pre) -> dict[tuple[str, str], Winners]:
+    """Each layer's top and bottom examples without patches (image indices into the table); the strongest images
+    go to the sink here (they need no patches)."""
     winners = {}
-    for rec in records:
+    for rec in plan.records:
         lay = rec.effective_layout
         whole = lay.field == "global"
         acc = state.layers[rec.name]
@@ -280,30 +335,25 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
             shown = shown_windows(loc, rec.rf_size, rec.rf_stride, rec.rf_start, pre.crop, whole)
             oy, ox = heat_origins(loc[..., 0], loc[..., 1], heat.shape[2:], lay.grid)
             winners[(rec.name, which)] = Winners(score, img, loc, box, shown, heat, np.stack([oy, ox], -1).astype(np.int32))
-        if strongest_k:
+        if plan.strongest_k:
             tracker = acc.strongest if acc.strongest is not None else acc.top
-            score, img = (a[:, :strongest_k] for a in tracker.result(lay.grid[1])[:2])
-            sink.put(rec.name, "strongest", Strongest(np.arange(rec.units, dtype=np.int64), score,
-                                                      np.where(img >= 0, remap[np.maximum(img, 0)], -1),
-                                                      STRONGEST_FRACTION, per_source))
-    t2 = time.perf_counter()
-    n_patches = _pass2(source, kept, images, records, winners, settings, pre, sink, workers, quiet, per_source)
-    t3 = time.perf_counter()
-    timings = {
-        "pass1_s": round(t1 - t0, 3),
-        "pass2_s": round(t3 - t2, 3),
-        "images_per_s": round(len(cand) / max(t1 - t0, 1e-9), 2),
-        "patches": n_patches,
-        "device": str(device),
-        "workers": workers,
-    }
-    result = CollectResult(
-        model=model.info(), layers=records, images=images,
-        stats=dict(sink.stats) if own_sink else {}, probe=dict(sink.probe) if own_sink else {},
-        examples=dict(sink.examples) if own_sink else {}, extra=dict(sink.extra) if own_sink else {},
-        params=settings.params() | {"layers": names, "workers": workers}, candidates=len(cand), timings=timings,
+            score, img = (a[:, :plan.strongest_k] for a in tracker.result(lay.grid[1])[:2])
+            plan.sink.put(rec.name, "strongest", Strongest(np.arange(rec.units, dtype=np.int64), score,
+                                                           np.where(img >= 0, remap[np.maximum(img, 0)], -1),
+                                                           STRONGEST_FRACTION, plan.per_source))
+    return winners
+
+
+def _result(model, plan: _Plan, images: ImageTable, settings: CollectSettings, timings: dict) -> CollectResult:
+    """The CollectResult; records are copied into it only from collect's own MemorySink."""
+    sink, own = plan.sink, plan.own_sink
+    return CollectResult(
+        model=model.info(), layers=plan.records, images=images,
+        stats=dict(sink.stats) if own else {}, probe=dict(sink.probe) if own else {},
+        examples=dict(sink.examples) if own else {}, extra=dict(sink.extra) if own else {},
+        params=settings.params() | {"layers": plan.names, "workers": plan.workers}, candidates=len(plan.cand),
+        timings=timings,
     )
-    return result
 
 
 def _trackers(settings, pre, device, groups: torch.Tensor | None, per_source: int, strongest_k: int):
@@ -325,13 +375,13 @@ def _trackers(settings, pre, device, groups: torch.Tensor | None, per_source: in
 
 def _pass1(module, pre, source, cand, names, records, settings, device, workers, probe_n, quiet,
            checkpoint: Pass1Checkpoint | None = None, trackers=None) -> Pass1State:
+    """Pass 1 over this shard's candidates (resuming from `checkpoint`), one batch at a time (`_pass1_batch`)."""
     m = len(cand)
     preparing = kernels.prepare(device)  # compiled loops (CPU, numba) load while the loader starts and a batch runs
     state = Pass1State.empty(records, m, device, trackers or _trackers(settings, pre, device, None, 0, 0),
                              (settings.sample, settings.seed))
     if checkpoint is not None:
         checkpoint.restore(state)  # the batches an interrupted run already did
-    ok, sha, width, height, reason = state.ok, state.sha256, state.width, state.height, state.reason
     rest = range(min(cand.start + state.batches * settings.batch, cand.stop), cand.stop)
     dataset = ModelInputs(source.files, rest, pre.resize, pre.crop, pre.interpolation, settings.max_pixels)
     loader = make_loader(dataset, settings.batch, workers, pin_memory=device.type == "cuda")
@@ -341,43 +391,12 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
             progress_bar(m, "collect: pass 1 (activations)", quiet=quiet, unit="img") as bar:
         bar.advance(rest.start - cand.start)
         for batch in loader:
-            idx = batch["index"].numpy().astype(np.int64)
-            rel = idx - cand.start
-            good = batch["ok"].numpy().astype(bool)
-            ok[rel] = good
-            for j, r in enumerate(rel):
-                sha[r], width[r], height[r] = batch["sha256"][j], int(batch["width"][j]), int(batch["height"][j])
-                reason[r] = batch["reason"][j]
+            idx, good = _batch_meta(state, batch, cand)
             x = batch["image"].to(device, non_blocking=True)
             x = pre.normalize(x.float().div_(255.0))
             with autocast:
                 outs = tap(x)
-            sel = None if good.all() else _indices(np.flatnonzero(good), device)
-            gidx = _indices(idx if sel is None else idx[good], device)
-            is_probe = idx[good] < probe_n if sel is not None else idx < probe_n
-            if is_probe.any():
-                state.probe_index.append((idx if sel is None else idx[good])[is_probe])
-            probe_sel = _indices(np.flatnonzero(is_probe), device) if is_probe.any() else None
-            used = idx if sel is None else idx[good]
-            used_paths = [source.paths[i] for i in used] if settings.sample else []
-            tasks, finish = [], []
-            for rec in records:
-                a = adapter.units(outs[rec.name], rec.effective_layout).float()
-                if sel is not None:
-                    a = a.index_select(0, sel)
-                if a.shape[0] == 0:
-                    continue
-                acc = state.layers[rec.name]
-                layer_tasks, done = _observe_layer(acc, a, gidx, probe_sel)
-                tasks += layer_tasks
-                finish.append((acc, done))
-                if acc.sample is not None:
-                    acc.sample.observe(a, used, used_paths)
-            stats.run_sweeps(tasks, device)  # every layer's statistics and top-k at once: no wait between layers
-            for acc, done in finish:
-                probe = done()
-                if probe is not None:
-                    acc.probe_rows.append(probe)  # stays on the device until read: no sync per batch
+            _pass1_batch(state, outs, idx, good, source, records, settings, device, probe_n)
             del outs
             bar.advance(len(idx))
             state.batches += 1
@@ -388,6 +407,51 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
     if preparing is not None:
         preparing.join()
     return state
+
+
+def _batch_meta(state: Pass1State, batch: dict, cand: range) -> tuple[np.ndarray, np.ndarray]:
+    """Record a loader batch's per-image facts (ok, sha256, size, reason) in state; (candidate indices, ok mask)."""
+    idx = batch["index"].numpy().astype(np.int64)
+    rel = idx - cand.start
+    good = batch["ok"].numpy().astype(bool)
+    state.ok[rel] = good
+    for j, r in enumerate(rel):
+        state.sha256[r], state.width[r], state.height[r] = \
+            batch["sha256"][j], int(batch["width"][j]), int(batch["height"][j])
+        state.reason[r] = batch["reason"][j]
+    return idx, good
+
+
+def _pass1_batch(state: Pass1State, outs: dict, idx: np.ndarray, good: np.ndarray, source, records, settings,
+                 device, probe_n: int) -> None:
+    """One batch's layer outputs (the usable images only) into every layer's statistics, trackers, probe rows
+    and activation sample."""
+    sel = None if good.all() else _indices(np.flatnonzero(good), device)
+    gidx = _indices(idx if sel is None else idx[good], device)
+    is_probe = idx[good] < probe_n if sel is not None else idx < probe_n
+    if is_probe.any():
+        state.probe_index.append((idx if sel is None else idx[good])[is_probe])
+    probe_sel = _indices(np.flatnonzero(is_probe), device) if is_probe.any() else None
+    used = idx if sel is None else idx[good]
+    used_paths = [source.paths[i] for i in used] if settings.sample else []
+    tasks, finish = [], []
+    for rec in records:
+        a = adapter.units(outs[rec.name], rec.effective_layout).float()
+        if sel is not None:
+            a = a.index_select(0, sel)
+        if a.shape[0] == 0:
+            continue
+        acc = state.layers[rec.name]
+        layer_tasks, done = _observe_layer(acc, a, gidx, probe_sel)
+        tasks += layer_tasks
+        finish.append((acc, done))
+        if acc.sample is not None:
+            acc.sample.observe(a, used, used_paths)
+    stats.run_sweeps(tasks, device)  # every layer's statistics and top-k at once: no wait between layers
+    for acc, done in finish:
+        probe = done()
+        if probe is not None:
+            acc.probe_rows.append(probe)  # stays on the device until read: no sync per batch
 
 
 def _indices(values: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -492,23 +556,28 @@ def _pass2(source, kept, images, records, winners, settings, pre, sink, workers,
                 for which in ("top", "bottom"):
                     if (rec.name, which) not in winners:
                         continue
-                    win = winners[(rec.name, which)]
-                    score, img = win.score, win.image
-                    have = img >= 0
-                    side = patch_side(rec.rf_size, pre.crop, settings.patch_size,
-                                      rec.effective_layout.field == "global")
-                    flat = crop_patches(stack, np.searchsorted(order, img[have]), win.shown[have], side) \
-                        if have.any() else None
-                    patches: list[list[np.ndarray | None]] = [[None] * score.shape[1] for _ in range(score.shape[0])]
-                    for n_, (u, j) in enumerate(zip(*np.nonzero(have))):
-                        patches[u][j] = flat[n_]
-                    n_done = int(have.sum())
+                    n_done = _put_examples(rec, which, winners[(rec.name, which)], stack, order, settings, pre, sink,
+                                           per_source)
                     done += n_done
                     bar.advance(n_done)
-                    sink.put_examples(rec.name, which, ExampleSet(
-                        units=np.arange(rec.units, dtype=np.int64), score=score, image_index=img, loc=win.loc,
-                        box=win.box, patches=patches, shown=win.shown, heat=win.heat, heat_origin=win.heat_origin),
-                        patch_format="png" if settings.lossless else "jpeg", quality=JPEG_QUALITY, per_source=per_source)
             if cache is None:
                 del pictures
     return done
+
+
+def _put_examples(rec: LayerRecord, which: str, win: Winners, stack: np.ndarray | None, order: np.ndarray, settings,
+                  pre, sink, per_source: int) -> int:
+    """Cut one layer's top or bottom patches from the stacked inputs (stack [len(order), H, W, 3], rows of the
+    table images in `order`) and hand the ExampleSet to the sink; returns the number of patches."""
+    score, img = win.score, win.image
+    have = img >= 0
+    side = patch_side(rec.rf_size, pre.crop, settings.patch_size, rec.effective_layout.field == "global")
+    flat = crop_patches(stack, np.searchsorted(order, img[have]), win.shown[have], side) if have.any() else None
+    patches: list[list[np.ndarray | None]] = [[None] * score.shape[1] for _ in range(score.shape[0])]
+    for n_, (u, j) in enumerate(zip(*np.nonzero(have))):
+        patches[u][j] = flat[n_]
+    sink.put_examples(rec.name, which, ExampleSet(
+        units=np.arange(rec.units, dtype=np.int64), score=score, image_index=img, loc=win.loc,
+        box=win.box, patches=patches, shown=win.shown, heat=win.heat, heat_origin=win.heat_origin),
+        patch_format="png" if settings.lossless else "jpeg", quality=JPEG_QUALITY, per_source=per_source)
+    return int(have.sum())

@@ -220,7 +220,8 @@ class LayerStats:
         def sweep(lo, hi, blocks):
             if compiled:  # one call per unit range: histogram, max, min, float64 sums and positions
                 top, bottom = bars(lo, hi) if bars is not None else (_level(hi - lo, 1), _level(hi - lo, -1))
-                kernels.reduce(v, self._counts, lo, hi, second, vmax, vmin, sums[0], sums[1], top, bottom, at[0], at[1])
+                kernels.reduce(v, self._counts, lo, hi, second=second, vmax=vmax, vmin=vmin, sums=sums[0],
+                               sumsq=sums[1], top_bar=top, bottom_bar=bottom, at_max=at[0], at_min=at[1])
                 total[:, lo:hi] = sums[0, :, lo:hi]
                 self._moments(p, sums[0, :, lo:hi], sums[1, :, lo:hi], vmax[:, lo:hi], vmin[:, lo:hi], lo, hi)
                 if per_units is not None:

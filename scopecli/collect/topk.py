@@ -146,7 +146,7 @@ class StreamingExtremes:
         width = self.geometry.grid[1] if self.geometry is not None else 1
         if compiled and not self.per_source:
             # one pass over the batch's scores per unit, no torch ops (the same slots as below)
-            kernels.merge(self, lo, hi, score, image, values, known, width)
+            kernels.merge(self, lo, hi, score=score, image=image, values=values, known=known, grid_w=width)
             return
         key = self._key(score.t().float())  # [c, N]
         if not self.skip_units:
@@ -189,7 +189,8 @@ class StreamingExtremes:
         if compiled:
             # the entering score is its map's extreme: its first position is a scan that stops there, and the
             # heatmap is cut from the map in place (no copy of whole maps)
-            lost = kernels.locate(values, c_new, unit, entered, u, c_slot, self.pos, self.heat, width, known)
+            lost = kernels.locate(values, image=c_new, unit=unit, target=entered, slot_u=u, slot_c=c_slot,
+                                  pos=self.pos, heat=self.heat, grid_w=width, known=known)
             if not bool(lost.any()):
                 return
             c_new, unit, u, c_slot = c_new[lost], unit[lost], u[lost], c_slot[lost]  # scores not in their maps
