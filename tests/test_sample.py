@@ -40,7 +40,10 @@ def test_sample_is_the_smallest_keys_with_the_captured_vectors(tmp_path):
         np.testing.assert_array_equal(s.keys, keys)
         np.testing.assert_array_equal(s.image_index, img)
         np.testing.assert_array_equal(s.positions, pos)
-        np.testing.assert_array_equal(s.vectors16, vec.astype(np.float16))
+        # within one float16 step: collect's batches of 5 and this one batch of 23 may round differently in the
+        # last float32 bit (kernels differ per batch size on some CPUs), which can flip a float16 rounding
+        np.testing.assert_allclose(s.vectors16.astype(np.float32), vec.astype(np.float16).astype(np.float32),
+                                   rtol=2.0 ** -10, atol=2.0 ** -24)
         assert s.vectors.dtype == np.float32
     # another seed draws another sample
     settings.seed = 8
