@@ -28,27 +28,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from scopecli.artifact.h5io import (
-    attr_float,
-    attr_int,
-    H5_ERRORS,
-    attr_int,
-    attr_str,
-    attr_text,
-    first_line,
-    get_dataset,
-    get_group,
-    raised_by_h5py,
-    read_attr,
-    read_numeric,
-    read_string,
-    read_strings,
-    set_encoding,
-    short_repr,
-    write_array,
-    write_string,
-    write_strings,
-)
+from scopecli.artifact.h5io import (attr_float, attr_int, H5_ERRORS, attr_int, attr_str, attr_text, first_line,
+    get_dataset, get_group, raised_by_h5py, read_attr, read_numeric, read_string, read_strings, set_encoding,
+    short_repr, write_array, write_string, write_strings)
 from scopecli.artifact.reader import check_scope_file
 from scopecli.artifact.report import human_bytes
 from scopecli.core.errors import ScopeError

@@ -17,19 +17,8 @@ import threading
 import h5py
 import numpy as np
 
-from scopecli.artifact.layout import (
-    ARRAY_CHUNK_BYTES,
-    BLOB_CHUNK,
-    ENC_ARRAY,
-    ENC_BYTES,
-    ENC_STRING,
-    ENC_STRINGS,
-    ENCODING_VERSION,
-    MAX_DATASET_BYTES,
-    MAX_ELEMENTS_PER_DIM,
-    MAX_STRING_BYTES,
-    canonical_bytes_sha256,
-)
+from scopecli.artifact.layout import (ARRAY_CHUNK_BYTES, BLOB_CHUNK, ENC_ARRAY, ENC_BYTES, ENC_STRING, ENC_STRINGS,
+    ENCODING_VERSION, MAX_DATASET_BYTES, MAX_ELEMENTS_PER_DIM, MAX_STRING_BYTES, canonical_bytes_sha256)
 from scopecli.core.errors import ScopeError
 
 STR = h5py.string_dtype("utf-8")

@@ -22,39 +22,11 @@ from scopecli.artifact import registry
 from scopecli.artifact.elements import dataset as image_table
 from scopecli.artifact.elements.examples import Example, LazyPatches
 from scopecli.artifact.elements.renders import RenderView
-from scopecli.artifact.h5io import (
-    H5_ERRORS,
-    attr_int,
-    attr_str,
-    attr_str_list,
-    check_element,
-    check_global_heaps,
-    first_line,
-    get_dataset,
-    get_group,
-    raised_by_h5py,
-    read_attr,
-    read_string,
-    read_strings,
-    short_repr,
-)
-from scopecli.artifact.layout import (
-    ENC_LAYER,
-    ENC_LAYERS,
-    ENC_MODEL,
-    ENC_PROVENANCE,
-    ENC_ROOT,
-    ENC_SPEC,
-    FORMAT_FEATURES,
-    FORMAT_MAJOR,
-    FORMAT_NAME,
-    HDF5_SIGNATURE,
-    MAX_IMAGES,
-    MAX_ELEMENTS_PER_DIM,
-    MAX_FIELD_PX,
-    MAX_UNITS,
-    unescape_name,
-)
+from scopecli.artifact.h5io import (H5_ERRORS, attr_int, attr_str, attr_str_list, check_element, check_global_heaps,
+    first_line, get_dataset, get_group, raised_by_h5py, read_attr, read_string, read_strings, short_repr)
+from scopecli.artifact.layout import (ENC_LAYER, ENC_LAYERS, ENC_MODEL, ENC_PROVENANCE, ENC_ROOT, ENC_SPEC,
+    FORMAT_FEATURES, FORMAT_MAJOR, FORMAT_NAME, HDF5_SIGNATURE, MAX_IMAGES, MAX_ELEMENTS_PER_DIM, MAX_FIELD_PX,
+    MAX_UNITS, unescape_name)
 from scopecli.core.errors import ScopeError
 from scopecli.core.fileio import check_input_file, did_you_mean
 from scopecli.core.records import ActivationSample, ExampleSet, ImageTable, UnitSpace, LayerRecord, ProbeBlock, StatsBlock

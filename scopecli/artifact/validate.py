@@ -17,16 +17,8 @@ import h5py
 import numpy as np
 
 from scopecli.artifact import registry
-from scopecli.artifact.h5io import (
-    attr_text,
-    check_dataset_storage,
-    check_string_lengths,
-    encoding_of,
-    first_line,
-    raised_by_h5py,
-    read_attr,
-    short_repr,
-)
+from scopecli.artifact.h5io import (attr_text, check_dataset_storage, check_string_lengths, encoding_of, first_line,
+    raised_by_h5py, read_attr, short_repr)
 from scopecli.artifact.layout import ENC_LAYER, FORMAT_NAME, FORMAT_VERSION, canonical_bytes_sha256
 from scopecli.artifact.elements import dataset as image_table
 from scopecli.artifact.reader import check_scope_file, open_artifact

@@ -21,20 +21,8 @@ import numpy as np
 from scopecli.artifact import registry
 from scopecli.artifact.elements import dataset as image_table
 from scopecli.artifact.h5io import set_encoding, str_list_attr, write_string, write_strings
-from scopecli.artifact.layout import (
-    ENC_LAYER,
-    ENC_LAYERS,
-    ENC_MODEL,
-    ENC_PROVENANCE,
-    ENC_ROOT,
-    ENC_SPEC,
-    FORMAT_MINOR,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MAX_UNITS,
-    dataset_fingerprint,
-    escape_name,
-)
+from scopecli.artifact.layout import (ENC_LAYER, ENC_LAYERS, ENC_MODEL, ENC_PROVENANCE, ENC_ROOT, ENC_SPEC,
+    FORMAT_MINOR, FORMAT_NAME, FORMAT_VERSION, MAX_UNITS, dataset_fingerprint, escape_name)
 from scopecli.artifact.reader import Artifact, open_artifact
 from scopecli.core.errors import ScopeError
 from scopecli.core.version import __version__

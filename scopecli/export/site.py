@@ -34,27 +34,9 @@ from scopecli.core.errors import ScopeError
 from scopecli.export import charts, comparisons, folder
 from scopecli.export.diffs import load_diff
 from scopecli.export.names import fmt, slug
-from scopecli.export.pages import (
-    AtlasCellCard,
-    AtlasPage,
-    DiffRow,
-    DiffSide,
-    atlas_page,
-    comparison_page,
-    CaricatureCard,
-    ExampleCard,
-    InputCard,
-    InputsView,
-    LayerView,
-    LinkRow,
-    ModelView,
-    RenderCard,
-    Tile,
-    index_page,
-    layer_page,
-    model_page,
-    unit_page,
-)
+from scopecli.export.pages import (AtlasCellCard, AtlasPage, DiffRow, DiffSide, atlas_page, comparison_page,
+    CaricatureCard, ExampleCard, InputCard, InputsView, LayerView, LinkRow, ModelView, RenderCard, Tile, index_page,
+    layer_page, model_page, unit_page)
 from scopecli.artifact import open_artifact
 
 PER_PAGE = 128  # units per layer-grid page

@@ -15,15 +15,8 @@ from dataclasses import dataclass, field
 from scopecli.core.errors import ScopeError
 from scopecli.model.layers import layouts_at, select_layers
 from scopecli.jobs.bind import attach_spaces
-from scopecli.render.engine import (
-    RenderResult,
-    RenderSettings,
-    batches,
-    check_position,
-    plan_targets,
-    render_units,
-    resolve_device,
-)
+from scopecli.render.engine import (RenderResult, RenderSettings, batches, check_position, plan_targets, render_units,
+    resolve_device)
 from scopecli.render.estimate import fmt_duration
 from scopecli.render.param import spectrum_from_images
 from scopecli.render.resume import render_done_keys

@@ -5,14 +5,8 @@
     for layer, record in result.records: ...
 """
 
-from scopecli.render.engine import (
-    RenderResult,
-    RenderSettings,
-    derive_seed,
-    plan_targets,
-    render_units,
-    resolve_device,
-)
+from scopecli.render.engine import (RenderResult, RenderSettings, derive_seed, plan_targets, render_units,
+    resolve_device)
 from scopecli.render.objectives import RenderTarget
 
 __all__ = [

@@ -14,17 +14,8 @@ import h5py
 import numpy as np
 
 from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, pack_offsets
-from scopecli.artifact.h5io import (
-    attr_float,
-    attr_int,
-    attr_str,
-    check_element,
-    get_dataset,
-    read_numeric,
-    set_encoding,
-    write_array,
-    write_blob,
-)
+from scopecli.artifact.h5io import (attr_float, attr_int, attr_str, check_element, get_dataset, read_numeric,
+    set_encoding, write_array, write_blob)
 from scopecli.artifact.images import decode_image, encode_png
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
 from scopecli.core.errors import ScopeError

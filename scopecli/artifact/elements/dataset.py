@@ -9,16 +9,8 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from scopecli.artifact.h5io import (
-    check_string_lengths,
-    first_line,
-    get_dataset,
-    read_numeric,
-    read_strings,
-    set_encoding,
-    write_array,
-    write_strings,
-)
+from scopecli.artifact.h5io import (check_string_lengths, first_line, get_dataset, read_numeric, read_strings,
+    set_encoding, write_array, write_strings)
 from scopecli.artifact.layout import dataset_fingerprint
 from scopecli.core.errors import ScopeError
 from scopecli.core.records import ImageTable

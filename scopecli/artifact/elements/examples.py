@@ -14,18 +14,8 @@ import h5py
 import numpy as np
 
 from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, present_mask
-from scopecli.artifact.h5io import (
-    attr_int,
-    attr_text,
-    check_element,
-    get_dataset,
-    get_group,
-    read_attr,
-    read_numeric,
-    set_encoding,
-    write_array,
-    write_blob,
-)
+from scopecli.artifact.h5io import (attr_int, attr_text, check_element, get_dataset, get_group, read_attr,
+    read_numeric, set_encoding, write_array, write_blob)
 from scopecli.artifact.images import PATCH_FORMATS, decode_image, encode_patch, image_kind
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element, remap_images
 from scopecli.core.errors import ScopeError

@@ -17,16 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from scopecli.artifact.blobs import present_mask
-from scopecli.artifact.h5io import (
-    attr_int,
-    check_element,
-    get_dataset,
-    read_numeric,
-    read_strings,
-    set_encoding,
-    write_array,
-    write_strings,
-)
+from scopecli.artifact.h5io import (attr_int, check_element, get_dataset, read_numeric, read_strings, set_encoding,
+    write_array, write_strings)
 from scopecli.artifact.registry import LayerElement, MergeInput, MergePlan, register_layer_element
 from scopecli.core.errors import ScopeError
 from scopecli.core.records import INPUTS_K, InputsBlock, UnitInputs

@@ -16,16 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scopecli.artifact.h5io import (
-    attr_float,
-    attr_int,
-    attr_str,
-    check_element,
-    get_dataset,
-    read_numeric,
-    set_encoding,
-    write_array,
-)
+from scopecli.artifact.h5io import (attr_float, attr_int, attr_str, check_element, get_dataset, read_numeric,
+    set_encoding, write_array)
 from scopecli.artifact.registry import LayerElement, MergeInput, MergePlan, register_layer_element
 from scopecli.core.errors import ScopeError
 from scopecli.core.records import NONLINEARITIES, UnitSpace

@@ -11,33 +11,13 @@ from urllib.parse import urlparse
 from torch import nn
 
 from scopecli.core.errors import ScopeError
-from scopecli.model.families.hub import (
-    claim_prefix,
-    closest,
-    extra_family_names,
-    extra_family_rows,
-    hf_cached_file,
-    hf_repo_dir,
-    hub_offline,
-    image_side,
-    import_extra,
-    installed,
-    not_cached,
-    preprocess_from,
-    quiet,
-    safe_alternatives,
-)
+from scopecli.model.families.hub import (claim_prefix, closest, extra_family_names, extra_family_rows, hf_cached_file,
+    hf_repo_dir, hub_offline, image_side, import_extra, installed, not_cached, preprocess_from, quiet,
+    safe_alternatives)
 from scopecli.model.families.registry import BuiltModule, ModelFamily, register_family
 from scopecli.model.loaded import Preprocess
-from scopecli.model.weights import (
-    RANDOM_LABEL,
-    file_label,
-    is_random,
-    is_weights_path,
-    load_state_dict_into,
-    random_init,
-    read_state_dict_file,
-)
+from scopecli.model.weights import (RANDOM_LABEL, file_label, is_random, is_weights_path, load_state_dict_into,
+    random_init, read_state_dict_file)
 
 CLIP_PIP = "pip install 'scopecli[clip]'"
 CLIP_MICROSCOPE = (("CLIP RN50x4", "RN50x4", "openai"),)

@@ -13,22 +13,9 @@ import torch
 from torch import nn
 
 from scopecli.core.errors import ScopeError
-from scopecli.model.families.hub import (
-    claim_prefix,
-    closest,
-    extra_family_names,
-    extra_family_rows,
-    hf_cached_file,
-    hf_repo_dir,
-    hub_offline,
-    image_side,
-    import_extra,
-    installed,
-    not_cached,
-    preprocess_from,
-    quiet,
-    safe_alternatives,
-)
+from scopecli.model.families.hub import (claim_prefix, closest, extra_family_names, extra_family_rows, hf_cached_file,
+    hf_repo_dir, hub_offline, image_side, import_extra, installed, not_cached, preprocess_from, quiet,
+    safe_alternatives)
 from scopecli.model.families.registry import BuiltModule, ModelFamily, register_family
 from scopecli.model.loaded import Preprocess
 from scopecli.model.weights import RANDOM_LABEL, build_for_state, file_label, is_random, is_weights_path, random_init
