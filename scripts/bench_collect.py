@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from _baseline import extract
 
 from scopecli.collect import CollectSettings, collect, engine, open_source
 from scopecli.data.dataset import ModelInputs, default_workers, make_loader
@@ -131,21 +132,6 @@ def _pair(args, device, model, source, n, layers, workers, settings) -> dict:
     c = pass1(model, source, layers, n, settings, workers, device)
     return {"bare_img_s": round(n / b[0], 2), "collect_img_s": round(n / c[0], 2),
             "ratio_wall": round(b[0] / c[0], 3), "ratio_cpu": round(b[1] / c[1], 3)}
-
-
-def _extract(rev: str) -> str:
-    """`scopecli/` of git revision rev in a new temporary folder (put first on a child's PYTHONPATH); rev may
-    also be a folder that holds a `scopecli/` already (a copy taken to a machine without the repository)."""
-    if os.path.isdir(os.path.join(rev, "scopecli")):
-        out = tempfile.mkdtemp(prefix="scope-baseline-")
-        shutil.copytree(os.path.join(rev, "scopecli"), os.path.join(out, "scopecli"))
-        return out
-    root = Path(__file__).resolve().parents[1]
-    out = tempfile.mkdtemp(prefix="scope-baseline-")
-    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "scopecli"], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", out], input=archive, check=True)
-    return out
 
 
 def _baseline_pair(tree: str) -> dict:
@@ -355,7 +341,7 @@ def main() -> None:
         row["scopecli"] = str(Path(engine.__file__).parents[1])  # proves which tree ran
         print(json.dumps(row))
         return
-    tree = _extract(args.baseline) if args.baseline else None
+    tree = extract(args.baseline) if args.baseline else None
     device, model, source, n, layers, workers, settings = ctx = _setup(args)
     if args.profile:
         print(json.dumps({"model": args.model, "weights": model.weights, "device": str(device), "images": n,

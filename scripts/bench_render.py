@@ -13,6 +13,11 @@ units per minute for all of resnet50 `layer4.2` at 224 px and 512 steps, with an
     .venv/bin/python scripts/bench_render.py            # CPU table (a few minutes on 2 cores)
     .venv/bin/python scripts/bench_render.py --device cuda
     .venv/bin/python scripts/bench_render.py --quality --sheet /tmp/render_sheet.png
+    .venv/bin/python scripts/bench_render.py --baseline REV     # this tree vs REV (or a folder), one run
+
+`--baseline REV`: the engine's step rate (as `render` above) of this tree and of the scopecli at git revision
+REV, each in its own child process, alternating for `--rounds` rounds, on resnet50 `layer3.2` (random) and
+EfficientNet-Lite0 `_blocks.8` at 128 px, batch 8; prints each side's median and their ratio.
 
 `--quality`: pretrained EfficientNet-Lite0, units 0-7 of an early, a middle and a late layer (`_blocks.2`,
 `_blocks.8`, `_blocks.15`), 128 px, seed 1, rendered with the old schedule (`lucid`) and the new default
@@ -29,6 +34,11 @@ largest steps of each list).
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -117,6 +127,45 @@ def cpu_table(args):
         full = bare_rate(loaded, early, 8, 128, device, stop=False)
         print(f"{spec:<20}{early:<12} truncated {cut:8.2f}/s  full {full:8.2f}/s  speed-up x{cut / full:.2f}",
               flush=True)
+
+
+BASELINE_CASES = [("resnet50", "random", "layer3.2"), ("efficientnet_lite0", "DEFAULT", "_blocks.8")]
+
+
+def rates_json(args):
+    """One child's figures for --baseline: the step rate of each case, as one JSON line."""
+    import scopecli
+
+    device = torch.device("cpu")
+    rates = {f"{spec} {layer}": render_rate(resolve_model(spec, weights=weights), layer, 8, 128, device, args.s1,
+                                            args.s2) for spec, weights, layer in BASELINE_CASES}
+    print(json.dumps({"tree": os.path.dirname(os.path.dirname(scopecli.__file__)), "rates": rates}))
+
+
+def side_by_side(args):
+    """This tree vs the code at --baseline, alternating child processes; medians and ratios."""
+    from _baseline import extract
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    old = extract(args.baseline)
+    child = [sys.executable, os.path.abspath(__file__), "--rates-json", "--threads", str(args.threads),
+             "--s1", str(args.s1), "--s2", str(args.s2)]
+    runs = {"this tree": [], "baseline": []}
+    try:
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.rounds} alternating rounds, "
+              f"threads={args.threads}, steps differenced {args.s1}->{args.s2}, 128 px, batch 8")
+        for _ in range(args.rounds):
+            for name, tree in (("this tree", here), ("baseline", old)):
+                env = dict(os.environ, PYTHONPATH=tree + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                out = subprocess.run(child, env=env, capture_output=True, text=True, check=True).stdout
+                runs[name].append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+    print(f"{'case':<32}{'this tree u-st/s':>18}{'baseline u-st/s':>17}{'ratio':>8}  (median; ratio > 1: faster)")
+    for case in runs["this tree"][0]["rates"]:
+        a = float(np.median([r["rates"][case] for r in runs["this tree"]]))
+        b = float(np.median([r["rates"][case] for r in runs["baseline"]]))
+        print(f"{case:<32}{a:>18.2f}{b:>17.2f}{a / b:>8.3f}")
 
 
 def gpu_table(args):
@@ -316,9 +365,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per measurement (best kept)")
     ap.add_argument("--gpu-units", type=int, default=2048)
     ap.add_argument("--gpu-steps", type=int, default=512)
+    ap.add_argument("--baseline", default=None, metavar="REV",
+                    help="time the step rate of this tree and of git revision REV (or a folder) side by side")
+    ap.add_argument("--rates-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.quality:
+    if args.baseline:
+        side_by_side(args)
+    elif args.rates_json:
+        rates_json(args)
+    elif args.quality:
         quality_table(args)
     elif args.device.startswith("cuda"):
         gpu_table(args)
