@@ -463,7 +463,8 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
         evidence = _evidence(draws, forward, measure, settings.transforms.pad_value)
     ticker.finish()
     # One transfer back per batch.
-    evidence = _Evidence(*(t.cpu() for t in evidence), trace=trace.cpu())
+    evidence = _Evidence(evidence.pixels.cpu(), evidence.final.cpu(), evidence.robust.cpu(),
+                         evidence.finite_image.cpu(), trace.cpu())
     return _records(targets, seeds, evidence, settings, dataset_max, (time.perf_counter() - t0) / n)
 
 
