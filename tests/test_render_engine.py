@@ -74,27 +74,6 @@ def test_diversity_gives_distinct_images_that_still_activate():
     assert np.abs(a - b).mean() > 5
 
 
-def test_unit_renders_the_same_alone_and_in_a_batch_of_8():
-    from scopecli.model import resolve_model
-
-    loaded = resolve_model("resnet18", weights="random")
-    settings = dict(steps=32, size=48, device="cpu")
-    target = RenderTarget("layer2.0", 7)
-    alone = render_units(loaded, [target], RenderSettings(batch=1, **settings)).records
-    others = [RenderTarget("layer1.1", u) for u in (0, 1, 2)] + [RenderTarget("layer2.0", u) for u in (1, 2, 3, 4)]
-    batch = [others[0], others[1], target] + others[2:]
-    assert len(batch) == 8
-    together = render_units(loaded, batch, RenderSettings(batch=8, **settings)).records
-    (layer_a, rec_a), (layer_b, rec_b) = alone[0], together[2]
-    assert layer_a == layer_b == "layer2.0" and rec_a.unit == rec_b.unit == 7
-    assert rec_a.seed == rec_b.seed
-    diff = np.abs(rec_a.image.astype(float) - rec_b.image.astype(float)).mean()
-    assert diff < 2.0, diff  # mean absolute difference under 2/255
-    assert math.isclose(rec_a.act_final, rec_b.act_final, rel_tol=0.05, abs_tol=1e-3)
-    # and the run actually changed the image away from a neighbour's (not a trivially equal result)
-    assert np.abs(rec_b.image.astype(float) - together[3][1].image.astype(float)).mean() > 2.0
-
-
 def test_forward_stops_after_the_deepest_target():
     from scopecli.model import resolve_model
 
@@ -220,23 +199,114 @@ def test_functional_relu_model_and_vector_layer():
         assert rec.act_final > rec.act_trace[0]
 
 
-def test_same_batch_is_bit_identical_and_alone_differs_only_by_rounding():
-    """What README promises: the same batch on the same machine and threads gives the same pixels; alone
-    (another batch size, so other kernel rounding) the fast schedule stays within 2/255 on a small net."""
+def test_same_batch_twice_is_bit_identical():
+    """Same batch, same machine and threads: the same pixels and activations (whatever the thread count)."""
     model = small_cnn(seed=3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        targets = plan_targets({"4": [0, 1, 2, 3]}, "channel")
-        settings = dict(steps=40, size=32, device="cpu", schedule="fast", seed=5)
-        together = render_units(model, targets, RenderSettings(batch=4, **settings), fingerprint="tiny").records
-        again = render_units(model, targets, RenderSettings(batch=4, **settings), fingerprint="tiny").records
-        alone = [render_units(model, [t], RenderSettings(batch=1, **settings), fingerprint="tiny").records[0]
-                 for t in targets]
-    finally:
-        torch.set_num_threads(threads)
-    for (_, a), (_, b), (_, c) in zip(together, again, alone):
+    targets = plan_targets({"4": [0, 1, 2, 3]}, "channel")
+    settings = RenderSettings(steps=40, size=32, device="cpu", schedule="fast", seed=5, batch=4)
+    together = render_units(model, targets, settings, fingerprint="tiny").records
+    again = render_units(model, targets, settings, fingerprint="tiny").records
+    for (_, a), (_, b) in zip(together, again):
         assert np.array_equal(a.image, b.image) and a.act_final == b.act_final
-        assert np.abs(a.image.astype(float) - c.image.astype(float)).mean() < 2.0
-        assert math.isclose(a.act_final, c.act_final, rel_tol=1e-3)
     assert np.abs(together[0][1].image.astype(float) - together[1][1].image.astype(float)).mean() > 2.0
+
+
+# Alone vs in a batch. Kernels may round differently for another batch size (oneDNN/MKL pick algorithms
+# per shape and CPU: on an AVX-512 CPU unit 7 of resnet18 layer2.0 differed by 9.8/255 on average), and the
+# optimisation amplifies the rounding into other detail. What holds on any CPU is that the picture shows the
+# same thing: it drives its unit as much and correlates with the batched picture far above another unit's
+# render from the same start. Measured (resnet18 random layer2.0 units 0-7 / small_cnn; 2 threads and 1,
+# oneDNN off, batch 3, and rounding emulated by 1e-6 relative noise on every conv output, which moved the
+# pictures by up to 11/255): activation ratio >= 0.98, pixel correlation >= 0.966; another unit's render
+# from the identical start and transforms: ratio <= 0.59, correlation <= 0.57.
+SAME_ACT = 0.8  # alone/batched activation of the unit on the stored pictures, both ways
+SAME_PICTURE = 0.9  # Pearson correlation of the two pictures' pixels
+
+
+def unit_activation(module, normalize, layer, unit, image):
+    """The unit's mean activation (its channel over the grid) on a stored uint8 picture."""
+    out = {}
+    hook = dict(module.named_modules())[layer].register_forward_hook(lambda m, i, o: out.setdefault("a", o))
+    try:
+        with torch.no_grad():
+            module(normalize(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255))
+    finally:
+        hook.remove()
+    return float(out["a"][0, unit].mean())
+
+
+def picture_correlation(a, b):
+    a, b = a.astype(float).ravel(), b.astype(float).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def other_rounding(module, eps=1e-6):
+    """Forward hooks that emulate another CPU's rounding: every conv output times (1 + eps * noise)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def hook(_m, _i, out):
+        return out * (1 + eps * torch.randn(out.shape, generator=gen))
+
+    return [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+def render_model(name):
+    """(model for render_units, bare module, normalize, fingerprint, layer, units, settings)."""
+    if name == "resnet18":
+        from scopecli.model import resolve_model
+        from scopecli.render.engine import _Normalize
+
+        loaded = resolve_model("resnet18", weights="random")
+        norm = _Normalize(loaded.preprocess.mean, loaded.preprocess.std)
+        return loaded, loaded.module, norm, None, "layer2.0", list(range(8)), dict(steps=32, size=48)
+    model = small_cnn(seed=3)
+    return model, model, (lambda x: x), "tiny", "5", list(range(6)), dict(steps=40, size=32, seed=5)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "tiny"])
+@pytest.mark.parametrize("rounding", ["this cpu", "another cpu"])
+def test_a_unit_alone_and_in_a_batch_shows_the_same_thing(name, rounding):
+    model, module, norm, fingerprint, layer, units, kw = render_model(name)
+    targets = [RenderTarget(layer, u) for u in units]
+
+    def render(ts, batch):
+        fp = {} if fingerprint is None else dict(normalize=norm, fingerprint=fingerprint)
+        return [r for _, r in render_units(model, ts, RenderSettings(batch=batch, device="cpu", **kw), **fp).records]
+
+    alone = [render([t], 1)[0] for t in targets]
+    hooks = other_rounding(module) if rounding == "another cpu" else []
+    try:
+        batched = render(targets, len(targets))
+    finally:
+        for h in hooks:
+            h.remove()
+    module.eval()
+    for u, a, b in zip(units, alone, batched):
+        assert a.seed == b.seed and a.act_final > a.act_trace[0] and b.act_final > b.act_trace[0]
+        act_a, act_b = (unit_activation(module, norm, layer, u, r.image) for r in (a, b))
+        assert SAME_ACT <= act_a / act_b <= 1 / SAME_ACT, (u, act_a, act_b)
+        assert SAME_ACT <= a.act_final / b.act_final <= 1 / SAME_ACT, (u, a.act_final, b.act_final)
+        assert picture_correlation(a.image, b.image) >= SAME_PICTURE, u
+
+
+@pytest.mark.parametrize("name", ["resnet18", "tiny"])
+def test_another_units_render_from_the_same_start_fails_the_same_thing_bounds(name, monkeypatch):
+    """The bounds above are not met by any picture: with one seed for every unit (same start, same
+    transforms) each unit's render against its neighbour's misses the picture bound, and most miss the
+    activation bound too."""
+    import scopecli.render.engine as engine
+
+    model, module, norm, fingerprint, layer, units, kw = render_model(name)
+    monkeypatch.setattr(engine, "derive_seed", lambda *address: 1234567)
+    fp = {} if fingerprint is None else dict(normalize=norm, fingerprint=fingerprint)
+    settings = RenderSettings(batch=len(units), device="cpu", **kw)
+    recs = [r for _, r in render_units(model, [RenderTarget(layer, u) for u in units], settings, **fp).records]
+    assert len({r.seed for r in recs}) == 1
+    module.eval()
+    act_misses = 0
+    for i, u in enumerate(units):
+        own, other = recs[i], recs[(i + 1) % len(units)]
+        act_own, act_other = (unit_activation(module, norm, layer, u, r.image) for r in (own, other))
+        act_misses += not (SAME_ACT <= act_other / act_own <= 1 / SAME_ACT)
+        assert picture_correlation(own.image, other.image) < SAME_PICTURE, u
+    assert act_misses >= len(units) // 2, act_misses  # random small nets' units are not all selective

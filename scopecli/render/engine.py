@@ -5,10 +5,11 @@ a row — its initial image and every transform it will see — comes from a CPU
 `derive_seed(seed, model fingerprint, layer, unit, diversity index)`, the loss is the sum of per-row
 scores and the schedule (scopecli/render/schedule.py) depends only on the step, so a unit starts and is
 transformed the same alone, in any batch, or on another machine. Its pixels are bit-identical wherever the
-arithmetic is (same device type, kernels and thread count); where kernels round differently (a batch of
-one on several CPU threads, another machine), the optimisation amplifies the rounding into differences of
-detail (pretrained Lite0 `_blocks.8`, 2 threads, alone vs batch of 4: mean 9-14/255, activation within 3 %;
-one thread: bit-identical; scripts/check_render_determinism.py measures them).
+arithmetic is (same batch, device, kernels and thread count); where kernels round differently (another
+batch size picks other CPU kernels on some machines, another machine), the optimisation amplifies the
+rounding into differences of detail (pretrained Lite0 `_blocks.8`, 2 threads, alone vs batch of 4: mean
+9-14/255, activation within 3 %; scripts/check_render_determinism.py measures them). The tests promise
+only what holds on any CPU: the same activation within 20 % and pixels correlated at 0.9 or more.
 The forward pass stops after the deepest requested layer (`LayerTap`). On a GPU nothing is fetched from
 the device inside the step loop: the activation trace is kept on device and read once per batch.
 """
@@ -31,6 +32,7 @@ from scopecli.core.errors import ScopeError
 from scopecli.model import adapter
 from scopecli.model.capture import LayerTap
 from scopecli.model.layers import layouts_at
+from scopecli.model.spaces import resolve_space
 from scopecli.core.records import RenderRecord
 from scopecli.render import transforms as tf
 from scopecli.render.estimate import LayerCost, RenderEstimate, deepest_layers, estimate_plan, time_layer
@@ -213,7 +215,6 @@ def tapped_layers(targets: list[RenderTarget]) -> list[str]:
 
 def _directions(module, device):
     """directions(layer, unit) -> (direction [C], pre_bias [C]): the decoder row of a bound unit space."""
-    from scopecli.model.spaces import resolve_space
 
     def find(layer: str, unit: int):
         if split_space(layer)[1] is None:
@@ -344,46 +345,78 @@ def render_units(
     if not targets:
         raise ScopeError("nothing to render: no units selected")
     device = resolve_device(settings.device)
-    group = max(t.diversity_index for t in targets) + 1
     was_training = module.training
+    _place(module, device)
+    start = time.perf_counter()
+    with reproducible(device, bool(settings.deterministic)):
+        try:
+            run = _plan_run(module, normalize, fingerprint, targets, settings, device, layouts)
+            if on_estimate is not None and len(run.chunks) > 1:
+                run.estimate = estimate_render(module, normalize, run.chunks, settings, device, clock)
+                on_estimate(run.estimate)
+            records, skipped = _render_chunks(run, dataset_max, progress, on_batch, on_records)
+            return RenderResult(records, skipped, time.perf_counter() - start, run.batch_size, str(device))
+        finally:
+            module.train(was_training)
+
+
+def _place(module, device) -> None:
+    """Eval mode on the render device (channels-last on a GPU, where convolutions run faster that way)."""
     module.eval()
     module.to(device)
     if device.type == "cuda":
         module.to(memory_format=torch.channels_last)
-    start = time.perf_counter()
-    with reproducible(device, bool(settings.deterministic)):
-        try:
-            layers = tapped_layers(targets)
-            layouts = dict(layouts or {})
-            missing = [name for name in layers if name not in layouts]
-            if missing:
-                layouts.update(layouts_at(module, int(settings.size), missing))
-            if settings.batch == "auto":
-                batch_size = auto_batch(module, layers, int(settings.size), device, normalize, group)
-            else:
-                batch_size = int(settings.batch)
-            chunks = list(batches(targets, batch_size, group))
-            estimate = None
-            if on_estimate is not None and len(chunks) > 1:
-                estimate = estimate_render(module, normalize, chunks, settings, device, clock)
-                on_estimate(estimate)
-            batches_start = time.perf_counter()
-            records, skipped, done = [], [], 0
-            for b, chunk in enumerate(chunks):
-                seeds = [derive_seed(settings.seed, fingerprint, t.layer, t.unit, t.diversity_index) for t in chunk]
-                work = estimate.batch_seconds[b] if estimate is not None else float(len(chunk))
-                recs, skips = _render_batch(module, normalize, chunk, seeds, settings, device, dataset_max, progress,
-                                            layouts, work)
-                records.extend(recs)
-                skipped.extend(skips)
-                if on_records is not None and recs:
-                    on_records(recs)
-                done += len(chunk)
-                if on_batch is not None:
-                    on_batch(b + 1, len(chunks), done, time.perf_counter() - batches_start)
-            return RenderResult(records, skipped, time.perf_counter() - start, batch_size, str(device))
-        finally:
-            module.train(was_training)
+
+
+@dataclass
+class _Run:
+    """What every batch of one render run shares: the model, its layer layouts and the batches."""
+
+    module: nn.Module
+    normalize: object
+    fingerprint: str
+    settings: RenderSettings
+    device: torch.device
+    layouts: dict
+    batch_size: int
+    chunks: list[list[RenderTarget]]
+    estimate: RenderEstimate | None = None
+
+
+def _plan_run(module, normalize, fingerprint, targets, settings, device, layouts) -> _Run:
+    """Layouts of every tapped layer (traced where not given) and the batches (diversity groups whole)."""
+    group = max(t.diversity_index for t in targets) + 1
+    layers = tapped_layers(targets)
+    layouts = dict(layouts or {})
+    missing = [name for name in layers if name not in layouts]
+    if missing:
+        layouts.update(layouts_at(module, int(settings.size), missing))
+    if settings.batch == "auto":
+        batch_size = auto_batch(module, layers, int(settings.size), device, normalize, group)
+    else:
+        batch_size = int(settings.batch)
+    chunks = list(batches(targets, batch_size, group))
+    return _Run(module, normalize, fingerprint, settings, device, layouts, batch_size, chunks)
+
+
+def _render_chunks(run: _Run, dataset_max, progress, on_batch, on_records):
+    """Render the run's batches in order, reporting each (see render_units' callbacks)."""
+    batches_start = time.perf_counter()
+    records, skipped, done = [], [], 0
+    settings = run.settings
+    for b, chunk in enumerate(run.chunks):
+        seeds = [derive_seed(settings.seed, run.fingerprint, t.layer, t.unit, t.diversity_index) for t in chunk]
+        work = run.estimate.batch_seconds[b] if run.estimate is not None else float(len(chunk))
+        recs, skips = _render_batch(run.module, run.normalize, chunk, seeds, settings, run.device, dataset_max,
+                                    progress, run.layouts, work)
+        records.extend(recs)
+        skipped.extend(skips)
+        if on_records is not None and recs:
+            on_records(recs)
+        done += len(chunk)
+        if on_batch is not None:
+            on_batch(b + 1, len(run.chunks), done, time.perf_counter() - batches_start)
+    return records, skipped
 
 
 def layer_depth_order(module, layers) -> list[str]:
@@ -420,96 +453,164 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
 
     work: what this batch is worth to the progress bar's ETA (predicted seconds; default: its size)."""
     t0 = time.perf_counter()
-    n, size, steps = len(targets), int(settings.size), int(settings.steps)
-    work = float(n if work is None else work)
-    spec = settings.transforms
-    schedule = get_schedule(settings.schedule)
-    lr = settings.learning_rate
+    n = len(targets)
+    draws = _draw_batch(settings, seeds, device)
+    objective, measure = batch_objectives(targets, settings.diversity_weight, _directions(module, device))
+    views = list(dict.fromkeys([t.view for t in targets] + [t.layer for t in targets]))
+    ticker = _Ticker(progress, n, int(settings.steps), float(n if work is None else work))
+    with LayerTap(module, tapped_layers(targets)) as tap:
+        forward = _Forward(tap, normalize, layouts, views, device, settings.amp)
+        trace = _optimize(draws, forward, objective, measure, settings, n, ticker)
+        evidence = _evidence(draws, forward, measure, settings.transforms.pad_value)
+    ticker.finish()
+    # One transfer back per batch.
+    evidence = _Evidence(evidence.pixels.cpu(), evidence.final.cpu(), evidence.robust.cpu(),
+                         evidence.finite_image.cpu(), trace.cpu())
+    return _records(targets, seeds, evidence, settings, dataset_max, (time.perf_counter() - t0) / n)
+
+
+@dataclass
+class _Draws:
+    """A batch's parameterised images and every transform they will see (steps, then robustness)."""
+
+    param: nn.Module
+    step_thetas: torch.Tensor  # (steps, n, 2, 3)
+    robust_thetas: torch.Tensor  # (robust_samples, n, 2, 3)
+
+
+def _draw_batch(settings: RenderSettings, seeds, device) -> _Draws:
+    """Everything random about the batch, from one CPU generator per row.
+
+    The order of draws per row is fixed: initial image, then every step's transform, then the robustness
+    transforms, so a row's draws never depend on the batch it is in."""
+    size, steps = int(settings.size), int(settings.steps)
+    spec, schedule = settings.transforms, get_schedule(settings.schedule)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    # Order of draws per sample is fixed: initial image, then every step's transform, then the
-    # robustness transforms — so it never depends on the batch.
     param = make_param(settings.param, size, generators, settings.magnitude, init_scale=schedule.init_scale,
                        decay_power=schedule.decay_power).to(device)
     step_draws = torch.stack([tf.draw(g, steps) for g in generators], dim=1)  # (steps, n, 6)
     robust_draws = torch.stack([tf.draw(g, settings.robust_samples) for g in generators], dim=1)
     step_thetas = step_transforms(step_draws, size, spec, schedule).to(device)
     robust_thetas = tf.affine_matrices(robust_draws, size, spec).to(device)
+    return _Draws(param, step_thetas, robust_thetas)
 
-    objective, measure = batch_objectives(targets, settings.diversity_weight, _directions(module, device))
-    layers = tapped_layers(targets)
-    views = list(dict.fromkeys([t.view for t in targets] + [t.layer for t in targets]))
-    every = max(1, int(settings.trace_every))
-    trace = torch.zeros((steps + every - 1) // every, n, device=device)
-    optimizer = torch.optim.Adam([param.raw], lr=lr, betas=schedule.betas)
-    channels_last = device.type == "cuda"
-    tick = max(1, steps // 16)
 
-    def forward(x, redirect=False):
-        x = normalize(x)
-        if channels_last:
+class _Forward:
+    """Images in [0, 1] -> the activation views objectives read (normalised, autocast, truncated forward)."""
+
+    def __init__(self, tap, normalize, layouts, views, device, amp):
+        self.tap, self.normalize, self.layouts, self.views = tap, normalize, layouts, views
+        self.device, self.amp = device, amp
+        self.channels_last = device.type == "cuda"
+
+    def __call__(self, x, redirect: bool = False):
+        x = self.normalize(x)
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, settings.amp), (RedirectedReLU() if redirect else nullcontext()):
-            return activation_views(tap(x), layouts, views)
+        with autocast(self.device, self.amp), (RedirectedReLU() if redirect else nullcontext()):
+            return activation_views(self.tap(x), self.layouts, self.views)
 
-    with LayerTap(module, layers) as tap:
-        for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = schedule.lr_at(step, steps, lr)
-            image = param()
-            acts = forward(tf.warp(image, step_thetas[step], spec.pad_value), step < settings.redirect_steps)
-            score = objective(acts)
-            (grad,) = torch.autograd.grad(-score.sum(), [param.raw])
-            param.raw.grad = grad
-            optimizer.step()
-            if step % every == 0:
-                trace[step // every] = measure(acts).detach()
-            if progress is not None and (step + 1) % tick == 0:
-                progress.advance(n * tick / steps, work=work * tick / steps)
-        with torch.no_grad():
-            image = param().float()
-            final = measure(forward(image)).float()
-            robust = torch.zeros_like(final)
-            for r in range(robust_thetas.shape[0]):
-                robust += measure(forward(tf.warp(image, robust_thetas[r], spec.pad_value))).float()
-            robust /= max(1, robust_thetas.shape[0])
-            finite_image = torch.isfinite(image).flatten(1).all(dim=1)
-            pixels = tf.to_uint8(image)
-    if progress is not None and steps % tick:
-        progress.advance(n * (steps % tick) / steps, work=work * (steps % tick) / steps)
-    # One transfer back per batch.
-    pixels, final, robust, trace, finite_image = (
-        t.cpu() for t in (pixels, final, robust, trace, finite_image)
-    )
-    seconds = (time.perf_counter() - t0) / n
+
+class _Ticker:
+    """Advances the progress bar every steps/16 steps, in units and in predicted seconds (`work`)."""
+
+    def __init__(self, progress, n: int, steps: int, work: float):
+        self.progress, self.n, self.steps, self.work = progress, n, steps, work
+        self.tick = max(1, steps // 16)
+
+    def step_done(self, step: int) -> None:
+        if self.progress is not None and (step + 1) % self.tick == 0:
+            self.progress.advance(self.n * self.tick / self.steps, work=self.work * self.tick / self.steps)
+
+    def finish(self) -> None:
+        rest = self.steps % self.tick
+        if self.progress is not None and rest:
+            self.progress.advance(self.n * rest / self.steps, work=self.work * rest / self.steps)
+
+
+def _optimize(draws: _Draws, forward, objective, measure, settings, n: int, ticker: _Ticker) -> torch.Tensor:
+    """The step loop: Adam on the summed per-row scores. Returns the activation trace (on the device,
+    one row every `trace_every` steps) so nothing is fetched from a GPU inside the loop."""
+    steps, param = int(settings.steps), draws.param
+    schedule, lr, pad = get_schedule(settings.schedule), settings.learning_rate, settings.transforms.pad_value
+    every = max(1, int(settings.trace_every))
+    trace = torch.zeros((steps + every - 1) // every, n, device=draws.step_thetas.device)
+    optimizer = torch.optim.Adam([param.raw], lr=lr, betas=schedule.betas)
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr_at(step, steps, lr)
+        acts = forward(tf.warp(param(), draws.step_thetas[step], pad), step < settings.redirect_steps)
+        score = objective(acts)
+        (grad,) = torch.autograd.grad(-score.sum(), [param.raw])
+        param.raw.grad = grad
+        optimizer.step()
+        if step % every == 0:
+            trace[step // every] = measure(acts).detach()
+        ticker.step_done(step)
+    return trace
+
+
+@dataclass
+class _Evidence:
+    """What is recorded with each image: its pixels and the activations it reaches (one row per target)."""
+
+    pixels: torch.Tensor  # (n, H, W, 3) uint8
+    final: torch.Tensor  # activation of the final image
+    robust: torch.Tensor  # mean activation over the robustness transforms
+    finite_image: torch.Tensor  # (n,) bool
+    trace: torch.Tensor | None = None
+
+
+def _evidence(draws: _Draws, forward, measure, pad_value) -> _Evidence:
+    """The final images, their activation as they are and averaged over the robustness transforms."""
+    with torch.no_grad():
+        image = draws.param().float()
+        final = measure(forward(image)).float()
+        robust = torch.zeros_like(final)
+        thetas = draws.robust_thetas
+        for r in range(thetas.shape[0]):
+            robust += measure(forward(tf.warp(image, thetas[r], pad_value))).float()
+        robust /= max(1, thetas.shape[0])
+        return _Evidence(tf.to_uint8(image), final, robust, torch.isfinite(image).flatten(1).all(dim=1))
+
+
+def _records(targets, seeds, ev: _Evidence, settings, dataset_max, seconds: float):
+    """One RenderRecord per target whose image and activations stayed finite; the rest skipped, with why."""
     records, skipped = [], []
+    schedule = get_schedule(settings.schedule)
     for i, target in enumerate(targets):
-        values = [float(final[i]), float(robust[i])]
-        if not (bool(finite_image[i]) and all(math.isfinite(v) for v in values)
-                and bool(torch.isfinite(trace[:, i]).all())):
+        values = [float(ev.final[i]), float(ev.robust[i])]
+        if not (bool(ev.finite_image[i]) and all(math.isfinite(v) for v in values)
+                and bool(torch.isfinite(ev.trace[:, i]).all())):
             what = f"{target.layer}:{target.unit}" if target.unit >= 0 else target.layer
             skipped.append((target, f"{what} ({target.objective}, image {target.diversity_index}): loss became NaN/inf"))
             continue
-        ratio = math.nan
-        if dataset_max and target.unit >= 0 and not OBJECTIVE_KINDS[target.objective].direction:
-            top = dataset_max.get(target.layer, {}).get(target.unit)
-            if top is not None and math.isfinite(top) and top > 0:
-                ratio = values[0] / top
         rec = RenderRecord(
             unit=target.unit,
             objective=target.stored_objective,
             diversity_index=target.diversity_index,
-            image=np.ascontiguousarray(pixels[i].numpy()),
+            image=np.ascontiguousarray(ev.pixels[i].numpy()),
             seed=seeds[i],
-            steps=steps,
-            size=size,
+            steps=int(settings.steps),
+            size=int(settings.size),
             param=settings.param,
-            lr=lr,
+            lr=settings.learning_rate,
             schedule=schedule.name,
             act_final=values[0],
             act_robust=values[1],
-            act_trace=trace[:, i].numpy().astype(np.float32),
+            act_trace=ev.trace[:, i].numpy().astype(np.float32),
             time_s=seconds,
-            dataset_max_ratio=ratio,
+            dataset_max_ratio=_dataset_ratio(target, values[0], dataset_max),
         )
         records.append((target.layer, rec))
     return records, skipped
+
+
+def _dataset_ratio(target: RenderTarget, act: float, dataset_max) -> float:
+    """act / the unit's dataset maximum, where one is known and positive (NaN otherwise; directions have none)."""
+    if not dataset_max or target.unit < 0 or OBJECTIVE_KINDS[target.objective].direction:
+        return math.nan
+    top = dataset_max.get(target.layer, {}).get(target.unit)
+    if top is not None and math.isfinite(top) and top > 0:
+        return act / top
+    return math.nan
