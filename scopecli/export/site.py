@@ -157,166 +157,260 @@ def _pick_thumb_render(renders):
     return min(good, key=lambda r: (order.get(r.objective, 3), r.diversity_index), default=None)
 
 
-def _export_layer(art, mv: ModelView, lv: LayerView, units: np.ndarray, layer_dir: Path, links_by_key: dict,
-                  plan, listed_sets, per_page: int, bar, counts: _Counts, deferred: list | None = None) -> None:
-    """Write one layer's images, grid pages and unit pages. Unit pages that show strongest inputs need the
-    input layer's thumbnails, known once every layer is done: they go to `deferred` (callables)."""
-    layer = lv.name
-    img_dir, unit_dir = layer_dir / "img", layer_dir / "u"
-    img_dir.mkdir(parents=True)
-    unit_dir.mkdir()
-    table = art.dataset
-    names = table.class_names if table is not None else []
-    stats_block = art.stats(layer)
-    hist_rows = {}
-    if stats_block is not None and "hist" in stats_block.sketch:
-        hist_rows = {int(u): i for i, u in enumerate(stats_block.units)}
+@dataclass
+class _Site:
+    """What every layer of one export shares: the plan (cross-model links), page size, progress and tallies."""
+    plan: list
+    listed_sets: list[dict[str, set[int]]]
+    links_by_key: dict
+    per_page: int
+    bar: object
+    counts: _Counts
 
-    def class_of(ii: int) -> str | None:
+
+@dataclass
+class _Layer:
+    """One layer being written: its artifact and views, its folders, the site it belongs to, and the list
+    its input-showing unit pages wait in (None: write them at once)."""
+    site: _Site
+    art: object
+    mv: ModelView
+    lv: LayerView
+    dir: Path
+    deferred: list | None = None
+
+    def __post_init__(self):
+        self.img_dir, self.unit_dir = self.dir / "img", self.dir / "u"
+        self.rec = self.art.layer(self.lv.name)
+        self.table = self.art.dataset
+        self.stats_block = self.art.stats(self.lv.name)
+        self.hist_rows = {}
+        if self.stats_block is not None and "hist" in self.stats_block.sketch:
+            self.hist_rows = {int(u): i for i, u in enumerate(self.stats_block.units)}
+
+    def write_image(self, name: str, data: bytes) -> None:
+        _write(self.img_dir / name, data, self.site.counts, image=True)
+
+    def class_of(self, ii: int) -> str | None:
+        """The dataset class name of image `ii`, None where the table lacks it."""
+        table = self.table
         if table is None or not 0 <= ii < len(table.label):
             return None
-        lab = int(table.label[ii])
+        names, lab = table.class_names, int(table.label[ii])
         return names[lab] if 0 <= lab < len(names) else None
 
-    rec = art.layer(layer)
-    lifts: dict[int, tuple[float, str]] = {}  # unit -> (lift score, caption) for the by-label grid
 
-    for j, r in enumerate(art.renders(layer, [-1])):  # whole-layer (deepdream) renders
+@dataclass
+class _UnitPage:
+    """What a unit's page shows, held until every listed unit (prev/next, grid page number) is known."""
+    unit: int
+    cards: list[RenderCard]
+    examples: dict[str, list[ExampleCard]]
+    stats: dict
+    hist_svg: str | None
+    strip_svg: str | None
+    links: list[LinkRow]
+    profile: object
+    inputs: object
+
+
+def _export_layer(job: _Layer, units: np.ndarray) -> None:
+    """Write one layer's images, grid pages and unit pages. Unit pages that show strongest inputs need the
+    input layer's thumbnails, known once every layer is done: they go to `job.deferred` (callables)."""
+    job.img_dir.mkdir(parents=True)
+    job.unit_dir.mkdir()
+    _copy_layer_renders(job)
+    _copy_caricatures(job)
+    pending, lifts = [], {}  # lifts: unit -> (lift score, caption) for the by-label grid
+    for u in (int(x) for x in units):
+        page = _export_unit(job, u, lifts)
+        if page is not None:
+            pending.append(page)
+        job.site.bar.advance()
+    _write_unit_pages(job, pending)
+    _order_grids(job.lv, lifts, job.site.per_page)
+    _write_layer_pages(job)
+
+
+def _copy_layer_renders(job: _Layer) -> None:
+    """Whole-layer (deepdream) renders, copied as stored."""
+    for j, r in enumerate(job.art.renders(job.lv.name, [-1])):
         kind = image_kind(r.encoded)
         if kind is not None:
             name = f"dd_{j}.{EXT[kind]}"
-            _write(img_dir / name, r.encoded, counts, image=True)
-            lv.layer_renders.append(RenderCard(f"img/{name}", r.width, r.height, r.objective, r.diversity_index,
-                                               r.act_final, r.act_robust, r.dataset_max_ratio, False,
-                                               f"{r.param} · {r.steps} steps · {r.size}px · seed {r.seed}",
-                                               charts.trace_svg(r.act_trace)))
-    for j, c in enumerate(art.caricatures(layer)):  # caricatures: the photo beside it, both copied as stored
+            job.write_image(name, r.encoded)
+            job.lv.layer_renders.append(RenderCard(f"img/{name}", r.width, r.height, r.objective, r.diversity_index,
+                                                   r.act_final, r.act_robust, r.dataset_max_ratio, False,
+                                                   f"{r.param} · {r.steps} steps · {r.size}px · seed {r.seed}",
+                                                   charts.trace_svg(r.act_trace)))
+
+
+def _copy_caricatures(job: _Layer) -> None:
+    """Caricatures with the photo beside each, both copied as stored (skipped unless both are PNG/JPEG)."""
+    for j, c in enumerate(job.art.caricatures(job.lv.name)):
         kinds = (image_kind(c.encoded), image_kind(c.photo_encoded))
         if None in kinds:
             continue
         name, photo = f"ca{j}.{EXT[kinds[0]]}", f"cp{j}.{EXT[kinds[1]]}"
-        _write(img_dir / name, c.encoded, counts, image=True)
-        _write(img_dir / photo, c.photo_encoded, counts, image=True)
-        lv.caricatures.append(CaricatureCard(f"img/{name}", f"img/{photo}", c.width, c.height, c.source_name,
-                                             c.cosine, c.magnitude_ratio,
-                                             f"{c.param} · {c.steps} steps · power {c.power:g} · seed {c.seed}"))
-    pending = []
-    for u in (int(x) for x in units):
-        view = art.unit(layer, u)
-        stats = view.stats
-        dmax = stats.get("max")
-        cards, tile = [], None
-        best = _pick_thumb_render(view.renders)
-        for j, r in enumerate(view.renders):
-            kind = image_kind(r.encoded)
-            if kind is None:
-                continue
-            name = f"r{u}_{j}.{EXT[kind]}"
-            _write(img_dir / name, r.encoded, counts, image=True)
-            ratio, estimated = r.dataset_max_ratio, False
-            if not _finite(ratio) and r.objective in ("channel", "neuron") and _finite(dmax) and dmax > 0 and _finite(r.act_final):
-                ratio, estimated = r.act_final / dmax, True
-            meta = f"{r.param} · {r.steps} steps · {r.size}px · seed {r.seed}"
-            cards.append(RenderCard(f"../img/{name}", r.width, r.height, r.objective, r.diversity_index, r.act_final,
-                                    r.act_robust, ratio, estimated, meta, charts.trace_svg(r.act_trace)))
-            if r is best:
-                caption = f"{r.objective} act {fmt(r.act_final)}" + (f", ×{fmt(ratio, '.2f')} dataset max" if _finite(ratio) else "")
-                if max(r.width, r.height) <= THUMB_REUSE:
-                    tile = Tile(u, f"img/{name}", "render", r.width, r.height, caption)
-                else:
-                    data, tw, th = _thumb_bytes(r)
-                    _write(img_dir / f"s{u}.jpg", data, counts, image=True)
-                    tile = Tile(u, f"img/s{u}.jpg", "render", tw, th, caption)
-        ex_cards: dict[str, list[ExampleCard]] = {}
-        for which, letter in (("top", "t"), ("bottom", "b")):
-            out = []
-            for e in view.examples.get(which, []):
-                data = e.encoded
-                kind = image_kind(data) if data else None
-                if kind is None:
-                    continue
-                name = f"{letter}{u}_{e.rank}.{EXT[kind]}"
-                _write(img_dir / name, data, counts, image=True)
-                card = ExampleCard(f"../img/{name}", e.width, e.height, e.rank, e.score, class_of(e.image_index),
-                                   e.image_path, max(e.width, e.height) < PIXELATED_BELOW)
-                _add_heat(card, e, rec, 1.0 if which == "top" else -1.0, img_dir, f"h{letter}{u}_{e.rank}.png", counts)
-                out.append(card)
-            ex_cards[which] = out
-        profile = view.fields.get("label_profile")
-        if profile is not None and profile.rows:
-            best = max(profile.rows, key=lambda r: lift_score(r.count, profile.images[0], r.base_rate))
-            lifts[u] = (lift_score(best.count, profile.images[0], best.base_rate),
-                        f"{best.class_name} ×{fmt(best.lift, '.1f')}")
-        if tile is None:  # no render: the unit's best top (else bottom) example is its thumbnail
-            which = "top" if ex_cards["top"] else "bottom"
-            if ex_cards[which]:
-                e = ex_cards[which][0]
-                tile = Tile(u, e.src[3:], "example", e.width, e.height,
-                            f"{which} example {fmt(e.score)}" + (f" ({e.class_name})" if e.class_name else ""))
-        if tile is None:  # no stored image is PNG/JPEG: nothing to show
-            bar.advance()
+        job.write_image(name, c.encoded)
+        job.write_image(photo, c.photo_encoded)
+        job.lv.caricatures.append(CaricatureCard(f"img/{name}", f"img/{photo}", c.width, c.height, c.source_name,
+                                                 c.cosine, c.magnitude_ratio,
+                                                 f"{c.param} · {c.steps} steps · power {c.power:g} · seed {c.seed}"))
+
+
+def _export_unit(job: _Layer, u: int, lifts: dict) -> _UnitPage | None:
+    """Copy one unit's images, add its grid tile and label lift; None when it has no picture to show."""
+    view = job.art.unit(job.lv.name, u)
+    stats = view.stats
+    cards, tile = _render_cards(job, u, view.renders, stats.get("max"))
+    examples = {which: _example_cards(job, u, view, which, letter)
+                for which, letter in (("top", "t"), ("bottom", "b"))}
+    profile = view.fields.get("label_profile")
+    if profile is not None and profile.rows:
+        lifts[u] = _best_lift(profile)
+    if tile is None:
+        tile = _example_tile(u, examples)
+    if tile is None:  # no stored image is PNG/JPEG: nothing to show
+        return None
+    job.lv.tiles.append(tile)
+    hist_svg, strip_svg = _unit_charts(job, u, stats, cards) if stats else (None, None)
+    site = job.site
+    links = _link_rows(site.links_by_key.get((job.mv.index, job.lv.name, u), []), site.plan, site.listed_sets)
+    site.counts.links += len(links)
+    site.counts.units += 1
+    return _UnitPage(u, cards, examples, stats, hist_svg, strip_svg, links, profile, view.fields.get("inputs"))
+
+
+def _render_cards(job: _Layer, u: int, renders, dmax) -> tuple[list[RenderCard], Tile | None]:
+    """The unit's renders copied as stored, and its grid tile from the best one (shrunk when large)."""
+    cards, tile = [], None
+    best = _pick_thumb_render(renders)
+    for j, r in enumerate(renders):
+        kind = image_kind(r.encoded)
+        if kind is None:
             continue
-        lv.tiles.append(tile)
-        hist_svg = strip_svg = None
-        if stats:
-            markers = [(stats.get("mean"), "mean", "m-mean"), (stats.get("p99"), "p99", "m-q")]
-            seen = set()
-            for c in cards:
-                if c.objective in ("channel", "neuron", "negative") and c.objective not in seen:
-                    seen.add(c.objective)
-                    markers.append((c.act_final, "render" if c.objective != "negative" else "neg. render", "m-render"))
-            row = hist_rows.get(u)
-            counts_h = None
-            if row is not None:
-                counts_h = charts.rebin_sketch(stats_block.sketch["hist"][row], stats_block.sketch_attrs,
-                                               stats.get("min"), stats.get("max"))
-            if counts_h is not None:
-                hist_svg = charts.histogram_svg(counts_h, stats["min"], stats["max"], markers)
-            strip_svg = charts.quantile_strip_svg(stats)
-        link_rows = _link_rows(links_by_key.get((mv.index, layer, u), []), plan, listed_sets)
-        counts.links += len(link_rows)
-        # pages are written below, once every listed unit (prev/next, grid page) is known
-        pending.append((u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows, profile,
-                        view.fields.get("inputs")))
-        counts.units += 1
-        bar.advance()
-    # write unit pages now that neighbours and page numbers are known
+        name = f"r{u}_{j}.{EXT[kind]}"
+        job.write_image(name, r.encoded)
+        ratio, estimated = r.dataset_max_ratio, False
+        if not _finite(ratio) and r.objective in ("channel", "neuron") and _finite(dmax) and dmax > 0 and _finite(r.act_final):
+            ratio, estimated = r.act_final / dmax, True
+        meta = f"{r.param} · {r.steps} steps · {r.size}px · seed {r.seed}"
+        cards.append(RenderCard(f"../img/{name}", r.width, r.height, r.objective, r.diversity_index, r.act_final,
+                                r.act_robust, ratio, estimated, meta, charts.trace_svg(r.act_trace)))
+        if r is best:
+            tile = _render_tile(job, u, r, name, ratio)
+    return cards, tile
+
+
+def _render_tile(job: _Layer, u: int, r, name: str, ratio) -> Tile:
+    """The grid tile of render `r`: the copied file itself up to THUMB_REUSE pixels, else a JPEG thumbnail."""
+    caption = f"{r.objective} act {fmt(r.act_final)}" + (f", ×{fmt(ratio, '.2f')} dataset max" if _finite(ratio) else "")
+    if max(r.width, r.height) <= THUMB_REUSE:
+        return Tile(u, f"img/{name}", "render", r.width, r.height, caption)
+    data, tw, th = _thumb_bytes(r)
+    job.write_image(f"s{u}.jpg", data)
+    return Tile(u, f"img/s{u}.jpg", "render", tw, th, caption)
+
+
+def _example_cards(job: _Layer, u: int, view, which: str, letter: str) -> list[ExampleCard]:
+    """The unit's `which` ("top"/"bottom") dataset examples copied as stored, each with its heatmap."""
+    out = []
+    for e in view.examples.get(which, []):
+        data = e.encoded
+        kind = image_kind(data) if data else None
+        if kind is None:
+            continue
+        name = f"{letter}{u}_{e.rank}.{EXT[kind]}"
+        job.write_image(name, data)
+        card = ExampleCard(f"../img/{name}", e.width, e.height, e.rank, e.score, job.class_of(e.image_index),
+                           e.image_path, max(e.width, e.height) < PIXELATED_BELOW)
+        _add_heat(card, e, job.rec, 1.0 if which == "top" else -1.0, job.img_dir, f"h{letter}{u}_{e.rank}.png",
+                  job.site.counts)
+        out.append(card)
+    return out
+
+
+def _best_lift(profile) -> tuple[float, str]:
+    """(lift score, caption) of the class the unit's top examples favour most."""
+    best = max(profile.rows, key=lambda r: lift_score(r.count, profile.images[0], r.base_rate))
+    return (lift_score(best.count, profile.images[0], best.base_rate), f"{best.class_name} ×{fmt(best.lift, '.1f')}")
+
+
+def _example_tile(u: int, examples: dict[str, list[ExampleCard]]) -> Tile | None:
+    """A unit without a render: its best top (else bottom) example is its thumbnail."""
+    which = "top" if examples["top"] else "bottom"
+    if not examples[which]:
+        return None
+    e = examples[which][0]
+    return Tile(u, e.src[3:], "example", e.width, e.height,
+                f"{which} example {fmt(e.score)}" + (f" ({e.class_name})" if e.class_name else ""))
+
+
+def _unit_charts(job: _Layer, u: int, stats: dict, cards: list[RenderCard]) -> tuple[str | None, str]:
+    """The unit's activation histogram (from the collect sketch, when stored) and quantile strip."""
+    markers = [(stats.get("mean"), "mean", "m-mean"), (stats.get("p99"), "p99", "m-q")]
+    seen = set()
+    for c in cards:  # the first render of each objective marks its activation
+        if c.objective in ("channel", "neuron", "negative") and c.objective not in seen:
+            seen.add(c.objective)
+            markers.append((c.act_final, "render" if c.objective != "negative" else "neg. render", "m-render"))
+    row = job.hist_rows.get(u)
+    counts_h = None
+    if row is not None:
+        block = job.stats_block
+        counts_h = charts.rebin_sketch(block.sketch["hist"][row], block.sketch_attrs, stats.get("min"), stats.get("max"))
+    hist_svg = charts.histogram_svg(counts_h, stats["min"], stats["max"], markers) if counts_h is not None else None
+    return hist_svg, charts.quantile_strip_svg(stats)
+
+
+def _write_unit_pages(job: _Layer, pending: list[_UnitPage]) -> None:
+    """Unit pages, now that neighbours and grid page numbers are known (input-showing ones deferred)."""
+    mv, lv, per_page = job.mv, job.lv, job.site.per_page
     listed_units = [t.unit for t in lv.tiles]
     where = {uu: i for i, uu in enumerate(listed_units)}
-    for u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows, profile, inputs in pending:
-        i = where[u]
+    for p in pending:
+        i = where[p.unit]
         prev_u = listed_units[i - 1] if i > 0 else None
         next_u = listed_units[i + 1] if i + 1 < len(listed_units) else None
-        args = (mv, lv, u, i // per_page + 1, prev_u, next_u, cards, ex_cards, stats, hist_svg, strip_svg, link_rows,
-                profile)
+        args = (mv, lv, p.unit, i // per_page + 1, prev_u, next_u, p.cards, p.examples, p.stats, p.hist_svg,
+                p.strip_svg, p.links, p.profile)
 
-        def write(args=args, u=u, inputs=inputs):
-            _write(unit_dir / f"{u}.html", unit_page(*args, inputs=_input_cards(mv, inputs)), counts)
+        def write(args=args, u=p.unit, inputs=p.inputs):
+            _write(job.unit_dir / f"{u}.html", unit_page(*args, inputs=_input_cards(mv, inputs)), job.site.counts)
 
-        if inputs and deferred is not None:
-            deferred.append(write)
+        if p.inputs and job.deferred is not None:
+            job.deferred.append(write)
         else:
             write()
+
+
+def _order_grids(lv: LayerView, lifts: dict, per_page: int) -> None:
+    """Page counts of the unit grid and, where labels are profiled, of its by-label ordering."""
     lv.pages = max(1, math.ceil(len(lv.tiles) / per_page))
     if lifts:  # one more ordering of the grid (static pages: one page set per order)
         lv.by_label = sorted((replace(t, label=lifts[t.unit][1], lift_score=lifts[t.unit][0])
                               for t in lv.tiles if t.unit in lifts), key=lambda t: (-t.lift_score, t.unit))
         lv.label_pages = max(1, math.ceil(len(lv.by_label) / per_page))
-    atlas = art.atlas(layer)
+
+
+def _write_layer_pages(job: _Layer) -> None:
+    """The atlas and grid pages; a layer with nothing stored loses its folder, one without units its u/."""
+    mv, lv, counts, per_page = job.mv, job.lv, job.site.counts, job.site.per_page
+    atlas = job.art.atlas(lv.name)
     if atlas is not None and atlas.cells:
-        lv.atlas = _export_atlas(atlas, lv, img_dir, counts)
+        lv.atlas = _export_atlas(atlas, lv, job.img_dir, counts)
     if not lv.has_page:  # nothing stored for this layer: no folder either
-        shutil.rmtree(layer_dir)
+        shutil.rmtree(job.dir)
         return
     if lv.atlas is not None:
-        _write(layer_dir / "atlas.html", atlas_page(mv, lv), counts)
+        _write(job.dir / "atlas.html", atlas_page(mv, lv), counts)
     if not lv.tiles:
-        shutil.rmtree(unit_dir)
-    if lv.has_page:
-        for p in range(1, lv.pages + 1):
-            _write(layer_dir / lv.page_file(p), layer_page(mv, lv, p, per_page), counts)
-        for p in range(1, lv.label_pages + 1):
-            _write(layer_dir / lv.page_file(p, "label"), layer_page(mv, lv, p, per_page, "label"), counts)
+        shutil.rmtree(job.unit_dir)
+    for p in range(1, lv.pages + 1):
+        _write(job.dir / lv.page_file(p), layer_page(mv, lv, p, per_page), counts)
+    for p in range(1, lv.label_pages + 1):
+        _write(job.dir / lv.page_file(p, "label"), layer_page(mv, lv, p, per_page, "label"), counts)
 
 
 ATLAS_MOSAIC_PX = 2048  # side of the atlas mosaic image (cells scaled to fit)
@@ -455,13 +549,7 @@ def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page:
     """
     t0 = time.perf_counter()
     paths = [os.fspath(p) for p in artifact_paths]
-    if not paths:
-        raise ScopeError("give at least one artifact file to export")
-    if int(per_page) < 1:
-        raise ScopeError(f"per_page must be at least 1, got {per_page}")
-    out = Path(os.fspath(out_dir))
-    if str(out) in ("", ".") or out.resolve() == Path(out.resolve().anchor):
-        raise ScopeError(f"{out_dir}: give a folder for the site, e.g. -o site/")
+    out = _checked_target(paths, out_dir, per_page)
     folder.check_replaceable(out)
     arts = _open_all(paths)
     staging = None
@@ -469,38 +557,12 @@ def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page:
         names = _display_names(arts, paths)
         fingerprints = [(os.path.realpath(p), str(a.model.get("fingerprint") or a.fingerprint)) for a, p in zip(arts, paths)]
         diffs = [load_diff(os.fspath(d), fingerprints, names) for d in diff_paths]
-        links_by_key: dict = {}
-        for d in diffs:
-            for key, lst in d.links.items():
-                links_by_key.setdefault(key, []).extend(lst)
         plan = _plan(arts, paths, names)
-        listed_sets = [{k: set(v.tolist()) for k, v in listed.items()} for _, listed in plan]
         views = _comparison_views(diffs, plan)
-        total = sum(len(v) for _, listed in plan for v in listed.values())
         staging = folder.new_staging(out)
         counts = _Counts()
-        bar_cm = progress(total, "export") if progress is not None else None
-        bar = bar_cm.__enter__() if bar_cm is not None else _NoBar()
-        try:
-            for (mv, listed), art in zip(plan, arts):
-                mdir = staging / "m" / mv.slug
-                mdir.mkdir(parents=True)
-                deferred: list = []
-                for lv in mv.layers:
-                    _export_layer(art, mv, lv, listed[lv.name], mdir / lv.slug, links_by_key, plan, listed_sets,
-                                  int(per_page), bar, counts, deferred)
-                for write in deferred:  # unit pages with strongest inputs: every layer's thumbnails are known
-                    write()
-                _write(mdir / "index.html", model_page(mv), counts)
-        finally:
-            if bar_cm is not None:
-                bar_cm.__exit__(None, None, None)
-        for d, view in zip(diffs, views):
-            _export_comparison(d, view, plan, staging, counts)
-        diff_rows = [DiffRow(Path(d.path).name, v.a, v.b, d.pairs, v.url) for d, v in zip(diffs, views)]
-        _write(staging / "index.html", index_page([mv for mv, _ in plan], diff_rows), counts)
-        _write(staging / "style.css", (STATIC / "style.css").read_bytes(), counts)
-        folder.write_marker(staging, {"writer": f"scope {__version__}", "artifacts": [Path(p).name for p in paths]})
+        _export_models(arts, plan, _merged_links(diffs), staging, progress, int(per_page), counts)
+        _write_front(diffs, views, plan, paths, staging, counts)
         folder.swap_in(staging, out)
         staging = None
     finally:
@@ -515,3 +577,56 @@ def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page:
         "units": counts.units, "pages": counts.pages, "images": counts.images, "bytes": counts.bytes,
         "diffs": len(diffs), "links": counts.links, "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _checked_target(paths: list[str], out_dir, per_page) -> Path:
+    """The site folder, once the arguments are known to make sense (one-line errors otherwise)."""
+    if not paths:
+        raise ScopeError("give at least one artifact file to export")
+    if int(per_page) < 1:
+        raise ScopeError(f"per_page must be at least 1, got {per_page}")
+    out = Path(os.fspath(out_dir))
+    if str(out) in ("", ".") or out.resolve() == Path(out.resolve().anchor):
+        raise ScopeError(f"{out_dir}: give a folder for the site, e.g. -o site/")
+    return out
+
+
+def _merged_links(diffs) -> dict:
+    """Every diff file's unit links by (model index, layer, unit), in diff order."""
+    links_by_key: dict = {}
+    for d in diffs:
+        for key, lst in d.links.items():
+            links_by_key.setdefault(key, []).extend(lst)
+    return links_by_key
+
+
+def _export_models(arts, plan, links_by_key: dict, staging: Path, progress, per_page: int, counts: _Counts) -> None:
+    """Every model's layers and model page under m/, one progress step per listed unit."""
+    listed_sets = [{k: set(v.tolist()) for k, v in listed.items()} for _, listed in plan]
+    total = sum(len(v) for _, listed in plan for v in listed.values())
+    bar_cm = progress(total, "export") if progress is not None else None
+    bar = bar_cm.__enter__() if bar_cm is not None else _NoBar()
+    try:
+        site = _Site(plan, listed_sets, links_by_key, per_page, bar, counts)
+        for (mv, listed), art in zip(plan, arts):
+            mdir = staging / "m" / mv.slug
+            mdir.mkdir(parents=True)
+            deferred: list = []
+            for lv in mv.layers:
+                _export_layer(_Layer(site, art, mv, lv, mdir / lv.slug, deferred), listed[lv.name])
+            for write in deferred:  # unit pages with strongest inputs: every layer's thumbnails are known
+                write()
+            _write(mdir / "index.html", model_page(mv), counts)
+    finally:
+        if bar_cm is not None:
+            bar_cm.__exit__(None, None, None)
+
+
+def _write_front(diffs, views, plan, paths: list[str], staging: Path, counts: _Counts) -> None:
+    """The comparison pages, the index, the stylesheet and the marker that makes the folder replaceable."""
+    for d, view in zip(diffs, views):
+        _export_comparison(d, view, plan, staging, counts)
+    diff_rows = [DiffRow(Path(d.path).name, v.a, v.b, d.pairs, v.url) for d, v in zip(diffs, views)]
+    _write(staging / "index.html", index_page([mv for mv, _ in plan], diff_rows), counts)
+    _write(staging / "style.css", (STATIC / "style.css").read_bytes(), counts)
+    folder.write_marker(staging, {"writer": f"scope {__version__}", "artifacts": [Path(p).name for p in paths]})
