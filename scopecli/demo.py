@@ -8,7 +8,6 @@ units of each, and an HTML gallery of the result.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -65,19 +64,6 @@ def _collect(loaded, photos, labels, groups, artifact: Path, quiet: bool) -> dic
     return run_collect(loaded, source, list(DEMO_LAYERS), settings, str(artifact), quiet=quiet)
 
 
-@contextmanager
-def _single_thread():
-    """torch on one intra-op thread, restored after. The demo's ops are small (batch 8, 128 px): on a busy
-    2-core machine each op's thread hand-off waited for a descheduled core (render 16 steps: 32-38 s on one
-    thread vs 198 s on two, same pictures' activation ratio 0.769 vs 0.766)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _render(loaded, artifact: Path, steps: int, size: int, quiet: bool) -> tuple[dict, dict]:
     """Feature visualizations of each demo layer's strongest units; returns (chosen units, render summary)."""
     with open_artifact(artifact) as art:
@@ -86,7 +72,7 @@ def _render(loaded, artifact: Path, steps: int, size: int, quiet: bool) -> tuple
     plan = plan_render(loaded, list(DEMO_LAYERS), "0", "channel", 1, settings)
     plan.layers = chosen
     plan.targets = plan_targets(chosen, "channel", 1)
-    with _single_thread(), progress(plan.n_units, "render", quiet=quiet, unit="units") as bar:
+    with progress(plan.n_units, "render", quiet=quiet, unit="units") as bar:
         return chosen, run_render(loaded, plan, str(artifact), command="demo render", progress=bar)
 
 

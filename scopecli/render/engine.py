@@ -501,7 +501,9 @@ class _Forward:
     def __init__(self, tap, normalize, layouts, views, device, amp):
         self.tap, self.normalize, self.layouts, self.views = tap, normalize, layouts, views
         self.device, self.amp = device, amp
-        self.channels_last = device.type == "cuda"
+        # channels-last input: the convolutions' fast path on a GPU and on a CPU (oneDNN). Measured on 2 CPU
+        # cores, batch 8 at 128 px: x1.43 Lite0 `_blocks.8`, x1.27 resnet50 `layer3.2`, x1.51 vgg16
+        self.channels_last = device.type in ("cuda", "cpu")
 
     def __call__(self, x, redirect: bool = False):
         x = self.normalize(x)
