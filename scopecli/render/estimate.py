@@ -66,8 +66,8 @@ def deepest_layers(chunks, layer_order) -> list[str]:
 def time_layer(module, normalize, layer: str, batch: int, size: int, device, amp: bool = False,
                clock=time.perf_counter, repeats: int = 2) -> LayerCost:
     """Best of `repeats` timed steps (forward to `layer` + backward to the input) and forward passes,
-    after one untimed warm-up, on a random batch: what one render step costs there."""
-
+    after one untimed warm-up, on a random batch: what one render step costs there (channels-last input, as
+    the engine feeds it)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, size, size, generator=gen).to(device)
 
@@ -78,12 +78,12 @@ def time_layer(module, normalize, layer: str, batch: int, size: int, device, amp
     def step():
         xr = x.clone().requires_grad_(True)
         with autocast(device, amp):
-            act = tap(normalize(xr))[layer]
+            act = tap(normalize(xr).contiguous(memory_format=torch.channels_last))[layer]
         torch.autograd.grad(act.float().mean(), [xr])
 
     def forward():
         with torch.no_grad(), autocast(device, amp):
-            tap(normalize(x))
+            tap(normalize(x).contiguous(memory_format=torch.channels_last))
 
     best = {}
     with LayerTap(module, [layer]) as tap:
