@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, make_dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -116,7 +117,7 @@ class Column:
     key: bool = False  # part of the row key (rows are unique and sorted by it)
     derived: bool = False  # not in the record: the writer derives it from the image (its height, width)
 
-    @property
+    @cached_property  # worked out once: a unit read converts every column of its rows
     def py(self) -> type:
         """The Python type of one value (what views and stored rows hold)."""
         if self.dtype in (PNG, TRACE):

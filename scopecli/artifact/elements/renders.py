@@ -21,7 +21,6 @@ from scopecli.core.records import PNG, RENDER_COLUMNS, TRACE, RenderRecord, colu
 
 SPANS = ("offset", "length", "trace_offset", "trace_length")  # where each row's PNG and trace lie
 ROW = tuple(c for c in RENDER_COLUMNS if c.dtype not in (PNG, TRACE))  # one stored dataset per row each
-_ROW_TYPES = tuple((c.name, c.py) for c in ROW)  # worked out once: a unit read converts every row
 
 
 class _LazyImage:
@@ -135,7 +134,7 @@ class RenderSection:
     def _meta(self, i: int) -> dict:
         """Row i's RENDER_COLUMNS (the image aside) as Python values."""
         toff, tln = int(self.cols["trace_offset"][i]), int(self.cols["trace_length"][i])
-        out = {name: py(self.cols[name][i]) for name, py in _ROW_TYPES}
+        out = {c.name: c.py(self.cols[c.name][i]) for c in ROW}
         out["act_trace"] = self.traces()[toff : toff + tln].copy() if tln else np.zeros(0, np.float32)
         return out
 
