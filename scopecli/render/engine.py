@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from scopecli.core.devices import autocast, resolve_device
+from scopecli.core.devices import as_input, autocast, resolve_device
 from scopecli.core.errors import ScopeError
 from scopecli.model import adapter
 from scopecli.model.capture import LayerTap
@@ -501,14 +501,9 @@ class _Forward:
     def __init__(self, tap, normalize, layouts, views, device, amp):
         self.tap, self.normalize, self.layouts, self.views = tap, normalize, layouts, views
         self.device, self.amp = device, amp
-        # channels-last input: the convolutions' fast path on a GPU and on a CPU (oneDNN). Measured on 2 CPU
-        # cores, batch 8 at 128 px: x1.43 Lite0 `_blocks.8`, x1.27 resnet50 `layer3.2`, x1.51 vgg16
-        self.channels_last = device.type in ("cuda", "cpu")
 
     def __call__(self, x, redirect: bool = False):
-        x = self.normalize(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = as_input(self.normalize(x), self.device)
         with autocast(self.device, self.amp), (RedirectedReLU() if redirect else nullcontext()):
             return activation_views(self.tap(x), self.layouts, self.views)
 

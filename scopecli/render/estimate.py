@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scopecli.core.devices import autocast
+from scopecli.core.devices import as_input, autocast
 from scopecli.model.capture import LayerTap
 
 
@@ -78,12 +78,12 @@ def time_layer(module, normalize, layer: str, batch: int, size: int, device, amp
     def step():
         xr = x.clone().requires_grad_(True)
         with autocast(device, amp):
-            act = tap(normalize(xr).contiguous(memory_format=torch.channels_last))[layer]
+            act = tap(as_input(normalize(xr), device))[layer]
         torch.autograd.grad(act.float().mean(), [xr])
 
     def forward():
         with torch.no_grad(), autocast(device, amp):
-            tap(normalize(x).contiguous(memory_format=torch.channels_last))
+            tap(as_input(normalize(x), device))
 
     best = {}
     with LayerTap(module, [layer]) as tap:
