@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from scopecli.artifact import open_artifact
 from scopecli.collect import CollectSettings, open_source
