@@ -506,6 +506,44 @@ def export_cmd(
     _out().print(f"open {res['url']}")
 
 
+@app.command("serve")
+def serve_cmd(
+    files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts to browse."),
+    diff: Optional[List[str]] = typer.Option(None, "--diff", help="A `scope diff --save` file: comparison page and unit links (repeatable)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
+    port: int = typer.Option(0, "--port", help="Port (0: a free one)."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the index in the web browser."),
+    per_page: int = typer.Option(128, "--per-page", help="Units per page of a layer grid."),
+    verbose: bool = typer.Option(False, "--verbose", help="Log every request to stderr."),
+    json_out: bool = JsonOpt,
+):
+    """Browse artifacts in a web browser, pages built from the files on request (read-only; Ctrl-C stops)."""
+    from scopecli.serve import Catalog, Server, serve
+    from scopecli.serve.http import is_local
+
+    if not 0 <= port <= 65535:
+        raise ScopeError(f"--port must be 0..65535, got {port}")
+    catalog = Catalog(files, diff or (), per_page=per_page)
+    try:
+        server = Server(catalog, host, port, verbose=verbose)
+    except OSError as exc:
+        catalog.close()
+        raise ScopeError(f"cannot listen on {host}:{port} ({exc.strerror or exc})")
+    if not is_local(host):
+        sys.stderr.write(f"warning: listening on {host}: anyone who can reach this machine can read these artifacts\n")
+    if json_out:
+        print(json.dumps({"url": server.url, "artifacts": catalog.paths}), flush=True)
+    else:
+        print(f"serving {len(catalog.paths)} artifact(s) at {server.url}  (Ctrl-C stops)", flush=True)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    serve(server)
+    if not json_out:
+        print("stopped", flush=True)
+
+
 @app.command("pack")
 def pack_cmd(
     files: List[str] = typer.Argument(..., metavar="FILE...", help="Artifacts of one model to merge (e.g. collect shards)."),

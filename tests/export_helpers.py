@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html.parser
 import math
 import os
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -13,6 +15,7 @@ import numpy as np
 
 from artifact_factory import fake_examples, fake_image, fake_model_info, fake_renders
 from scopecli.artifact import ArtifactWriter
+from scopecli.artifact.images import image_kind
 from scopecli.core.records import ImageTable, LayerRecord, ProbeBlock
 
 NASTY_CLASS = "<script>alert('x')</script> & \"co\""
@@ -41,13 +44,30 @@ def page_refs(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     return p.refs, p.tags
 
 
+DATA_URI = re.compile(r"data:image/(png|jpeg);base64,([A-Za-z0-9+/]*={0,2})")
+
+
+def src_bytes(page: Path, src: str) -> bytes:
+    """The bytes a page's picture src stands for: an inline data: URI decoded, else the file it points to."""
+    m = DATA_URI.fullmatch(src)
+    if m:
+        return base64.b64decode(m.group(2))
+    return (page.parent / unquote(urlparse(src).path)).read_bytes()
+
+
 def check_site_links(site: Path) -> int:
-    """Every href/src of every page is a relative link to an existing file inside the site; returns link count."""
+    """Every href/src of every page is a relative link to an existing file inside the site, or an inline
+    PNG/JPEG data: URI (an img src only) that decodes; returns link count."""
     site = site.resolve()
     n = 0
     for page in site.rglob("*.html"):
         refs, _ = page_refs(page)
         for tag, ref in refs:
+            if ref.startswith("data:"):
+                assert tag == "img" and DATA_URI.fullmatch(ref), (page, ref[:60])
+                assert image_kind(src_bytes(page, ref)) is not None, (page, ref[:60])
+                n += 1
+                continue
             u = urlparse(ref)
             assert not u.scheme and not u.netloc, (page, ref)
             target = (page.parent / unquote(u.path)).resolve()
@@ -130,3 +150,24 @@ def make_deepdream_artifact(path) -> str:
         w.ensure_layer(empty)
         w.put_renders("dream", fake_renders(dream, [-1], 0, size=48, objectives=("deepdream",)))
     return str(path)
+
+
+_SRC = re.compile(r'src="([^"]*)"')
+
+
+def pictures_by_content(page: Path, text: str | None = None) -> str:
+    """The page's HTML with each picture src replaced by the sha256 of the bytes it shows (a file or an inline
+    data: URI): two exports that show the same pictures on the same page compare equal however they store them."""
+    import html as _html
+
+    text = page.read_text(encoding="utf-8") if text is None else text
+
+    def sub(m):
+        src = _html.unescape(m.group(1))
+        try:
+            data = src_bytes(page, src)
+        except OSError:
+            return 'src="missing"'
+        return f'src="sha256:{hashlib.sha256(data).hexdigest()}"'
+
+    return _SRC.sub(sub, text)

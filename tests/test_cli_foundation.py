@@ -21,7 +21,7 @@ def test_help_lists_commands_in_the_order_of_the_work(scope_cli):
     # a command row: its name (after the panel border, if any), two or more spaces, its help
     listed = re.findall(r"^(?:│ )?\s{0,2}([a-z]+)\s{2,}\S", r.stdout, re.M)
     assert listed == ["render", "caricature", "collect", "decompose", "circuits", "atlas", "show", "diff", "query", "export",
-                      "pack", "info", "validate", "layers", "models", "demo"], r.stdout
+                      "serve", "pack", "info", "validate", "layers", "models", "demo"], r.stdout
 
 
 def test_models_lists_torchvision_and_lite0(scope_cli):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ from export_helpers import (
     make_nasty_artifact,
     page_refs,
     site_files,
+    src_bytes,
 )
 from scopecli import open_artifact
 from scopecli.core.errors import ScopeError
@@ -43,6 +45,14 @@ def _grid_srcs(page: Path) -> list[str]:
     return [v for tag, v in page_refs(page)[0] if tag == "img"]
 
 
+def _grid_bytes(page: Path) -> list[bytes]:
+    return [src_bytes(page, v) for v in _grid_srcs(page)]
+
+
+def _img_srcs(page: Path) -> list[str]:
+    return [v for tag, v in page_refs(page)[0] if tag == "img" and 'class="heat"' not in v]
+
+
 def test_export_writes_every_page_and_copies_images_byte_for_byte(two, tmp_path):
     a, b = two
     site = tmp_path / "site"
@@ -55,19 +65,27 @@ def test_export_writes_every_page_and_copies_images_byte_for_byte(two, tmp_path)
     assert b_units == ["0.html", "0.html", "2.html", "2.html", "4.html"]
     assert not (site / "m/02-b/01-features.1-conv/u/1.html").exists()
     assert res["pages"] == len(list(site.rglob("*.html")))
-    assert res["images"] == len(list(site.rglob("img/*")))
+    images = sorted(site.rglob("i/*/*"))
+    assert res["images"] == len(images)
+    # content-addressed: each picture once, named by its sha256
+    assert all(p.stem == hashlib.sha256(p.read_bytes()).hexdigest() for p in images)
     assert check_site_links(site) > 100
     assert all(SAFE_NAME.match(f) for f in site_files(site) if f != MARKER)
-    # images are the stored bytes, not re-encodings
+    # images are the stored bytes, not re-encodings (files or inline), and a unit page shows each of them
+    page = site / "m/01-a/01-features.1-conv/u/3.html"
+    shown = [src_bytes(page, s) for s in _grid_srcs(page)]
     with open_artifact(a) as art:
         u = art.unit("features.1/conv", 3)
-        render_file = site / "m/01-a/01-features.1-conv/img/r3_0.png"
-        assert render_file.read_bytes() == u.renders[0].encoded
-        ex = u.examples["top"][1]
-        assert (site / f"m/01-a/01-features.1-conv/img/t3_{ex.rank}.jpg").read_bytes() == ex.encoded
+        assert u.renders[0].encoded in shown
+        for e in u.examples["top"] + u.examples["bottom"]:
+            assert e.encoded in shown
+        # the grid tile of a rendered unit is its render: a file, written once, that the unit page uses too
+        grid_a = site / "m/01-a/01-features.1-conv/index.html"
+        assert _grid_bytes(grid_a)[3] == u.renders[0].encoded and not _grid_srcs(grid_a)[3].startswith("data:")
     # units without renders show their top example in the grid, marked as such
     grid = site / "m/02-b/01-features.1-conv/index.html"
-    assert _grid_srcs(grid) == ["img/t0_0.jpg", "img/t2_0.jpg", "img/t4_0.jpg"]
+    with open_artifact(b) as art:
+        assert _grid_bytes(grid) == [art.unit("features.1/conv", u).examples["top"][0].encoded for u in (0, 2, 4)]
     assert grid.read_text().count('class="badge"') == 3
     # lazy thumbnails in grids
     assert all('loading="lazy"' in tag for tag in re.findall(r"<img[^>]*>", grid.read_text()))
@@ -90,7 +108,7 @@ def test_unit_page_shows_renders_examples_stats_and_scores(two, tmp_path):
         assert e.image_path.rsplit("/", 1)[-1] in text
         assert table.class_names[table.label[e.image_index]].replace("ü", "ü") in text
     # the last unit misses its last top example: 3 shown, not 4
-    assert text.count('src="../img/t5_') == 3
+    assert text.count('alt="top example') == 3
     assert f"{u.stats['mean']:.4g}" in text and 'class="chart strip"' in text
     assert "Matched units" not in text
 
@@ -150,8 +168,10 @@ def test_pagination(two, tmp_path):
     layer = site / "m/01-a/01-features.1-conv"
     # the unit-order pages (the artifact's label profiles also give a by-label-lift order: by-label*.html)
     assert sorted(p.name for p in layer.glob("*.html") if not p.name.startswith("by-label")) == ["index.html", "page-2.html"]
-    assert _grid_srcs(layer / "index.html") == [f"img/r{u}_0.png" for u in range(4)]
-    assert _grid_srcs(layer / "page-2.html") == [f"img/r{u}_0.png" for u in (4, 5)]
+    with open_artifact(a) as art:
+        renders = [art.unit("features.1/conv", u).renders[0].encoded for u in range(6)]
+    assert _grid_bytes(layer / "index.html") == renders[:4]
+    assert _grid_bytes(layer / "page-2.html") == renders[4:]
     assert 'href="page-2.html"' in (layer / "index.html").read_text()
     assert 'rel="prev" href="index.html"' in (layer / "page-2.html").read_text()
     # a unit page links back to the grid page it is on, and to its neighbours
@@ -168,13 +188,18 @@ def test_large_render_gets_a_thumbnail(tmp_path):
     site = tmp_path / "site"
     export_site([make_big_render_artifact(tmp_path / "big.h5", 320)], site)
     layer = site / "m/01-big/01-conv"
-    assert _grid_srcs(layer / "index.html") == ["img/s1.jpg"]
+    import io
+
     from PIL import Image
 
-    with Image.open(layer / "img/s1.jpg") as im:
-        assert im.size == (192, 192)
-    with Image.open(layer / "img/r1_0.png") as im:
-        assert im.size == (320, 320)
+    (thumb,) = _grid_bytes(layer / "index.html")
+    with Image.open(io.BytesIO(thumb)) as im:
+        assert im.size == (192, 192) and im.format == "JPEG"
+    unit = layer / "u/1.html"
+    (render,) = [src_bytes(unit, s) for s in _grid_srcs(unit)]
+    with Image.open(io.BytesIO(render)) as im:
+        assert im.size == (320, 320) and im.format == "PNG"
+    assert _grid_srcs(unit)[0].startswith("data:")  # shown on one page only: inline
 
 
 def test_reexport_replaces_cleanly(two, tmp_path):
@@ -309,7 +334,7 @@ def test_deepdream_only_layer_and_empty_layer(tmp_path):
     assert res["units"] == 0 and res["layers"] == 1
     layer = site / "m/01-dream/01-dream"
     page = (layer / "index.html").read_text()
-    assert "DeepDream" in page and _grid_srcs(layer / "index.html") == ["img/dd_0.png"]
+    assert "DeepDream" in page and len(_grid_srcs(layer / "index.html")) == 1
     assert 'class="grid"' not in page and not list(layer.glob("u/*"))
     model = (site / "m/01-dream/index.html").read_text()
     assert 'href="01-dream/index.html"' in model and "02-empty" not in model and "nothing stored" in model

@@ -116,13 +116,13 @@ def test_a_new_page_kind_reuses_base_and_partials():
     """What a new view (comparison page, atlas) starts from: extend base.html, import partials."""
     page = pages.environment().from_string(
         '{% extends "base.html" %}'
-        '{% from "partials/common.html" import crumb, section %}'
-        '{% from "partials/figures.html" import render_figures %}'
+        '{% from "partials/common.html" import crumb, section with context %}'
+        '{% from "partials/figures.html" import render_figures with context %}'
         '{% block title %}{{ title }} · scope{% endblock %}'
         '{% block crumbs %}{{ crumb(title) }}{% endblock %}'
         '{% block main %}{% call section(title) %}{{ render_figures(renders, title) }}{% endcall %}{% endblock %}'
     ).render(root="../", title=EVIL, renders=[RenderCard("r.png", 8, 8, "channel", 0, 1.0, 1.0, float("nan"),
                                                          False, "m", None)])
     assert "<script" not in page and 'href="../style.css"' in page and "Content-Security-Policy" in page
-    assert '<figure class="render"><img class="big px" src="r.png"' in page
+    assert '<figure class="render"><img class="big px" src="../r.png"' in page  # srcs are site-root-relative
     assert page.count("&lt;script&gt;") == 4  # title, crumb, section heading, alt text

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from export_helpers import pictures_by_content, src_bytes
 from scopecli import __version__
 
 FIX = Path(__file__).parent / "fixtures" / "v0.1.0"
 GOLDEN = json.loads((FIX / "golden.json").read_text())
+GOLDEN_PAGES = json.loads((FIX / "golden_pages_by_content.json").read_text())
 
 
 def _page_digest(text: str) -> str:
@@ -72,23 +74,27 @@ def _without_new_views(text: str) -> str:
 
 
 def test_export_unchanged(scope_cli, old_files, monkeypatch):
+    """Every page 0.1.0 wrote is written again and shows the same text and the very same picture bytes; since
+    0.3.0 pictures are stored differently (content-addressed files or inline), so srcs compare by content."""
     monkeypatch.chdir(old_files)
     r = scope_cli("export", "tiny.h5", "nasty.h5", "--diff", "diff.h5", "-o", "site", "--quiet")
     assert r.code == 0, r.stderr
     site = old_files / "site"
     got = {}
-    for p in sorted(site.rglob("*")):
-        if p.is_file() and p.name != ".scope-export.json":
-            data = p.read_bytes()
-            rel = p.relative_to(site).as_posix()
-            if rel.startswith("d/"):
-                continue  # the comparison page: a new view, checked below
-            got[rel] = (_page_digest(_without_new_views(data.decode("utf-8"))) if p.suffix == ".html"
-                        else hashlib.sha256(data).hexdigest())
-    assert sorted(got) == sorted(GOLDEN["export"])
+    for p in sorted(site.rglob("*.html")):
+        rel = p.relative_to(site).as_posix()
+        if rel.startswith("d/"):
+            continue  # the comparison page: a new view, checked below
+        got[rel] = _page_digest(_without_new_views(pictures_by_content(p)))
+    assert sorted(got) == sorted(GOLDEN_PAGES["pages"])
+    assert sorted(got) == sorted(k for k in GOLDEN["export"] if k.endswith(".html"))
     assert (site / "d/01-diff/index.html").is_file() and 'href="d/01-diff/index.html"' in (site / "index.html").read_text()
-    changed = [rel for rel in got if got[rel] != GOLDEN["export"][rel] and rel != "style.css"]
+    changed = [rel for rel in got if got[rel] != GOLDEN_PAGES["pages"][rel]]
     assert not changed, changed[:10]
+    pictures = {v for k, v in GOLDEN["export"].items() if not k.endswith((".html", ".css"))}
+    shown = {hashlib.sha256(src_bytes(p, src)).hexdigest() for p in site.rglob("*.html")
+             for src in re.findall(r'src="([^"]*)"', p.read_text())}
+    assert pictures <= shown  # every picture 0.1.0's gallery had, byte for byte (its heatmap overlays too)
     css = (site / "style.css").read_bytes()
     assert hashlib.sha256(css[: _OLD_CSS_BYTES]).hexdigest() == GOLDEN["export"]["style.css"]  # 0.1.0's rules, unchanged
 

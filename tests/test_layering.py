@@ -23,7 +23,7 @@ LEVELS = [
     ("scopecli.render", 2), ("scopecli.collect", 2), ("scopecli.spaces", 2), ("scopecli.compare", 2),
     ("scopecli.views", 3),
     ("scopecli.jobs", 4), ("scopecli.export", 4),
-    ("scopecli.demo", 5),
+    ("scopecli.demo", 5), ("scopecli.serve", 5),
     ("scopecli.cli", 6), ("scopecli.__main__", 6), ("scopecli", 6),
 ]
 # the element registry imports its elements to register them, and each element registers through it

@@ -33,6 +33,20 @@ def href(path: str) -> str:
     return quote(str(path), safe="/")
 
 
+_DATA_URI = re.compile(r"data:image/(png|jpeg);base64,[A-Za-z0-9+/]*={0,2}")
+
+
+def imgsrc(src: str | None, root: str = "") -> str:
+    """A picture's src: an inline `data:` URI of a PNG/JPEG as it is (checked to hold nothing else), an
+    absolute `/...` URL (the server's) or a site-root-relative path prefixed with `root`, percent-encoded."""
+    src = str(src or "")
+    if not src:
+        return ""
+    if src.startswith("data:"):
+        return src if _DATA_URI.fullmatch(src) else ""
+    return href(src if src.startswith("/") else root + src)
+
+
 def slug(text: str, fallback: str = "x") -> str:
     """A short file-name part: ASCII letters, digits, '.', '_' and '-' only; never starts with '.' or '-'."""
     ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")

@@ -12,6 +12,8 @@ other origin even if something slipped through.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from dataclasses import dataclass, field
 
@@ -19,14 +21,32 @@ import jinja2
 from markupsafe import Markup
 
 from scopecli.core.version import __version__
-from scopecli.export.names import fmt, href, short_hash
+from scopecli.export.names import fmt, href, imgsrc, short_hash
 
 CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'self' file: 'unsafe-inline'; "
        "base-uri 'none'; form-action 'none'")
+# `scope serve`: the same pages from a local server, plus the search form (its only form) and no framing
+SERVE_CSP = ("default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; base-uri 'none'; "
+             "form-action 'self'; frame-ancestors 'none'")
+_SERVING = contextvars.ContextVar("scope_serving", default=False)
+
+
+@contextlib.contextmanager
+def serving():
+    """Render pages as `scope serve` answers them (its CSP, the search form) within this block."""
+    token = _SERVING.set(True)
+    try:
+        yield
+    finally:
+        _SERVING.reset(token)
+
+
+def environment() -> jinja2.Environment:
+    return _environment(_SERVING.get())
 
 
 @functools.cache
-def environment() -> jinja2.Environment:
+def _environment(serve: bool = False) -> jinja2.Environment:
     """The templates of `scopecli/export/templates/`, autoescaped, with the gallery's filters."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("scopecli.export", "templates"),
@@ -37,8 +57,8 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         auto_reload=False,  # package data: read once a process
     )
-    env.filters.update(href=href, fmt=fmt, short_hash=short_hash)
-    env.globals.update(csp=CSP, version=__version__)
+    env.filters.update(href=href, imgsrc=imgsrc, fmt=fmt, short_hash=short_hash)
+    env.globals.update(csp=SERVE_CSP if serve else CSP, version=__version__, serving=serve)
     return env
 
 
@@ -136,6 +156,7 @@ class LayerView:
     listed_units: int = 0  # units the plan lists (with a render or examples): the layer will have a page
     caricatures: list = field(default_factory=list)  # CaricatureCards (format 1.1)
     atlas: AtlasPage | None = None  # its activation atlas (format 1.1), on atlas.html
+    labelled: bool = False  # its units have label profiles: the grid has a by-label ordering
 
     @property
     def linkable(self) -> bool:
@@ -158,7 +179,7 @@ class LayerView:
 
     @property
     def has_page(self) -> bool:
-        return bool(self.tiles or self.layer_renders or self.caricatures or self.atlas)
+        return bool(self.listed_units or self.tiles or self.layer_renders or self.caricatures or self.atlas)
 
     def page_file(self, page: int, sort: str = "") -> str:
         """Grid page `page` in unit order, or (sort "label") ordered by label lift."""
@@ -364,3 +385,26 @@ def unit_page(m: ModelView, lv: LayerView, unit: int, list_page: int, prev_unit:
                    prev_unit=prev_unit, next_unit=next_unit, renders=renders, examples=examples, stats=stats,
                    stat_rows=stat_rows, hist_svg=_svg(hist_svg), strip_svg=_svg(strip_svg), links=links,
                    profile=profile, inputs=inputs)
+
+
+@dataclass
+class Hit:
+    """One unit a search answered (`scope serve`): its page and thumbnail (absolute URLs) and why it matched."""
+
+    label: str
+    url: str | None
+    thumb: str
+    width: int
+    height: int
+    score: str
+    detail: str
+
+
+def search_page(query: str, title: str, hits: list[Hit], note: str = "") -> str:
+    """What a `scope serve` search answered, at /search."""
+    return _render("search.html", root="/", query=query, title=title, hits=hits, note=note)
+
+
+def error_page(title: str, message: str, root: str = "/") -> str:
+    """A page that says what went wrong with one part of a file, in one line (`scope serve`)."""
+    return _render("error.html", root=root, title=title, message=message)

@@ -7,6 +7,7 @@ score, ties to the lower image index (`scopecli.core.sketch.merge_ranked`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -97,6 +98,7 @@ class Example:
     shown: tuple[int, int, int, int] | None = None  # the window the patch shows (format 1.1; None before)
     heat_origin: tuple[int, int] | None = None  # grid (row, column) of heatmap[0, 0]
     heatmap: np.ndarray | None = None  # the unit over the grid positions of the shown window, in activation units
+    span: tuple[int, int] = (0, 0)  # (offset, length) of the patch in the layer's byte array: equal spans, one patch
 
     @property
     def encoded(self) -> bytes:
@@ -237,6 +239,18 @@ class ExampleSection:
     def optional(self, name: str, row: int, k: int):
         arr = self.extra.get(name)
         return None if arr is None else arr[row, k]
+
+
+class _RowReader:
+    """read(k) -> the encoded patch k of one unit; the first call reads all of the unit's patches at once."""
+
+    def __init__(self, section: ExampleSection, row: int):
+        self._s, self._row, self._bytes = section, row, None
+
+    def __call__(self, k: int) -> bytes:
+        if self._bytes is None:
+            self._bytes = self._s.row_bytes(self._row)
+        return self._bytes[k] or b""
 
 
 class LazyPatches:
@@ -417,7 +431,7 @@ class ExamplesElement(LayerElement):
             row = s.row_of(unit) if s is not None else None
             items: list[Example] = []
             if row is not None:
-                blobs = s.row_bytes(row)
+                read = _RowReader(s, row)  # a unit's patches are read together, on first use
                 paths = art.image_paths([int(x) for x in s.image_index[row] if x >= 0])
                 for k in range(s.k):
                     ii = int(s.image_index[row, k])
@@ -429,7 +443,8 @@ class ExamplesElement(LayerElement):
                         layer=slot.name, unit=unit, rank=k, score=float(s.score[row, k]), image_index=ii,
                         image_path=paths.get(ii), loc=(int(s.loc[row, k, 0]), int(s.loc[row, k, 1])),
                         box=tuple(int(x) for x in s.box[row, k]), height=int(s.height[row, k]),
-                        width=int(s.width[row, k]), _encoded=blobs[k] or b"",
+                        width=int(s.width[row, k]), _load=functools.partial(read, k),
+                        span=(int(s.offset[row, k]), int(s.length[row, k])),
                         shown=None if shown is None else tuple(int(x) for x in shown),
                         heat_origin=None if origin is None else (int(origin[0]), int(origin[1])),
                         heatmap=None if heat is None else decode_heat(heat, s.optional("heat_range", row, k)),

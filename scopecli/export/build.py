@@ -1,0 +1,660 @@
+"""Artifacts -> page objects: what the gallery shows of them, built once for every way of looking.
+
+Why one builder: the static export (`site.py`) and `scope serve` (`scopecli.serve`) must show the
+same pages. This module reads the artifacts and makes the page objects of `pages.py` (thumbnail choice,
+activation ratios, histogram markers, label lifts, strongest inputs, links); each writer only decides
+where pictures live. Pictures are `ImageRef`s: a stable key, a loader for the stored bytes, and
+whether more than one page shows them. A writer's `images(ref)` turns one into the `src` the page uses:
+the static export writes shared pictures once, content-addressed, and inlines the rest; the server
+answers a URL per key. Nothing is read before a page asks for it, so a server starts at once on a file
+of any size: opening reads the file's metadata and each layer's presence masks, no unit.
+
+URL layout (the static folder and the server share it, so every relative link works in both):
+    index.html                                    models, comparisons
+    m/<NN-model>/index.html                       layer list
+    m/<NN-model>/<NN-layer>/index.html, page-K.html, by-label[-page-K].html, atlas.html
+    m/<NN-model>/<NN-layer>/u/<unit>.html         unit page
+    d/<NN-diff>/index.html                        comparison page of a diff file
+Picture srcs are site-root-relative (the templates prefix `root`), absolute (`/img/...`, the server)
+or `data:` URIs (inline).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from scopecli.artifact import open_artifact, registry
+from scopecli.artifact.elements.strongest import lift_score
+from scopecli.artifact.images import encode_jpeg, image_kind
+from scopecli.core import heatmaps
+from scopecli.core.errors import ScopeError
+from scopecli.export import charts, comparisons
+from scopecli.export.diffs import load_diff
+from scopecli.export.names import fmt, slug
+from scopecli.export.pages import (AtlasCellCard, AtlasPage, CaricatureCard, DiffRow, DiffSide, ExampleCard,
+    InputCard, InputsView, LayerView, LinkRow, ModelView, RenderCard, Tile)
+
+PER_PAGE = 128  # units per layer-grid page
+THUMB = 192  # pixel side of generated grid thumbnails (renders up to THUMB_REUSE are used as they are)
+THUMB_REUSE = 256
+PIXELATED_BELOW = 56  # patches smaller than this are enlarged with visible pixels
+ATLAS_MOSAIC_PX = 2048  # side of the atlas mosaic image (cells scaled to fit)
+_OBJECTIVE_ORDER = {"channel": 0, "neuron": 1, "negative": 2}
+KEY = re.compile(r"^(\d{1,4})/(\d{1,5})/(x(\d{1,15})-(\d{1,12})|[rscpa](\d{1,9})|m)$")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A stored (or drawn-from-stored) picture: `key` names it within the site ("M/L/x<offset>-<length>" a
+    patch, "M/L/r<row>" a render, "s" its thumbnail, "c"/"p" a caricature and its photo, "a" an atlas cell,
+    "m" the atlas mosaic); `shared`: shown on more than one page."""
+
+    key: str
+    load: Callable[[], bytes] = field(compare=False, repr=False)
+    shared: bool = True
+
+
+ImageSink = Callable[[ImageRef], "str | None"]  # ref -> the src a page uses (None: not a PNG/JPEG)
+
+
+def data_uri(data: bytes) -> str | None:
+    """An inline `data:` URI of PNG/JPEG bytes (None for anything else)."""
+    kind = image_kind(data)
+    return None if kind is None else f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def heat_png(heat: np.ndarray, sign: float) -> bytes:
+    """The heatmap overlay of an example: a small RGBA PNG (a few hundred bytes), drawn on request."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(heatmaps.rgba(heat, sign), "RGBA").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(float(x))
+
+
+def open_all(paths: list[str]):
+    """Open every artifact (one-line error, and none left open, if one fails or is given twice)."""
+    arts, seen = [], {}
+    try:
+        for p in paths:
+            real = os.path.realpath(p) if os.path.exists(p) else p
+            if real in seen:
+                raise ScopeError(f"{p}: given twice (same file as {seen[real]})")
+            seen[real] = p
+            arts.append(open_artifact(p))
+    except BaseException:
+        for a in arts:
+            a.close()
+        raise
+    return arts
+
+
+def display_names(arts, paths) -> list[str]:
+    base = [str(a.model.get("name") or a.model.get("spec") or Path(p).stem) for a, p in zip(arts, paths)]
+    return [f"{b} · {Path(p).name}" if base.count(b) > 1 else b for b, p in zip(base, paths)]
+
+
+@dataclass
+class UnitPage:
+    """Everything a unit page shows (`pages.unit_page` arguments)."""
+
+    m: ModelView
+    lv: LayerView
+    unit: int
+    list_page: int
+    prev_unit: int | None
+    next_unit: int | None
+    cards: list[RenderCard]
+    examples: dict[str, list[ExampleCard]]
+    stats: dict
+    hist_svg: str | None
+    strip_svg: str | None
+    links: list[LinkRow]
+    profile: object
+    inputs: InputsView | None
+
+
+class _LayerState:
+    """What the builder has worked out about one layer so far (each part once, when first needed)."""
+
+    def __init__(self, listed: np.ndarray):
+        self.listed = listed  # units with a render or examples, ascending
+        self.position = {int(u): i for i, u in enumerate(listed)}
+        self.tiles_done = False
+        self.extras_done = False
+        self.labels_done = False
+        self.spans: set[tuple[int, int]] | None = None
+        self.shared_spans: set[int] | None = None  # patch offsets shown by more than one unit
+
+
+class SiteBuilder:
+    """The page objects of a set of artifacts (and diff files), built lazily.
+
+    `images`: the writer's ImageSink. `per_page`: units per grid page. The artifacts stay open until
+    `close()`; the builder is not thread-safe (a server serialises calls).
+    """
+
+    def __init__(self, artifact_paths, diff_paths=(), images: ImageSink | None = None, per_page: int = PER_PAGE):
+        self.paths = [os.fspath(p) for p in artifact_paths]
+        if not self.paths:
+            raise ScopeError("give at least one artifact file")
+        if int(per_page) < 1:
+            raise ScopeError(f"per_page must be at least 1, got {per_page}")
+        self.per_page = int(per_page)
+        self.images: ImageSink = images or (lambda ref: None)
+        self.arts = open_all(self.paths)
+        try:
+            self.names = display_names(self.arts, self.paths)
+            fingerprints = [(os.path.realpath(p), str(a.model.get("fingerprint") or a.fingerprint))
+                            for a, p in zip(self.arts, self.paths)]
+            self.diffs = [load_diff(os.fspath(d), fingerprints, self.names) for d in diff_paths]
+            self.models: list[ModelView] = []
+            self._state: list[dict[str, _LayerState]] = []
+            self._plan()
+            self.comparisons = self._comparison_views()
+            self.links_by_key: dict = {}
+            for d in self.diffs:
+                for key, lst in d.links.items():
+                    self.links_by_key.setdefault(key, []).extend(lst)
+        except BaseException:
+            self.close()
+            raise
+        self._built_comparisons: dict[int, object] = {}
+
+    def close(self) -> None:
+        for a in self.arts:
+            a.close()
+
+    # ------------------------------------------------------------------------------------------ the plan
+
+    def _plan(self) -> None:
+        """Slugs, layer facts and the units each layer lists (a render or examples stored): presence masks only."""
+        width = len(str(len(self.arts)))
+        for i, (art, p) in enumerate(zip(self.arts, self.paths)):
+            info = art.info()
+            mv = ModelView(index=i, slug=f"{i + 1:0{max(2, width)}d}-{slug(Path(p).stem)}", name=self.names[i],
+                           file=Path(p).name, info=info)
+            states = {}
+            lw = max(2, len(str(len(art.layers))))
+            for j, (name, li) in enumerate(zip(art.layers, info["layers"])):
+                rec = art.layer(name)
+                rendered = art.renders_present(name)
+                top = art.examples_present(name, "top")
+                listed = np.nonzero(rendered | top | art.examples_present(name, "bottom"))[0]
+                states[name] = _LayerState(listed)
+                mv.layers.append(LayerView(
+                    name=name, slug=f"{j + 1:0{lw}d}-{slug(name)}", units=rec.units, shape=tuple(rec.shape),
+                    rf_size=rec.rf_size, rf_stride=rec.rf_stride, rendered=int(rendered.sum()),
+                    collected=int(top.sum()), space=li.get("space"), listed_units=int(len(listed)),
+                    pages=max(1, math.ceil(len(listed) / self.per_page)),
+                    labelled=art.element_group(name, "strongest") is not None and bool(len(listed)),
+                ))
+            by_name = {lv.name: lv for lv in mv.layers}
+            for lv in mv.layers:  # a unit space links to the layer it is fitted on, and that layer to its spaces
+                base = by_name.get(lv.space["base"]) if lv.space else None
+                if base is not None:
+                    lv.base = base
+                    base.spaces.append(lv)
+            self.models.append(mv)
+            self._state.append(states)
+
+    def model(self, slug_: str) -> ModelView | None:
+        return next((m for m in self.models if m.slug == slug_), None)
+
+    @staticmethod
+    def layer_view(m: ModelView, slug_: str) -> LayerView | None:
+        return next((lv for lv in m.layers if lv.slug == slug_), None)
+
+    def listed(self, m: ModelView, lv: LayerView) -> np.ndarray:
+        return self._state[m.index][lv.name].listed
+
+    # ------------------------------------------------------------------------------------------ pictures
+
+    def _key(self, m: ModelView, lv: LayerView, what: str) -> str:
+        return f"{m.index}/{m.layers.index(lv)}/{what}"
+
+    def _render_ref(self, m, lv, section, row: int, shared: bool) -> ImageRef:
+        off, ln = int(section.cols["offset"][row]), int(section.cols["length"][row])
+        return ImageRef(self._key(m, lv, f"r{row}"), lambda: section._read(off, ln), shared)
+
+    def _thumb_ref(self, m, lv, section, row: int) -> ImageRef:
+        def load():
+            return thumb_bytes(section.view(row).image)[0]
+        return ImageRef(self._key(m, lv, f"s{row}"), load, True)
+
+    def _patch_ref(self, m, lv, e, shared: bool) -> ImageRef:
+        off, ln = e.span
+        return ImageRef(self._key(m, lv, f"x{off}-{ln}"), lambda: e.encoded, shared)
+
+    def _shared_offsets(self, m, lv) -> set[int]:
+        """Patch offsets that more than one unit shows (each is then one file in a static export)."""
+        st = self._state[m.index][lv.name]
+        if st.shared_spans is None:
+            sec = self.arts[m.index].section(lv.name, "examples")
+            offs = []
+            for which in ("top", "bottom"):
+                s = sec.set(which) if sec is not None else None
+                if s is not None:
+                    offs.append(s.offset[s.length > 0])
+            allo = np.concatenate(offs) if offs else np.zeros(0, np.int64)
+            vals, counts = np.unique(allo, return_counts=True)
+            st.shared_spans = set(vals[counts > 1].tolist())
+        return st.shared_spans
+
+    def image(self, key: str) -> bytes | None:
+        """The bytes of the picture `key` names (None: no such picture). The server's only way to pictures:
+        a key is parsed into numbers and checked against the artifact's index tables, never used as a path."""
+        mt = KEY.match(key or "")
+        if mt is None:
+            return None
+        mi, li = int(mt.group(1)), int(mt.group(2))
+        if mi >= len(self.models) or li >= len(self.models[mi].layers):
+            return None
+        m = self.models[mi]
+        lv, art = m.layers[li], self.arts[mi]
+        what = mt.group(3)
+        if what.startswith("x"):
+            off, ln = int(mt.group(4)), int(mt.group(5))
+            if (off, ln) not in self._spans(m, lv):
+                return None
+            sec = art.section(lv.name, "examples")
+            s = sec.set("top") or sec.set("bottom")
+            return s._read(off, ln)
+        if what == "m":
+            atlas = art.atlas(lv.name)
+            return None if atlas is None or not atlas.cells else _mosaic_png(atlas)
+        n = int(mt.group(6))
+        kind = what[0]
+        if kind in "rs":
+            s = art.section(lv.name, "renders")
+            if s is None or n >= s.n:
+                return None
+            if kind == "r":
+                return self._render_ref(m, lv, s, n, True).load()
+            return self._thumb_ref(m, lv, s, n).load()
+        if kind in "cp":
+            cs = art.caricatures(lv.name)
+            return None if n >= len(cs) else (cs[n].encoded if kind == "c" else cs[n].photo_encoded)
+        atlas = art.atlas(lv.name)
+        return None if atlas is None or n >= len(atlas.cells) else atlas.cells[n].encoded
+
+    def _spans(self, m, lv) -> set[tuple[int, int]]:
+        st = self._state[m.index][lv.name]
+        if st.spans is None:
+            spans = set()
+            sec = self.arts[m.index].section(lv.name, "examples")
+            for which in ("top", "bottom"):
+                s = sec.set(which) if sec is not None else None
+                if s is not None:
+                    has = s.length > 0
+                    spans.update(zip(s.offset[has].tolist(), s.length[has].tolist()))
+            st.spans = spans
+        return st.spans
+
+    # ------------------------------------------------------------------------------------------ layers
+
+    def ensure_tiles(self, m: ModelView, lv: LayerView) -> None:
+        """The layer's grid tiles: each listed unit's best render (shrunk when large), else its first top (else
+        bottom) example. Reads the layer's index tables, no image."""
+        st = self._state[m.index][lv.name]
+        if st.tiles_done:
+            return
+        st.tiles_done = True
+        art = self.arts[m.index]
+        rs = art.section(lv.name, "renders")
+        ex = art.section(lv.name, "examples")
+        sets = {w: ex.set(w) if ex is not None else None for w in ("top", "bottom")}
+        stats = art.stats(lv.name)
+        tiles = []
+        for u in (int(x) for x in st.listed):
+            tile = self._render_tile(m, lv, rs, u, stats) if rs is not None else None
+            if tile is None:
+                tile = self._example_tile(m, lv, sets, u)
+            tiles.append(tile)
+        lv.tiles = tiles
+
+    def _render_tile(self, m, lv, rs, u: int, stats) -> Tile | None:
+        rows = list(rs.rows_of(u))
+        if not rows:
+            return None
+        cols = rs.cols
+        row = min(rows, key=lambda i: (_OBJECTIVE_ORDER.get(cols["objective"][i], 3), int(cols["diversity_index"][i])))
+        w, h = int(cols["width"][row]), int(cols["height"][row])
+        act = float(cols["act_final"][row])
+        ratio = _ratio(float(cols["dataset_max_ratio"][row]), str(cols["objective"][row]), act,
+                       _stat_of(stats, u, "max"))[0]
+        caption = f"{cols['objective'][row]} act {fmt(act)}" + (f", ×{fmt(ratio, '.2f')} dataset max" if _finite(ratio) else "")
+        if max(w, h) <= THUMB_REUSE:
+            return Tile(u, self.images(self._render_ref(m, lv, rs, row, True)) or "", "render", w, h, caption)
+        scale = THUMB / max(w, h)
+        return Tile(u, self.images(self._thumb_ref(m, lv, rs, row)) or "", "render",
+                    max(1, round(w * scale)), max(1, round(h * scale)), caption)
+
+    def _example_tile(self, m, lv, sets, u: int) -> Tile:
+        for which in ("top", "bottom"):
+            s = sets[which]
+            row = s.row_of(u) if s is not None else None
+            if row is None:
+                continue
+            ks = [k for k in range(s.k) if s.image_index[row, k] >= 0 and s.length[row, k] > 0]
+            if not ks:
+                continue
+            k = ks[0]
+            off, ln = int(s.offset[row, k]), int(s.length[row, k])
+            ref = ImageRef(self._key(m, lv, f"x{off}-{ln}"), lambda s=s, off=off, ln=ln: s._read(off, ln), True)
+            cls = self._class_of(m, int(s.image_index[row, k]))
+            return Tile(u, self.images(ref) or "", "example", int(s.width[row, k]), int(s.height[row, k]),
+                        f"{which} example {fmt(float(s.score[row, k]))}" + (f" ({cls})" if cls else ""))
+        return Tile(u, "", "example", 0, 0, "no picture stored")
+
+    def _class_of(self, m: ModelView, ii: int) -> str | None:
+        labels = self.arts[m.index].image_labels()
+        if labels is None or not 0 <= ii < len(labels[0]):
+            return None
+        lab, names = int(labels[0][ii]), labels[1]
+        return names[lab] if 0 <= lab < len(names) else None
+
+    def ensure_extras(self, m: ModelView, lv: LayerView) -> None:
+        """The layer's whole-layer renders, caricatures and atlas (what its first grid page and the model page show)."""
+        st = self._state[m.index][lv.name]
+        if st.extras_done:
+            return
+        st.extras_done = True
+        art = self.arts[m.index]
+        rs = art.section(lv.name, "renders")
+        if rs is not None:
+            for row in rs.rows_of(-1):
+                r = rs.view(row)
+                lv.layer_renders.append(RenderCard(
+                    self.images(self._render_ref(m, lv, rs, row, True)) or "", r.width, r.height, r.objective,
+                    r.diversity_index, r.act_final, r.act_robust, r.dataset_max_ratio, False,
+                    f"{r.param} · {r.steps} steps · {r.size}px · seed {r.seed}", charts.trace_svg(r.act_trace)))
+        for j, c in enumerate(art.caricatures(lv.name)):
+            src = self.images(ImageRef(self._key(m, lv, f"c{j}"), lambda c=c: c.encoded, True))
+            photo = self.images(ImageRef(self._key(m, lv, f"p{j}"), lambda c=c: c.photo_encoded, True))
+            if not src or not photo:
+                continue
+            lv.caricatures.append(CaricatureCard(src, photo, c.width, c.height, c.source_name, c.cosine,
+                                                 c.magnitude_ratio,
+                                                 f"{c.param} · {c.steps} steps · power {c.power:g} · seed {c.seed}"))
+        atlas = art.atlas(lv.name)
+        if atlas is not None and atlas.cells:
+            lv.atlas = self._atlas_page(m, lv, atlas)
+
+    def _atlas_page(self, m, lv, atlas) -> AtlasPage:
+        cell_px = max(8, min(atlas.size, ATLAS_MOSAIC_PX // atlas.grid))
+        mosaic = self.images(ImageRef(self._key(m, lv, "m"), lambda: _mosaic_png(atlas), True)) or ""
+        listed = self._state[m.index][lv.name].position
+        cells = []
+        for j, c in enumerate(atlas.cells):
+            src = self.images(ImageRef(self._key(m, lv, f"a{j}"), lambda c=c: c.encoded, False)) or ""
+            units = [(u, f"u/{u}.html" if u in listed else None) for u in c.nearest_units(3)]
+            cells.append(AtlasCellCard(c.position[0], c.position[1], src, c.count, units))
+        return AtlasPage(atlas.grid, atlas.layout, atlas.layout_note, atlas.seed, atlas.vectors, atlas.steps,
+                         atlas.size, mosaic, cell_px * atlas.grid, cells)
+
+    def ensure_labels(self, m: ModelView, lv: LayerView) -> None:
+        """The by-label ordering of the grid: units whose top examples favour a class most, first."""
+        st = self._state[m.index][lv.name]
+        if st.labels_done:
+            return
+        st.labels_done = True
+        self.ensure_tiles(m, lv)
+        if not lv.labelled:
+            return
+        art = self.arts[m.index]
+        el = registry.layer_element("strongest")
+        section, slot = art.section(lv.name, "strongest"), art.slot(lv.name)
+        lifts = {}
+        for t in lv.tiles:
+            profile = el.unit_value(section, t.unit, slot, art)
+            if profile is not None and profile.rows:
+                lifts[t.unit] = _best_lift(profile)
+        lv.by_label = sorted((replace(t, label=lifts[t.unit][1], lift_score=lifts[t.unit][0])
+                              for t in lv.tiles if t.unit in lifts), key=lambda t: (-t.lift_score, t.unit))
+        lv.label_pages = max(1, math.ceil(len(lv.by_label) / self.per_page)) if lv.by_label else 0
+        lv.labelled = bool(lv.by_label)
+
+    def ensure_layer(self, m: ModelView, lv: LayerView) -> None:
+        self.ensure_tiles(m, lv)
+        self.ensure_extras(m, lv)
+        self.ensure_labels(m, lv)
+
+    def ensure_model(self, m: ModelView) -> None:
+        """What the model page shows: each layer's first tiles and extras."""
+        for lv in m.layers:
+            self.ensure_tiles(m, lv)
+            self.ensure_extras(m, lv)
+
+    # ------------------------------------------------------------------------------------------ units
+
+    def unit_page(self, m: ModelView, lv: LayerView, u: int) -> UnitPage | None:
+        """The page of unit `u` (None: the layer does not list it)."""
+        st = self._state[m.index][lv.name]
+        i = st.position.get(int(u))
+        if i is None:
+            return None
+        u = int(u)
+        art = self.arts[m.index]
+        rec = art.layer(lv.name)
+        view = art.unit(lv.name, u)
+        stats = view.stats
+        cards = self._render_cards(m, lv, u, view.renders, stats.get("max"))
+        shared = self._shared_offsets(m, lv)
+        examples = {}
+        first_top = True
+        for which in ("top", "bottom"):
+            out = []
+            for e in view.examples.get(which, []):
+                if not e.span[1]:
+                    continue
+                tile_patch = which == "top" and first_top and not cards
+                first_top = False if which == "top" else first_top
+                src = self.images(self._patch_ref(m, lv, e, e.span[0] in shared or tile_patch))
+                if not src:
+                    continue
+                card = ExampleCard(src, e.width, e.height, e.rank, e.score, self._class_of(m, e.image_index),
+                                   e.image_path, max(e.width, e.height) < PIXELATED_BELOW)
+                _add_heat(card, e, rec, 1.0 if which == "top" else -1.0)
+                out.append(card)
+            examples[which] = out
+        hist_svg, strip_svg = self._unit_charts(m, lv, u, stats, cards) if stats else (None, None)
+        links = self._link_rows(self.links_by_key.get((m.index, lv.name, u), []))
+        prev_u = int(st.listed[i - 1]) if i > 0 else None
+        next_u = int(st.listed[i + 1]) if i + 1 < len(st.listed) else None
+        return UnitPage(m, lv, u, i // self.per_page + 1, prev_u, next_u, cards, examples, stats, hist_svg,
+                        strip_svg, links, view.fields.get("label_profile"), self._input_cards(m, view.fields.get("inputs")))
+
+    def _render_cards(self, m, lv, u: int, renders, dmax) -> list[RenderCard]:
+        art = self.arts[m.index]
+        rs = art.section(lv.name, "renders")
+        rows = list(rs.rows_of(u)) if rs is not None else []
+        best = min(rows, key=lambda i: (_OBJECTIVE_ORDER.get(rs.cols["objective"][i], 3),
+                                        int(rs.cols["diversity_index"][i])), default=None)
+        cards = []
+        for row, r in zip(rows, renders):
+            tile_itself = row == best and max(r.width, r.height) <= THUMB_REUSE
+            src = self.images(self._render_ref(m, lv, rs, row, tile_itself))
+            if not src:
+                continue
+            ratio, estimated = _ratio(r.dataset_max_ratio, r.objective, r.act_final, dmax)
+            meta = f"{r.param} · {r.steps} steps · {r.size}px · seed {r.seed}"
+            cards.append(RenderCard(src, r.width, r.height, r.objective, r.diversity_index, r.act_final,
+                                    r.act_robust, ratio, estimated, meta, charts.trace_svg(r.act_trace)))
+        return cards
+
+    def _unit_charts(self, m, lv, u: int, stats: dict, cards: list[RenderCard]) -> tuple[str | None, str | None]:
+        """The unit's activation histogram (from the collect sketch, when stored) and quantile strip."""
+        markers = [(stats.get("mean"), "mean", "m-mean"), (stats.get("p99"), "p99", "m-q")]
+        seen = set()
+        for c in cards:  # the first render of each objective marks its activation
+            if c.objective in ("channel", "neuron", "negative") and c.objective not in seen:
+                seen.add(c.objective)
+                markers.append((c.act_final, "render" if c.objective != "negative" else "neg. render", "m-render"))
+        block = self.arts[m.index].stats(lv.name)
+        counts_h = None
+        if block is not None and "hist" in block.sketch:
+            i = int(np.searchsorted(block.units, u))
+            if i < len(block.units) and int(block.units[i]) == u:
+                counts_h = charts.rebin_sketch(block.sketch["hist"][i], block.sketch_attrs, stats.get("min"),
+                                               stats.get("max"))
+        hist_svg = charts.histogram_svg(counts_h, stats["min"], stats["max"], markers) if counts_h is not None else None
+        return hist_svg, charts.quantile_strip_svg(stats)
+
+    def _link_rows(self, links) -> list[LinkRow]:
+        rows = []
+        for ln in links:
+            url = None
+            if ln.target.artifact is not None:
+                mv = self.models[ln.target.artifact]
+                lv = next((x for x in mv.layers if x.name == ln.layer), None)
+                if lv is not None and ln.unit in self._state[mv.index][lv.name].position:
+                    url = f"../../../../m/{mv.slug}/{lv.slug}/u/{ln.unit}.html"
+            rows.append(LinkRow(f"{ln.target.name} · {ln.layer}:{ln.unit}", url, ln.corr, ln.kinds, ln.above_floor,
+                                ln.floor, ln.diff_name))
+        return rows
+
+    def _input_cards(self, m: ModelView, inputs) -> InputsView | None:
+        """A unit's strongest inputs: each input unit's thumbnail and page where the layer lists it."""
+        if not inputs and not getattr(inputs, "note", ""):
+            return None
+        cards = []
+        for r in inputs:
+            lv = next((x for x in m.layers if x.name == r.layer), None)
+            tile = None
+            if lv is not None:
+                pos = self._state[m.index][lv.name].position.get(int(r.unit))
+                if pos is not None:
+                    self.ensure_tiles(m, lv)
+                    tile = lv.tiles[pos]
+            cards.append(InputCard(f"{r.layer}:{r.unit}", r.attribution,
+                                   None if tile is None else f"../../{lv.slug}/u/{r.unit}.html",
+                                   None if tile is None or not tile.thumb else tile.thumb,
+                                   0 if tile is None else tile.width, 0 if tile is None else tile.height))
+        return InputsView(inputs.source_layer or "", inputs.examples, inputs.note, cards)
+
+    # ------------------------------------------------------------------------------------------ comparisons
+
+    def _comparison_views(self) -> list:
+        """A comparison page per diff file, named before any model page is built (they link to it)."""
+        views = []
+        for k, d in enumerate(self.diffs):
+            def side(s) -> DiffSide:
+                return DiffSide(s.name, None if s.artifact is None else f"m/{self.models[s.artifact].slug}/index.html")
+
+            view = comparisons.ComparisonView(k, comparisons.comparison_slug(k, d.path, len(self.diffs)),
+                                              Path(d.path).name, side(d.a), side(d.b))
+            for s, other in ((d.a, d.b), (d.b, d.a)):
+                if s.artifact is not None:
+                    entry = (f"vs {other.name} ({view.file})", view.url)
+                    if entry not in self.models[s.artifact].comparisons:
+                        self.models[s.artifact].comparisons.append(entry)
+            views.append(view)
+        return views
+
+    def diff_rows(self) -> list[DiffRow]:
+        return [DiffRow(Path(d.path).name, v.a, v.b, d.pairs, v.url) for d, v in zip(self.diffs, self.comparisons)]
+
+    def comparison(self, k: int, write_image: Callable[[str, bytes], None]):
+        """Fill comparison view `k` from its diff file; its heatmaps go to write_image(name, bytes) (a file next
+        to the page, d/<slug>/<name>)."""
+        d, view = self.diffs[k], self.comparisons[k]
+        if k in self._built_comparisons:
+            return view
+        sides = {"a": d.a, "b": d.b}
+
+        def layer_of(side: str, layer: str):
+            s = sides[side]
+            if s.artifact is None:
+                return None, None
+            mv = self.models[s.artifact]
+            return mv, next((x for x in mv.layers if x.name == layer), None)
+
+        def layer_ref(side: str, layer: str) -> comparisons.LayerRef:
+            mv, lv = layer_of(side, layer)
+            linked = lv is not None and (lv.listed_units or lv.has_page)
+            return comparisons.LayerRef(layer, f"../../m/{mv.slug}/{lv.slug}/index.html" if linked else None)
+
+        def unit_ref(side: str, layer: str, unit: int) -> comparisons.UnitRef:
+            mv, lv = layer_of(side, layer)
+            if lv is None or unit not in self._state[mv.index][lv.name].position:
+                return comparisons.UnitRef(f"{layer}:{unit}", None)
+            return comparisons.UnitRef(f"{layer}:{unit}", f"../../m/{mv.slug}/{lv.slug}/u/{unit}.html")
+
+        comparisons.build(view, d.data, unit_ref, layer_ref, write_image)
+        for h in view.heatmaps:  # the templates take srcs from the site root
+            h.src = f"d/{view.slug}/{h.src}"
+        self._built_comparisons[k] = view
+        return view
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def thumb_bytes(image: np.ndarray) -> tuple[bytes, int, int]:
+    """A grid thumbnail (JPEG, THUMB px on its longer side) of a large render."""
+    from PIL import Image
+
+    img = Image.fromarray(image)
+    scale = THUMB / max(img.width, img.height)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    small = np.asarray(img.resize(size, Image.Resampling.LANCZOS))
+    return encode_jpeg(small, 90, "thumbnail"), size[0], size[1]
+
+
+def _mosaic_png(atlas) -> bytes:
+    cell_px = max(8, min(atlas.size, ATLAS_MOSAIC_PX // atlas.grid))
+    buf = io.BytesIO()
+    atlas.mosaic(cell_px).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _stat_of(stats, u: int, key: str) -> float | None:
+    if stats is None:
+        return None
+    i = int(np.searchsorted(stats.units, u))
+    if i < len(stats.units) and int(stats.units[i]) == u:
+        return float(getattr(stats, key)[i])
+    return None
+
+
+def _ratio(stored, objective: str, act, dmax) -> tuple[float, bool]:
+    """The render's activation over the dataset maximum: stored, else computed here for unit objectives."""
+    if _finite(stored):
+        return float(stored), False
+    if objective in ("channel", "neuron") and _finite(dmax) and dmax > 0 and _finite(act):
+        return float(act) / float(dmax), True
+    return (float(stored) if stored is not None else math.nan), False
+
+
+def _best_lift(profile) -> tuple[float, str]:
+    """(lift score, caption) of the class the unit's top examples favour most."""
+    best = max(profile.rows, key=lambda r: lift_score(r.count, profile.images[0], r.base_rate))
+    return (lift_score(best.count, profile.images[0], best.base_rate), f"{best.class_name} ×{fmt(best.lift, '.1f')}")
+
+
+def _add_heat(card: ExampleCard, e, rec, sign: float) -> None:
+    """Give an example card its heatmap overlay (an inline PNG of a few hundred bytes) and peak ring."""
+    where = heatmaps.placement(e, rec)
+    if where is None:
+        return
+    card.fires = heatmaps.fires(e.heatmap, sign)
+    card.heat_src = data_uri(heat_png(e.heatmap, sign)) if card.fires else ""
+    left, top, w, h = where
+    card.heat_style = f"left:{100 * left:.2f}%;top:{100 * top:.2f}%;width:{100 * w:.2f}%;height:{100 * h:.2f}%"
+    p = heatmaps.peak(e, rec)
+    if p is not None:
+        card.peak_style = f"left:{100 * p[0]:.2f}%;top:{100 * p[1]:.2f}%"
