@@ -15,6 +15,7 @@ from artifact_factory import make_artifact
 from cdp import Browser, CdpError, find_chromium
 from export_helpers import make_nasty_artifact
 from scopecli.export import export_site
+from scopecli.export.pages import HEAT_JS
 
 pytestmark = pytest.mark.skipif(find_chromium() is None, reason="no chromium binary on PATH (apt-get install chromium)")
 
@@ -26,7 +27,9 @@ LOAD_ALL_IMAGES = """(async () => {
     i.addEventListener('load', r); i.addEventListener('error', r); setTimeout(r, 8000); })));
   return {count: imgs.length,
           broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src')),
-          scripts: document.scripts.length};
+          scripts: [...document.scripts].map(s => s.textContent),
+          heat: [...document.querySelectorAll('canvas.heat')].map(c => c.width > 0 &&
+            [...c.getContext('2d').getImageData(0, 0, c.width, c.height).data].some((v, i) => i % 4 == 3 && v > 0))};
 })()"""
 
 
@@ -46,7 +49,8 @@ def _check(page, url: str) -> dict:
     result = page.evaluate(LOAD_ALL_IMAGES, await_promise=True)
     page.settle(0.3)
     assert result["broken"] == [], (url, result["broken"])
-    assert result["scripts"] == 0, url  # nothing from the artifact became a script
+    assert all(t == HEAT_JS for t in result["scripts"]), url  # nothing from the artifact became a script
+    assert all(result["heat"]), url  # every heatmap the page holds was drawn (some opaque pixel)
     assert page.console_errors == [], (url, page.console_errors)
     assert page.log_errors == [], (url, page.log_errors)  # CSP violations and failed loads land here
     # pages, files of the site and pictures inlined in the page (data: URIs), nothing else

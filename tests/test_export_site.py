@@ -30,6 +30,7 @@ from scopecli import open_artifact
 from scopecli.core.errors import ScopeError
 from scopecli.export import export_site
 from scopecli.export.folder import MARKER
+from scopecli.export.pages import CSP, HEAT_JS
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._/-]+$")
 
@@ -68,7 +69,7 @@ def test_export_writes_every_page_and_copies_images_byte_for_byte(two, tmp_path)
     images = sorted(site.rglob("i/*/*"))
     assert res["images"] == len(images)
     # content-addressed: each picture once, named by its sha256
-    assert all(p.stem == hashlib.sha256(p.read_bytes()).hexdigest() for p in images)
+    assert all(p.stem == hashlib.sha256(p.read_bytes()).hexdigest()[:20] for p in images)
     assert check_site_links(site) > 100
     assert all(SAFE_NAME.match(f) for f in site_files(site) if f != MARKER)
     # images are the stored bytes, not re-encodings (files or inline), and a unit page shows each of them
@@ -119,11 +120,13 @@ def test_nasty_names_are_escaped_everywhere(tmp_path):
     res = export_site([path], site)
     assert res["units"] == 6
     pages = list(site.rglob("*.html"))
+    ours = f"<script>{HEAT_JS}</script>"  # the one script a page may hold: the heatmap drawing, by its hash
     for page in pages:
         text = page.read_text()
-        assert "<script" not in text and "<em>" not in text and "<i>evil" not in text, page
+        assert text.count("<script") == text.count(ours), page
+        assert "<em>" not in text and "<i>evil" not in text, page
         _, tags = page_refs(page)
-        assert "script" not in tags and "em" not in tags and "i" not in tags
+        assert tags.count("script") == text.count(ours) and "em" not in tags and "i" not in tags
     assert all(SAFE_NAME.match(f) for f in site_files(site) if f != MARKER)
     assert not any(".." in part for f in site_files(site) for part in f.split("/"))
     check_site_links(site)

@@ -72,15 +72,6 @@ def data_uri(data: bytes) -> str | None:
     return None if kind is None else f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def heat_png(heat: np.ndarray, sign: float) -> bytes:
-    """The heatmap overlay of an example: a small RGBA PNG (a few hundred bytes), drawn on request."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(heatmaps.rgba(heat, sign), "RGBA").save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _finite(x) -> bool:
     return x is not None and math.isfinite(float(x))
 
@@ -647,14 +638,22 @@ def _best_lift(profile) -> tuple[float, str]:
 
 
 def _add_heat(card: ExampleCard, e, rec, sign: float) -> None:
-    """Give an example card its heatmap overlay (an inline PNG of a few hundred bytes) and peak ring."""
+    """Give an example card its heatmap (the stored grid, drawn by the page's script) and peak ring."""
     where = heatmaps.placement(e, rec)
     if where is None:
         return
     card.fires = heatmaps.fires(e.heatmap, sign)
-    card.heat_src = data_uri(heat_png(e.heatmap, sign)) if card.fires else ""
+    if card.fires and e.heat_stored is not None:
+        card.heat_data = heat_data(*e.heat_stored)
+        card.heat_sign = -1 if sign < 0 else 1
     left, top, w, h = where
     card.heat_style = f"left:{100 * left:.2f}%;top:{100 * top:.2f}%;width:{100 * w:.2f}%;height:{100 * h:.2f}%"
     p = heatmaps.peak(e, rec)
     if p is not None:
         card.peak_style = f"left:{100 * p[0]:.2f}%;top:{100 * p[1]:.2f}%"
+
+
+def heat_data(q: np.ndarray, rng) -> str:
+    """A stored heatmap as the page's script reads it: "WIDTH LOW HIGH BASE64(uint8 grid)" (a few dozen bytes)."""
+    q = np.ascontiguousarray(q, np.uint8)
+    return f"{q.shape[-1]} {float(rng[0])!r} {float(rng[1])!r} {base64.b64encode(q.tobytes()).decode('ascii')}"

@@ -12,9 +12,12 @@ other origin even if something slipped through.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
 import functools
+import hashlib
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import jinja2
@@ -23,11 +26,14 @@ from markupsafe import Markup
 from scopecli.core.version import __version__
 from scopecli.export.names import fmt, href, imgsrc, short_hash
 
+HEAT_JS = (Path(__file__).with_name("static") / "heat.js").read_text(encoding="utf-8")
+# the only script a page may run: the heatmap drawing above, allowed by its hash (nothing from a file can run)
+_HEAT_HASH = "'sha256-" + base64.b64encode(hashlib.sha256(HEAT_JS.encode("utf-8")).digest()).decode("ascii") + "'"
 CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'self' file: 'unsafe-inline'; "
-       "base-uri 'none'; form-action 'none'")
+       f"script-src {_HEAT_HASH}; base-uri 'none'; form-action 'none'")
 # `scope serve`: the same pages from a local server, plus the search form (its only form) and no framing
 SERVE_CSP = ("default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; base-uri 'none'; "
-             "form-action 'self'; frame-ancestors 'none'")
+             f"script-src {_HEAT_HASH}; form-action 'self'; frame-ancestors 'none'")
 _SERVING = contextvars.ContextVar("scope_serving", default=False)
 
 
@@ -58,7 +64,7 @@ def _environment(serve: bool = False) -> jinja2.Environment:
         auto_reload=False,  # package data: read once a process
     )
     env.filters.update(href=href, imgsrc=imgsrc, fmt=fmt, short_hash=short_hash)
-    env.globals.update(csp=SERVE_CSP if serve else CSP, version=__version__, serving=serve)
+    env.globals.update(csp=SERVE_CSP if serve else CSP, version=__version__, serving=serve, heat_js=Markup(HEAT_JS))
     return env
 
 
@@ -268,7 +274,9 @@ class ExampleCard:
     class_name: str | None
     image_path: str | None
     pixelated: bool
-    heat_src: str | None = None  # a small RGBA PNG of the unit over the patch (format 1.1 files)
+    heat_src: str | None = None  # unused since 0.3.0 (the page draws the heatmap from heat_data)
+    heat_data: str = ""  # the unit over the patch (format 1.1 files): "WIDTH LOW HIGH BASE64" of the stored grid
+    heat_sign: int = 1  # -1: a bottom example (its negative part is drawn)
     heat_style: str = ""  # its placement over the patch: left/top/width/height in %
     peak_style: str = ""  # where the ring marks the strongest position: left/top in %
     fires: bool = True  # False: the unit does not respond on this patch (no overlay drawn)

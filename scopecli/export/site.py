@@ -4,7 +4,8 @@ Why this shape: researchers look at units in a browser and share the folder, so 
 be much bigger than the artifact it shows. The pages come from `build.py` (the same page objects
 `scope serve` answers with); this module only decides where pictures live. Pictures are copied byte
 for byte from the artifact (no re-encoding), content-addressed: a picture more than one page shows
-(a grid thumbnail, a patch several units share) is written once as `i/<sha256[:2]>/<sha256>.<ext>`,
+(a grid thumbnail, a patch several units share) is written once as `i/<h[:2]>/<h>.<ext>` (h: the first
+20 hex digits of its sha256),
 and a picture only one page shows is inlined in that page as a `data:` URI, as are the tiny heatmap
 overlays, so the site holds a few files per unit. Pages are plain HTML + one stylesheet so the site
 works from `file://`. The site is written into a staging folder and swapped in at the end, so a
@@ -31,6 +32,7 @@ from scopecli.export.pages import (atlas_page, comparison_page, index_page, laye
 
 STATIC = Path(__file__).with_name("static")
 EXT = {"png": "png", "jpeg": "jpg"}
+NAME_HEX = 20  # a picture's file name: the first 80 bits of its sha256 (a clash within one site: never in practice)
 
 
 @dataclass
@@ -77,7 +79,7 @@ class _Writer:
             self.counts.inlined += 1
             return data_uri(data)  # shown once: not remembered
         else:
-            digest = hashlib.sha256(data).hexdigest()
+            digest = hashlib.sha256(data).hexdigest()[:NAME_HEX]
             src = f"i/{digest[:2]}/{digest}.{EXT[kind]}"
             if src not in self._written:
                 self._written.add(src)

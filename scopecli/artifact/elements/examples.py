@@ -99,6 +99,7 @@ class Example:
     heat_origin: tuple[int, int] | None = None  # grid (row, column) of heatmap[0, 0]
     heatmap: np.ndarray | None = None  # the unit over the grid positions of the shown window, in activation units
     span: tuple[int, int] = (0, 0)  # (offset, length) of the patch in the layer's byte array: equal spans, one patch
+    heat_stored: tuple | None = None  # (uint8 grid, (low, high)) as stored: `heatmap` is decoded from it
 
     @property
     def encoded(self) -> bytes:
@@ -448,6 +449,7 @@ class ExamplesElement(LayerElement):
                         shown=None if shown is None else tuple(int(x) for x in shown),
                         heat_origin=None if origin is None else (int(origin[0]), int(origin[1])),
                         heatmap=None if heat is None else decode_heat(heat, s.optional("heat_range", row, k)),
+                        heat_stored=None if heat is None else (heat, s.optional("heat_range", row, k)),
                     ))
             out[which] = items
         return out
