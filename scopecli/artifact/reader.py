@@ -123,9 +123,10 @@ def open_artifact(path) -> "Artifact":
         raise ScopeError(f"{p}: unreadable artifact ({type(exc).__name__}: {first_line(exc)})")
 
 
-def _clean_corruption(cls):
+def clean_corruption(cls):
     """Turn errors that libhdf5 raises on damaged metadata (read lazily, long after open) into ScopeError,
-    for every public method and property of `cls`, so no read path can leak a traceback."""
+    for every public method and property of `cls` (whose instances name their file(s) in `.path`), so no read
+    path can leak a traceback. Also for readers built on the artifact's sections (the gallery's page builder)."""
 
     def wrap(fn):
         @functools.wraps(fn)
@@ -150,7 +151,7 @@ def _clean_corruption(cls):
     return cls
 
 
-@_clean_corruption
+@clean_corruption
 class Artifact:
     """Reader of artifact format 1.x. Metadata is read at open; sections when first asked for; images only
     when asked for. Elements are reached generically (`section`, `unit`) or by the named shortcuts."""
@@ -463,4 +464,5 @@ class Artifact:
         }
 
 
-__all__ = ["Artifact", "Example", "LazyPatches", "RenderView", "UnitView", "check_scope_file", "open_artifact"]
+__all__ = ["Artifact", "Example", "LazyPatches", "RenderView", "UnitView", "check_scope_file", "clean_corruption",
+           "open_artifact"]

@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 
 from scopecli.artifact import open_artifact, registry
+from scopecli.artifact.reader import clean_corruption
 from scopecli.artifact.elements.strongest import lift_score
 from scopecli.artifact.images import encode_jpeg, image_kind
 from scopecli.core import heatmaps
@@ -131,6 +132,7 @@ class _LayerState:
         self.shared_spans: set[int] | None = None  # patch offsets shown by more than one unit
 
 
+@clean_corruption
 class SiteBuilder:
     """The page objects of a set of artifacts (and diff files), built lazily.
 
@@ -145,6 +147,7 @@ class SiteBuilder:
         if int(per_page) < 1:
             raise ScopeError(f"per_page must be at least 1, got {per_page}")
         self.per_page = int(per_page)
+        self.path = ", ".join(self.paths)  # what a one-line error on a damaged file names
         self.images: ImageSink = images or (lambda ref: None)
         self.arts = open_all(self.paths)
         try:

@@ -346,6 +346,23 @@ class ExamplesStage:
         return {w: s for w in WHICH if w not in self.sets and (s := self.stored.set(w)) is not None}
 
 
+def _present_only(group: h5py.Group, slot: LayerSlot, which: str) -> np.ndarray:
+    """bool [units]: the units a set holds examples for, read from its `present` mask only (cheap: a server or
+    `scope info` opening a large file reads no per-unit table; the tables are checked when first read)."""
+    if which not in WHICH:
+        raise ScopeError(f"examples must be 'top' or 'bottom', got {which!r}")
+    where = slot.where + "/examples"
+    check_element(group, ExamplesElement.encoding, where)
+    g = get_group(group, which, where, required=False)
+    if g is None:
+        return np.zeros(slot.units, bool)
+    check_element(g, SET_ENCODING, f"{where}/{which}", h5py.Group)
+    p = read_numeric(get_dataset(g, "present", f"{where}/{which}"), f"{where}/{which}/present", "u", 1).astype(bool)
+    if p.shape != (slot.units,):
+        raise ScopeError(f"{where}/{which}/present: shape {p.shape}, expected ({slot.units},)")
+    return p
+
+
 class ExamplesSection:
     """Both sets of a layer (either may be absent), parsed on first use."""
 
@@ -419,7 +436,9 @@ class ExamplesElement(LayerElement):
         return ExamplesSection(group, slot)
 
     def present(self, group, slot, section=None, which: str = "top"):
-        s = (section or self.read(group, slot)).set(which)
+        if section is None or which not in section._sets:  # the mask alone: no index table is read
+            return _present_only(group, slot, which)
+        s = section.set(which)
         return s.present.copy() if s is not None else np.zeros(slot.units, bool)
 
     def info(self, group, slot, section=None):
