@@ -150,3 +150,36 @@ def test_other_views_load_cleanly_offline(site, tmp_path):
         assert page.evaluate("document.querySelector('img.atlasmap').getBoundingClientRect().width") > 1000
     for png in tmp_path.glob("*.png"):
         _not_blank(png)
+
+
+READ_HEATMAPS = """[...document.querySelectorAll('canvas.heat')].map(c => ({
+  h: c.getAttribute('data-h'), s: c.getAttribute('data-s'), w: c.width, ht: c.height,
+  px: [...c.getContext('2d').getImageData(0, 0, c.width, c.height).data]}))"""
+
+
+def test_the_page_draws_each_heatmap_as_scope_does(site):
+    """The browser's drawing of a stored heatmap equals `core.heatmaps.rgba` of the decoded grid (what 0.2.0
+    wrote as a PNG): alpha exactly, colour within canvas rounding where the overlay is visible."""
+    import base64
+
+    from scopecli.artifact.elements.examples import decode_heat
+    from scopecli.core.heatmaps import rgba
+
+    out, _ = site
+    drawn = 0
+    with Browser() as browser:
+        page = browser.new_page(1280, 900)
+        for unit in (1, 4):
+            page.goto((out / f"m/01-a/01-features.1-conv/u/{unit}.html").resolve().as_uri())
+            page.settle(0.3)
+            for c in page.evaluate(READ_HEATMAPS):
+                w, lo, hi, b64 = c["h"].split(" ")
+                q = np.frombuffer(base64.b64decode(b64), np.uint8).reshape(-1, int(w))
+                want = rgba(decode_heat(q, np.array([float(lo), float(hi)], np.float32)), -1.0 if c["s"] else 1.0)
+                got = np.asarray(c["px"], np.int64).reshape(c["ht"], c["w"], 4)
+                assert got.shape == want.shape
+                assert np.abs(got[..., 3] - want[..., 3]).max() <= 1
+                seen = want[..., 3] >= 64  # premultiplied alpha rounds the colour of faint pixels
+                assert np.abs(got[..., :3][seen] - want[..., :3][seen].astype(np.int64)).max() <= 3
+                drawn += 1
+    assert drawn >= 4

@@ -591,11 +591,10 @@ def _meta_csp(text: str) -> str:
     return _html.unescape(m.group(1))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (scopecli/serve/app.py App.handle/_route/_unit: error pages are rendered "
-                   "outside pages.serving()): 404 and 500 pages carry the static export's <meta> CSP (file: sources, "
-                   "form-action 'none'), no search form, and the footer 'static files, no network'")
 @pytest.mark.parametrize("target", ["/nope.html", f"/m/01-a/{CONV_SLUG}/u/999.html"])
 def test_error_pages_are_served_pages(world, target):
+    """Regression: error pages were rendered outside pages.serving() (the static export's <meta> CSP with file:
+    sources and form-action 'none', no search form, footer 'static files, no network')."""
     ok = world.server.get("/index.html")
     r = world.server.get(target)
     assert r.status == 404
@@ -665,6 +664,7 @@ def test_a_damaged_part_is_an_error_and_the_rest_still_answers(world, tmp_path):
             r = s.get(page)
             assert r.status in (404, 500), (page, r.status)
             assert r.headers["Content-Type"].startswith("text/html") and b"Traceback" not in r.body
+            assert b'action="/search"' in r.body  # a page of the server (its header, its search box)
         for page in ("/", "/index.html", "/m/01-bad/", f"/m/01-bad/{CONV_SLUG}/index.html",
                      f"/m/01-bad/{CONV_SLUG}/page-2.html", f"/m/01-bad/{FC_SLUG}/index.html",
                      f"/m/01-bad/{FC_SLUG}/atlas.html", "/api/models", f"/api/unit?m=0&u={CONV}:2"):
@@ -734,6 +734,19 @@ def test_a_file_replaced_while_served_is_shown_whole(tmp_path):
         stale = s.get(old_src)  # a picture URL of the old page: never bytes of another version
         assert stale.status == 404 and b"reload" in stale.body
         assert s.get(new_src).headers["Cache-Control"].endswith("immutable")
+
+        (tmp_path / "live.h5.tmp").write_bytes(b"\x89HDF\r\n\x1a\n" + b"half written" * 100)
+        os.replace(tmp_path / "live.h5.tmp", live)  # a file that cannot be read: a 503 page, never old bytes
+        for path in ("/index.html", new_src, f"/m/01-live/{CONV_SLUG}/u/0.html"):
+            r = s.get(path)
+            assert r.status == 503, (path, r.status)
+            assert r.headers["Content-Type"].startswith("text/html") and b"reload" in r.body
+        shutil.copy(v1, tmp_path / "live.h5.tmp")
+        os.replace(tmp_path / "live.h5.tmp", live)  # readable again: answered again, under a new token
+        assert unit_links(s.get(f"/m/01-live/{CONV_SLUG}/index.html").text) == {0, 1, 2}
+        back = refs(s.get(f"/m/01-live/{CONV_SLUG}/u/0.html").text).imgs[0]
+        assert back not in (old_src, new_src) and s.get(back).body == old_render
+        assert s.get(old_src).status == 404 and s.get(new_src).status == 404
 
 
 # ---------------------------------------------------------------------------------------------- load

@@ -208,8 +208,7 @@ class SiteBuilder:
     def model(self, slug_: str) -> ModelView | None:
         return next((m for m in self.models if m.slug == slug_), None)
 
-    @staticmethod
-    def layer_view(m: ModelView, slug_: str) -> LayerView | None:
+    def layer_view(self, m: ModelView, slug_: str) -> LayerView | None:
         return next((lv for lv in m.layers if lv.slug == slug_), None)
 
     def listed(self, m: ModelView, lv: LayerView) -> np.ndarray:

@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import functools
 import hashlib
+import re
 from pathlib import Path
 from dataclasses import dataclass, field
 
@@ -26,7 +27,9 @@ from markupsafe import Markup
 from scopecli.core.version import __version__
 from scopecli.export.names import fmt, href, imgsrc, short_hash
 
-HEAT_JS = (Path(__file__).with_name("static") / "heat.js").read_text(encoding="utf-8")
+# static/heat.js without its comment and indentation (it is inlined in every unit page that has heatmaps)
+HEAT_JS = "\n".join(line.strip() for line in re.sub(r"/\*.*?\*/", "", (Path(__file__).with_name("static") / "heat.js")
+                                                  .read_text(encoding="utf-8"), flags=re.S).splitlines() if line.strip())
 # the only script a page may run: the heatmap drawing above, allowed by its hash (nothing from a file can run)
 _HEAT_HASH = "'sha256-" + base64.b64encode(hashlib.sha256(HEAT_JS.encode("utf-8")).digest()).decode("ascii") + "'"
 CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'self' file: 'unsafe-inline'; "

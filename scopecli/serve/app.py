@@ -59,6 +59,11 @@ def _html(status: int, text: str) -> Response:
     return Response(status, text.encode("utf-8", "replace"))
 
 
+def _error(status: int, title: str, message: str) -> Response:
+    with pages.serving():
+        return _html(status, pages.error_page(title, message))
+
+
 def _json(obj, status: int = 200) -> Response:
     return Response(status, json.dumps(obj, allow_nan=False, default=str).encode(), "application/json")
 
@@ -142,15 +147,15 @@ class App:
                 try:
                     self.catalog.refresh()
                 except ScopeError as exc:
-                    return _html(503, pages.error_page("file unreadable", f"{exc} (it may be being rewritten: reload)"))
+                    return _error(503, "file unreadable", f"{exc} (it may be being rewritten: reload)")
                 resp = self._route(path, query)
         except (UnicodeDecodeError, ValueError):
             return Response(400, b"bad request\n", "text/plain")
         except ScopeError as exc:
-            resp = _html(500, pages.error_page("cannot show this part of the file", str(exc)))
+            resp = _error(500, "cannot show this part of the file", str(exc))
         except Exception as exc:  # a damaged file can raise anything from h5py: one line, server stays up
             line = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-            resp = _html(500, pages.error_page("cannot show this part of the file", f"{type(exc).__name__}: {line}"))
+            resp = _error(500, "cannot show this part of the file", f"{type(exc).__name__}: {line}")
         return self._finish(resp, headers)
 
     def _finish(self, resp: Response, headers: dict) -> Response:
@@ -171,7 +176,7 @@ class App:
         return resp
 
     def _not_found(self, what: str = "no such page") -> Response:
-        return _html(404, pages.error_page("not found", what))
+        return _error(404, "not found", what)
 
     # ------------------------------------------------------------------------------------------ routes
 
