@@ -111,6 +111,7 @@ def _export(code_root: str | None, artifact: str, out: str) -> dict:
         env["PYTHONPATH"] = code_root + os.pathsep + env.get("PYTHONPATH", "")
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "scopecli", "export", artifact, "-o", out, "--quiet"], check=True, env=env,
+                   stdout=subprocess.DEVNULL,
                    cwd=tempfile.gettempdir())
     seconds = time.perf_counter() - t
     files = nbytes = 0

@@ -227,6 +227,10 @@ class World:
     diff: str
     server: Served
     stored: list[set[bytes]]  # per served model
+    token: str = ""  # the picture URLs' token of the files' current state
+
+    def __post_init__(self):
+        self.token = next(x for x in refs(self.server.get("/index.html").text).imgs if x.startswith("/img/")).split("/")[2]
 
 
 @pytest.fixture(scope="module")
@@ -396,9 +400,6 @@ def test_search_by_unit_address_redirects_to_the_unit_page(world):
         assert world.server.get(r.headers["Location"]).status == 200
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (scopecli/serve/app.py App._find_unit/_search): an address whose unit "
-                   "only the second served model lists is answered with 'has no render or examples stored' for "
-                   "the first model instead of a redirect to the second model's unit page")
 def test_search_by_address_finds_a_unit_only_the_second_model_lists(world):
     r = world.server.get("/search?q=" + quote(f"{CONV}:5"))  # A lists conv 0..4, B lists 0..5
     assert r.status == 303, r.text[-600:]
@@ -551,7 +552,7 @@ TRAVERSALS = [
 
 @pytest.mark.parametrize("spelling", TRAVERSALS)
 def test_path_traversal_is_refused(world, spelling):
-    token = refs(world.server.get("/index.html").text).imgs[0].split("/")[2]
+    token = world.token
     target = spelling.format(token=token, abs=world.a.lstrip("/"), abs_q=quote(world.a.lstrip("/"), safe=""))
     r = raw(world.server.url, target)
     assert r.status in (400, 404), (target, r.status)
@@ -576,7 +577,7 @@ def test_too_long_requests_are_414(world):
                                     "/img/{token}/0/9/r0", "/img/{token}/0/0/x0-999999", "/img/{token}/0/0/x1-10",
                                     "/img/{token}/0/0/q1", "/m/01-a"])
 def test_unknown_pages_and_pictures_are_404(world, target):
-    token = refs(world.server.get("/index.html").text).imgs[0].split("/")[2]
+    token = world.token
     r = raw(world.server.url, target.format(token=token))
     assert r.status == 404, (target, r.status)
     assert r.headers["Cache-Control"] == "no-store"
@@ -602,8 +603,6 @@ def test_error_pages_are_served_pages(world, target):
     assert 'action="/search"' in r.text and 'action="/search"' in ok.text
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (scopecli/export/pages.py SERVE_CSP, also written into each page's "
-                   "<meta> CSP): browsers ignore frame-ancestors in a <meta> CSP and log an error on every page")
 def test_meta_csp_holds_only_directives_a_meta_csp_may_hold(world):
     r = world.server.get("/index.html")
     assert "frame-ancestors" in r.headers["Content-Security-Policy"]  # the header is where it works
@@ -682,16 +681,12 @@ def _stats_damaged(world, tmp_path) -> str:
     return _damage(world.a, tmp_path / "stats.h5", edit)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (scopecli/serve/app.py _route '/' -> export/build.py "
-                   "SiteBuilder.ensure_tiles): one layer's unreadable statistics make the whole index page a 500")
 def test_damaged_layer_statistics_do_not_take_down_the_index(world, tmp_path):
     with serving(tmp_path, _stats_damaged(world, tmp_path)) as s:
         r = s.get("/index.html")
         assert r.status == 200, r.status
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (scopecli/export/build.py SiteBuilder.ensure_tiles sets tiles_done "
-                   "before reading): the damaged layer's grid is a 500 once, then a 200 page with '0 units shown'")
 def test_damaged_layer_grid_is_the_same_error_every_time(world, tmp_path):
     with serving(tmp_path, _stats_damaged(world, tmp_path)) as s:
         first = s.get(f"/m/01-stats/{CONV_SLUG}/index.html")

@@ -45,26 +45,13 @@ def shots(tmp_path) -> Path:
     return folder
 
 
-# Two known bugs (see the xfail tests at the end) put these lines in every page's log; the other tests
-# tolerate exactly these, so that they check everything else. Remove them when the xfail tests pass.
-KNOWN_LOG_ERRORS = {
-    "meta-frame-ancestors": "The Content Security Policy directive 'frame-ancestors' is ignored when delivered via a <meta> element",
-    "favicon-404": "status of 404 (Not Found) http://127.0.0.1:",  # followed by <port>/favicon.ico
-}
-
-
-def _unknown(log_errors: list[str]) -> list[str]:
-    return [e for e in log_errors if not any(k in e and ("favicon" in e or n != "favicon-404")
-                                            for n, k in KNOWN_LOG_ERRORS.items())]
-
-
 def _check(page, url: str, origin: str) -> dict:
     page.goto(url)
     result = page.evaluate(LOAD_ALL_IMAGES, await_promise=True)
     page.settle(0.3)
     assert result["broken"] == [], (url, result["broken"])
     assert page.console_errors == [], (url, page.console_errors)
-    assert _unknown(page.log_errors) == [], (url, page.log_errors)  # CSP violations and failed loads land here
+    assert page.log_errors == [], (url, page.log_errors)  # CSP violations and failed loads land here
     # the page, its stylesheet and pictures from this server, pictures inlined in the page; nothing else
     assert page.requests and all(u.startswith((origin + "/", "data:image/")) for u in page.requests), (url, page.requests)
     assert page.requests[0] == url
@@ -151,16 +138,11 @@ def _first_page_log(served) -> list[str]:
         return page.log_errors
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (scopecli/export/pages.py SERVE_CSP, used in the pages' <meta> CSP by "
-                   "templates/base.html): 'frame-ancestors' in a <meta> CSP is ignored, and Chromium logs an error "
-                   "on every served page")
 def test_served_pages_log_no_ignored_csp_directive(served):
     log = _first_page_log(served)
     assert not [e for e in log if "frame-ancestors" in e], log
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (scopecli/serve/app.py routes + templates/base.html): the pages name no "
-                   "icon, so the browser asks for /favicon.ico and logs the server's 404 as an error on every page")
 def test_served_pages_log_no_favicon_404(served):
     log = _first_page_log(served)
     assert not [e for e in log if "favicon" in e], log

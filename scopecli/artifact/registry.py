@@ -99,6 +99,14 @@ class LayerElement:
     unit_field: ClassVar[str | None] = None  # attribute of UnitView this element fills (None: none)
     uses_images: ClassVar[bool] = False  # refers to rows of the image table (collected content)
     schema: ClassVar[dict | None] = None  # inline schema node; None: described by schema/artifact-*.json
+    panel: ClassVar[str | None] = None  # its section of a unit page: export/templates/panels/<panel>.html
+
+    def panel_context(self, value, links) -> dict | None:
+        """What the element's panel shows of one unit's `unit_field` value, as template variables (None: the
+        panel is left out). `links.unit(layer, unit)` -> (page url, thumbnail src, width, height) of a unit the
+        gallery shows, or None. Why here: a new element is shown by declaring its panel, not by editing the
+        gallery's builder."""
+        return {"value": value} if value else None
 
     # ------------------------------------------------------------------------------------------ read
     def read(self, group, slot: LayerSlot):

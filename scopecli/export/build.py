@@ -42,7 +42,7 @@ from scopecli.export import charts, comparisons
 from scopecli.export.diffs import load_diff
 from scopecli.export.names import fmt, slug
 from scopecli.export.pages import (AtlasCellCard, AtlasPage, CaricatureCard, DiffRow, DiffSide, ExampleCard,
-    InputCard, InputsView, LayerView, LinkRow, ModelView, RenderCard, Tile)
+    LayerView, LinkRow, ModelView, Panel, RenderCard, Tile, unit_page)
 
 PER_PAGE = 128  # units per layer-grid page
 THUMB = 192  # pixel side of generated grid thumbnails (renders up to THUMB_REUSE are used as they are)
@@ -115,8 +115,11 @@ class UnitPage:
     hist_svg: str | None
     strip_svg: str | None
     links: list[LinkRow]
-    profile: object
-    inputs: InputsView | None
+    panels: list[Panel]  # the sections of the file's further elements (label profile, strongest inputs, ...)
+
+    def html(self) -> str:
+        return unit_page(self.m, self.lv, self.unit, self.list_page, self.prev_unit, self.next_unit, self.cards,
+                         self.examples, self.stats, self.hist_svg, self.strip_svg, self.links, self.panels)
 
 
 class _LayerState:
@@ -305,7 +308,6 @@ class SiteBuilder:
         st = self._state[m.index][lv.name]
         if st.tiles_done:
             return
-        st.tiles_done = True
         art = self.arts[m.index]
         rs = art.section(lv.name, "renders")
         ex = art.section(lv.name, "examples")
@@ -318,6 +320,7 @@ class SiteBuilder:
                 tile = self._example_tile(m, lv, sets, u)
             tiles.append(tile)
         lv.tiles = tiles
+        st.tiles_done = True  # only once read whole: a damaged layer is the same error at every request
 
     def _render_tile(self, m, lv, rs, u: int, stats) -> Tile | None:
         rows = list(rs.rows_of(u))
@@ -365,13 +368,13 @@ class SiteBuilder:
         st = self._state[m.index][lv.name]
         if st.extras_done:
             return
-        st.extras_done = True
         art = self.arts[m.index]
         rs = art.section(lv.name, "renders")
+        layer_renders, caricatures = [], []
         if rs is not None:
             for row in rs.rows_of(-1):
                 r = rs.view(row)
-                lv.layer_renders.append(RenderCard(
+                layer_renders.append(RenderCard(
                     self.images(self._render_ref(m, lv, rs, row, True)) or "", r.width, r.height, r.objective,
                     r.diversity_index, r.act_final, r.act_robust, r.dataset_max_ratio, False,
                     f"{r.param} · {r.steps} steps · {r.size}px · seed {r.seed}", charts.trace_svg(r.act_trace)))
@@ -380,12 +383,13 @@ class SiteBuilder:
             photo = self.images(ImageRef(self._key(m, lv, f"p{j}"), lambda c=c: c.photo_encoded, True))
             if not src or not photo:
                 continue
-            lv.caricatures.append(CaricatureCard(src, photo, c.width, c.height, c.source_name, c.cosine,
-                                                 c.magnitude_ratio,
-                                                 f"{c.param} · {c.steps} steps · power {c.power:g} · seed {c.seed}"))
+            caricatures.append(CaricatureCard(src, photo, c.width, c.height, c.source_name, c.cosine,
+                                              c.magnitude_ratio,
+                                              f"{c.param} · {c.steps} steps · power {c.power:g} · seed {c.seed}"))
         atlas = art.atlas(lv.name)
-        if atlas is not None and atlas.cells:
-            lv.atlas = self._atlas_page(m, lv, atlas)
+        lv.atlas = self._atlas_page(m, lv, atlas) if atlas is not None and atlas.cells else None
+        lv.layer_renders, lv.caricatures = layer_renders, caricatures
+        st.extras_done = True
 
     def _atlas_page(self, m, lv, atlas) -> AtlasPage:
         cell_px = max(8, min(atlas.size, ATLAS_MOSAIC_PX // atlas.grid))
@@ -404,9 +408,9 @@ class SiteBuilder:
         st = self._state[m.index][lv.name]
         if st.labels_done:
             return
-        st.labels_done = True
         self.ensure_tiles(m, lv)
         if not lv.labelled:
+            st.labels_done = True
             return
         art = self.arts[m.index]
         el = registry.layer_element("strongest")
@@ -420,17 +424,24 @@ class SiteBuilder:
                               for t in lv.tiles if t.unit in lifts), key=lambda t: (-t.lift_score, t.unit))
         lv.label_pages = max(1, math.ceil(len(lv.by_label) / self.per_page)) if lv.by_label else 0
         lv.labelled = bool(lv.by_label)
+        st.labels_done = True
 
     def ensure_layer(self, m: ModelView, lv: LayerView) -> None:
         self.ensure_tiles(m, lv)
         self.ensure_extras(m, lv)
         self.ensure_labels(m, lv)
 
-    def ensure_model(self, m: ModelView) -> None:
-        """What the model page shows: each layer's first tiles and extras."""
-        for lv in m.layers:
-            self.ensure_tiles(m, lv)
-            self.ensure_extras(m, lv)
+    def ensure_model(self, m: ModelView, layers: int | None = None) -> list[str]:
+        """What the model page (or, first `layers` layers, the index card) shows: each layer's tiles and extras.
+        A damaged layer is left without pictures; returns its one-line errors (the page still shows)."""
+        errors = []
+        for lv in m.layers[:layers]:
+            try:
+                self.ensure_tiles(m, lv)
+                self.ensure_extras(m, lv)
+            except ScopeError as exc:
+                errors.append(f"{lv.name}: {exc}")
+        return errors
 
     # ------------------------------------------------------------------------------------------ units
 
@@ -469,7 +480,7 @@ class SiteBuilder:
         prev_u = int(st.listed[i - 1]) if i > 0 else None
         next_u = int(st.listed[i + 1]) if i + 1 < len(st.listed) else None
         return UnitPage(m, lv, u, i // self.per_page + 1, prev_u, next_u, cards, examples, stats, hist_svg,
-                        strip_svg, links, view.fields.get("label_profile"), self._input_cards(m, view.fields.get("inputs")))
+                        strip_svg, links, self._panels(m, view))
 
     def _render_cards(self, m, lv, u: int, renders, dmax) -> list[RenderCard]:
         art = self.arts[m.index]
@@ -520,24 +531,29 @@ class SiteBuilder:
                                 ln.floor, ln.diff_name))
         return rows
 
-    def _input_cards(self, m: ModelView, inputs) -> InputsView | None:
-        """A unit's strongest inputs: each input unit's thumbnail and page where the layer lists it."""
-        if not inputs and not getattr(inputs, "note", ""):
+    def _panels(self, m: ModelView, view) -> list[Panel]:
+        """The unit's sections from the elements that declare a panel, in the registry's order."""
+        links = _UnitLinks(self, m)
+        out = []
+        for el in registry.layer_elements():
+            if el.panel is None or el.unit_field is None or el.unit_field not in view.fields:
+                continue
+            ctx = el.panel_context(view.fields[el.unit_field], links)
+            if ctx is not None:
+                out.append(Panel(el.panel, ctx))
+        return out
+
+    def unit_link(self, m: ModelView, layer: str, unit: int):
+        """(page url from a unit page, thumbnail src, width, height) of a unit this gallery lists, else None."""
+        lv = next((x for x in m.layers if x.name == layer), None)
+        if lv is None:
             return None
-        cards = []
-        for r in inputs:
-            lv = next((x for x in m.layers if x.name == r.layer), None)
-            tile = None
-            if lv is not None:
-                pos = self._state[m.index][lv.name].position.get(int(r.unit))
-                if pos is not None:
-                    self.ensure_tiles(m, lv)
-                    tile = lv.tiles[pos]
-            cards.append(InputCard(f"{r.layer}:{r.unit}", r.attribution,
-                                   None if tile is None else f"../../{lv.slug}/u/{r.unit}.html",
-                                   None if tile is None or not tile.thumb else tile.thumb,
-                                   0 if tile is None else tile.width, 0 if tile is None else tile.height))
-        return InputsView(inputs.source_layer or "", inputs.examples, inputs.note, cards)
+        pos = self._state[m.index][lv.name].position.get(int(unit))
+        if pos is None:
+            return None
+        self.ensure_tiles(m, lv)
+        t = lv.tiles[pos]
+        return f"../../{lv.slug}/u/{int(unit)}.html", t.thumb, t.width, t.height
 
     # ------------------------------------------------------------------------------------------ comparisons
 
@@ -595,6 +611,17 @@ class SiteBuilder:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class _UnitLinks:
+    """What an element's panel may ask of the gallery: `unit(layer, unit)` (see `LayerElement.panel_context`)."""
+
+    site: SiteBuilder
+    m: ModelView
+
+    def unit(self, layer: str, unit: int):
+        return self.site.unit_link(self.m, layer, unit)
 
 
 def thumb_bytes(image: np.ndarray) -> tuple[bytes, int, int]:

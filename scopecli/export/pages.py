@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import jinja2
 from markupsafe import Markup
 
+from scopecli.artifact.elements.inputs import InputCard, InputsPanel as InputsView  # noqa: F401 (the inputs panel)
 from scopecli.core.version import __version__
 from scopecli.export.names import fmt, href, imgsrc, short_hash
 
@@ -36,7 +37,7 @@ CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'self' file: '
        f"script-src {_HEAT_HASH}; base-uri 'none'; form-action 'none'")
 # `scope serve`: the same pages from a local server, plus the search form (its only form) and no framing
 SERVE_CSP = ("default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; base-uri 'none'; "
-             f"script-src {_HEAT_HASH}; form-action 'self'; frame-ancestors 'none'")
+             f"script-src {_HEAT_HASH}; form-action 'self'")  # (+ frame-ancestors in the HTTP header: not in a meta)
 _SERVING = contextvars.ContextVar("scope_serving", default=False)
 
 
@@ -307,37 +308,6 @@ class LinkRow:
 
 
 @dataclass
-class InputCard:
-    """One strongest input of a unit: the input unit, its signed attribution, its page and thumbnail (None
-    when this export has no page for it)."""
-
-    label: str
-    attribution: float
-    url: str | None
-    thumb: str | None
-    width: int
-    height: int
-
-
-@dataclass
-class InputsView:
-    """A unit's strongest inputs (the Circuits view), positive first, then negative."""
-
-    source_layer: str
-    examples: int
-    note: str
-    cards: list[InputCard]
-
-    @property
-    def positive(self) -> list[InputCard]:
-        return [c for c in self.cards if c.attribution > 0]
-
-    @property
-    def negative(self) -> list[InputCard]:
-        return [c for c in self.cards if c.attribution < 0]
-
-
-@dataclass
 class DiffSide:
     """Model A or B of a diff file; `url` (relative to the site root) is None when it was not exported."""
 
@@ -386,17 +356,23 @@ STAT_ROWS = [("count", "positions", ".0f"), ("mean", "mean", ".4g"), ("std", "st
              ("max", "max", ".4g"), ("frac_pos", "positive", ".1%")]
 
 
+@dataclass
+class Panel:
+    """An element's section of a unit page: its template (templates/panels/<panel>.html) and variables."""
+
+    panel: str
+    context: dict
+
+
 def unit_page(m: ModelView, lv: LayerView, unit: int, list_page: int, prev_unit: int | None, next_unit: int | None,
               renders: list[RenderCard], examples: dict[str, list[ExampleCard]], stats: dict,
-              hist_svg: str | None, strip_svg: str | None, links: list[LinkRow], profile=None,
-              inputs: InputsView | None = None) -> str:
+              hist_svg: str | None, strip_svg: str | None, links: list[LinkRow], panels: list[Panel] = ()) -> str:
     keys = STAT_ROWS + [(k, k, ".4g") for k in sorted(stats) if k.startswith("p") and k not in ("positions",)]
     stat_rows = [(label, fmt(stats.get(k), spec)) for k, label, spec in keys if k in stats]
     return _render("unit.html", root="../../../../", m=m, lv=lv, unit=unit, list_page=list_page,
                    prev_unit=prev_unit, next_unit=next_unit, renders=renders, examples=examples, stats=stats,
                    stat_rows=stat_rows, hist_svg=_svg(hist_svg), strip_svg=_svg(strip_svg), links=links,
-                   profile=profile, inputs=inputs)
-
+                   panels=list(panels))
 
 @dataclass
 class Hit:

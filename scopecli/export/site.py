@@ -28,7 +28,7 @@ from scopecli.core.errors import ScopeError
 from scopecli.core.version import __version__
 from scopecli.export import folder
 from scopecli.export.build import PER_PAGE, ImageRef, SiteBuilder, data_uri
-from scopecli.export.pages import (atlas_page, comparison_page, index_page, layer_page, model_page, unit_page)
+from scopecli.export.pages import atlas_page, comparison_page, index_page, layer_page, model_page
 
 STATIC = Path(__file__).with_name("static")
 EXT = {"png": "png", "jpeg": "jpg"}
@@ -170,9 +170,7 @@ def _write_layer(site: SiteBuilder, w: _Writer, mv, lv, bar) -> None:
     base = f"m/{mv.slug}/{lv.slug}"
     for u in site.listed(mv, lv):
         page = site.unit_page(mv, lv, int(u))
-        w.write(f"{base}/u/{page.unit}.html", unit_page(
-            page.m, page.lv, page.unit, page.list_page, page.prev_unit, page.next_unit, page.cards, page.examples,
-            page.stats, page.hist_svg, page.strip_svg, page.links, page.profile, inputs=page.inputs))
+        w.write(f"{base}/u/{page.unit}.html", page.html())
         w.counts.units += 1
         w.counts.links += len(page.links)
         bar.advance()

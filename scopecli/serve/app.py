@@ -163,7 +163,7 @@ class App:
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("Referrer-Policy", "no-referrer")
         if resp.content_type.startswith("text/html"):
-            h.setdefault("Content-Security-Policy", pages.SERVE_CSP)
+            h.setdefault("Content-Security-Policy", pages.SERVE_CSP + "; frame-ancestors 'none'")  # header only
             h.setdefault("X-Frame-Options", "DENY")
         if resp.status == 200:
             h.setdefault("ETag", _etag(resp.body))
@@ -184,10 +184,11 @@ class App:
         b = self.catalog.builder
         if path in ("/", "/index.html"):
             for m in b.models:
-                for lv in m.layers[:4]:
-                    b.ensure_tiles(m, lv)
+                b.ensure_model(m, layers=4)  # the index card's thumbnails; a damaged layer shows none
             with pages.serving():
                 return _html(200, pages.index_page(b.models, b.diff_rows()))
+        if path == "/favicon.ico":  # browsers ask for it on every page: nothing, not a 404 to log
+            return Response(204, b"", "image/x-icon", {"Cache-Control": "public, max-age=86400"})
         if path == "/style.css":
             return Response(200, (STATIC / "style.css").read_bytes(), "text/css; charset=utf-8")
         if path.startswith("/img/"):
@@ -207,7 +208,7 @@ class App:
             m = b.model(mt.group(1))
             if m is None:
                 return self._not_found()
-            b.ensure_model(m)
+            b.ensure_model(m)  # a damaged layer's row shows no preview; its own page says what is wrong
             with pages.serving():
                 return _html(200, pages.model_page(m))
         mt = _DIFF.match(path)
@@ -250,9 +251,7 @@ class App:
         if p is None:
             return self._not_found(f"{lv.name}:{unit} has no render or examples in this file")
         with pages.serving():
-            return _html(200, pages.unit_page(p.m, p.lv, p.unit, p.list_page, p.prev_unit, p.next_unit, p.cards,
-                                              p.examples, p.stats, p.hist_svg, p.strip_svg, p.links, p.profile,
-                                              inputs=p.inputs))
+            return _html(200, p.html())
 
     def _diff(self, dslug: str, name: str) -> Response:
         b = self.catalog.builder
@@ -285,13 +284,15 @@ class App:
         """(model, layer view, unit) for an address like `layer4.2:117` (`L@S:i`) in the served files, or None."""
         layer, unit = parse_unit_address(text)
         b = self.catalog.builder
+        found = []
         for m in b.models:
             if model is not None and model not in (m.slug, str(m.index)):
                 continue
             lv = next((x for x in m.layers if x.name == layer), None)
             if lv is not None and 0 <= unit < lv.units:
-                return m, lv, unit
-        return None
+                found.append((m, lv, unit))
+        listed = [f for f in found if self._unit_url(*f)]  # a model that shows it first
+        return (listed or found or [None])[0]
 
     def _unit_url(self, m, lv, unit: int) -> str | None:
         listed = self.catalog.builder.listed(m, lv)

@@ -14,6 +14,8 @@ and 2k columns: k positive inputs by decreasing attribution, then k negative one
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from scopecli.artifact.blobs import present_mask
@@ -55,12 +57,54 @@ class InputsSection:
         return None if row is None else self.block.rows_of(row)
 
 
+@dataclass
+class InputCard:
+    """One strongest input on a unit page: the input unit, its signed attribution, and its page and thumbnail
+    where the gallery shows that unit (else None)."""
+
+    label: str
+    attribution: float
+    url: str | None
+    thumb: str | None
+    width: int
+    height: int
+
+
+@dataclass
+class InputsPanel:
+    """A unit's strongest inputs as its page shows them (the Circuits view), positive first, then negative."""
+
+    source_layer: str
+    examples: int
+    note: str
+    cards: list[InputCard]
+
+    @property
+    def positive(self) -> list[InputCard]:
+        return [c for c in self.cards if c.attribution > 0]
+
+    @property
+    def negative(self) -> list[InputCard]:
+        return [c for c in self.cards if c.attribution < 0]
+
+
 @register_layer_element
 class InputsElement(LayerElement):
     name = "inputs"
     encoding = "scope.unit-inputs"
     features = ()  # optional: a reader that ignores it reads everything else correctly
     unit_field = "inputs"
+    panel = "inputs"
+
+    def panel_context(self, value, links):
+        if not value and not getattr(value, "note", ""):
+            return None
+        cards = []
+        for r in value:
+            got = links.unit(r.layer, r.unit)
+            url, thumb, w, h = got if got is not None else (None, None, 0, 0)
+            cards.append(InputCard(f"{r.layer}:{r.unit}", r.attribution, url, thumb or None, w, h))
+        return {"inputs": InputsPanel(value.source_layer or "", value.examples, value.note, cards)}
 
     def read(self, group, slot):
         return InputsSection(group, slot)

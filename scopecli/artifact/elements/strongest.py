@@ -106,6 +106,12 @@ class StrongestElement(LayerElement):
     features = ()  # a 1.0 reader that ignores it reads everything else correctly
     unit_field = "label_profile"
     uses_images = True
+    panel = "label_profile"
+
+    def panel_context(self, value, links):
+        if value is None or not (value.rows or value.strongest or value.note):
+            return None
+        return {"profile": value}
 
     def read(self, group, slot):
         return StrongestSection(group, slot)
