@@ -219,6 +219,19 @@ class Page:
         _, seen = self.b.wait_event("Page.loadEventFired", self.session)
         self._absorb(seen)
 
+    def wait_for_path(self, suffix: str, seconds: float = 10.0) -> str:
+        """location.pathname once it ends with `suffix` (navigation is asynchronous), or the last one seen."""
+        path = ""
+        for _ in range(int(seconds / 0.1)):
+            self.settle(0.1)
+            try:
+                path = self.evaluate("location.pathname")
+            except CdpError:  # the old page's context went away mid-call
+                continue
+            if path.endswith(suffix):
+                break
+        return path
+
     def evaluate(self, expression: str, await_promise: bool = False):
         """Value of a JavaScript expression (JSON-serialisable results only)."""
         res = self.b.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from artifact_factory import make_artifact
-from cdp import Browser, CdpError, find_chromium
+from cdp import Browser, find_chromium
 from export_helpers import make_nasty_artifact
 from scopecli.export import export_site
 from scopecli.export.pages import HEAT_JS
@@ -96,16 +96,7 @@ def test_gallery_pages_load_cleanly_offline(site, tmp_path):
         assert "<script>alert('x')</script>" in text
         # links navigate: the unit page's "next" goes to unit 2
         page.evaluate("document.querySelector('a.next').click()")
-        path = ""
-        for _ in range(100):  # navigation is asynchronous: poll up to 10 s
-            page.settle(0.1)
-            try:
-                path = page.evaluate("location.pathname")
-            except CdpError:  # the old page's context went away mid-call
-                continue
-            if path.endswith("/u/2.html"):
-                break
-        assert path.endswith("/u/2.html")
+        assert page.wait_for_path("/u/2.html").endswith("/u/2.html")
     for png in shots.glob("*.png"):
         _not_blank(png)
     keep = shutil.copytree(shots, tmp_path.parent / "export-screenshots", dirs_exist_ok=True)

@@ -233,16 +233,21 @@ class World:
         self.token = next(x for x in refs(self.server.get("/index.html").text).imgs if x.startswith("/img/")).split("/")[2]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def serve_two_and_a_diff(root: Path):
+    """Artifacts a (units A_UNITS of conv) and b, their diff file, and `scope serve` of the three (per page 4)."""
     from scopecli.compare.diff import run_diff
 
-    root = tmp_path_factory.mktemp("serve")
     a = build_artifact(root / "a.h5", 0, FAKE_FINGERPRINT, units=A_UNITS)
     b = build_artifact(root / "b.h5", 3, OTHER_FINGERPRINT)
     d = root / "d.h5"
     run_diff(a, b, permutations=2).save(d)
-    server = Served([a, b, "--diff", d, "--per-page", 4], root / "server.log")
+    return a, b, d, Served([a, b, "--diff", d, "--per-page", 4], root / "server.log")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    a, b, d, server = serve_two_and_a_diff(root)
     try:
         yield World(root, a, b, str(d), server, [stored_pictures(a), stored_pictures(b)])
     finally:
@@ -821,3 +826,19 @@ def test_plain_startup_line_and_stop(world, tmp_path):
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert out.strip() == "stopped" and err == ""
+
+
+def test_dropped_connections_leave_no_traceback_and_the_server_answers(world):
+    """Browsers reset connections (a closed tab, a cancelled picture): the server says nothing and goes on."""
+    import socket
+    import struct
+
+    parts = urlsplit(world.server.url)
+    for partial in (b"GET /index.html HTTP/1.1\r\nHo", b"GET /m/01-a/ HTTP/1.1\r\nHost: x\r\n\r\n", b""):
+        s = socket.create_connection((parts.hostname, parts.port))
+        s.sendall(partial)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        s.close()
+    assert world.server.get("/index.html").status == 200
+    err = world.server.stderr()
+    assert "Traceback" not in err and "Exception occurred" not in err, err

@@ -14,24 +14,16 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
-from artifact_factory import FAKE_FINGERPRINT
-from cdp import Browser, CdpError, find_chromium
+from cdp import Browser, find_chromium
 from test_export_browser import LOAD_ALL_IMAGES
-from test_serve import CONV, CONV_SLUG, FC_SLUG, OTHER_FINGERPRINT, A_UNITS, Served, build_artifact
+from test_serve import CONV, CONV_SLUG, FC_SLUG, serve_two_and_a_diff
 
 pytestmark = pytest.mark.skipif(find_chromium() is None, reason="no chromium binary on PATH (apt-get install chromium)")
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from scopecli.compare.diff import run_diff
-
-    root = tmp_path_factory.mktemp("serve-browser")
-    a = build_artifact(root / "a.h5", 0, FAKE_FINGERPRINT, units=A_UNITS)
-    b = build_artifact(root / "b.h5", 3, OTHER_FINGERPRINT)
-    d = root / "d.h5"
-    run_diff(a, b, permutations=2).save(d)
-    server = Served([a, b, "--diff", d, "--per-page", 4], root / "server.log")
+    *_, server = serve_two_and_a_diff(tmp_path_factory.mktemp("serve-browser"))
     try:
         yield server
     finally:
@@ -98,16 +90,7 @@ def test_served_pages_load_cleanly(served, shots):
         page.goto(pages["serve-index"])
         page.evaluate(f"(() => {{ const f = document.querySelector('form.search'); f.q.value = {CONV + ':2'!r};"
                       " f.submit(); })()")
-        path = ""
-        for _ in range(100):  # navigation is asynchronous: poll up to 10 s
-            page.settle(0.1)
-            try:
-                path = page.evaluate("location.pathname")
-            except CdpError:  # the old page's context went away mid-call
-                continue
-            if path.endswith("/u/2.html"):
-                break
-        assert path == f"/m/01-a/{CONV_SLUG}/u/2.html"
+        assert page.wait_for_path("/u/2.html") == f"/m/01-a/{CONV_SLUG}/u/2.html"
     for name in pages:
         _not_blank(shots / f"{name}.png")
     print(f"screenshots: {shots}")

@@ -76,6 +76,14 @@ class Server(ThreadingHTTPServer):
             hosts = {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]")} | {f"{shown}:{port}"}
         self.app = App(catalog, hosts)
 
+    def handle_error(self, request, client_address) -> None:
+        """A connection the browser dropped is normal (a closed tab, a cancelled picture): say nothing. Anything
+        else: one line on stderr, never the standard library's traceback; the server goes on."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        sys.stderr.write(f"warning: request from {client_address[0]} failed: {type(exc).__name__}: {exc}\n")
+
     def serve_in_thread(self) -> threading.Thread:
         t = threading.Thread(target=self.serve_forever, daemon=True)
         t.start()
