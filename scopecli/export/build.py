@@ -685,4 +685,5 @@ def _add_heat(card: ExampleCard, e, rec, sign: float) -> None:
 def heat_data(q: np.ndarray, rng) -> str:
     """A stored heatmap as the page's script reads it: "WIDTH LOW HIGH BASE64(uint8 grid)" (a few dozen bytes)."""
     q = np.ascontiguousarray(q, np.uint8)
-    return f"{q.shape[-1]} {float(rng[0])!r} {float(rng[1])!r} {base64.b64encode(q.tobytes()).decode('ascii')}"
+    lo, hi = (str(np.float32(x)) for x in rng[:2])  # the shortest text that reads back as the stored float32
+    return f"{q.shape[-1]} {lo} {hi} {base64.b64encode(q.tobytes()).decode('ascii')}"
