@@ -337,8 +337,9 @@ class App:
         except ScopeError as exc:
             return self._search_page(text, "search", [], str(exc))
         title = f"units like {q['like']}" if kind == "like" else f"units for label “{q['label']}”"
-        note = ("by correlation of probe activations (scope query --like)" if kind == "like"
-                else "by lift: how much more often the unit's top examples are this class than the dataset is")
+        note = ("score: correlation of probe activations with the unit (scope query --like)" if kind == "like"
+                else "score: lift score (scope query --label): how much more often the unit's top examples are this "
+                     "class than the dataset is, shrunk toward 1 when few examples are")
         return self._search_page(text, title, [self._hit(h) for h in hits], note)
 
     def _hit(self, h) -> pages.Hit:
@@ -354,7 +355,11 @@ class App:
                 pos = int(list(b.listed(m, lv)).index(h.unit))
                 t = lv.tiles[pos]
                 thumb, w, hh = t.thumb, t.width, t.height
-        detail = f"{h.top_label} ({fmt(h.top_label_frac, '.0%')} of top examples)" if h.top_label else ""
+        top = f"most common class of its top examples: {h.top_label} ({fmt(h.top_label_frac, '.0%')})" if h.top_label else ""
+        if h.purity is not None:  # a label query: how the unit answers it, then what it is mostly
+            detail = f"{fmt(h.purity, '.0%')} of its top examples match, lift {fmt(h.lift, '.2f')}" + (f" · {top}" if top else "")
+        else:
+            detail = top
         name = m.name if m is not None else Path(h.artifact).name
         return pages.Hit(f"{name} · {h.layer}:{h.unit}", url, thumb, w, hh, fmt(h.score, ".3g"), detail)
 
