@@ -278,7 +278,6 @@ class ExampleCard:
     class_name: str | None
     image_path: str | None
     pixelated: bool
-    heat_src: str | None = None  # unused since 0.3.0 (the page draws the heatmap from heat_data)
     heat_data: str = ""  # the unit over the patch (format 1.1 files): "WIDTH LOW HIGH BASE64" of the stored grid
     heat_sign: int = 1  # -1: a bottom example (its negative part is drawn)
     heat_style: str = ""  # its placement over the patch: left/top/width/height in %
