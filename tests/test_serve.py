@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -26,12 +27,14 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import h5py
+import numpy as np
 import pytest
 
 from artifact_factory import FAKE_FINGERPRINT, fake_layers, fake_model_info, fake_probe, make_artifact
 from conftest import assert_one_line_error
 from scopecli.artifact import ArtifactWriter, open_artifact
 from scopecli.artifact.images import image_kind
+from scopecli.export.names import slug
 
 CONV, FC = "features.1/conv", "head.fc"  # the factory's two layers
 CONV_SLUG, FC_SLUG = "01-features.1-conv", "02-head.fc"
@@ -842,3 +845,24 @@ def test_dropped_connections_leave_no_traceback_and_the_server_answers(world):
     assert world.server.get("/index.html").status == 200
     err = world.server.stderr()
     assert "Traceback" not in err and "Exception occurred" not in err, err
+
+
+@pytest.mark.parametrize("fixture", ["v0.1.0/tiny.h5", "artifact-1.0.h5", "artifact-1.1.h5"])
+def test_old_files_serve_every_stored_patch_in_order(tmp_path, fixture):
+    """Format 1.0 keeps the top and the bottom patches in two byte arrays (1.1 shares one): every example of
+    every unit page is its own stored bytes, top then bottom."""
+    path = tmp_path / Path(fixture).name
+    shutil.copy(Path(__file__).parent / "fixtures" / fixture, path)
+    with serving(tmp_path, path) as s, open_artifact(path) as art:
+        pages = 0
+        for j, layer in enumerate(art.layers):
+            units = np.nonzero(art.examples_present(layer, "top") | art.examples_present(layer, "bottom"))[0]
+            for u in units[:6]:
+                page = s.get(f"/m/01-{slug(Path(fixture).stem)}/{j + 1:02d}-{slug(layer)}/u/{u}.html")
+                assert page.status == 200, (layer, u)
+                view = art.unit(layer, int(u))
+                want = [e.encoded for w in ("top", "bottom") for e in view.examples.get(w, []) if e.encoded]
+                patches = re.findall(r'<figure class="ex"[^>]*>(?:<div class="patch">)?<img[^>]*?src="([^"]+)"', page.text)
+                assert [s.get(src).body for src in patches] == want, (layer, u)
+                pages += 1
+        assert pages >= 4

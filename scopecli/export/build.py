@@ -50,7 +50,7 @@ THUMB_REUSE = 256
 PIXELATED_BELOW = 56  # patches smaller than this are enlarged with visible pixels
 ATLAS_MOSAIC_PX = 2048  # side of the atlas mosaic image (cells scaled to fit)
 _OBJECTIVE_ORDER = {"channel": 0, "neuron": 1, "negative": 2}
-KEY = re.compile(r"^(\d{1,4})/(\d{1,5})/(x(\d{1,15})-(\d{1,12})|[rscpa](\d{1,9})|m)$")
+KEY = re.compile(r"^(\d{1,4})/(\d{1,5})/(x([tb])(\d{1,15})-(\d{1,12})|[rscpa](\d{1,9})|m)$")
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,9 @@ class _LayerState:
         self.tiles_done = False
         self.extras_done = False
         self.labels_done = False
-        self.spans: set[tuple[int, int]] | None = None
-        self.shared_spans: set[int] | None = None  # patch offsets shown by more than one unit
+        self.spans: set[tuple[str, int, int]] | None = None  # (blob "t"/"b", offset, length) of every patch
+        self.shared_spans: set[tuple[str, int]] | None = None  # (blob, offset) of patches more than one unit shows
+        self.blobs: dict[str, object] | None = None  # "t"/"b" -> the example set whose byte array that key reads
 
 
 @clean_corruption
@@ -231,23 +232,41 @@ class SiteBuilder:
             return thumb_bytes(section.view(row).image)[0]
         return ImageRef(self._key(m, lv, f"s{row}"), load, True)
 
-    def _patch_ref(self, m, lv, e, shared: bool) -> ImageRef:
-        off, ln = e.span
-        return ImageRef(self._key(m, lv, f"x{off}-{ln}"), lambda: e.encoded, shared)
+    def _patch_ref(self, m, lv, which: str, span: tuple[int, int], load, shared: bool) -> ImageRef:
+        off, ln = span
+        return ImageRef(self._key(m, lv, f"x{self._blob_key(m, lv, which)}{off}-{ln}"), load, shared)
 
-    def _shared_offsets(self, m, lv) -> set[int]:
-        """Patch offsets that more than one unit shows (each is then one file in a static export)."""
+    def _example_blobs(self, m, lv) -> dict[str, object]:
+        """"t"/"b" -> the layer's top/bottom example set (present ones only)."""
+        st = self._state[m.index][lv.name]
+        if st.blobs is None:
+            sec = self.arts[m.index].section(lv.name, "examples")
+            sets = {w[0]: sec.set(w) for w in ("top", "bottom")} if sec is not None else {}
+            st.blobs = {k: v for k, v in sets.items() if v is not None}
+        return st.blobs
+
+    def _blob_key(self, m, lv, which: str) -> str:
+        """The byte array a patch of set `which` lies in: "t" or "b". Since format 1.1 both sets share one
+        (a patch is stored once for both), which then reads as "t" for both."""
+        sets = self._example_blobs(m, lv)
+        if which[0] == "b" and "t" in sets and "b" in sets and sets["t"].blob.id == sets["b"].blob.id:
+            return "t"
+        return which[0]
+
+    def _shared_offsets(self, m, lv) -> set[tuple[str, int]]:
+        """(blob, offset) of patches that more than one unit shows (each is then one file in a static export)."""
         st = self._state[m.index][lv.name]
         if st.shared_spans is None:
-            sec = self.arts[m.index].section(lv.name, "examples")
-            offs = []
+            keys = []
             for which in ("top", "bottom"):
-                s = sec.set(which) if sec is not None else None
+                s = self._example_blobs(m, lv).get(which[0])
                 if s is not None:
-                    offs.append(s.offset[s.length > 0])
-            allo = np.concatenate(offs) if offs else np.zeros(0, np.int64)
-            vals, counts = np.unique(allo, return_counts=True)
-            st.shared_spans = set(vals[counts > 1].tolist())
+                    b = self._blob_key(m, lv, which)
+                    keys += [(b, int(o)) for o in s.offset[s.length > 0]]
+            seen, shared = set(), set()
+            for k in keys:
+                (shared if k in seen else seen).add(k)
+            st.shared_spans = shared
         return st.shared_spans
 
     def image(self, key: str) -> bytes | None:
@@ -263,16 +282,14 @@ class SiteBuilder:
         lv, art = m.layers[li], self.arts[mi]
         what = mt.group(3)
         if what.startswith("x"):
-            off, ln = int(mt.group(4)), int(mt.group(5))
-            if (off, ln) not in self._spans(m, lv):
+            b, off, ln = mt.group(4), int(mt.group(5)), int(mt.group(6))
+            if (b, off, ln) not in self._spans(m, lv):
                 return None
-            sec = art.section(lv.name, "examples")
-            s = sec.set("top") or sec.set("bottom")
-            return s._read(off, ln)
+            return self._example_blobs(m, lv)[b]._read(off, ln)
         if what == "m":
             atlas = art.atlas(lv.name)
             return None if atlas is None or not atlas.cells else _mosaic_png(atlas)
-        n = int(mt.group(6))
+        n = int(mt.group(7))
         kind = what[0]
         if kind in "rs":
             s = art.section(lv.name, "renders")
@@ -287,16 +304,17 @@ class SiteBuilder:
         atlas = art.atlas(lv.name)
         return None if atlas is None or n >= len(atlas.cells) else atlas.cells[n].encoded
 
-    def _spans(self, m, lv) -> set[tuple[int, int]]:
+    def _spans(self, m, lv) -> set[tuple[str, int, int]]:
+        """Every stored patch as (blob, offset, length): the only byte ranges a picture key may name."""
         st = self._state[m.index][lv.name]
         if st.spans is None:
             spans = set()
-            sec = self.arts[m.index].section(lv.name, "examples")
             for which in ("top", "bottom"):
-                s = sec.set(which) if sec is not None else None
+                s = self._example_blobs(m, lv).get(which[0])
                 if s is not None:
                     has = s.length > 0
-                    spans.update(zip(s.offset[has].tolist(), s.length[has].tolist()))
+                    b = self._blob_key(m, lv, which)
+                    spans.update((b, o, n) for o, n in zip(s.offset[has].tolist(), s.length[has].tolist()))
             st.spans = spans
         return st.spans
 
@@ -350,7 +368,7 @@ class SiteBuilder:
                 continue
             k = ks[0]
             off, ln = int(s.offset[row, k]), int(s.length[row, k])
-            ref = ImageRef(self._key(m, lv, f"x{off}-{ln}"), lambda s=s, off=off, ln=ln: s._read(off, ln), True)
+            ref = self._patch_ref(m, lv, which, (off, ln), lambda s=s, off=off, ln=ln: s._read(off, ln), True)
             cls = self._class_of(m, int(s.image_index[row, k]))
             return Tile(u, self.images(ref) or "", "example", int(s.width[row, k]), int(s.height[row, k]),
                         f"{which} example {fmt(float(s.score[row, k]))}" + (f" ({cls})" if cls else ""))
@@ -458,16 +476,17 @@ class SiteBuilder:
         stats = view.stats
         cards = self._render_cards(m, lv, u, view.renders, stats.get("max"))
         shared = self._shared_offsets(m, lv)
+        tile = None  # the unit's grid tile, when it is an example: (set, rank)
+        if not cards:
+            tile = next(((w, e.rank) for w in ("top", "bottom") for e in view.examples.get(w, []) if e.span[1]), None)
         examples = {}
-        first_top = True
         for which in ("top", "bottom"):
             out = []
             for e in view.examples.get(which, []):
                 if not e.span[1]:
                     continue
-                tile_patch = which == "top" and first_top and not cards
-                first_top = False if which == "top" else first_top
-                src = self.images(self._patch_ref(m, lv, e, e.span[0] in shared or tile_patch))
+                on_two_pages = (self._blob_key(m, lv, which), e.span[0]) in shared or tile == (which, e.rank)
+                src = self.images(self._patch_ref(m, lv, which, e.span, lambda e=e: e.encoded, on_two_pages))
                 if not src:
                     continue
                 card = ExampleCard(src, e.width, e.height, e.rank, e.score, self._class_of(m, e.image_index),
