@@ -34,57 +34,63 @@ def _f(x) -> float | None:
 def load_unit(path: str | Path, address: str, pixels: bool = False) -> dict:
     """Everything about one unit as plain data; with `pixels`, also the decoded `_image`/`_patch`
     arrays the card needs (the terminal and JSON views never decode an image)."""
-    layer, index = parse_unit_address(address)
     art = open_checked(path)
     try:
-        if layer not in art.layers:
-            raise ScopeError(f"{path}: no layer named {layer}" + did_you_mean(layer, art.layers, n=3))
-        rec = art.layer(layer)
-        if index >= rec.units:
-            raise ScopeError(f"unit {index} is out of range for layer {layer}: it has units 0..{rec.units - 1}")
-        view = art.unit(layer, index)
-        table = art.dataset
-        class_names = table.class_names if table is not None else []
-
-        def cls(image_index: int) -> str | None:
-            if table is None or not 0 <= image_index < len(table.label):
-                return None
-            lab = int(table.label[image_index])
-            return class_names[lab] if 0 <= lab < len(class_names) else None
-
-        renders = [{
-            "objective": r.objective, "diversity_index": r.diversity_index, "param": r.param, "steps": r.steps,
-            "size": r.size, "seed": r.seed, "act_final": _f(r.act_final), "act_robust": _f(r.act_robust),
-            "dataset_max_ratio": _f(r.dataset_max_ratio), "_image": r.image if pixels else None,
-        } for r in view.renders]
-        examples = {}
-        for which in ("top", "bottom"):
-            examples[which] = [_example(e, cls(e.image_index), rec, pixels, 1.0 if which == "top" else -1.0)
-                               for e in view.examples.get(which, [])]
-        out = {
-            "artifact": str(path), "model": art.model.get("name") or art.model.get("spec"),
-            "layer": layer, "unit": index, "units_in_layer": rec.units,
-            "receptive_field": {"size": rec.rf_size, "stride": rec.rf_stride, "start": rec.rf_start},
-            "stats": {k: _f(v) if isinstance(v, float) else v for k, v in view.stats.items()},
-            "renders": renders, "examples": examples, "_pixels": pixels,
-        }
-        if rec.layout is not None:  # format 1.1 and later; 1.0 files read as before
-            out["layout"] = {"kind": rec.layout.kind, "grid": list(rec.layout.grid),
-                             "prefix_tokens": rec.layout.prefix, "field": rec.layout.field,
-                             "global_context": rec.layout.global_context}
-        profile = view.fields.get("label_profile")
-        if profile is not None and (profile.rows or profile.strongest or profile.note):
-            out["label_profile"] = profile.to_json()
-        if view.fields.get("direction") is not None:  # a unit of a unit space: what it is made of
-            out["space"] = space_json(art.section(layer, "space"), index)
-        inputs = view.fields.get("inputs")
-        if inputs is not None and (len(inputs) or inputs.note):  # format 1.1: strongest inputs (circuits)
-            out["inputs"] = inputs.to_json()
-            if pixels:
-                out["_input_pixels"] = [_unit_picture(art, r.layer, r.unit) for r in inputs]
-        return out
+        return unit_info(art, address, pixels, path)
     finally:
         art.close()
+
+
+def unit_info(art, address: str, pixels: bool = False, path: str | Path | None = None) -> dict:
+    """`load_unit` of an artifact already open (`scope serve` answers /api/unit from its open files)."""
+    path = art.path if path is None else path
+    layer, index = parse_unit_address(address)
+    if layer not in art.layers:
+        raise ScopeError(f"{path}: no layer named {layer}" + did_you_mean(layer, art.layers, n=3))
+    rec = art.layer(layer)
+    if index >= rec.units:
+        raise ScopeError(f"unit {index} is out of range for layer {layer}: it has units 0..{rec.units - 1}")
+    view = art.unit(layer, index)
+    table = art.dataset
+    class_names = table.class_names if table is not None else []
+
+    def cls(image_index: int) -> str | None:
+        if table is None or not 0 <= image_index < len(table.label):
+            return None
+        lab = int(table.label[image_index])
+        return class_names[lab] if 0 <= lab < len(class_names) else None
+
+    renders = [{
+        "objective": r.objective, "diversity_index": r.diversity_index, "param": r.param, "steps": r.steps,
+        "size": r.size, "seed": r.seed, "act_final": _f(r.act_final), "act_robust": _f(r.act_robust),
+        "dataset_max_ratio": _f(r.dataset_max_ratio), "_image": r.image if pixels else None,
+    } for r in view.renders]
+    examples = {}
+    for which in ("top", "bottom"):
+        examples[which] = [_example(e, cls(e.image_index), rec, pixels, 1.0 if which == "top" else -1.0)
+                           for e in view.examples.get(which, [])]
+    out = {
+        "artifact": str(path), "model": art.model.get("name") or art.model.get("spec"),
+        "layer": layer, "unit": index, "units_in_layer": rec.units,
+        "receptive_field": {"size": rec.rf_size, "stride": rec.rf_stride, "start": rec.rf_start},
+        "stats": {k: _f(v) if isinstance(v, float) else v for k, v in view.stats.items()},
+        "renders": renders, "examples": examples, "_pixels": pixels,
+    }
+    if rec.layout is not None:  # format 1.1 and later; 1.0 files read as before
+        out["layout"] = {"kind": rec.layout.kind, "grid": list(rec.layout.grid),
+                         "prefix_tokens": rec.layout.prefix, "field": rec.layout.field,
+                         "global_context": rec.layout.global_context}
+    profile = view.fields.get("label_profile")
+    if profile is not None and (profile.rows or profile.strongest or profile.note):
+        out["label_profile"] = profile.to_json()
+    if view.fields.get("direction") is not None:  # a unit of a unit space: what it is made of
+        out["space"] = space_json(art.section(layer, "space"), index)
+    inputs = view.fields.get("inputs")
+    if inputs is not None and (len(inputs) or inputs.note):  # format 1.1: strongest inputs (circuits)
+        out["inputs"] = inputs.to_json()
+        if pixels:
+            out["_input_pixels"] = [_unit_picture(art, r.layer, r.unit) for r in inputs]
+    return out
 
 
 def space_json(space, unit: int, channels: int = 5) -> dict:
@@ -271,29 +277,35 @@ def load_layer(path: str | Path, layer: str, pixels: bool = False) -> dict:
     atlas (format 1.1); with `pixels`, also the decoded images a layer card needs."""
     art = open_checked(path)
     try:
-        if layer not in art.layers:
-            raise ScopeError(f"{path}: no layer named {layer}" + did_you_mean(layer, art.layers, n=3))
-        rec = art.layer(layer)
-        out = {"artifact": str(path), "model": art.model.get("name") or art.model.get("spec"), "layer": layer,
-               "units": rec.units, "caricatures": [], "atlas": None, "_pixels": pixels}
-        for c in art.caricatures(layer):
-            row = {"photo": c.source_name, "source_sha256": c.source_sha256, "cosine": _f(c.cosine),
-                   "magnitude_ratio": _f(c.magnitude_ratio), "steps": c.steps, "power": c.power, "param": c.param,
-                   "size": c.size, "seed": c.seed}
-            if pixels:
-                row["_image"], row["_photo"] = c.image, c.photo
-            out["caricatures"].append(row)
-        atlas = art.atlas(layer) if hasattr(art, "atlas") else None
-        if atlas is not None:
-            out["atlas"] = atlas.summary()
-            if pixels:
-                out["_atlas_mosaic"] = atlas.mosaic(THUMB // 2)
-        if not out["caricatures"] and atlas is None:
-            raise ScopeError(f"layer {layer} has no caricatures or activation atlas to show (scope caricature, scope "
-                             f"atlas); for a unit give layer:unit, e.g. {layer}:0")
-        return out
+        return layer_info(art, layer, pixels, path)
     finally:
         art.close()
+
+
+def layer_info(art, layer: str, pixels: bool = False, path: str | Path | None = None) -> dict:
+    """`load_layer` of an artifact already open."""
+    path = art.path if path is None else path
+    if layer not in art.layers:
+        raise ScopeError(f"{path}: no layer named {layer}" + did_you_mean(layer, art.layers, n=3))
+    rec = art.layer(layer)
+    out = {"artifact": str(path), "model": art.model.get("name") or art.model.get("spec"), "layer": layer,
+           "units": rec.units, "caricatures": [], "atlas": None, "_pixels": pixels}
+    for c in art.caricatures(layer):
+        row = {"photo": c.source_name, "source_sha256": c.source_sha256, "cosine": _f(c.cosine),
+               "magnitude_ratio": _f(c.magnitude_ratio), "steps": c.steps, "power": c.power, "param": c.param,
+               "size": c.size, "seed": c.seed}
+        if pixels:
+            row["_image"], row["_photo"] = c.image, c.photo
+        out["caricatures"].append(row)
+    atlas = art.atlas(layer) if hasattr(art, "atlas") else None
+    if atlas is not None:
+        out["atlas"] = atlas.summary()
+        if pixels:
+            out["_atlas_mosaic"] = atlas.mosaic(THUMB // 2)
+    if not out["caricatures"] and atlas is None:
+        raise ScopeError(f"layer {layer} has no caricatures or activation atlas to show (scope caricature, scope "
+                         f"atlas); for a unit give layer:unit, e.g. {layer}:0")
+    return out
 
 
 def layer_json(info: dict) -> dict:

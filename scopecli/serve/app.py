@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
 from scopecli.compare.query import run_query
-from scopecli.compare.show import layer_json, load_layer, load_unit, unit_json
+from scopecli.compare.show import layer_info, layer_json, unit_info, unit_json
 from scopecli.core.errors import ScopeError
 from scopecli.core.units import parse_unit_address
 from scopecli.export import pages
@@ -377,10 +377,10 @@ class App:
                                "info": m.info} for m in b.models])
             if path == "/api/unit":
                 m = self._model_arg(q)
-                return _json(unit_json(load_unit(b.paths[m.index], q.get("u", ""))))
+                return _json(unit_json(unit_info(b.arts[m.index], q.get("u", ""), path=b.paths[m.index])))
             if path == "/api/layer":
                 m = self._model_arg(q)
-                return _json(layer_json(load_layer(b.paths[m.index], q.get("layer", ""))))
+                return _json(layer_json(layer_info(b.arts[m.index], q.get("layer", ""), path=b.paths[m.index])))
             if path == "/api/query":
                 _, hits = self._query(q)
                 return _json([h.to_json() for h in hits])
