@@ -125,7 +125,8 @@ class UnitPage:
 class _LayerState:
     """What the builder has worked out about one layer so far (each part once, when first needed)."""
 
-    def __init__(self, listed: np.ndarray):
+    def __init__(self, index: int, listed: np.ndarray):
+        self.index = index  # the layer's place in its model (picture keys name it)
         self.listed = listed  # units with a render or examples, ascending
         self.position = {int(u): i for i, u in enumerate(listed)}
         self.tiles_done = False
@@ -170,7 +171,7 @@ class SiteBuilder:
         except BaseException:
             self.close()
             raise
-        self._built_comparisons: dict[int, object] = {}
+        self.comparison_pngs: dict[int, dict[str, bytes]] = {}  # comparison k -> its heatmaps, once built
 
     def close(self) -> None:
         for a in self.arts:
@@ -192,7 +193,7 @@ class SiteBuilder:
                 rendered = art.renders_present(name)
                 top = art.examples_present(name, "top")
                 listed = np.nonzero(rendered | top | art.examples_present(name, "bottom"))[0]
-                states[name] = _LayerState(listed)
+                states[name] = _LayerState(j, listed)
                 mv.layers.append(LayerView(
                     name=name, slug=f"{j + 1:0{lw}d}-{slug(name)}", units=rec.units, shape=tuple(rec.shape),
                     rf_size=rec.rf_size, rf_stride=rec.rf_stride, rendered=int(rendered.sum()),
@@ -218,10 +219,14 @@ class SiteBuilder:
     def listed(self, m: ModelView, lv: LayerView) -> np.ndarray:
         return self._state[m.index][lv.name].listed
 
+    def position(self, m: ModelView, lv: LayerView, unit: int) -> int | None:
+        """Where the layer lists `unit` (its index among the listed units, i.e. its grid tile), or None."""
+        return self._state[m.index][lv.name].position.get(int(unit))
+
     # ------------------------------------------------------------------------------------------ pictures
 
     def _key(self, m: ModelView, lv: LayerView, what: str) -> str:
-        return f"{m.index}/{m.layers.index(lv)}/{what}"
+        return f"{m.index}/{self._state[m.index][lv.name].index}/{what}"
 
     def _render_ref(self, m, lv, section, row: int, shared: bool) -> ImageRef:
         off, ln = int(section.cols["offset"][row]), int(section.cols["length"][row])
@@ -328,14 +333,12 @@ class SiteBuilder:
             return
         art = self.arts[m.index]
         rs = art.section(lv.name, "renders")
-        ex = art.section(lv.name, "examples")
-        sets = {w: ex.set(w) if ex is not None else None for w in ("top", "bottom")}
         stats = art.stats(lv.name)
         tiles = []
         for u in (int(x) for x in st.listed):
             tile = self._render_tile(m, lv, rs, u, stats) if rs is not None else None
             if tile is None:
-                tile = self._example_tile(m, lv, sets, u)
+                tile = self._example_tile(m, lv, u)
             tiles.append(tile)
         lv.tiles = tiles
         st.tiles_done = True  # only once read whole: a damaged layer is the same error at every request
@@ -345,7 +348,7 @@ class SiteBuilder:
         if not rows:
             return None
         cols = rs.cols
-        row = min(rows, key=lambda i: (_OBJECTIVE_ORDER.get(cols["objective"][i], 3), int(cols["diversity_index"][i])))
+        row = _best_render(rs, rows)
         w, h = int(cols["width"][row]), int(cols["height"][row])
         act = float(cols["act_final"][row])
         ratio = _ratio(float(cols["dataset_max_ratio"][row]), str(cols["objective"][row]), act,
@@ -353,26 +356,20 @@ class SiteBuilder:
         caption = f"{cols['objective'][row]} act {fmt(act)}" + (f", ×{fmt(ratio, '.2f')} dataset max" if _finite(ratio) else "")
         if max(w, h) <= THUMB_REUSE:
             return Tile(u, self.images(self._render_ref(m, lv, rs, row, True)) or "", "render", w, h, caption)
-        scale = THUMB / max(w, h)
-        return Tile(u, self.images(self._thumb_ref(m, lv, rs, row)) or "", "render",
-                    max(1, round(w * scale)), max(1, round(h * scale)), caption)
+        return Tile(u, self.images(self._thumb_ref(m, lv, rs, row)) or "", "render", *thumb_size(w, h), caption)
 
-    def _example_tile(self, m, lv, sets, u: int) -> Tile:
-        for which in ("top", "bottom"):
-            s = sets[which]
-            row = s.row_of(u) if s is not None else None
-            if row is None:
-                continue
-            ks = [k for k in range(s.k) if s.image_index[row, k] >= 0 and s.length[row, k] > 0]
-            if not ks:
-                continue
-            k = ks[0]
-            off, ln = int(s.offset[row, k]), int(s.length[row, k])
-            ref = self._patch_ref(m, lv, which, (off, ln), lambda s=s, off=off, ln=ln: s._read(off, ln), True)
-            cls = self._class_of(m, int(s.image_index[row, k]))
-            return Tile(u, self.images(ref) or "", "example", int(s.width[row, k]), int(s.height[row, k]),
-                        f"{which} example {fmt(float(s.score[row, k]))}" + (f" ({cls})" if cls else ""))
-        return Tile(u, "", "example", 0, 0, "no picture stored")
+    def _example_tile(self, m, lv, u: int) -> Tile:
+        found = _tile_example(self._example_blobs(m, lv), u)
+        if found is None:
+            return Tile(u, "", "example", 0, 0, "no picture stored")
+        which, k = found
+        s = self._example_blobs(m, lv)[which[0]]
+        row = s.row_of(u)
+        off, ln = int(s.offset[row, k]), int(s.length[row, k])
+        ref = self._patch_ref(m, lv, which, (off, ln), lambda: s._read(off, ln), True)
+        cls = self._class_of(m, int(s.image_index[row, k]))
+        return Tile(u, self.images(ref) or "", "example", int(s.width[row, k]), int(s.height[row, k]),
+                    f"{which} example {fmt(float(s.score[row, k]))}" + (f" ({cls})" if cls else ""))
 
     def _class_of(self, m: ModelView, ii: int) -> str | None:
         labels = self.arts[m.index].image_labels()
@@ -474,11 +471,12 @@ class SiteBuilder:
         rec = art.layer(lv.name)
         view = art.unit(lv.name, u)
         stats = view.stats
-        cards = self._render_cards(m, lv, u, view.renders, stats.get("max"))
+        cards = self._render_cards(m, lv, u, stats.get("max"))
         shared = self._shared_offsets(m, lv)
-        tile = None  # the unit's grid tile, when it is an example: (set, rank)
-        if not cards:
-            tile = next(((w, e.rank) for w in ("top", "bottom") for e in view.examples.get(w, []) if e.span[1]), None)
+        rs = art.section(lv.name, "renders")
+        has_render = rs is not None and len(rs.rows_of(u)) > 0
+        # the unit's grid tile when it is an example, (set, rank): shown on the grid page too
+        tile = None if has_render else _tile_example(self._example_blobs(m, lv), u)
         examples = {}
         for which in ("top", "bottom"):
             out = []
@@ -501,14 +499,13 @@ class SiteBuilder:
         return UnitPage(m, lv, u, i // self.per_page + 1, prev_u, next_u, cards, examples, stats, hist_svg,
                         strip_svg, links, self._panels(m, view))
 
-    def _render_cards(self, m, lv, u: int, renders, dmax) -> list[RenderCard]:
-        art = self.arts[m.index]
-        rs = art.section(lv.name, "renders")
+    def _render_cards(self, m, lv, u: int, dmax) -> list[RenderCard]:
+        rs = self.arts[m.index].section(lv.name, "renders")
         rows = list(rs.rows_of(u)) if rs is not None else []
-        best = min(rows, key=lambda i: (_OBJECTIVE_ORDER.get(rs.cols["objective"][i], 3),
-                                        int(rs.cols["diversity_index"][i])), default=None)
+        best = _best_render(rs, rows)
         cards = []
-        for row, r in zip(rows, renders):
+        for row in rows:
+            r = rs.view(row)
             tile_itself = row == best and max(r.width, r.height) <= THUMB_REUSE
             src = self.images(self._render_ref(m, lv, rs, row, tile_itself))
             if not src:
@@ -567,7 +564,7 @@ class SiteBuilder:
         lv = next((x for x in m.layers if x.name == layer), None)
         if lv is None:
             return None
-        pos = self._state[m.index][lv.name].position.get(int(unit))
+        pos = self.position(m, lv, unit)
         if pos is None:
             return None
         self.ensure_tiles(m, lv)
@@ -596,11 +593,11 @@ class SiteBuilder:
     def diff_rows(self) -> list[DiffRow]:
         return [DiffRow(Path(d.path).name, v.a, v.b, d.pairs, v.url) for d, v in zip(self.diffs, self.comparisons)]
 
-    def comparison(self, k: int, write_image: Callable[[str, bytes], None]):
-        """Fill comparison view `k` from its diff file; its heatmaps go to write_image(name, bytes) (a file next
-        to the page, d/<slug>/<name>)."""
+    def comparison(self, k: int):
+        """Comparison view `k`, filled from its diff file once; its heatmaps (PNG bytes by name, a file next to
+        the page: d/<slug>/<name>) are in `self.comparison_pngs[k]`."""
         d, view = self.diffs[k], self.comparisons[k]
-        if k in self._built_comparisons:
+        if k in self.comparison_pngs:
             return view
         sides = {"a": d.a, "b": d.b}
 
@@ -622,10 +619,11 @@ class SiteBuilder:
                 return comparisons.UnitRef(f"{layer}:{unit}", None)
             return comparisons.UnitRef(f"{layer}:{unit}", f"../../m/{mv.slug}/{lv.slug}/u/{unit}.html")
 
-        comparisons.build(view, d.data, unit_ref, layer_ref, write_image)
+        pngs: dict[str, bytes] = {}
+        comparisons.build(view, d.data, unit_ref, layer_ref, pngs.__setitem__)
         for h in view.heatmaps:  # the templates take srcs from the site root
             h.src = f"d/{view.slug}/{h.src}"
-        self._built_comparisons[k] = view
+        self.comparison_pngs[k] = pngs
         return view
 
 
@@ -648,10 +646,33 @@ def thumb_bytes(image: np.ndarray) -> tuple[bytes, int, int]:
     from PIL import Image
 
     img = Image.fromarray(image)
-    scale = THUMB / max(img.width, img.height)
-    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    size = thumb_size(img.width, img.height)
     small = np.asarray(img.resize(size, Image.Resampling.LANCZOS))
     return encode_jpeg(small, 90, "thumbnail"), size[0], size[1]
+
+
+def thumb_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) of the grid thumbnail of a large render: THUMB px on its longer side."""
+    scale = THUMB / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _best_render(rs, rows) -> int | None:
+    """The row that stands for a unit (its grid tile): channel before neuron before negative, first diversity."""
+    return min(rows, key=lambda i: (_OBJECTIVE_ORDER.get(rs.cols["objective"][i], 3), int(rs.cols["diversity_index"][i])),
+               default=None)
+
+
+def _tile_example(sets: dict, u: int) -> tuple[str, int] | None:
+    """(set, rank) of the example that stands for a unit without renders: its first stored top, else bottom."""
+    for which in ("top", "bottom"):
+        s = sets.get(which[0])
+        row = s.row_of(u) if s is not None else None
+        if row is not None:
+            ks = np.flatnonzero((s.image_index[row] >= 0) & (s.length[row] > 0))
+            if len(ks):
+                return which, int(ks[0])
+    return None
 
 
 def _mosaic_png(atlas) -> bytes:

@@ -185,7 +185,9 @@ def _write_layer(site: SiteBuilder, w: _Writer, mv, lv, bar) -> None:
 def _write_front(site: SiteBuilder, w: _Writer) -> None:
     """The comparison pages, the index and the stylesheet."""
     for k, view in enumerate(site.comparisons):
-        site.comparison(k, lambda name, data, slug=view.slug: w.write(f"d/{slug}/{name}", data, image=True))
+        site.comparison(k)
+        for name, data in site.comparison_pngs[k].items():
+            w.write(f"d/{view.slug}/{name}", data, image=True)
         w.write(f"d/{view.slug}/index.html", comparison_page(view))
     w.write("index.html", index_page(site.models, site.diff_rows()))
     w.write("style.css", (STATIC / "style.css").read_bytes())

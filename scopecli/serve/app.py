@@ -123,7 +123,6 @@ class App:
     def __init__(self, catalog: Catalog, allowed_hosts: set[str] | None = None):
         self.catalog = catalog
         self.allowed_hosts = allowed_hosts  # None: any Host header (tests); else the names this server answers to
-        self._comparison_images: dict[tuple[str, str], bytes] = {}
 
     # ------------------------------------------------------------------------------------------ entry
 
@@ -258,11 +257,11 @@ class App:
         k = next((i for i, v in enumerate(b.comparisons) if v.slug == dslug), None)
         if k is None:
             return self._not_found()
-        view = b.comparison(k, lambda n, data: self._comparison_images.__setitem__((f"{self.catalog.token}/{dslug}", n), data))
+        view = b.comparison(k)
         if name == "index.html":
             with pages.serving():
                 return _html(200, pages.comparison_page(view))
-        data = self._comparison_images.get((f"{self.catalog.token}/{dslug}", name))
+        data = b.comparison_pngs[k].get(name)
         return Response(200, data, "image/png") if data else self._not_found()
 
     def _image(self, path: str) -> Response:
@@ -295,8 +294,8 @@ class App:
         return (listed or found or [None])[0]
 
     def _unit_url(self, m, lv, unit: int) -> str | None:
-        listed = self.catalog.builder.listed(m, lv)
-        return f"/m/{m.slug}/{lv.slug}/u/{unit}.html" if unit in set(listed.tolist()) else None
+        listed = self.catalog.builder.position(m, lv, unit) is not None
+        return f"/m/{m.slug}/{lv.slug}/u/{unit}.html" if listed else None
 
     def _query(self, q: dict) -> tuple[str, list]:
         """Run `scope query` on the served files: ('label'|'like', hits). ScopeError on a bad query."""
@@ -346,15 +345,10 @@ class App:
         b = self.catalog.builder
         real = os.path.realpath(h.artifact)
         m = next((m for m, p in zip(b.models, b.paths) if os.path.realpath(p) == real), None)
-        url, thumb, w, hh = None, "", 0, 0
         lv = next((x for x in m.layers if x.name == h.layer), None) if m is not None else None
-        if lv is not None:
-            url = self._unit_url(m, lv, h.unit)
-            if url:
-                b.ensure_tiles(m, lv)
-                pos = int(list(b.listed(m, lv)).index(h.unit))
-                t = lv.tiles[pos]
-                thumb, w, hh = t.thumb, t.width, t.height
+        link = b.unit_link(m, h.layer, h.unit) if lv is not None else None  # (page url, thumbnail src, w, h)
+        url = self._unit_url(m, lv, h.unit) if link else None
+        thumb, w, hh = link[1:] if link else ("", 0, 0)
         top = f"most common class of its top examples: {h.top_label} ({fmt(h.top_label_frac, '.0%')})" if h.top_label else ""
         if h.purity is not None:  # a label query: how the unit answers it, then what it is mostly
             detail = f"{fmt(h.purity, '.0%')} of its top examples match, lift {fmt(h.lift, '.2f')}" + (f" · {top}" if top else "")

@@ -154,9 +154,7 @@ class ExampleSection:
         if ("heat" in self.extra) != ("heat_range" in self.extra) or ("heat" in self.extra) != ("heat_origin" in self.extra):
             raise ScopeError(f"{where}: heat, heat_range and heat_origin come together")
         self.per_source = attr_int(g, "per_source", where, 0, default=0)
-        self.present = read_numeric(get_dataset(g, "present", where), f"{where}/present", "u", 1).astype(bool)
-        if self.present.shape != (slot.units,):
-            raise ScopeError(f"{where}/present: shape {self.present.shape}, expected ({slot.units},)")
+        self.present = _read_present(g, slot, where)
         if u and ((self.units < 0).any() or (self.units >= slot.units).any()):
             raise ScopeError(f"{where}/units: unit index out of range 0..{slot.units - 1}")
         if u > 1 and (np.diff(self.units) <= 0).any():
@@ -357,9 +355,14 @@ def _present_only(group: h5py.Group, slot: LayerSlot, which: str) -> np.ndarray:
     if g is None:
         return np.zeros(slot.units, bool)
     check_element(g, SET_ENCODING, f"{where}/{which}", h5py.Group)
-    p = read_numeric(get_dataset(g, "present", f"{where}/{which}"), f"{where}/{which}/present", "u", 1).astype(bool)
+    return _read_present(g, slot, f"{where}/{which}")
+
+
+def _read_present(g: h5py.Group, slot: LayerSlot, where: str) -> np.ndarray:
+    """A set's `present` mask, checked to have one entry per unit of the layer."""
+    p = read_numeric(get_dataset(g, "present", where), f"{where}/present", "u", 1).astype(bool)
     if p.shape != (slot.units,):
-        raise ScopeError(f"{where}/{which}/present: shape {p.shape}, expected ({slot.units},)")
+        raise ScopeError(f"{where}/present: shape {p.shape}, expected ({slot.units},)")
     return p
 
 
