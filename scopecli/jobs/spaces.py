@@ -25,6 +25,7 @@ from scopecli.core.devices import resolve_device
 from scopecli.core.fileio import check_input_file, did_you_mean
 from scopecli.core.progress import progress
 from scopecli.jobs.collect import run_collect
+from scopecli.model.inputspec import spec_from_dict
 from scopecli.model import resolve_model
 from scopecli.spaces.importing import read_dictionary
 from scopecli.spaces.nmf import ENCODER_NOTE, MAX_ITER, fit_nmf, nmf_shift, nnls_r2, relu_pinv_encoder
@@ -212,15 +213,7 @@ def rebuild_model(art, weights: str | None = None):
         raise ScopeError(f"--data needs the model of {os.path.basename(art.path)} ({model.get('spec')}), and it cannot be "
                          f"rebuilt from the file's record ({why}); pass --weights, or fit without --data and run "
                          "scope collect MODEL --layer LAYER@SPACE -o FILE")
-    pre = model.get("preprocess") or {}
-    for key in ("mean", "std"):
-        if key in pre:
-            setattr(loaded.preprocess, key, tuple(float(v) for v in pre[key]))
-    for key in ("resize", "crop"):
-        if key in pre:
-            setattr(loaded.preprocess, key, int(pre[key]))
-    if "interpolation" in pre:
-        loaded.preprocess.interpolation = str(pre["interpolation"])
+    spec_from_dict(loaded.preprocess, model.get("preprocess") or {})
     return loaded
 
 

@@ -20,17 +20,50 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class Preprocess:
-    """How a photo becomes a model input: resize, center crop, scale to [0,1], normalize."""
+    """The model's input spec: how a stored picture becomes a model input, and what the input is.
 
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    channels: the input channel count (3 for RGB; 1 grayscale; N for microscopy, satellite bands);
+    bit_depth: 8 or 16, the depth pictures are stored at (16-bit data keeps its precision);
+    value_range: raw sample values that map to 0 and 1 (None: the data type's full range);
+    channel_names / display_channels: labels, and which channels a composite shows as red, green, blue.
+    A stored picture q (integers 0..2^bit_depth-1) reaches the model as (q / qmax - mean) / std.
+    """
+
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     resize: int = 256
     crop: int = 224
     interpolation: str = "bilinear"
+    channels: int = 3
+    bit_depth: int = 8
+    value_range: tuple[float, float] | None = None
+    channel_names: tuple[str, ...] = ()
+    display_channels: tuple[int, ...] = ()
+
+    @property
+    def qmax(self) -> int:
+        """The largest stored sample value (255 or 65535)."""
+        return (1 << int(self.bit_depth)) - 1
+
+    @property
+    def is_rgb(self) -> bool:
+        """8-bit 3-channel input: today's photos, stored and shown as they are."""
+        return self.channels == 3 and self.bit_depth == 8
+
+    def names(self) -> list[str]:
+        """One label per channel (the given names, else R,G,B / gray / ch0..)."""
+        if len(self.channel_names) == self.channels:
+            return list(self.channel_names)
+        if self.channels == 3:
+            return ["R", "G", "B"]
+        if self.channels == 1:
+            return ["gray"]
+        return [f"ch{i}" for i in range(self.channels)]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        c = len(self.mean)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
         return (x - mean) / std
 
     def pil_transform(self):
@@ -43,13 +76,21 @@ class Preprocess:
         )
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "mean": [float(v) for v in self.mean],
             "std": [float(v) for v in self.std],
             "resize": int(self.resize),
             "crop": int(self.crop),
             "interpolation": self.interpolation,
         }
+        out.update({  # format 1.2: the input spec (absent in 1.0/1.1 files: 8-bit RGB)
+            "channels": int(self.channels),
+            "bit_depth": int(self.bit_depth),
+            "value_range": None if self.value_range is None else [float(v) for v in self.value_range],
+            "channel_names": list(self.channel_names),
+            "display_channels": [int(v) for v in self.display_channels],
+        })
+        return out
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from scopecli.core.errors import ScopeError
 from scopecli.model.loaded import LoadedModel
+from scopecli.model.inputspec import spec_from_dict
 from scopecli.model.resolve import resolve_model
 
 
@@ -32,20 +33,7 @@ def model_for_artifact(model_info: dict, spec: str | None = None, weights: str |
     if not spec:
         raise ScopeError("the artifact does not record its model spec; pass --model SPEC")
     loaded = resolve_model(spec, weights=weights if weights else weights_argument(model_info.get("weights")))
-    pre = model_info.get("preprocess") or {}
-    try:
-        if pre.get("mean") is not None:
-            loaded.preprocess.mean = tuple(float(v) for v in pre["mean"])
-        if pre.get("std") is not None:
-            loaded.preprocess.std = tuple(float(v) for v in pre["std"])
-        if pre.get("crop") is not None:
-            loaded.preprocess.crop = int(pre["crop"])
-        if pre.get("resize") is not None:
-            loaded.preprocess.resize = int(pre["resize"])
-        if pre.get("interpolation") in ("bilinear", "bicubic", "nearest"):
-            loaded.preprocess.interpolation = pre["interpolation"]
-    except (TypeError, ValueError):
-        raise ScopeError("the artifact's recorded preprocessing is malformed") from None
+    spec_from_dict(loaded.preprocess, model_info.get("preprocess") or {})
     want = model_info.get("fingerprint")
     if want and loaded.fingerprint != want:
         raise ScopeError(f"{spec} with weights {loaded.weights} has fingerprint {loaded.fingerprint[:12]}…, not the "

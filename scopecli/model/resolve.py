@@ -10,6 +10,7 @@ from __future__ import annotations
 from scopecli.core.errors import ScopeError
 from scopecli.core.fileio import did_you_mean
 from scopecli.model.families import FAMILIES, family_for
+from scopecli.model.inputspec import MIN_INPUT_SIZE, InputOptions, apply_input_options, detect_channels
 from scopecli.model.loaded import LoadedModel
 
 
@@ -18,32 +19,16 @@ def catalogue() -> list[dict]:
     return [row for family in FAMILIES for row in family.rows()]
 
 
-def _parse_triplet(text, what: str) -> tuple[float, float, float]:
-    if isinstance(text, (list, tuple)):
-        values = list(text)
-    else:
-        values = [v for v in str(text).replace(" ", "").split(",") if v]
-    try:
-        floats = tuple(float(v) for v in values)
-    except ValueError:
-        raise ScopeError(f"--{what} must be three numbers like 0.485,0.456,0.406, got '{text}'") from None
-    if len(floats) == 1:
-        floats = floats * 3
-    if len(floats) != 3:
-        raise ScopeError(f"--{what} must be one or three numbers, got '{text}'")
-    if what == "std" and any(v <= 0 for v in floats):
-        raise ScopeError("--std values must be positive")
-    return floats  # type: ignore[return-value]
-
-
 def resolve_model(
     spec: str,
     weights: str | None = "DEFAULT",
     mean=None,
     std=None,
     input_size: int | None = None,
+    inputs: InputOptions | None = None,
 ) -> LoadedModel:
-    """Resolve a spec and weights to a LoadedModel (eval mode, frozen), with its preprocessing."""
+    """Resolve a spec and weights to a LoadedModel (eval mode, frozen), with its preprocessing and input spec
+    (channel count traced from the model's first layer; `inputs`: the user's --in-channels, --bit-depth, ...)."""
     spec = str(spec).strip()
     weights = "DEFAULT" if weights in (None, "") else str(weights)
     found = family_for(spec)
@@ -57,18 +42,16 @@ def resolve_model(
     family, spec = found
     built = family.build(spec, weights)
     preprocess = built.preprocess if built.preprocess is not None else family.preprocess(spec)
-    if mean is not None:
-        preprocess.mean = _parse_triplet(mean, "mean")
-    if std is not None:
-        preprocess.std = _parse_triplet(std, "std")
     if input_size is not None:
-        if int(input_size) < 16:
-            raise ScopeError(f"--input-size must be at least 16, got {input_size}")
+        if not MIN_INPUT_SIZE <= int(input_size) <= 8192:
+            raise ScopeError(f"--input-size must be {MIN_INPUT_SIZE}..8192, got {input_size}")
         preprocess.crop = int(input_size)
         preprocess.resize = int(round(int(input_size) * 256 / 224))
     module = built.module
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
+    apply_input_options(preprocess, inputs or InputOptions(), detect_channels(module, min(preprocess.crop, 224)),
+                        mean=mean, std=std)
     return LoadedModel(name=built.name, spec=spec, architecture=built.architecture, weights=built.weights,
                        module=module, preprocess=preprocess)
