@@ -2,31 +2,30 @@
 
 Why: dataset examples are only trustworthy if every run sees the same images in the same order, and a
 bad file (truncated, not an image, huge) must be skipped with a reason instead of killing an hour-long
-run. Decoding happens in DataLoader workers; they hand back uint8 model-input crops (4x less to move
-than floats) together with each file's sha256 and original size, read from the same bytes.
+run. Decoding happens in DataLoader workers; they hand back integer model-input crops (uint8, or int32
+for 16-bit inputs: less to move than floats) together with each file's sha256 and original size, read from
+the same bytes. How one sample becomes the model's input domain (channels, bit depth) is `pixels.py`.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import io
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
 
 from scopecli.core.errors import ScopeError
+from scopecli.data.pixels import (  # noqa: F401 - re-exported: callers import these from here
+    MAX_CHANNELS, MAX_PIXELS, MIN_SIDE, TIFF_HINT, BadImage, ChannelFiles, PixelSpec, _to_rgb, model_input,
+    pil_transform, read_image, read_pixels, zeros_input,
+)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
-MIN_SIDE = 16  # smaller images carry no usable detail after resizing to the model input
-MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit (width * height), enforced before decoding
-
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
+                    ".npy")
+CHANNEL_MAP_EXTENSIONS = (".csv", ".tsv")  # a list file with 2+ columns: sample, one file per channel
 
 
 @dataclass
@@ -34,11 +33,11 @@ class ImageSource:
     """The candidate images of a run: absolute files, their table paths and labels, sorted by path."""
 
     root: Path
-    files: list[Path]  # absolute
+    files: list[Path | ChannelFiles]  # absolute; ChannelFiles: one file per channel (kind "channels")
     paths: list[str]  # relative POSIX paths (the ImageTable's), sorted
     label: np.ndarray  # int32 [N], -1 unknown
     class_names: list[str]
-    kind: str  # "imagefolder" | "folder" | "list"
+    kind: str  # "imagefolder" | "folder" | "list" | "channels"
     skipped: list[tuple[str, str]] = field(default_factory=list)  # found while listing (e.g. labels)
     labels_file: str | None = None
     source: np.ndarray | None = None  # int32 [N]: source group of each image (-1: its own), from --groups
@@ -213,13 +212,77 @@ def _apply_labels(paths: list[str], labels_path, skipped: list) -> tuple[np.ndar
     return label, class_names
 
 
+def _is_channel_map(src: Path) -> bool:
+    """A .csv/.tsv whose rows have two or more cells: `sample, file_ch0, file_ch1, ...`. A one-column file
+    stays a plain list of image paths."""
+    if not src.name.lower().endswith(CHANNEL_MAP_EXTENSIONS):
+        return False
+    try:
+        text = src.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return False
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        return False
+    delim = "\t" if "\t" in lines[0] else ","
+    return any(len([c for c in r if c.strip()]) >= 2 for r in csv.reader(lines, delimiter=delim))
+
+
+def read_channel_map(path: str | Path) -> tuple[Path, list[str], list[ChannelFiles], list[tuple[str, str]]]:
+    """A channels mapping file -> (root, sorted sample names, their ChannelFiles, skipped samples).
+
+    Rows are `sample, file_ch0, file_ch1, ...` (comma or tab; an optional header row whose first cell starts
+    with "sample"; '#' comments); relative paths are relative to the mapping file. Every row names the same
+    number of files; a sample named twice is a one-line ScopeError; a sample whose file is missing is skipped."""
+    src = Path(path).expanduser()
+    rows, delim = _read_mapping_rows(src, "channels")
+    if rows and rows[0] and rows[0][0].lower().startswith("sample"):
+        rows = rows[1:]
+    if not rows:
+        raise ScopeError(f"channels file {path} names no samples")
+    base = src.resolve().parent
+    width = None
+    first_row: dict[str, int] = {}
+    entries: dict[str, ChannelFiles] = {}
+    skipped: list[tuple[str, str]] = []
+    for n, r in enumerate(rows, start=1):
+        while r and not r[-1]:
+            r = r[:-1]
+        if len(r) < 2 or not all(r):
+            raise ScopeError(f"channels file {path}: row {n} needs a sample name and one file per channel: "
+                             f"{delim.join(r)[:80]}")
+        if width is None:
+            width = len(r)
+        elif len(r) != width:
+            raise ScopeError(f"channels file {path}: row {n} names {len(r) - 1} channel files, row 1 names {width - 1}")
+        name = r[0]
+        if name in first_row:
+            raise ScopeError(f"channels file {path}: sample {name!r} is named twice (rows {first_row[name]} and {n})")
+        first_row[name] = n
+        files = []
+        for cell in r[1:]:
+            p = Path(cell).expanduser()
+            files.append(Path(os.path.normpath(p if p.is_absolute() else base / p)))
+        missing = next((cell for cell, f in zip(r[1:], files) if not f.is_file()), None)
+        if missing is not None:
+            skipped.append((name, f"channel file {missing} not found"))
+            continue
+        entries[name] = ChannelFiles(files)
+    if not entries:
+        raise ScopeError(f"none of the {len(rows)} samples in channels file {path} has all its channel files")
+    names = sorted(entries)
+    return base, names, [entries[k] for k in names], skipped
+
+
 def open_source(path: str | Path, labels: str | Path | None = None, groups: str | Path | None = None) -> ImageSource:
-    """List the images of a folder, an ImageFolder tree or a text file of paths, sorted by relative path;
-    `labels`: a file -> class table; `groups`: a file -> source-group table (see `read_groups`)."""
+    """List the images of a folder, an ImageFolder tree, a text file of paths or a channels mapping file
+    (.csv/.tsv of `sample, file_ch0, file_ch1, ...`, see `read_channel_map`), sorted by relative path or
+    sample name; `labels`: a file -> class table; `groups`: a file -> source-group table (see `read_groups`)."""
     src = Path(path).expanduser()
     if not src.exists():
         raise ScopeError(f"data path not found: {path}")
     skipped: list[tuple[str, str]] = []
+    files = None
     if src.is_dir():
         root = src.resolve()
         paths = _walk_images(root)
@@ -236,6 +299,10 @@ def open_source(path: str | Path, labels: str | Path | None = None, groups: str 
             label, class_names = (np.full(len(paths), -1, np.int32), [])
     elif src.is_file() and _is_image_name(src.name):
         raise ScopeError(f"--data must be a folder or a text file listing image paths, not one image: {path}")
+    elif src.is_file() and _is_channel_map(src):
+        kind = "channels"
+        root, paths, files, skipped = read_channel_map(src)
+        label, class_names = (np.full(len(paths), -1, np.int32), [])
     else:
         kind = "list"
         try:
@@ -263,108 +330,47 @@ def open_source(path: str | Path, labels: str | Path | None = None, groups: str 
         label, class_names = (np.full(len(paths), -1, np.int32), [])
     if labels is not None:
         label, class_names = _apply_labels(paths, labels, skipped)
-    files = [root / p for p in paths]
+    if files is None:
+        files = [root / p for p in paths]
     source, source_names = (None, []) if groups is None else _apply_groups(paths, groups, skipped)
     return ImageSource(root=root, files=files, paths=paths, label=label, class_names=class_names, kind=kind,
                        skipped=skipped, labels_file=str(labels) if labels is not None else None,
                        source=source, source_names=source_names, groups_file=str(groups) if groups is not None else None)
 
 
-class BadImage(Exception):
-    """A file that cannot be used; the message is the recorded reason."""
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB; 16-bit and float grayscale are rescaled, not clipped."""
-    if img.mode == "RGB":
-        return img
-    if img.mode.startswith("I") or img.mode == "F":
-        arr = np.asarray(img).astype(np.float64)
-        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max() > 255):
-            arr = arr / 65535.0 * 255.0  # 16-bit samples
-        elif img.mode == "F" and arr.max() <= 1.0:
-            arr = arr * 255.0  # float in [0, 1]
-        gray = np.clip(np.round(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")
-
-
-def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, str]:
-    """Read, hash and decode one file to RGB; raises BadImage with a short reason."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except PermissionError:
-        raise BadImage("unreadable: permission denied") from None
-    except OSError as exc:
-        raise BadImage(f"unreadable: {exc.strerror or type(exc).__name__}") from None
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise BadImage(f"too large: {w}x{h} pixels is over the decompression-bomb limit of {max_pixels}")
-            img.load()
-    except BadImage:
-        raise
-    except Image.DecompressionBombError:
-        raise BadImage(f"too large: over the decompression-bomb limit of {max_pixels} pixels") from None
-    except Image.UnidentifiedImageError:
-        raise BadImage("not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadImage(f"corrupt or truncated: {msg[:120]}") from None
-    if min(w, h) < MIN_SIDE:
-        raise BadImage(f"too small: {w}x{h} pixels (need at least {MIN_SIDE} on each side)")
-    try:
-        img = _to_rgb(img)
-    except (OSError, ValueError) as exc:
-        raise BadImage(f"cannot convert mode {img.mode} to RGB: {exc}".splitlines()[0]) from None
-    return img, sha
-
-
 class ModelInputs(torch.utils.data.Dataset):
-    """Dataset over chosen source indices: uint8 [3, crop, crop] model inputs (not normalized).
+    """Dataset over chosen source indices: [channels, crop, crop] model inputs (not normalized), uint8 for
+    8-bit specs and int32 (0..65535) for 16-bit ones; `pixels` is the model's input domain (default 8-bit RGB).
 
     Bad files give a zero image with ok=False and the reason, so batches keep their composition.
     """
 
-    def __init__(self, files: list[Path], indices, resize: int, crop: int, interpolation: str = "bilinear",
-                 max_pixels: int = MAX_PIXELS):
+    def __init__(self, files: list, indices, resize: int, crop: int, interpolation: str = "bilinear",
+                 max_pixels: int = MAX_PIXELS, pixels: PixelSpec | None = None):
         self.files = files
         self.indices = list(indices)
         self.resize, self.crop, self.interpolation = int(resize), int(crop), interpolation
         self.max_pixels = int(max_pixels)
+        self.pixels = pixels if pixels is not None else PixelSpec()
         self._transform = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def transform(self):
+        """The 8-bit photo path's torchvision transform (Resize, CenterCrop, PILToTensor)."""
         if self._transform is None:
-            from torchvision import transforms
-
-            mode = getattr(transforms.InterpolationMode, self.interpolation.upper())
-            self._transform = transforms.Compose([
-                transforms.Resize(self.resize, interpolation=mode),
-                transforms.CenterCrop(self.crop),
-                transforms.PILToTensor(),
-            ])
+            self._transform = pil_transform(self.resize, self.crop, self.interpolation)
         return self._transform
 
     def __getitem__(self, i: int) -> dict:
         index = self.indices[i]
         try:
-            img, sha = read_image(self.files[index], self.max_pixels)
-            w, h = img.size
-            x = self.transform()(img)
+            x, sha, (w, h) = model_input(self.files[index], self.pixels, self.resize, self.crop, self.interpolation,
+                                         self.max_pixels, transform=self.transform())
             reason = ""
         except BadImage as exc:
-            x = torch.zeros(3, self.crop, self.crop, dtype=torch.uint8)
+            x = zeros_input(self.pixels, self.crop)
             sha, w, h, reason = "", 0, 0, str(exc)
         return {"image": x, "index": index, "ok": not reason, "sha256": sha, "width": w, "height": h,
                 "reason": reason}
