@@ -37,16 +37,32 @@ def _print_json(data) -> None:
 WeightsOpt = typer.Option("DEFAULT", "--weights", "-w", help="DEFAULT, a torchvision weights name (IMAGENET1K_V1) or timm/open_clip pretrained tag (tf_in1k, openai; from the local cache only), random, or a PATH to a state dict.")
 MeanOpt = typer.Option(None, "--mean", help="Override normalization mean, e.g. 0.5,0.5,0.5.")
 StdOpt = typer.Option(None, "--std", help="Override normalization std, e.g. 0.5,0.5,0.5.")
-InputSizeOpt = typer.Option(None, "--input-size", help="Override the model's input size (center-crop size).")
+InputSizeOpt = typer.Option(None, "--input-size", help="Override the model's input size (center-crop size, 16 or more: 28-32 for MNIST/CIFAR-like models).")
+InChannelsOpt = typer.Option(None, "--in-channels", help="Input channels (default: read off the model's first layer): 1 grayscale, 4 RGB+NIR, 5 cell painting, ...")
+BitDepthOpt = typer.Option(None, "--bit-depth", help="8 or 16: the depth pictures are stored and read at (16 for 16-bit microscopy/satellite data).")
+ValueRangeOpt = typer.Option(None, "--value-range", help="LOW,HIGH: raw sample values that map to 0 and 1 (e.g. 0,4095 for 12-bit data; default: the data type's full range).")
+ChannelNamesOpt = typer.Option(None, "--channel-names", help="Comma-separated channel names, e.g. DAPI,GFP,RFP,Cy5,BF (recorded in the artifact).")
+DisplayChannelsOpt = typer.Option(None, "--display-channels", help="Channels shown as red,green,blue in pictures: indices or names, '-' for none (e.g. 3,1,0).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output on stdout.")
 
 
-def load_model(model: str, weights: str, mean: Optional[str], std: Optional[str], input_size: Optional[int]):
-    """Resolve the model for a command (the one place the CLI touches models)."""
+def load_model(model: str, weights: str, mean: Optional[str], std: Optional[str], input_size: Optional[int],
+               inputs=None, out: Optional[str] = None):
+    """Resolve the model for a command (the one place the CLI touches models); `inputs`: the input-spec options
+    (when none is given, an existing `out` artifact's recorded spec is used)."""
+    from scopecli.jobs.bind import recorded_inputs
     from scopecli.model import resolve_model
 
-    return resolve_model(model, weights=weights, mean=mean, std=std, input_size=input_size)
+    if (inputs is None or not inputs.any()) and out:
+        inputs = recorded_inputs(out) or inputs
+    return resolve_model(model, weights=weights, mean=mean, std=std, input_size=input_size, inputs=inputs)
+
+
+def _inputs(in_channels, bit_depth, value_range, channel_names, display_channels):
+    from scopecli.model.inputspec import InputOptions
+
+    return InputOptions(in_channels, bit_depth, value_range, channel_names, display_channels)
 
 
 def _version_callback(value: bool):
@@ -113,6 +129,11 @@ def render_cmd(
     mean: Optional[str] = MeanOpt,
     std: Optional[str] = StdOpt,
     input_size: Optional[int] = InputSizeOpt,
+    in_channels: Optional[int] = InChannelsOpt,
+    bit_depth: Optional[int] = BitDepthOpt,
+    value_range: Optional[str] = ValueRangeOpt,
+    channel_names: Optional[str] = ChannelNamesOpt,
+    display_channels: Optional[str] = DisplayChannelsOpt,
     quiet: bool = QuietOpt,
     json_out: bool = JsonOpt,
 ):
@@ -132,7 +153,7 @@ def render_cmd(
     settings = RenderSettings(steps=steps, size=16 if size is None else size, param=param, lr=lr, batch=batch if batch == "auto" else batch_n,
                               seed=seed, device=device, amp=amp, schedule=schedule, deterministic=deterministic)
     settings.check()
-    loaded = load_model(model, weights, mean, std, input_size)
+    loaded = load_model(model, weights, mean, std, input_size, _inputs(in_channels, bit_depth, value_range, channel_names, display_channels), out)
     settings.size = loaded.preprocess.crop if size is None else size
     plan = plan_render(loaded, _split_names(",".join(layer)) if layer else None, units,
                        "deepdream" if deepdream else objective, diversity, settings, data, position,
@@ -175,6 +196,11 @@ def caricature_cmd(
     mean: Optional[str] = MeanOpt,
     std: Optional[str] = StdOpt,
     input_size: Optional[int] = InputSizeOpt,
+    in_channels: Optional[int] = InChannelsOpt,
+    bit_depth: Optional[int] = BitDepthOpt,
+    value_range: Optional[str] = ValueRangeOpt,
+    channel_names: Optional[str] = ChannelNamesOpt,
+    display_channels: Optional[str] = DisplayChannelsOpt,
     quiet: bool = QuietOpt,
     json_out: bool = JsonOpt,
 ):
@@ -183,7 +209,7 @@ def caricature_cmd(
 
     settings = CaricatureSettings(steps=steps, lr=lr, power=power, param=param, seed=seed, batch=batch, device=device)
     settings.check()
-    loaded = load_model(model, weights, mean, std, input_size)
+    loaded = load_model(model, weights, mean, std, input_size, _inputs(in_channels, bit_depth, value_range, channel_names, display_channels), out)
     load_photos(image, loaded.preprocess)  # a photo the model cannot read fails before any work
     summary = run_caricature(loaded, _split_names(",".join(layer)), image, settings, out, quiet=quiet or json_out)
     if json_out:
@@ -221,7 +247,13 @@ def collect_cmd(
     mean: Optional[str] = MeanOpt,
     std: Optional[str] = StdOpt,
     input_size: Optional[int] = InputSizeOpt,
+    in_channels: Optional[int] = InChannelsOpt,
+    bit_depth: Optional[int] = BitDepthOpt,
+    value_range: Optional[str] = ValueRangeOpt,
+    channel_names: Optional[str] = ChannelNamesOpt,
+    display_channels: Optional[str] = DisplayChannelsOpt,
     lossless: bool = typer.Option(False, "--lossless", help="Store patches as PNG instead of JPEG q90."),
+    channel_axis: Optional[int] = typer.Option(None, "--channel-axis", help=".npy / multi-page TIFF data: 0 for C x H x W, -1 for H x W x C (default: the axis whose length is the model's channel count)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its saved pass-1 state (OUT.collect-state)."),
     checkpoint: float = typer.Option(300.0, "--checkpoint", help="Save the pass-1 state at most every S seconds (0: every batch), so --resume loses little."),
     circuits: Optional[str] = typer.Option(None, "--circuits", help="Then store each unit's strongest inputs from layer FROM ('prev': each layer's previous default layer), as scope circuits does."),
@@ -234,10 +266,10 @@ def collect_cmd(
 
     settings = CollectSettings(top_k=top_k, bottom_k=bottom_k, patch_size=patch_size, probe=probe, batch=batch,
                                workers=workers, limit=limit, device=device, bf16=bf16, lossless=lossless,
-                               per_source=per_source, sample=sample, seed=seed)
+                               per_source=per_source, sample=sample, seed=seed, channel_axis=channel_axis)
     settings.check()
     source = open_source(data, labels=labels, groups=groups)
-    loaded = load_model(model, weights, mean, std, input_size)
+    loaded = load_model(model, weights, mean, std, input_size, _inputs(in_channels, bit_depth, value_range, channel_names, display_channels), out)
     summary = run_collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, out, shard,
                           resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out, circuits=circuits)
     if summary is None:  # a torchrun rank other than the leader
@@ -612,6 +644,11 @@ def layers_cmd(
     mean: Optional[str] = MeanOpt,
     std: Optional[str] = StdOpt,
     input_size: Optional[int] = InputSizeOpt,
+    in_channels: Optional[int] = InChannelsOpt,
+    bit_depth: Optional[int] = BitDepthOpt,
+    value_range: Optional[str] = ValueRangeOpt,
+    channel_names: Optional[str] = ChannelNamesOpt,
+    display_channels: Optional[str] = DisplayChannelsOpt,
     default_only: bool = typer.Option(False, "--default", help="Only the default layer set."),
     measure: bool = typer.Option(False, "--measure", help="Measure every field the tracer cannot follow (windowed attention), not only the default layers' (slower)."),
     json_out: bool = JsonOpt,
@@ -621,7 +658,7 @@ def layers_cmd(
     from scopecli.model.layers import layer_table
     from scopecli.model.report import layers_table
 
-    loaded = load_model(model, weights, mean, std, input_size)
+    loaded = load_model(model, weights, mean, std, input_size, _inputs(in_channels, bit_depth, value_range, channel_names, display_channels))
     table = layer_table(loaded.module, loaded.preprocess.crop, measure="all" if measure else None)
     if default_only:
         table = [info for info in table if info.default]

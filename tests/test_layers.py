@@ -9,14 +9,14 @@ from scopecli.core.errors import ScopeError
 from scopecli.model import default_layers, find_layer, get_module, layer_table
 
 
-def measured_field(model, name, size, trials=3):
+def measured_field(model, name, size, trials=3, channels=3):
     """Input rows/cols that reach the centre position of a layer, from gradients (union over inputs)."""
     module = get_module(model, name)
     rows = torch.zeros(size, dtype=torch.bool)
     cols = torch.zeros(size, dtype=torch.bool)
     for seed in range(trials):
         torch.manual_seed(seed)
-        x = torch.randn(1, 3, size, size, requires_grad=True)
+        x = torch.randn(1, channels, size, size, requires_grad=True)
         store = {}
         handle = module.register_forward_hook(lambda m, i, o: store.setdefault("out", o))
         try:

@@ -120,3 +120,55 @@ def ablation_net():
         for u in range(4):
             net[4].weight[u, u] = net[4].weight[u, u].abs() * 4
     return net
+
+
+def _channels_cnn(cin: int, seed: int) -> nn.Sequential:
+    """A small conv stack on `cin` input channels with fixed random weights (a factory must build the same model
+    every time, so the artifact's fingerprint holds)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(cin, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 4),
+    )
+
+
+def gray_cnn():
+    """A 1-channel model, like an X-ray or CT classifier."""
+    return _channels_cnn(1, 1)
+
+
+def four_band():
+    """A 4-band model (RGB + near-infrared), like a satellite classifier."""
+    return _channels_cnn(4, 4)
+
+
+def five_channel():
+    """A 5-channel model, like a cell-painting classifier."""
+    return _channels_cnn(5, 5)
+
+
+def cifar_cnn():
+    """A 3-channel model for 32 px inputs (CIFAR-like)."""
+    return _channels_cnn(3, 32)
+
+
+EDGE_CHANNEL = 2  # the channel `edge_detector` reads
+
+
+def edge_detector():
+    """Known answer: of 5 input channels, the first convolution reads only channel EDGE_CHANNEL, through a hand-set
+    vertical-edge (Sobel-x) kernel; unit 0 of `conv` responds to vertical edges in that channel and nothing else."""
+    conv = nn.Conv2d(5, 2, 3, padding=0, bias=False)  # valid: no zero-padding edge at the border
+    with torch.no_grad():
+        conv.weight.zero_()
+        sobel = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+        conv.weight[0, EDGE_CHANNEL] = sobel
+        conv.weight[1, EDGE_CHANNEL] = -sobel
+    model = nn.Sequential()
+    model.add_module("conv", conv)
+    model.add_module("relu", nn.ReLU())
+    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    model.add_module("flat", nn.Flatten())
+    return model

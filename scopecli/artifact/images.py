@@ -19,7 +19,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from scopecli.artifact.layout import JPEG_MAGIC, MAX_IMAGE_SIDE, PNG_MAGIC
+from scopecli.artifact.layout import JPEG_MAGIC, MAX_IMAGE_SIDE, PNG_MAGIC, input_spec_of
 from scopecli.core.errors import ScopeError
 
 PATCH_FORMATS = ("jpeg", "png")
@@ -111,6 +111,16 @@ def encode_patch(image: np.ndarray, fmt: str, quality: int) -> bytes:
     if fmt in ("png", "jpeg"):
         return encode_png(image, "patch")
     raise ScopeError(f"unknown patch format {fmt!r}; use one of: {', '.join(PATCH_FORMATS)}")
+
+
+def check_channels(pixels: np.ndarray, model_info: dict | None, what: str) -> np.ndarray:
+    """Refuse a decoded picture whose channel count or depth is not the model input's (1.0/1.1 files: RGB 8-bit)."""
+    channels, depth = input_spec_of(model_info)
+    got = (pixels.shape[2], 16 if pixels.dtype == np.uint16 else 8)
+    if got != (channels, depth):
+        raise ScopeError(f"{what} has {got[0]} channels at {got[1]} bits; the model's input is {channels} channels at "
+                         f"{depth} bits")
+    return pixels
 
 
 def image_kind(data: bytes) -> str | None:

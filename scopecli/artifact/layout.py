@@ -11,13 +11,24 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 FORMAT_NAME = "scope.artifact"
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "1.2"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1
+FORMAT_MINOR = 2
 
 # Features a reader must understand; the writer lists the ones a file uses in the root attribute. These
 # are the format's own; every registered element adds its own (`registry.known_features`).
-FORMAT_FEATURES = frozenset({"layers", "provenance", "dataset", "png", "jpeg"})
+FORMAT_FEATURES = frozenset({"layers", "provenance", "dataset", "png", "jpeg", "channels"})
+# "channels" (1.2): the model's input is not 8-bit RGB, so pictures are gray, 16-bit or planar (SPEC.md, Storage)
+CHANNELS_FEATURE = "channels"
+
+
+def input_spec_of(model_info: dict | None) -> tuple[int, int]:
+    """(channels, bit depth) of an artifact's model input: 1.0/1.1 files and unknown records are (3, 8)."""
+    pre = (model_info or {}).get("preprocess") or {}
+    try:
+        return int(pre.get("channels") or 3), int(pre.get("bit_depth") or 8)
+    except (TypeError, ValueError):
+        return 3, 8
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 

@@ -22,7 +22,7 @@ from scopecli.artifact import registry
 from scopecli.artifact.elements import dataset as image_table
 from scopecli.artifact.h5io import set_encoding, str_list_attr, write_string, write_strings
 from scopecli.artifact.layout import (ENC_LAYER, ENC_LAYERS, ENC_MODEL, ENC_PROVENANCE, ENC_ROOT, ENC_SPEC,
-    FORMAT_MINOR, FORMAT_NAME, FORMAT_VERSION, MAX_UNITS, dataset_fingerprint, escape_name)
+    CHANNELS_FEATURE, FORMAT_MINOR, FORMAT_NAME, FORMAT_VERSION, input_spec_of, MAX_UNITS, dataset_fingerprint, escape_name)
 from scopecli.artifact.reader import Artifact, open_artifact
 from scopecli.core.errors import ScopeError
 from scopecli.core.version import __version__
@@ -147,6 +147,11 @@ class ArtifactWriter:
         minor = int(art.format_version.split(".")[1])
         if minor > FORMAT_MINOR:
             raise ScopeError(f"{self.path} was written in format {art.format_version}; upgrade scope to add to it")
+        have, new = input_spec_of(art.model), input_spec_of(self.model_info)
+        if have != new:
+            raise ScopeError(f"{self.path} holds pictures of a {have[0]}-channel {have[1]}-bit input; this run's input is "
+                             f"{new[0]}-channel {new[1]}-bit: pass the file's --in-channels/--bit-depth, or write to "
+                             "another file")
 
     def _close_existing(self) -> None:
         if self.existing is not None:
@@ -346,6 +351,8 @@ class ArtifactWriter:
             write_string(g, "schema", spec_json)
 
             model = art.model if art is not None else self.model_info
+            if input_spec_of(model) != (3, 8):
+                feats.add(CHANNELS_FEATURE)
             g = f.create_group("model")
             set_encoding(g, ENC_MODEL)
             for key in ("spec", "name", "architecture", "weights", "fingerprint"):

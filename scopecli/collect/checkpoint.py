@@ -79,6 +79,42 @@ class LayerPass1:
         return torch.cat([r.cpu() for r in self.probe_rows]).numpy().astype(np.float16)
 
 
+class PixelMoments:
+    """Running per-channel sums of the model-input pixels in [0, 1]: their mean and channel covariance, from which
+    render builds the N-channel colour decorrelation (Lucid's RGB matrix, generalised). float64 on the device."""
+
+    def __init__(self, channels: int, device):
+        self.n = 0
+        self.sum = torch.zeros(channels, dtype=torch.float64, device=device)
+        self.outer = torch.zeros(channels, channels, dtype=torch.float64, device=device)
+
+    def add(self, x: torch.Tensor) -> None:
+        """x: (B, C, H, W) in [0, 1] (the good images of a batch)."""
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1).double()
+        self.n += flat.shape[1]
+        self.sum += flat.sum(dim=1)
+        self.outer += flat @ flat.T
+
+    def result(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mean [C], covariance [C, C]) or None before any pixel."""
+        if self.n < 2:
+            return None
+        mean = (self.sum / self.n).cpu().numpy()
+        cov = (self.outer / self.n).cpu().numpy() - np.outer(mean, mean)
+        return mean, (cov + cov.T) / 2
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {"n": np.array([self.n], np.int64), "sum": self.sum.cpu().numpy(), "outer": self.outer.cpu().numpy()}
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        if set(arrays) != {"n", "sum", "outer"} or arrays["sum"].shape != tuple(self.sum.shape) \
+                or arrays["outer"].shape != tuple(self.outer.shape):
+            raise ValueError("pixel moments do not fit this run")
+        self.n = int(arrays["n"][0])
+        self.sum.copy_(torch.from_numpy(np.array(arrays["sum"])))
+        self.outer.copy_(torch.from_numpy(np.array(arrays["outer"])))
+
+
 @dataclass
 class Pass1State:
     """Everything pass 1 has accumulated over the shard's first `batches` batches of m candidate images.
@@ -93,6 +129,7 @@ class Pass1State:
     reason: list[str]  # why an image was skipped ('' when ok)
     probe_index: list[np.ndarray] = field(default_factory=list)  # image indices of the probe rows, per batch
     batches: int = 0
+    pixels: "PixelMoments | None" = None  # channel moments of the inputs (models whose input is not 8-bit RGB)
 
     @classmethod
     def empty(cls, records: list[LayerRecord], m: int, device, trackers, sample: tuple[int, int] = (0, 0)) -> "Pass1State":
@@ -120,6 +157,8 @@ class Pass1State:
                 for name, arr in obj.state_arrays().items():
                     out[f"layer{i}/{part}/{name}"] = arr
             out[f"layer{i}/probe"] = acc.probe_acts()
+        if self.pixels is not None:
+            out.update({f"pixels/{k}": v for k, v in self.pixels.state_arrays().items()})
         return out
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
@@ -143,6 +182,8 @@ class Pass1State:
             if probe is None or probe.shape[1:] != (acc.record.units,):
                 raise ValueError(f"probe rows of layer {acc.record.name} do not fit it")
             acc.probe_rows[:] = [torch.from_numpy(np.array(probe))] if len(probe) else []
+        if self.pixels is not None:
+            self.pixels.load_state_arrays({k[7:]: v for k, v in arrays.items() if k.startswith("pixels/")})
 
 
 class Pass1Checkpoint:

@@ -79,15 +79,16 @@ def heat_origins(y, x, size: tuple[int, int], grid: tuple[int, int]):
 
 
 def _windows(pics: np.ndarray, which: np.ndarray, x0: np.ndarray, y0: np.ndarray, side: int) -> np.ndarray:
-    """Gather side x side windows at (x0, y0) (may leave the picture: PAD_VALUE there) -> [M, side, side, 3]."""
-    h, w = pics.shape[1:3]
+    """Gather side x side windows at (x0, y0) (may leave the picture: PAD_VALUE there) -> [M, side, side, C]."""
+    h, w, c = pics.shape[1:4]
     lo = int(max(0, -x0.min(), -y0.min()))
     hi = int(max(0, (x0 + side).max() - w, (y0 + side).max() - h))
     if lo or hi:
-        padded = np.full((pics.shape[0], h + lo + hi, w + lo + hi, 3), PAD_VALUE, dtype=np.uint8)
+        pad = PAD_VALUE if pics.dtype == np.uint8 else PAD_VALUE * 257  # the same gray at 16 bits
+        padded = np.full((pics.shape[0], h + lo + hi, w + lo + hi, c), pad, dtype=pics.dtype)
         padded[:, lo : lo + h, lo : lo + w] = pics
         pics = padded
-    out = np.empty((len(which), side, side, 3), dtype=np.uint8)
+    out = np.empty((len(which), side, side, c), dtype=pics.dtype)
     for i, (t, y, x) in enumerate(zip(which.tolist(), (y0 + lo).tolist(), (x0 + lo).tolist())):
         out[i] = pics[t, y : y + side, x : x + side]  # row-contiguous copies: faster than fancy indexing
     return out
@@ -95,8 +96,8 @@ def _windows(pics: np.ndarray, which: np.ndarray, x0: np.ndarray, y0: np.ndarray
 
 def crop_patches(pictures: np.ndarray, which: np.ndarray, boxes: np.ndarray, size: int,
                  chunk_bytes: int = 256 << 20) -> np.ndarray:
-    """Batched crop + resize: pictures [T, H, W, 3] uint8, which [M] rows of pictures, boxes [M, 4] all of
-    one side length -> [M, size, size, 3] uint8.
+    """Batched crop + resize: pictures [T, H, W, C] uint8 or uint16, which [M] rows of pictures, boxes [M, 4]
+    all of one side length -> [M, size, size, C] of the pictures' dtype.
 
     Enlarging 2x or more uses nearest (pixels stay honest), otherwise antialiased bicubic. Shrinking
     resizes each picture once and cuts the windows at scaled positions (rounding <= half an output
@@ -105,8 +106,9 @@ def crop_patches(pictures: np.ndarray, which: np.ndarray, boxes: np.ndarray, siz
     """
     boxes = np.asarray(boxes, dtype=np.int64)
     m = len(boxes)
+    c, dtype = (pictures.shape[3], pictures.dtype) if pictures is not None and np.ndim(pictures) == 4 else (3, np.uint8)
     if m == 0:
-        return np.empty((0, size, size, 3), dtype=np.uint8)
+        return np.empty((0, size, size, c), dtype=dtype)
     side = int(boxes[0, 2] - boxes[0, 0])
     if not ((boxes[:, 2] - boxes[:, 0] == side) & (boxes[:, 3] - boxes[:, 1] == side)).all():
         raise ValueError("crop_patches needs square boxes of one size")
@@ -117,18 +119,15 @@ def crop_patches(pictures: np.ndarray, which: np.ndarray, boxes: np.ndarray, siz
         f = size / side
         used, row = np.unique(which, return_inverse=True)
         hs, ws = max(1, round(h * f)), max(1, round(w * f))
-        small = np.empty((len(used), hs, ws, 3), dtype=np.uint8)
-        per = max(1, chunk_bytes // (h * w * 3))
-        pics = torch.from_numpy(pictures)
+        small = np.empty((len(used), hs, ws, c), dtype=dtype)
+        per = max(1, chunk_bytes // (h * w * c * pictures.itemsize))
         for s0 in range(0, len(used), per):
-            sel = torch.from_numpy(used[s0 : s0 + per])
-            small[s0 : s0 + per] = F.interpolate(pics[sel].permute(0, 3, 1, 2), size=(hs, ws), mode="bicubic",
-                                                 antialias=True, align_corners=False).permute(0, 2, 3, 1).numpy()
+            small[s0 : s0 + per] = _resize(pictures[used[s0 : s0 + per]], (hs, ws))
         ys = np.round(boxes[:, 1] * f).astype(np.int64)
         xs = np.round(boxes[:, 0] * f).astype(np.int64)
         return _windows(small, row.reshape(-1), xs, ys, size)
-    out = np.empty((m, size, size, 3), dtype=np.uint8)
-    step = max(1, chunk_bytes // (side * side * 3 * 2))
+    out = np.empty((m, size, size, c), dtype=dtype)
+    step = max(1, chunk_bytes // (side * side * c * pictures.itemsize * 2))
     nearest = size >= 2 * side
     for s0 in range(0, m, step):
         sl = slice(s0, s0 + step)
@@ -140,12 +139,21 @@ def crop_patches(pictures: np.ndarray, which: np.ndarray, boxes: np.ndarray, siz
             src = np.minimum(((np.arange(size) + 0.5) * side / size).astype(np.int64), side - 1)
             out[sl] = crops[:, src][:, :, src]
             continue
-        x = torch.from_numpy(crops).permute(0, 3, 1, 2)  # uint8 channels-last: torch's fast path
-        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        out[sl] = x.permute(0, 2, 3, 1).numpy()
+        out[sl] = _resize(crops, (size, size))
     return out
 
 
+def _resize(pics: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Antialiased bicubic resize of [N, H, W, C] pictures: uint8 on torch's channels-last fast path, 16-bit
+    through float32 (rounded and clipped back)."""
+    if pics.dtype == np.uint8:
+        x = torch.from_numpy(np.ascontiguousarray(pics)).permute(0, 3, 1, 2)
+        return F.interpolate(x, size=hw, mode="bicubic", antialias=True, align_corners=False).permute(0, 2, 3, 1).numpy()
+    x = torch.from_numpy(pics.astype(np.float32)).permute(0, 3, 1, 2)
+    y = F.interpolate(x, size=hw, mode="bicubic", antialias=True, align_corners=False).permute(0, 2, 3, 1)
+    return y.round().clamp(0, 65535).numpy().astype(pics.dtype)
+
+
 def crop_patch(image: np.ndarray, box, size: int) -> np.ndarray:
-    """Cut the box (padded) from one HxWx3 uint8 model input and resize it to size x size."""
+    """Cut the box (padded) from one HxWxC model input and resize it to size x size."""
     return crop_patches(image[None], np.zeros(1, np.int64), np.asarray(box)[None], size)[0]

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from scopecli.collect import kernels, stats
-from scopecli.collect.checkpoint import LayerPass1, Pass1Checkpoint, Pass1State
+from scopecli.collect.checkpoint import LayerPass1, Pass1Checkpoint, Pass1State, PixelMoments
 from scopecli.collect.topk import HeatGeometry, StreamingExtremes
 from scopecli.collect.crops import crop_patches, heat_origins, heat_size, patch_side, rf_boxes, shown_windows
-from scopecli.data.dataset import MAX_PIXELS, ImageSource, ModelInputs, default_workers, make_loader
+from scopecli.data.dataset import MAX_PIXELS, ImageSource, ModelInputs, PixelSpec, default_workers, make_loader
 from scopecli.core.devices import resolve_device
 from scopecli.core.errors import ScopeError
 from scopecli.model.capture import LayerTap
@@ -74,11 +74,19 @@ class CollectSettings(CheckedSettings):
     per_source: int | None = None  # examples per source group and unit (None: 1 with --groups, else no limit)
     sample: int = 0  # position vectors per layer kept as the activation sample (0: none)
     seed: int = 0  # seed of the activation sample
+    channel_axis: int | None = None  # .npy / multi-page TIFF samples: which axis holds the channels (None: inferred)
 
     def params(self) -> dict:
         d = asdict(self)
         d["shard"] = f"{self.shard[0]}/{self.shard[1]}"
+        if self.channel_axis is None:
+            del d["channel_axis"]  # RGB runs record what they always did
         return d
+
+    @reads("channel_axis")
+    def _channel_axis(self) -> None:
+        if self.channel_axis not in (None, 0, 2, -1):
+            raise ScopeError(f"--channel-axis must be 0 (C x H x W) or -1 (H x W x C), got {self.channel_axis}")
 
     @reads("top_k", "bottom_k", "probe")
     def _counts(self) -> None:
@@ -295,6 +303,9 @@ def _image_table(source: ImageSource, plan: _Plan, state: Pass1State, settings: 
         source=None if source.source is None else source.source[kept].astype(np.int32),
         source_names=list(source.source_names),
     )
+    moments = state.pixels.result() if state.pixels is not None else None
+    if moments is not None:
+        images.pixel_mean, images.pixel_cov = moments
     plan.sink.set_dataset(images)
     return kept, images, remap
 
@@ -380,10 +391,13 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
     preparing = kernels.prepare(device)  # compiled loops (CPU, numba) load while the loader starts and a batch runs
     state = Pass1State.empty(records, m, device, trackers or _trackers(settings, pre, device, None, 0, 0),
                              (settings.sample, settings.seed))
+    if not pre.is_rgb:
+        state.pixels = PixelMoments(pre.channels, device)
     if checkpoint is not None:
         checkpoint.restore(state)  # the batches an interrupted run already did
     rest = range(min(cand.start + state.batches * settings.batch, cand.stop), cand.stop)
-    dataset = ModelInputs(source.files, rest, pre.resize, pre.crop, pre.interpolation, settings.max_pixels)
+    dataset = ModelInputs(source.files, rest, pre.resize, pre.crop, pre.interpolation, settings.max_pixels,
+                          pixels=PixelSpec.of(pre, settings.channel_axis))
     loader = make_loader(dataset, settings.batch, workers, pin_memory=device.type == "cuda")
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if settings.bf16
                 else contextlib.nullcontext())
@@ -393,7 +407,10 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
         for batch in loader:
             idx, good = _batch_meta(state, batch, cand)
             x = batch["image"].to(device, non_blocking=True)
-            x = pre.normalize(x.float().div_(255.0))
+            x = x.float().div_(float(pre.qmax))
+            if state.pixels is not None and good.any():
+                state.pixels.add(x[torch.from_numpy(good).to(x.device)])
+            x = pre.normalize(x)
             with autocast:
                 outs = tap(x)
             _pass1_batch(state, outs, idx, good, source, records, settings, device, probe_n)
@@ -514,9 +531,11 @@ def _layer_groups(records, winners, settings) -> list[list[LayerRecord]]:
 
 
 def _load_inputs(source, kept, table_idx: np.ndarray, settings, pre, workers) -> dict[int, np.ndarray]:
-    """Decode the given table images to HxWx3 uint8 model inputs (same transform as pass 1)."""
+    """Decode the given table images to HxWxC model inputs (same transform as pass 1): uint8, or uint16 for a
+    16-bit input."""
     cand = [int(kept[i]) for i in table_idx]
-    dataset = ModelInputs(source.files, cand, pre.resize, pre.crop, pre.interpolation, settings.max_pixels)
+    dataset = ModelInputs(source.files, cand, pre.resize, pre.crop, pre.interpolation, settings.max_pixels,
+                          pixels=PixelSpec.of(pre, settings.channel_axis))
     loader = make_loader(dataset, min(settings.batch, 32), workers, pin_memory=False)
     back = {int(c): int(t) for c, t in zip(cand, table_idx)}
     out = {}
@@ -525,12 +544,13 @@ def _load_inputs(source, kept, table_idx: np.ndarray, settings, pre, workers) ->
             if not batch["ok"][j]:
                 raise ScopeError(f"{source.paths[c]} could not be read again in pass 2 ({batch['reason'][j]}); "
                                  "was the dataset modified during collect?")
-            out[back[c]] = batch["image"][j].permute(1, 2, 0).numpy()
+            pic = batch["image"][j].permute(1, 2, 0).numpy()
+            out[back[c]] = pic if pic.dtype == np.uint8 else pic.astype(np.uint16)
     return out
 
 
 def _pass2(source, kept, images, records, winners, settings, pre, sink, workers, quiet, per_source: int = 0) -> int:
-    per_image = pre.crop * pre.crop * 3
+    per_image = pre.crop * pre.crop * pre.channels * (1 if pre.bit_depth == 8 else 2)
     all_needed = np.unique(np.concatenate([w.image[w.image >= 0] for w in winners.values()])) if winners \
         else np.array([], np.int64)
     cache: dict[int, np.ndarray] | None = None
@@ -567,7 +587,7 @@ def _pass2(source, kept, images, records, winners, settings, pre, sink, workers,
 
 def _put_examples(rec: LayerRecord, which: str, win: Winners, stack: np.ndarray | None, order: np.ndarray, settings,
                   pre, sink, per_source: int) -> int:
-    """Cut one layer's top or bottom patches from the stacked inputs (stack [len(order), H, W, 3], rows of the
+    """Cut one layer's top or bottom patches from the stacked inputs (stack [len(order), H, W, C], rows of the
     table images in `order`) and hand the ExampleSet to the sink; returns the number of patches."""
     score, img = win.score, win.image
     have = img >= 0

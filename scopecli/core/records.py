@@ -192,6 +192,8 @@ class ImageTable:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     source: np.ndarray | None = None  # int32 [N]: source group (index into source_names), -1 = its own
     source_names: list[str] = field(default_factory=list)  # e.g. the photo that crops and mirrors came from
+    pixel_mean: np.ndarray | None = None  # float64 [C] (1.2): mean of the model-input pixels in [0, 1], per channel
+    pixel_cov: np.ndarray | None = None  # float64 [C, C] (1.2): their channel covariance (N-channel colour decorrelation)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -51,3 +51,23 @@ def attach_spaces(loaded, path, names) -> list[str]:
     if spaces:
         bind_spaces(loaded.module, spaces)
     return [s.name for s in spaces]
+
+
+def recorded_inputs(path) -> "InputOptions | None":
+    """The input spec an existing artifact records (1.2), as options: a run that adds to the file and says nothing
+    about its input uses the file's (a 16-bit collect, then a plain `scope render -o FILE`). None: no such file or
+    no record (1.0/1.1 files are 8-bit RGB, the default)."""
+    from scopecli.model.inputspec import InputOptions
+
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        with open_artifact(path) as art:
+            pre = (art.model or {}).get("preprocess") or {}
+    except ScopeError:
+        return None  # the writer reports what is wrong with the file
+    if "channels" not in pre:
+        return None
+    return InputOptions(bit_depth=pre.get("bit_depth"), value_range=pre.get("value_range"),
+                        channel_names=pre.get("channel_names") or None,
+                        display_channels=pre.get("display_channels") or None)

@@ -12,13 +12,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import torch
+
 from scopecli.core.errors import ScopeError
 from scopecli.model.layers import layouts_at, select_layers
 from scopecli.jobs.bind import attach_spaces
 from scopecli.render.engine import (RenderResult, RenderSettings, batches, check_position, plan_targets, render_units,
     resolve_device)
 from scopecli.render.estimate import fmt_duration
-from scopecli.render.param import spectrum_from_images
+from scopecli.render.param import color_from_covariance, spectrum_from_images
+from scopecli.collect.checkpoint import PixelMoments
 from scopecli.render.resume import render_done_keys
 from scopecli.core.units import parse_units
 from scopecli.artifact import ArtifactWriter, open_artifact
@@ -72,12 +75,45 @@ def plan_render(loaded, layers=None, units: str | None = None, objective: str = 
             raise ScopeError(f"{loaded.name} cannot take {size}x{size} inputs ({str(exc).split(': ', 1)[-1]}); "
                              f"render at its input size: --size {crop}") from None
     positions = {check_position(position, objective, layouts[name], name) for name in chosen}
-    if data_dir is not None:
-        if settings.param != "maco":
-            raise ScopeError("--data gives MACO its magnitude spectrum; use it with --param maco")
-        settings.magnitude = spectrum_from_images(data_dir, size)
+    pre = loaded.preprocess
+    if pre.is_rgb:
+        settings.for_input(pre)
+        if data_dir is not None:
+            if settings.param != "maco":
+                raise ScopeError("--data gives MACO its magnitude spectrum; use it with --param maco")
+            settings.magnitude = spectrum_from_images(data_dir, size)
+    else:  # N channels: the colour decorrelation from the data's pixels (--data, else the artifact's collect)
+        color, source = channel_color(pre, data_dir, spaces_from)
+        settings.for_input(pre, color, source)
     targets = plan_targets(chosen, objective, diversity, positions.pop() if len(positions) == 1 else "")
     return RenderPlan(chosen, targets, settings, records, layouts)
+
+
+def channel_color(pre, data_dir=None, artifact: str | None = None, limit: int = 256):
+    """(colour matrix, where from) for a model whose input is not 8-bit RGB: the square root of the channel
+    covariance of up to `limit` images of `data_dir` (model inputs, as collect reads them), else of the pixels
+    the artifact's collect saw; (None, "") — independent channels — when there is neither."""
+    if data_dir is not None:
+        from scopecli.data.dataset import ModelInputs, PixelSpec, make_loader, open_source
+
+        src = open_source(data_dir)
+        ds = ModelInputs(src.files, range(min(limit, len(src.files))), pre.resize, pre.crop, pre.interpolation,
+                         pixels=PixelSpec.of(pre))
+        moments = PixelMoments(pre.channels, "cpu")
+        for batch in make_loader(ds, 16, 0, False):
+            good = batch["ok"].numpy().astype(bool)
+            if good.any():
+                moments.add(batch["image"][torch.from_numpy(good)].float() / pre.qmax)
+        got = moments.result()
+        if got is None:
+            raise ScopeError(f"--data {data_dir}: none of its images could be read as {pre.channels}-channel inputs")
+        return color_from_covariance(got[1]), "data"
+    if artifact is not None and os.path.exists(artifact):
+        with open_artifact(artifact) as art:
+            table = art.dataset if art.dataset_fingerprint is not None else None
+            if table is not None and table.pixel_cov is not None and table.pixel_cov.shape == (pre.channels,) * 2:
+                return color_from_covariance(table.pixel_cov), "collect"
+    return None, ""
 
 
 def _dataset_maxima(existing, layers) -> dict[str, dict[int, float]]:

@@ -9,6 +9,7 @@ composite shows) is an option recorded in the artifact (`Preprocess.to_dict`, fo
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,22 @@ MIN_INPUT_SIZE = 16
 
 class _Stop(Exception):
     pass
+
+
+_CHANNELS: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
+
+
+def declare_channels(module: nn.Module, channels: int) -> None:
+    """Remember a resolved model's input channel count (for probes that build an input: layer tracing, fields)."""
+    _CHANNELS[module] = int(channels)
+
+
+def input_channels(module: nn.Module) -> int:
+    """The channel count to build probe inputs with: declared by the resolver, else traced, else 3."""
+    if module not in _CHANNELS:
+        found = detect_channels(module)
+        _CHANNELS[module] = found[0] if found else 3
+    return _CHANNELS[module]
 
 
 def detect_channels(module: nn.Module, size: int = 64) -> tuple[int, str] | None:

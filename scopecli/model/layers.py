@@ -14,6 +14,7 @@ from torch.overrides import TorchFunctionMode
 
 from scopecli.core.errors import ScopeError
 from scopecli.core.fileio import did_you_mean
+from scopecli.model.inputspec import input_channels
 from scopecli.model import adapter
 from scopecli.model.capture import LAYERS_HINT, LayerTap, get_module
 from scopecli.model.receptive import annotation, field_ints, layout_of, tensors, tracing
@@ -238,7 +239,7 @@ def measure_fields(model: nn.Module, infos: list[LayerInfo], input_size: int) ->
     try:
         for k in range(0, len(infos), MEASURE_BATCH):
             chunk = infos[k : k + MEASURE_BATCH]
-            x = torch.randn(len(chunk), 3, input_size, input_size, generator=g).to(device).requires_grad_(True)
+            x = torch.randn(len(chunk), input_channels(model), input_size, input_size, generator=g).to(device).requires_grad_(True)
             with torch.enable_grad(), _gates_held(), LayerTap(model, [i.name for i in chunk]) as tap:
                 acts = tap(x)
                 loss = x.new_zeros(())
@@ -295,7 +296,7 @@ def _trace(model: nn.Module, input_size: int, until=None) -> dict[str, _Seen]:
         if name:
             handles.append(module.register_forward_hook(hook_for(name)))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.zeros(2, 3, input_size, input_size, device=device)  # two images: the batch axis stays visible
+    x = torch.zeros(2, input_channels(model), input_size, input_size, device=device)  # two images: the batch axis stays visible
     was_training = model.training
     model.eval()
     try:

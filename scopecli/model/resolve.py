@@ -10,7 +10,7 @@ from __future__ import annotations
 from scopecli.core.errors import ScopeError
 from scopecli.core.fileio import did_you_mean
 from scopecli.model.families import FAMILIES, family_for
-from scopecli.model.inputspec import MIN_INPUT_SIZE, InputOptions, apply_input_options, detect_channels
+from scopecli.model.inputspec import MIN_INPUT_SIZE, InputOptions, apply_input_options, declare_channels, detect_channels
 from scopecli.model.loaded import LoadedModel
 
 
@@ -53,5 +53,6 @@ def resolve_model(
         p.requires_grad_(False)
     apply_input_options(preprocess, inputs or InputOptions(), detect_channels(module, min(preprocess.crop, 224)),
                         mean=mean, std=std)
+    declare_channels(module, preprocess.channels)
     return LoadedModel(name=built.name, spec=spec, architecture=built.architecture, weights=built.weights,
                        module=module, preprocess=preprocess)

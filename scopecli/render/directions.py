@@ -26,7 +26,7 @@ from scopecli.render.param import make_param
 
 @dataclass
 class DirectionRender:
-    image: np.ndarray  # HxWx3 uint8
+    image: np.ndarray  # HxWxC uint8 (uint16 for a 16-bit input spec)
     act_start: float
     act_final: float
 
@@ -41,9 +41,9 @@ def render_directions(loaded, layer: str, layout, directions: np.ndarray, keys: 
                       batch: int = 16, device: str = "auto", spec: tf.TransformSpec | None = None,
                       progress=None) -> list[DirectionRender]:
     """One image per row of `directions` [n, C] (keys: a stable name per row, for its seed)."""
-    spec = spec or tf.TransformSpec()
-    dev = resolve_device(device)
     module, pre = loaded.module, loaded.preprocess
+    spec = spec or tf.for_input_size(tf.TransformSpec(), int(pre.crop))
+    dev = resolve_device(device)
     normalize = _Normalize(pre.mean, pre.std)
     was_training = module.training
     module.eval()
@@ -54,17 +54,17 @@ def render_directions(loaded, layer: str, layout, directions: np.ndarray, keys: 
             rows = slice(b0, b0 + int(batch))
             seeds = [direction_seed(seed, loaded.fingerprint, layer, k) for k in keys[rows]]
             out.extend(_batch(module, normalize, layer, layout, directions[rows], seeds, size, steps, lr, power,
-                              param, spec, dev, progress))
+                              param, spec, dev, progress, pre))
     finally:
         module.train(was_training)
     return out
 
 
 def _batch(module, normalize, layer, layout, directions, seeds, size, steps, lr, power, param_kind, spec, device,
-           progress):
+           progress, pre):
     n = len(directions)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    param = make_param(param_kind, size, gens).to(device)
+    param = make_param(param_kind, size, gens, channels=int(pre.channels)).to(device)
     thetas = tf.affine_matrices(torch.stack([tf.draw(g, steps) for g in gens], dim=1), size, spec).to(device)
     objective = CellDirectionScore(layer, list(range(n)), directions, n, power)
     layouts = {layer: layout}
@@ -79,8 +79,8 @@ def _batch(module, normalize, layer, layout, directions, seeds, size, steps, lr,
         with torch.no_grad():
             image = param().float()
             final = score(image).cpu()
-    pixels = tf.to_uint8_pixels(image)
-    return [DirectionRender(np.ascontiguousarray(pixels[i]), float(start[i]), float(final[i])) for i in range(n)]
+    pixels = tf.to_pixels(image, int(pre.bit_depth))
+    return [DirectionRender(tf.stored_pixels(pixels[i]), float(start[i]), float(final[i])) for i in range(n)]
 
 
 __all__ = ["DirectionRender", "direction_seed", "render_directions"]

@@ -31,13 +31,14 @@ from scopecli.core.devices import as_input, autocast, resolve_device
 from scopecli.core.errors import ScopeError
 from scopecli.model import adapter
 from scopecli.model.capture import LayerTap
+from scopecli.model.inputspec import input_channels
 from scopecli.model.layers import layouts_at
 from scopecli.model.spaces import resolve_space
 from scopecli.core.records import RenderRecord
 from scopecli.render import transforms as tf
 from scopecli.render.estimate import LayerCost, RenderEstimate, deepest_layers, estimate_plan, time_layer
 from scopecli.render.objectives import OBJECTIVE_KINDS, OBJECTIVES, RenderTarget, batch_objectives
-from scopecli.render.param import PARAMS, make_param
+from scopecli.render.param import PARAMS, default_color, make_param
 from scopecli.render.reproducible import reproducible
 from scopecli.render.redirect import RedirectedReLU
 from scopecli.render.schedule import DEFAULT_SCHEDULE, DEFAULT_STEPS, SCHEDULES, get_schedule, scaled_transforms
@@ -69,6 +70,10 @@ class RenderSettings(CheckedSettings):
     robust_samples: int = 16
     transforms: tf.TransformSpec = field(default_factory=tf.TransformSpec)
     magnitude: np.ndarray | None = None  # MACO magnitude spectrum (param.spectrum_from_images); None = 1/f
+    channels: int = 3  # the model's input channels (its input spec)
+    bit_depth: int = 8  # pictures are stored at this depth
+    color: np.ndarray | None = None  # C x C decorrelation (param.color_from_covariance); None: Lucid's RGB / identity
+    color_source: str = ""  # where `color` came from: "collect" (the artifact's pixel covariance), "data" (--data)
 
     @reads("steps")
     def _steps(self) -> None:
@@ -126,7 +131,26 @@ class RenderSettings(CheckedSettings):
             "robust_samples": int(self.robust_samples),
             "transforms": self.transforms.describe(),
             "maco_spectrum": "images" if self.magnitude is not None else "1/f",
+            **self._input_description(),
         }
+
+    def _input_description(self) -> dict:
+        """The input spec the images were made for, and the colour decorrelation used (absent for plain RGB, so RGB
+        runs record exactly what they always did)."""
+        if int(self.channels) == 3 and int(self.bit_depth) == 8 and self.color is None:
+            return {}
+        color = self.color if self.color is not None else default_color(int(self.channels))
+        return {"channels": int(self.channels), "bit_depth": int(self.bit_depth),
+                "color_source": self.color_source or ("lucid" if int(self.channels) == 3 else "identity"),
+                "color": [[round(float(v), 6) for v in row] for row in np.asarray(color)]}
+
+    def for_input(self, pre, color: np.ndarray | None = None, source: str = "") -> "RenderSettings":
+        """Take the model's input spec: channels, depth, transforms scaled to a small input, the colour matrix."""
+        self.channels, self.bit_depth = int(pre.channels), int(pre.bit_depth)
+        if color is not None:
+            self.color, self.color_source = np.asarray(color, dtype=np.float32), source
+        self.transforms = tf.for_input_size(self.transforms, int(pre.crop))
+        return self
 
 
 @dataclass
@@ -257,8 +281,8 @@ class _Normalize:
     def __call__(self, x):
         key = (x.device, x.dtype)
         if key not in self._cache:
-            mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1).to(x.device)
-            std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1).to(x.device)
+            mean = torch.tensor(self.mean, dtype=x.dtype).view(1, len(self.mean), 1, 1).to(x.device)
+            std = torch.tensor(self.std, dtype=x.dtype).view(1, len(self.std), 1, 1).to(x.device)
             self._cache[key] = (mean, std)
         mean, std = self._cache[key]
         return (x - mean) / std
@@ -276,7 +300,7 @@ def _activation_bytes_per_sample(module, layers, size, device, normalize) -> int
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         with torch.no_grad(), LayerTap(module, layers) as tap:
-            tap(normalize(torch.full((1, 3, size, size), 0.5, device=device)))
+            tap(normalize(torch.full((1, input_channels(module), size, size), 0.5, device=device)))
     finally:
         for h in handles:
             h.remove()
@@ -461,7 +485,7 @@ def _render_batch(module, normalize, targets, seeds, settings, device, dataset_m
     with LayerTap(module, tapped_layers(targets)) as tap:
         forward = _Forward(tap, normalize, layouts, views, device, settings.amp)
         trace = _optimize(draws, forward, objective, measure, settings, n, ticker)
-        evidence = _evidence(draws, forward, measure, settings.transforms.pad_value)
+        evidence = _evidence(draws, forward, measure, settings.transforms.pad_value, int(settings.bit_depth))
     ticker.finish()
     # One transfer back per batch.
     evidence = _Evidence(evidence.pixels.cpu(), evidence.final.cpu(), evidence.robust.cpu(),
@@ -487,7 +511,7 @@ def _draw_batch(settings: RenderSettings, seeds, device) -> _Draws:
     spec, schedule = settings.transforms, get_schedule(settings.schedule)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     param = make_param(settings.param, size, generators, settings.magnitude, init_scale=schedule.init_scale,
-                       decay_power=schedule.decay_power).to(device)
+                       decay_power=schedule.decay_power, channels=int(settings.channels), color=settings.color).to(device)
     step_draws = torch.stack([tf.draw(g, steps) for g in generators], dim=1)  # (steps, n, 6)
     robust_draws = torch.stack([tf.draw(g, settings.robust_samples) for g in generators], dim=1)
     step_thetas = step_transforms(step_draws, size, spec, schedule).to(device)
@@ -551,14 +575,14 @@ def _optimize(draws: _Draws, forward, objective, measure, settings, n: int, tick
 class _Evidence:
     """What is recorded with each image: its pixels and the activations it reaches (one row per target)."""
 
-    pixels: torch.Tensor  # (n, H, W, 3) uint8
+    pixels: torch.Tensor  # (n, H, W, C) uint8 (int32 holding 16-bit values at bit depth 16)
     final: torch.Tensor  # activation of the final image
     robust: torch.Tensor  # mean activation over the robustness transforms
     finite_image: torch.Tensor  # (n,) bool
     trace: torch.Tensor | None = None
 
 
-def _evidence(draws: _Draws, forward, measure, pad_value) -> _Evidence:
+def _evidence(draws: _Draws, forward, measure, pad_value, bit_depth: int = 8) -> _Evidence:
     """The final images, their activation as they are and averaged over the robustness transforms."""
     with torch.no_grad():
         image = draws.param().float()
@@ -568,7 +592,7 @@ def _evidence(draws: _Draws, forward, measure, pad_value) -> _Evidence:
         for r in range(thetas.shape[0]):
             robust += measure(forward(tf.warp(image, thetas[r], pad_value))).float()
         robust /= max(1, thetas.shape[0])
-        return _Evidence(tf.to_uint8(image), final, robust, torch.isfinite(image).flatten(1).all(dim=1))
+        return _Evidence(tf.to_pixels(image, bit_depth), final, robust, torch.isfinite(image).flatten(1).all(dim=1))
 
 
 def _records(targets, seeds, ev: _Evidence, settings, dataset_max, seconds: float):
@@ -586,7 +610,7 @@ def _records(targets, seeds, ev: _Evidence, settings, dataset_max, seconds: floa
             unit=target.unit,
             objective=target.stored_objective,
             diversity_index=target.diversity_index,
-            image=np.ascontiguousarray(ev.pixels[i].numpy()),
+            image=tf.stored_pixels(ev.pixels[i]),
             seed=seeds[i],
             steps=int(settings.steps),
             size=int(settings.size),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from scopecli.model.inputspec import input_channels
 from scopecli.core.devices import as_input, autocast
 from scopecli.model.capture import LayerTap
 
@@ -69,7 +70,7 @@ def time_layer(module, normalize, layer: str, batch: int, size: int, device, amp
     after one untimed warm-up, on a random batch: what one render step costs there (channels-last input, as
     the engine feeds it)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 3, size, size, generator=gen).to(device)
+    x = torch.rand(batch, input_channels(module), size, size, generator=gen).to(device)
 
     def sync():
         if device.type == "cuda":

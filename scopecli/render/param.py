@@ -1,4 +1,4 @@
-"""Image parameterizations: what the optimizer actually changes, and how it becomes an RGB image.
+"""Image parameterizations: what the optimizer actually changes, and how it becomes a model-input image.
 
 Feature visualization in raw pixel space drifts into high-frequency noise; optimizing a Fourier spectrum
 scaled by 1/f in a decorrelated color space (Olah et al., Distill 2017) equalizes the learning rate across
@@ -58,8 +58,28 @@ def _per_sample(generators: list[torch.Generator], fn) -> torch.Tensor:
 
 
 def _recolor(x: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
-    """Map decorrelated color channels (N,3,H,W) to RGB channels."""
+    """Map decorrelated channels (N,C,H,W) to the model's input channels."""
     return torch.einsum("ij,njhw->nihw", color, x)
+
+
+def color_from_covariance(cov: np.ndarray) -> np.ndarray:
+    """Lucid's colour decorrelation for any channel count: the square root of the channels' covariance (measured
+    on the data's pixels), scaled so that its largest column has norm 1 (as Lucid's RGB matrix is)."""
+    cov = np.asarray(cov, dtype=np.float64)
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1] or not np.all(np.isfinite(cov)):
+        raise ScopeError(f"channel covariance must be a finite square matrix, got shape {cov.shape}")
+    cov = (cov + cov.T) / 2
+    vals, vecs = np.linalg.eigh(cov)
+    root = vecs @ np.diag(np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+    norm = np.max(np.linalg.norm(root, axis=0))
+    if not norm > 1e-12:
+        return np.eye(cov.shape[0], dtype=np.float32)
+    return (root / norm).astype(np.float32)
+
+
+def default_color(channels: int) -> np.ndarray:
+    """Lucid's ImageNet matrix for RGB; identity (independent channels) for any other count without data."""
+    return COLOR_CORRELATION.copy() if channels == 3 else np.eye(channels, dtype=np.float32)
 
 
 def parameterization(name: str, help: str):
@@ -82,15 +102,20 @@ def params_help() -> str:
 
 
 class ImageParam(nn.Module):
-    """Base: `forward()` returns the batch of images (N, 3, H, W) in [0, 1]."""
+    """Base: `forward()` returns the batch of images (N, C, H, W) in [0, 1]; `color` (C x C) maps decorrelated
+    channels to the model's channels (Lucid's matrix for RGB, the data's for others, identity without data)."""
 
     kind = "?"
     help = ""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, color: np.ndarray | None = None, channels: int = 3):
         super().__init__()
         self.size = size
-        self.register_buffer("color", torch.from_numpy(COLOR_CORRELATION.copy()))
+        color = default_color(channels) if color is None else np.asarray(color, dtype=np.float32)
+        if color.shape != (channels, channels):
+            raise ScopeError(f"colour matrix has shape {color.shape}, expected {(channels, channels)}")
+        self.channels = channels
+        self.register_buffer("color", torch.from_numpy(color.copy()))
 
     def _to_rgb(self, decorrelated: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(_recolor(decorrelated, self.color))
@@ -101,12 +126,12 @@ class FFTParam(ImageParam):
     """Lucid's Fourier parameterization: 1/f-scaled spectrum, decorrelated color, sigmoid."""
 
     def __init__(self, size: int, generators: list[torch.Generator], decay_power: float = 1.0,
-                 init_scale: float = 1.0):
-        super().__init__(size)
+                 init_scale: float = 1.0, color: np.ndarray | None = None, channels: int = 3):
+        super().__init__(size, color, channels)
         scale = inverse_f_scale(size, size, decay_power) * math.sqrt(size * size)
         self.register_buffer("scale", torch.from_numpy(scale))
         fh, fw = scale.shape
-        init = _per_sample(generators, lambda g: torch.randn(3, fh, fw, 2, generator=g) * _INIT_SD) * init_scale
+        init = _per_sample(generators, lambda g: torch.randn(channels, fh, fw, 2, generator=g) * _INIT_SD) * init_scale
         self.raw = nn.Parameter(init)
 
     def forward(self) -> torch.Tensor:
@@ -119,9 +144,10 @@ class FFTParam(ImageParam):
 class PixelParam(ImageParam):
     """Plain pixels (decorrelated color + sigmoid, as Lucid's `image(fft=False)`)."""
 
-    def __init__(self, size: int, generators: list[torch.Generator], init_scale: float = 1.0):
-        super().__init__(size)
-        init = _per_sample(generators, lambda g: torch.randn(3, size, size, generator=g) * _INIT_SD) * init_scale
+    def __init__(self, size: int, generators: list[torch.Generator], init_scale: float = 1.0,
+                 color: np.ndarray | None = None, channels: int = 3):
+        super().__init__(size, color, channels)
+        init = _per_sample(generators, lambda g: torch.randn(channels, size, size, generator=g) * _INIT_SD) * init_scale
         self.raw = nn.Parameter(init)
 
     def forward(self) -> torch.Tensor:
@@ -137,7 +163,11 @@ class MacoParam(ImageParam):
     mapping, so its contrast is set by the prior rather than by the optimizer.
     """
 
-    def __init__(self, size: int, generators: list[torch.Generator], magnitude: np.ndarray | None = None):
+    def __init__(self, size: int, generators: list[torch.Generator], magnitude: np.ndarray | None = None,
+                 channels: int = 3):
+        if channels != 3:
+            raise ScopeError(f"--param maco needs an RGB model: its magnitude spectrum is measured in Lucid's "
+                             f"decorrelated RGB colours, and this model takes {channels} channels; use --param fft")
         super().__init__(size)
         if magnitude is None:
             magnitude = np.repeat(inverse_f_scale(size, size)[None], 3, axis=0)
@@ -200,12 +230,16 @@ def make_param(
     magnitude: np.ndarray | None = None,
     init_scale: float = 1.0,
     decay_power: float = 1.0,
+    channels: int = 3,
+    color: np.ndarray | None = None,
 ) -> ImageParam:
-    """Build the parameterization `kind` for len(generators) samples of size x size pixels (options a
-    parameterization does not declare are not passed to it)."""
+    """Build the parameterization `kind` for len(generators) samples of size x size pixels with `channels`
+    channels (options a parameterization does not declare are not passed to it; one that cannot take the channel
+    count refuses)."""
     if kind not in PARAMETERIZATIONS:
         raise ScopeError(f"unknown parameterization '{kind}': choose one of {', '.join(PARAMS)}")
     cls = PARAMETERIZATIONS[kind]
-    options = {"magnitude": magnitude, "init_scale": init_scale, "decay_power": decay_power}
+    options = {"magnitude": magnitude, "init_scale": init_scale, "decay_power": decay_power, "channels": channels,
+               "color": color}
     accepted = inspect.signature(cls).parameters
     return cls(size, generators, **{k: v for k, v in options.items() if k in accepted})

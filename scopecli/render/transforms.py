@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -47,6 +47,21 @@ class TransformSpec:
 
 
 NO_TRANSFORM = TransformSpec(pad=0, jitter1=0, scales=(1.0,), angles=(0.0,), jitter2=0)
+REFERENCE_INPUT = 224  # Lucid's pixel amounts are for ImageNet-sized inputs
+
+
+def for_input_size(spec: TransformSpec, input_size: int) -> TransformSpec:
+    """Pad and jitters scaled down for a model whose input is smaller than ImageNet's (a 32 px CIFAR model gets
+    2 px of padding and 1 px jitters, not 12 and 8, which would move its whole picture); scale and rotation are
+    relative and stay. Inputs of 224 px and more keep Lucid's numbers exactly."""
+    if input_size >= REFERENCE_INPUT or spec == NO_TRANSFORM:
+        return spec
+    f = input_size / REFERENCE_INPUT
+
+    def px(v: int) -> int:
+        return 0 if v == 0 else max(1, int(round(v * f)))
+
+    return replace(spec, pad=px(spec.pad), jitter1=px(spec.jitter1), jitter2=px(spec.jitter2))
 
 
 def draw(generator: torch.Generator, n: int) -> torch.Tensor:
@@ -160,11 +175,24 @@ def splat_bilinear(grad_out: torch.Tensor, grid: torch.Tensor, image_shape) -> t
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """A batch of optimized images (N,3,H,W) in [0, 1] as (N,H,W,3) uint8 on the images' device (the render
+    """A batch of optimized images (N,C,H,W) in [0, 1] as (N,H,W,C) uint8 on the images' device (the render
     engine moves it to the host together with its other per-batch results). Values are clamped and rounded;
     a NaN (a diverged sample) becomes mid-gray, so one bad sample cannot break the encoding of the batch
     (callers report divergence from the float image)."""
     return (images.nan_to_num(0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def to_pixels(images: torch.Tensor, bit_depth: int = 8) -> torch.Tensor:
+    """`to_uint8`, or at bit depth 16 the (N,H,W,C) values 0..65535 as int32 (torch has no full uint16 support)."""
+    if int(bit_depth) == 8:
+        return to_uint8(images)
+    return (images.nan_to_num(0.5).clamp(0, 1) * 65535).round().to(torch.int32).permute(0, 2, 3, 1)
+
+
+def stored_pixels(pixels: torch.Tensor) -> np.ndarray:
+    """One image of `to_pixels` as the host array the artifact stores (uint8, or uint16 at 16 bits)."""
+    arr = pixels.cpu().numpy()
+    return np.ascontiguousarray(arr if arr.dtype == np.uint8 else arr.astype(np.uint16))
 
 
 def to_uint8_pixels(images: torch.Tensor) -> np.ndarray:

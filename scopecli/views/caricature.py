@@ -33,11 +33,11 @@ from scopecli.render import transforms as tf
 from scopecli.render.ascent import ascend
 from scopecli.render.engine import _Normalize, activation_views
 from scopecli.render.objectives import DotCompare
-from scopecli.render.param import _FFT_DAMP, COLOR_CORRELATION, FFTParam, PixelParam, make_param
+from scopecli.render.param import _FFT_DAMP, FFTParam, PixelParam, make_param
 from scopecli.core.settings import CheckedSettings, reads
 from scopecli.artifact import ArtifactWriter
 from scopecli.core.progress import progress
-from scopecli.data.dataset import BadImage, read_image
+from scopecli.data.dataset import ModelInputs, PixelSpec
 from scopecli.model.layers import select_layers
 
 PARAMS = ("fft", "pixel")  # MACO fixes the magnitude spectrum, so it cannot start from a photo
@@ -103,32 +103,31 @@ def load_photos(paths, preprocess) -> list[Photo]:
     if not paths:
         raise ScopeError("give at least one photo with --image PATH")
     out, seen = [], set()
-    transform = preprocess.pil_transform()
+    pre = preprocess
     for p in paths:
         path = Path(os.fspath(p)).expanduser()
         if not path.is_file():
             raise ScopeError(f"photo {p}: {'is a directory' if path.is_dir() else 'no such file'}")
-        try:
-            img, sha = read_image(path)
-        except BadImage as exc:
-            raise ScopeError(f"photo {p}: {exc}") from None
-        if sha in seen:
+        got = ModelInputs([path], [0], pre.resize, pre.crop, pre.interpolation, pixels=PixelSpec.of(pre))[0]
+        if not got["ok"]:
+            raise ScopeError(f"photo {p}: {got['reason']}")
+        if got["sha256"] in seen:
             continue
-        seen.add(sha)
-        out.append(Photo(path.name, sha, transform(img).float().clamp(0, 1)))
+        seen.add(got["sha256"])
+        out.append(Photo(path.name, got["sha256"], got["image"].float().div_(float(pre.qmax)).clamp(0, 1)))
     return out
 
 
 def param_from_photos(kind: str, photos: torch.Tensor) -> torch.nn.Module:
-    """The parameterization `kind` whose image is `photos` (N, 3, H, W in [0, 1]), up to a clamp that keeps
+    """The parameterization `kind` whose image is `photos` (N, C, H, W in [0, 1]), up to a clamp that keeps
     the sigmoid's inverse finite: the optimization starts from the photos themselves."""
-    n, _, h, w = photos.shape
+    n, c, h, w = photos.shape
     if h != w:
         raise ScopeError(f"caricatures need square inputs, got {w}x{h}")
     gens = [torch.Generator().manual_seed(0) for _ in range(n)]
-    param = make_param(kind, h, gens)
+    param = make_param(kind, h, gens, channels=c)
     logits = torch.logit(photos.double().clamp(1 / 512, 1 - 1 / 512))
-    inverse = torch.linalg.inv(torch.from_numpy(COLOR_CORRELATION.astype(np.float64)))
+    inverse = torch.linalg.inv(param.color.double())
     decorrelated = torch.einsum("ij,njhw->nihw", inverse, logits)
     with torch.no_grad():
         if isinstance(param, PixelParam):
@@ -168,15 +167,15 @@ def caricatures(loaded, layers: list[str], photos: list[Photo], settings: Carica
     try:
         for b0 in range(0, len(rows), int(settings.batch)):
             out.extend(_batch(module, normalize, rows[b0:b0 + int(settings.batch)], settings, layouts, device,
-                              loaded.fingerprint, progress))
+                              loaded.fingerprint, progress, pre))
     finally:
         module.train(was_training)
     return out
 
 
-def _batch(module, normalize, rows, settings, layouts, device, fingerprint, progress):
+def _batch(module, normalize, rows, settings, layouts, device, fingerprint, progress, pre):
     t0 = time.perf_counter()
-    n, steps, spec = len(rows), int(settings.steps), settings.transforms
+    n, steps, spec = len(rows), int(settings.steps), tf.for_input_size(settings.transforms, int(pre.crop))
     photos = torch.stack([ph.pixels for _, ph in rows]).to(device)
     size = photos.shape[-1]
     gens = [torch.Generator().manual_seed(row_seed(settings.seed, fingerprint, layer, ph.sha256)) for layer, ph in rows]
@@ -200,7 +199,8 @@ def _batch(module, normalize, rows, settings, layouts, device, fingerprint, prog
         with torch.no_grad():
             image = param().float()
             final, reference = views(image), views(photos)
-    pixels, originals = tf.to_uint8_pixels(image), tf.to_uint8_pixels(photos)  # photos are finite: no NaN to replace
+    depth = int(pre.bit_depth)  # photos are finite: no NaN to replace
+    pixels, originals = tf.to_pixels(image, depth), tf.to_pixels(photos, depth)
     seconds = (time.perf_counter() - t0) / n
     out = []
     for i, (layer, ph) in enumerate(rows):
@@ -208,8 +208,8 @@ def _batch(module, normalize, rows, settings, layouts, device, fingerprint, prog
         if not (math.isfinite(cos) and math.isfinite(ratio) and torch.isfinite(image[i]).all()):
             raise ScopeError(f"caricature of {ph.name} at {layer}: the optimization diverged (NaN); try a smaller --lr")
         out.append((layer, Caricature(
-            source_sha256=ph.sha256, source_name=ph.name, image=np.ascontiguousarray(pixels[i]),
-            photo=np.ascontiguousarray(originals[i]), cosine=cos, magnitude_ratio=ratio, steps=steps, size=size,
+            source_sha256=ph.sha256, source_name=ph.name, image=tf.stored_pixels(pixels[i]),
+            photo=tf.stored_pixels(originals[i]), cosine=cos, magnitude_ratio=ratio, steps=steps, size=size,
             seed=row_seed(settings.seed, fingerprint, layer, ph.sha256), lr=float(settings.lr),
             power=float(settings.power), param=settings.param, time_s=seconds)))
     return out

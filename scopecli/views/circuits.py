@@ -33,7 +33,7 @@ from scopecli.artifact import ArtifactWriter, open_artifact
 from scopecli.core.fileio import did_you_mean
 from scopecli.core.progress import progress
 from scopecli.core.units import parse_units
-from scopecli.data.dataset import ImageSource, MAX_PIXELS, ModelInputs, open_source
+from scopecli.data.dataset import ImageSource, MAX_PIXELS, ModelInputs, PixelSpec, open_source
 from scopecli.model.layers import LAYERS_HINT, get_module, layer_table
 from scopecli.model.reopen import model_for_artifact
 
@@ -143,7 +143,8 @@ def _image_loader(art, data, pre, max_pixels=None):
             raise ScopeError(f"--data {data}: {missing[0]} (an image of the artifact's dataset) is not there; give the "
                              "folder or list collect read")
         files = [where[table.paths[r]] for r in rows]
-        ds = ModelInputs(files, range(len(files)), pre.resize, pre.crop, pre.interpolation, max_pixels or MAX_PIXELS)
+        ds = ModelInputs(files, range(len(files)), pre.resize, pre.crop, pre.interpolation, max_pixels or MAX_PIXELS,
+                         pixels=PixelSpec.of(pre))
         out = {}
         for r, i in zip(rows, range(len(files))):
             item = ds[i]
@@ -193,7 +194,7 @@ def layer_inputs(loaded, art, target: str, source: str, load, layouts: dict, uni
         images = load(sorted({m for m, _ in part}))
         for b0 in range(0, len(part), batch):
             rows = part[b0:b0 + batch]
-            x = torch.stack([images[m] for m, _ in rows]).to(device).float().div_(255.0)
+            x = torch.stack([images[m] for m, _ in rows]).to(device).float().div_(float(pre.qmax))
             x = pre.normalize(x)
             contrib, _ = attributions(module, x, torch.tensor([u for _, u in rows]), target, source, layouts)
             contrib = contrib.cpu().double()

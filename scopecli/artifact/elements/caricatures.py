@@ -16,7 +16,7 @@ import numpy as np
 from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, pack_offsets
 from scopecli.artifact.h5io import (check_element, get_dataset, read_numeric, read_strings, set_encoding, write_array,
     write_blob, write_strings)
-from scopecli.artifact.images import decode_image, encode_jpeg, encode_png
+from scopecli.artifact.images import decode_image, encode_jpeg, encode_png, jpeg_ok
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
 from scopecli.core.errors import ScopeError
 from scopecli.core.records import Caricature
@@ -168,7 +168,7 @@ class CaricaturesElement(LayerElement):
                 raise ScopeError(f"caricature of {c.source_name} at {slot.name}: source_sha256 must be a hex sha256")
             staged[c.source_sha256] = StoredCaricature(
                 source_sha256=c.source_sha256, source_name=str(c.source_name), param=str(c.param),
-                png=encode_png(img, f"caricature {slot.name}"), photo_jpeg=encode_jpeg(photo, PHOTO_QUALITY, "photo"),
+                png=encode_png(img, f"caricature {slot.name}"), photo_jpeg=encode_jpeg(photo, PHOTO_QUALITY, "photo") if jpeg_ok(photo) else encode_png(photo, "photo"),
                 height=img.shape[0], width=img.shape[1], steps=int(c.steps), size=int(c.size), seed=int(c.seed),
                 lr=float(c.lr), power=float(c.power), cosine=float(c.cosine),
                 magnitude_ratio=float(c.magnitude_ratio), time_s=float(c.time_s))

@@ -45,9 +45,16 @@ def read_table(g: h5py.Group, n: int) -> ImageTable:
         source_names = read_strings(get_dataset(g, "source_names", w), f"{w}/source_names")
         if len(source) != n or (n and ((source < -1).any() or (source >= len(source_names)).any())):
             raise ScopeError(f"{w}/source: {len(source)} rows or group index outside -1..{len(source_names) - 1}")
+    pixel_mean = pixel_cov = None
+    if get_dataset(g, "pixel_mean", w, required=False) is not None:  # format 1.2: pixel statistics
+        pixel_mean = read_numeric(get_dataset(g, "pixel_mean", w), f"{w}/pixel_mean", "f", 1).astype(np.float64)
+        pixel_cov = read_numeric(get_dataset(g, "pixel_cov", w), f"{w}/pixel_cov", "f", 2).astype(np.float64)
+        c = len(pixel_mean)
+        if pixel_cov.shape != (c, c) or not (np.isfinite(pixel_mean).all() and np.isfinite(pixel_cov).all()):
+            raise ScopeError(f"{w}/pixel_cov: shape {pixel_cov.shape} or values do not fit pixel_mean [{c}]")
     return ImageTable(paths=paths, sha256=sha, width=cols["width"], height=cols["height"], label=cols["label"],
                       class_names=class_names, skipped=list(zip(sk_p, sk_r)), source=source,
-                      source_names=source_names)
+                      source_names=source_names, pixel_mean=pixel_mean, pixel_cov=pixel_cov)
 
 
 def read_labels(g: h5py.Group, n: int) -> tuple[np.ndarray, list[str]]:
@@ -91,6 +98,8 @@ def check_new_table(table: ImageTable) -> ImageTable:
         skipped=[(str(a), str(b)) for a, b in table.skipped],
         source=None if table.source is None else np.asarray(table.source, np.int32).reshape(-1),
         source_names=[str(x) for x in table.source_names],
+        pixel_mean=None if table.pixel_mean is None else np.asarray(table.pixel_mean, np.float64).reshape(-1),
+        pixel_cov=None if table.pixel_cov is None else np.asarray(table.pixel_cov, np.float64),
     )
 
 
@@ -110,6 +119,9 @@ def write_table(f: h5py.File, t: ImageTable) -> None:
     if t.source is not None:
         write_array(g, "source", t.source, np.int32)
         write_strings(g, "source_names", t.source_names)
+    if t.pixel_mean is not None and t.pixel_cov is not None:
+        write_array(g, "pixel_mean", t.pixel_mean, np.float64)
+        write_array(g, "pixel_cov", t.pixel_cov, np.float64)
 
 
 def check_table(art) -> list[str]:
@@ -134,6 +146,8 @@ def union_tables(tables: list[ImageTable | None], names: list[str]) -> tuple[Ima
     One path with two different sha256, or different class-name lists, cannot be merged."""
     rows: dict[str, tuple] = {}
     classes: list[str] | None = None
+    with_pixels = [t for t in tables if t is not None and t.pixel_mean is not None]
+    pixels = max(with_pixels, key=len) if with_pixels else None  # the largest run's pixel statistics
     skipped: dict[str, str] = {}
     groups: dict[str, str] = {}  # path -> source group name
     for t, name in zip(tables, names):
@@ -170,5 +184,6 @@ def union_tables(tables: list[ImageTable | None], names: list[str]) -> tuple[Ima
         skipped=sorted((p, w) for p, w in skipped.items() if p not in pos),
         source=np.array([gindex[groups[p]] if p in groups else -1 for p in paths], np.int32) if groups else None,
         source_names=source_names,
+        pixel_mean=None if pixels is None else pixels.pixel_mean, pixel_cov=None if pixels is None else pixels.pixel_cov,
     )
     return table, maps

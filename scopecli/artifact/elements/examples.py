@@ -17,7 +17,7 @@ import numpy as np
 from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, present_mask
 from scopecli.artifact.h5io import (attr_int, attr_text, check_element, get_dataset, get_group, read_attr,
     read_numeric, set_encoding, write_array, write_blob)
-from scopecli.artifact.images import PATCH_FORMATS, decode_image, encode_patch, image_kind
+from scopecli.artifact.images import PATCH_FORMATS, check_channels, decode_image, encode_patch, image_kind
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element, remap_images
 from scopecli.core.errors import ScopeError
 from scopecli.core.records import ExampleSet
@@ -552,8 +552,9 @@ class ExamplesElement(LayerElement):
                 blobs.append(encoded[key])
                 hw[j] = arr.shape[:2]
             st.rows[int(units[row])] = StoredExamples({name: arr[row].copy() for name, arr in cols.items()}, blobs, hw)
-        st.formats.add(patch_format)
-        if patch_format == "jpeg":
+        kinds = {image_kind(b) for b in encoded.values()} or {patch_format}  # N-channel patches are PNG whatever asked
+        st.formats |= kinds
+        if "jpeg" in kinds:
             st.quality = int(quality)
 
     def is_empty(self, staged: ExamplesStage) -> bool:
@@ -641,9 +642,10 @@ class ExamplesElement(LayerElement):
                         continue
                     data = sec.patch_bytes(row, k)
                     used.add(image_kind(data) or "?")
+                    what = f"layer {slot.name} {which} patch unit {int(sec.units[row])} rank {k}"
                     try:
-                        decode_image(data, int(sec.height[row, k]), int(sec.width[row, k]),
-                                     f"layer {slot.name} {which} patch unit {int(sec.units[row])} rank {k}")
+                        check_channels(decode_image(data, int(sec.height[row, k]), int(sec.width[row, k]), what),
+                                       art.model, what)
                     except ScopeError as exc:
                         problems.append(str(exc))
         return problems, used

@@ -14,7 +14,7 @@ import numpy as np
 
 from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, pack_offsets, present_mask
 from scopecli.artifact.h5io import check_element, get_dataset, read_numeric, read_strings, set_encoding, write_array, write_blob, write_strings
-from scopecli.artifact.images import decode_image, encode_png
+from scopecli.artifact.images import check_channels, decode_image, encode_png
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
 from scopecli.core.errors import ScopeError
 from scopecli.core.records import PNG, RENDER_COLUMNS, TRACE, RenderRecord, column_fields
@@ -229,7 +229,8 @@ class RendersElement(LayerElement):
             for i in range(section.n):
                 v = section.view(i)
                 try:
-                    decode_image(v.encoded, v.height, v.width, f"layer {slot.name} render row {i}")
+                    what = f"layer {slot.name} render row {i}"
+                    check_channels(decode_image(v.encoded, v.height, v.width, what), art.model, what)
                 except ScopeError as exc:
                     problems.append(str(exc))
         return problems, set(self.features)
