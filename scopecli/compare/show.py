@@ -2,7 +2,9 @@
 
 Why: the unit card is what researchers paste into papers and chats; it must carry the numbers
 that make a picture trustworthy (achieved activation vs. the dataset maximum, example scores and
-classes), not just the pictures.
+classes), not just the pictures. The pixel arrays `load_unit(..., pixels=True)` returns are as stored
+(HxWxC, 8 or 16 bits); the cards show them as the gallery does (`scopecli.artifact.display`: gray for one
+channel, the false-colour composite of the model's display channels for N).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from scopecli.artifact.display import DisplaySpec, composite, mosaic
 from scopecli.core import heatmaps
 from scopecli.compare.probes import open_checked
 from scopecli.core.errors import ScopeError
@@ -52,6 +55,7 @@ def unit_info(art, address: str, pixels: bool = False, path: str | Path | None =
         raise ScopeError(f"unit {index} is out of range for layer {layer}: it has units 0..{rec.units - 1}")
     view = art.unit(layer, index)
     table = art.dataset
+    spec = DisplaySpec.of(art.model)
     class_names = table.class_names if table is not None else []
 
     def cls(image_index: int) -> str | None:
@@ -67,14 +71,14 @@ def unit_info(art, address: str, pixels: bool = False, path: str | Path | None =
     } for r in view.renders]
     examples = {}
     for which in ("top", "bottom"):
-        examples[which] = [_example(e, cls(e.image_index), rec, pixels, 1.0 if which == "top" else -1.0)
+        examples[which] = [_example(e, cls(e.image_index), rec, pixels, 1.0 if which == "top" else -1.0, spec)
                            for e in view.examples.get(which, [])]
     out = {
         "artifact": str(path), "model": art.model.get("name") or art.model.get("spec"),
         "layer": layer, "unit": index, "units_in_layer": rec.units,
         "receptive_field": {"size": rec.rf_size, "stride": rec.rf_stride, "start": rec.rf_start},
         "stats": {k: _f(v) if isinstance(v, float) else v for k, v in view.stats.items()},
-        "renders": renders, "examples": examples, "_pixels": pixels,
+        "renders": renders, "examples": examples, "_pixels": pixels, "_display": spec,
     }
     if rec.layout is not None:  # format 1.1 and later; 1.0 files read as before
         out["layout"] = {"kind": rec.layout.kind, "grid": list(rec.layout.grid),
@@ -119,7 +123,7 @@ def _unit_picture(art, layer: str, unit: int) -> np.ndarray | None:
     return None
 
 
-def _example(e, class_name, rec, pixels: bool, sign: float) -> dict:
+def _example(e, class_name, rec, pixels: bool, sign: float, spec: DisplaySpec = DisplaySpec()) -> dict:
     d = {"rank": e.rank, "score": _f(e.score), "image_index": e.image_index, "image_path": e.image_path,
          "class": class_name, "box": list(e.box), "_patch": e.patch if pixels else None}
     if e.shown is not None:  # format 1.1: where the patch is, and where in it the unit fired
@@ -129,7 +133,7 @@ def _example(e, class_name, rec, pixels: bool, sign: float) -> dict:
         d["heatmap"] = [[round(float(v), 5) for v in row] for row in e.heatmap]
         d["fires"] = heatmaps.fires(e.heatmap, sign)
         if pixels and d["_patch"] is not None:
-            d["_overlay"] = heatmaps.overlay(d["_patch"], e, rec, sign)
+            d["_overlay"] = heatmaps.overlay(composite(d["_patch"], spec), e, rec, sign)  # drawn on what a screen shows
     return d
 
 
@@ -153,7 +157,13 @@ def profile_text(profile: dict, rows: int = 3) -> str:
     return " · ".join(items) if items else "no labelled examples"
 
 
+def _shown(pixels: np.ndarray | None, spec: DisplaySpec) -> np.ndarray | None:
+    """A stored picture as the card shows it: the 8-bit RGB composite (None stays None)."""
+    return None if pixels is None else composite(pixels, spec)
+
+
 def _thumb(pixels: np.ndarray | None) -> Image.Image:
+    """A card cell of a picture already as shown (HxWx3 uint8, `_shown`)."""
     if pixels is None:  # the collect run stored no patch for this example
         canvas = Image.new("RGB", (THUMB, THUMB), (225, 225, 225))
         d = ImageDraw.Draw(canvas)
@@ -183,10 +193,11 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
     with score and class name. Needs `load_unit(..., pixels=True)`."""
     if not info.get("_pixels"):
         raise ScopeError("unit_card needs the pictures: load the unit with load_unit(path, address, pixels=True)")
+    spec = info.get("_display") or DisplaySpec()
     rows: list[tuple[str, list[tuple[np.ndarray, list[str]]]]] = []
     if info["renders"]:
         rows.append(("renders (act = activation achieved; ratio = act / dataset max)", [
-            (r["_image"], [f"{r['objective']}#{r['diversity_index']}",
+            (_shown(r["_image"], spec), [f"{r['objective']}#{r['diversity_index']}",
                            "act " + ("-" if r["act_final"] is None else f"{r['act_final']:.3g}")
                            + ("" if r["dataset_max_ratio"] is None else f"  x{r['dataset_max_ratio']:.2f}")])
             for r in info["renders"][:max_per_row]]))
@@ -194,7 +205,7 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
                          ("bottom", "bottom dataset examples (score, class)")):
         ex = info["examples"].get(which, [])
         if ex:
-            rows.append((title, [(e.get("_overlay", e["_patch"]),
+            rows.append((title, [(e["_overlay"] if "_overlay" in e else _shown(e["_patch"], spec),
                                   ["-" if e["score"] is None else f"{e['score']:.3g}"
                                    + ("" if e.get("fires", True) else "  no response"),
                                    e["class"] or Path(e["image_path"] or "?").name])
@@ -208,7 +219,7 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
         pos = [p for p in pics if p[0]["attribution"] > 0]
         neg = [p for p in pics if p[0]["attribution"] < 0]
         shown = pos[:max(half, max_per_row - len(neg[:half]))] + neg[:max(half, max_per_row - len(pos[:half]))]
-        rows.append((title, [(pix, [f"{r['layer']}:{r['unit']}", f"{r['attribution']:+.3g}"])
+        rows.append((title, [(_shown(pix, spec), [f"{r['layer']}:{r['unit']}", f"{r['attribution']:+.3g}"])
                              for r, pix in shown[:max_per_row]]))
     st = info["stats"]
     head = [f"{info['model']}   {info['layer']}:{info['unit']}   ({info['artifact']})"]
@@ -225,6 +236,8 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
         head.append("fires on: " + profile_text(info["label_profile"]))
     if ins and ins.get("note"):
         head.append(f"strongest inputs: {ins['note']}")
+    if spec.describe():
+        head.append(f"pictures: {spec.describe()}" + (" (16-bit, scaled to 8 bits)" if spec.bit_depth == 16 else ""))
     if not rows:
         head.append("no renders or dataset examples stored for this unit")
     pad, line_h = 8, 13
@@ -288,8 +301,9 @@ def layer_info(art, layer: str, pixels: bool = False, path: str | Path | None = 
     if layer not in art.layers:
         raise ScopeError(f"{path}: no layer named {layer}" + did_you_mean(layer, art.layers, n=3))
     rec = art.layer(layer)
+    spec = DisplaySpec.of(art.model)
     out = {"artifact": str(path), "model": art.model.get("name") or art.model.get("spec"), "layer": layer,
-           "units": rec.units, "caricatures": [], "atlas": None, "_pixels": pixels}
+           "units": rec.units, "caricatures": [], "atlas": None, "_pixels": pixels, "_display": spec}
     for c in art.caricatures(layer):
         row = {"photo": c.source_name, "source_sha256": c.source_sha256, "cosine": _f(c.cosine),
                "magnitude_ratio": _f(c.magnitude_ratio), "steps": c.steps, "power": c.power, "param": c.param,
@@ -301,7 +315,7 @@ def layer_info(art, layer: str, pixels: bool = False, path: str | Path | None = 
     if atlas is not None:
         out["atlas"] = atlas.summary()
         if pixels:
-            out["_atlas_mosaic"] = atlas.mosaic(THUMB // 2)
+            out["_atlas_mosaic"] = mosaic(atlas.cells, atlas.grid, THUMB // 2, spec)
     if not out["caricatures"] and atlas is None:
         raise ScopeError(f"layer {layer} has no caricatures or activation atlas to show (scope caricature, scope "
                          f"atlas); for a unit give layer:unit, e.g. {layer}:0")
@@ -319,6 +333,7 @@ def layer_card(info: dict) -> Image.Image:
     if not info.get("_pixels"):
         raise ScopeError("layer_card needs the pictures: load the layer with load_layer(path, layer, pixels=True)")
     pad, line_h = 8, 13
+    spec = info.get("_display") or DisplaySpec()
     cars = info["caricatures"]
     mosaic = info.get("_atlas_mosaic")
     head = [f"{info['model']}   {info['layer']}   ({info['artifact']})"]
@@ -338,8 +353,8 @@ def layer_card(info: dict) -> Image.Image:
     for row in rows:
         for j, c in enumerate(row):
             x = pad + j * (2 * THUMB + 3 * pad)
-            card.paste(_thumb(c["_photo"]), (x, y))
-            card.paste(_thumb(c["_image"]), (x + THUMB + 2, y))
+            card.paste(_thumb(_shown(c["_photo"], spec)), (x, y))
+            card.paste(_thumb(_shown(c["_image"], spec)), (x + THUMB + 2, y))
             draw_text(d, (x, y + THUMB + 1), _fit(d, c["photo"], 2 * THUMB), fill="black")
             cos = "-" if c["cosine"] is None else f"{c['cosine']:.2f}"
             mag = "-" if c["magnitude_ratio"] is None else f"{c['magnitude_ratio']:.2f}"

@@ -3,10 +3,11 @@
 Why one builder: the static export (`site.py`) and `scope serve` (`scopecli.serve`) must show the
 same pages. This module reads the artifacts and makes the page objects of `pages.py` (thumbnail choice,
 activation ratios, histogram markers, label lifts, strongest inputs, links); each writer only decides
-where pictures live. Pictures are `ImageRef`s: a stable key, a loader for the stored bytes, and
-whether more than one page shows them. A writer's `images(ref)` turns one into the `src` the page uses:
-the static export writes shared pictures once, content-addressed, and inlines the rest; the server
-answers a URL per key. Nothing is read before a page asks for it, so a server starts at once on a file
+where pictures live. Pictures are `ImageRef`s: a stable key, a loader for the bytes a browser is sent
+(the stored bytes, or for N-channel, 16-bit and small-input models their `display` composite; one
+DisplaySpec per model), and whether more than one page shows them. A writer's `images(ref)` turns one
+into the `src` the page uses: the static export writes shared pictures once, content-addressed, and
+inlines the rest; the server answers a URL per key. Nothing is read before a page asks for it, so a server starts at once on a file
 of any size: opening reads the file's metadata and each layer's presence masks, no unit.
 
 URL layout (the static folder and the server share it, so every relative link works in both):
@@ -33,6 +34,8 @@ from typing import Callable
 import numpy as np
 
 from scopecli.artifact import open_artifact, registry
+from scopecli.artifact.display import (DisplaySpec, default_names, display_bytes, enlarge_factor, for_screen,
+    mosaic as display_mosaic, plane_pngs, stored_channels)
 from scopecli.artifact.reader import clean_corruption
 from scopecli.artifact.elements.strongest import lift_score
 from scopecli.artifact.images import encode_jpeg, image_kind
@@ -41,8 +44,8 @@ from scopecli.core.errors import ScopeError
 from scopecli.export import charts, comparisons
 from scopecli.export.diffs import load_diff
 from scopecli.export.names import fmt, slug
-from scopecli.export.pages import (AtlasCellCard, AtlasPage, CaricatureCard, DiffRow, DiffSide, ExampleCard,
-    LayerView, LinkRow, ModelView, Panel, RenderCard, Tile, unit_page)
+from scopecli.export.pages import (AtlasCellCard, AtlasPage, CaricatureCard, ChannelCard, DiffRow, DiffSide,
+    ExampleCard, LayerView, LinkRow, ModelView, Panel, RenderCard, Tile, unit_page)
 
 PER_PAGE = 128  # units per layer-grid page
 THUMB = 192  # pixel side of generated grid thumbnails (renders up to THUMB_REUSE are used as they are)
@@ -50,14 +53,16 @@ THUMB_REUSE = 256
 PIXELATED_BELOW = 56  # patches smaller than this are enlarged with visible pixels
 ATLAS_MOSAIC_PX = 2048  # side of the atlas mosaic image (cells scaled to fit)
 _OBJECTIVE_ORDER = {"channel": 0, "neuron": 1, "negative": 2}
-KEY = re.compile(r"^(\d{1,4})/(\d{1,5})/(x([tb])(\d{1,15})-(\d{1,12})|[rscpa](\d{1,9})|m)$")
+KEY = re.compile(r"^(\d{1,4})/(\d{1,5})/(x([tb])(\d{1,15})-(\d{1,12})|[rscpa](\d{1,9})|k(\d{1,9})-(\d{1,2})|m)$")
 
 
 @dataclass(frozen=True)
 class ImageRef:
     """A stored (or drawn-from-stored) picture: `key` names it within the site ("M/L/x<offset>-<length>" a
     patch, "M/L/r<row>" a render, "s" its thumbnail, "c"/"p" a caricature and its photo, "a" an atlas cell,
-    "m" the atlas mosaic); `shared`: shown on more than one page."""
+    "m" the atlas mosaic, "k<row>-<channel>" one channel of a render in gray); `shared`: shown on more than one
+    page. `load` gives the bytes a browser is sent: the stored bytes when a browser shows them right, else
+    what `scopecli.artifact.display` makes of them (gray, a false-colour composite, enlarged)."""
 
     key: str
     load: Callable[[], bytes] = field(compare=False, repr=False)
@@ -116,10 +121,13 @@ class UnitPage:
     strip_svg: str | None
     links: list[LinkRow]
     panels: list[Panel]  # the sections of the file's further elements (label profile, strongest inputs, ...)
+    channels: list[ChannelCard] = field(default_factory=list)  # each channel of the best render (not plain RGB)
+    channel_note: str = ""  # how the colour pictures are composed ("red=DAPI green=GFP blue=-", depth, scale)
 
     def html(self) -> str:
         return unit_page(self.m, self.lv, self.unit, self.list_page, self.prev_unit, self.next_unit, self.cards,
-                         self.examples, self.stats, self.hist_svg, self.strip_svg, self.links, self.panels)
+                         self.examples, self.stats, self.hist_svg, self.strip_svg, self.links, self.panels,
+                         self.channels, self.channel_note)
 
 
 class _LayerState:
@@ -132,7 +140,8 @@ class _LayerState:
         self.tiles_done = False
         self.extras_done = False
         self.labels_done = False
-        self.spans: set[tuple[str, int, int]] | None = None  # (blob "t"/"b", offset, length) of every patch
+        self.spans: dict[tuple[str, int, int], tuple[int, int]] | None = None  # (blob "t"/"b", offset, length) of
+        # every patch -> its (height, width)
         self.shared_spans: set[tuple[str, int]] | None = None  # (blob, offset) of patches more than one unit shows
         self.blobs: dict[str, object] | None = None  # "t"/"b" -> the example set whose byte array that key reads
 
@@ -155,7 +164,9 @@ class SiteBuilder:
         self.path = ", ".join(self.paths)  # what a one-line error on a damaged file names
         self.images: ImageSink = images or (lambda ref: None)
         self.arts = open_all(self.paths)
+        self._plane_cache: tuple[tuple, list[bytes]] | None = None  # the channels of the last render split up
         try:
+            self.specs = [DisplaySpec.of(a.model) for a in self.arts]  # how each model's pictures are shown
             self.names = display_names(self.arts, self.paths)
             fingerprints = [(os.path.realpath(p), str(a.model.get("fingerprint") or a.fingerprint))
                             for a, p in zip(self.arts, self.paths)]
@@ -228,18 +239,62 @@ class SiteBuilder:
     def _key(self, m: ModelView, lv: LayerView, what: str) -> str:
         return f"{m.index}/{self._state[m.index][lv.name].index}/{what}"
 
+    def _shown(self, m: ModelView, load: Callable[[], bytes], height: int, width: int,
+               what: str) -> Callable[[], bytes]:
+        """The loader of what a browser is sent for a stored picture (every picture a page shows goes through
+        here or `_thumb_ref`, `_mosaic_png`, `_planes`): the stored bytes for 8-bit RGB and gray, else the
+        display composite (`display.display_bytes` with the model's DisplaySpec)."""
+        spec, h, w = self.specs[m.index], int(height), int(width)
+        return lambda: display_bytes(load(), h, w, spec, what)
+
     def _render_ref(self, m, lv, section, row: int, shared: bool) -> ImageRef:
         off, ln = int(section.cols["offset"][row]), int(section.cols["length"][row])
-        return ImageRef(self._key(m, lv, f"r{row}"), lambda: section._read(off, ln), shared)
+        h, w = int(section.cols["height"][row]), int(section.cols["width"][row])
+        return ImageRef(self._key(m, lv, f"r{row}"),
+                        self._shown(m, lambda: section._read(off, ln), h, w, f"render {lv.name} row {row}"), shared)
 
     def _thumb_ref(self, m, lv, section, row: int) -> ImageRef:
+        spec = self.specs[m.index]
+
         def load():
-            return thumb_bytes(section.view(row).image)[0]
+            return thumb_bytes(section.view(row).image, spec)[0]
         return ImageRef(self._key(m, lv, f"s{row}"), load, True)
 
-    def _patch_ref(self, m, lv, which: str, span: tuple[int, int], load, shared: bool) -> ImageRef:
+    def _patch_ref(self, m, lv, which: str, span: tuple[int, int], load, shared: bool, height: int,
+                   width: int) -> ImageRef:
         off, ln = span
-        return ImageRef(self._key(m, lv, f"x{self._blob_key(m, lv, which)}{off}-{ln}"), load, shared)
+        b = self._blob_key(m, lv, which)
+        return ImageRef(self._key(m, lv, f"x{b}{off}-{ln}"), self._shown(m, load, height, width, f"patch of {lv.name}"),
+                        shared)
+
+    def _planes(self, m, lv, section, row: int) -> list[bytes]:
+        """Each channel of render `row` as an 8-bit gray PNG (decoded once for all its channels)."""
+        key = (m.index, lv.name, row)
+        if self._plane_cache is None or self._plane_cache[0] != key:
+            off, ln = int(section.cols["offset"][row]), int(section.cols["length"][row])
+            h, w = int(section.cols["height"][row]), int(section.cols["width"][row])
+            self._plane_cache = (key, plane_pngs(section._read(off, ln), h, w, self.specs[m.index],
+                                                 f"render {lv.name} row {row}"))
+        return self._plane_cache[1]
+
+    def _plane_count(self, m, lv, section, row: int) -> int:
+        """How many channel panels render `row` has: its stored channels (from the picture's header), for
+        models that show them (not plain RGB); 0 otherwise."""
+        if not self.specs[m.index].per_channel:
+            return 0
+        off, ln = int(section.cols["offset"][row]), int(section.cols["length"][row])
+        found = stored_channels(section._read(off, ln), int(section.cols["height"][row]))
+        return found[0] if found is not None else 0
+
+    def _caricature_refs(self, m, lv, j: int, c) -> tuple[ImageRef, ImageRef]:
+        what = f"caricature {lv.name} #{j}"
+        return (ImageRef(self._key(m, lv, f"c{j}"), self._shown(m, lambda: c.encoded, c.height, c.width, what), True),
+                ImageRef(self._key(m, lv, f"p{j}"), self._shown(m, lambda: c.photo_encoded, c.height, c.width,
+                                                                 f"photo of {what}"), True))
+
+    def _atlas_ref(self, m, lv, j: int, c) -> ImageRef:
+        return ImageRef(self._key(m, lv, f"a{j}"), self._shown(m, lambda: c.encoded, c.height, c.width,
+                                                               f"atlas cell {lv.name} #{j}"), False)
 
     def _example_blobs(self, m, lv) -> dict[str, object]:
         """"t"/"b" -> the layer's top/bottom example set (present ones only)."""
@@ -288,12 +343,20 @@ class SiteBuilder:
         what = mt.group(3)
         if what.startswith("x"):
             b, off, ln = mt.group(4), int(mt.group(5)), int(mt.group(6))
-            if (b, off, ln) not in self._spans(m, lv):
+            size = self._spans(m, lv).get((b, off, ln))
+            if size is None:
                 return None
-            return self._example_blobs(m, lv)[b]._read(off, ln)
+            s = self._example_blobs(m, lv)[b]
+            return self._shown(m, lambda: s._read(off, ln), size[0], size[1], f"patch of {lv.name}")()
         if what == "m":
             atlas = art.atlas(lv.name)
-            return None if atlas is None or not atlas.cells else _mosaic_png(atlas)
+            return None if atlas is None or not atlas.cells else _mosaic_png(atlas, self.specs[mi])
+        if what[0] == "k":
+            row, ch = int(mt.group(8)), int(mt.group(9))
+            s = art.section(lv.name, "renders")
+            if s is None or row >= s.n or ch >= self._plane_count(m, lv, s, row):
+                return None
+            return self._planes(m, lv, s, row)[ch]
         n = int(mt.group(7))
         kind = what[0]
         if kind in "rs":
@@ -305,21 +368,23 @@ class SiteBuilder:
             return self._thumb_ref(m, lv, s, n).load()
         if kind in "cp":
             cs = art.caricatures(lv.name)
-            return None if n >= len(cs) else (cs[n].encoded if kind == "c" else cs[n].photo_encoded)
+            return None if n >= len(cs) else self._caricature_refs(m, lv, n, cs[n])["cp".index(kind)].load()
         atlas = art.atlas(lv.name)
-        return None if atlas is None or n >= len(atlas.cells) else atlas.cells[n].encoded
+        return None if atlas is None or n >= len(atlas.cells) else self._atlas_ref(m, lv, n, atlas.cells[n]).load()
 
-    def _spans(self, m, lv) -> set[tuple[str, int, int]]:
-        """Every stored patch as (blob, offset, length): the only byte ranges a picture key may name."""
+    def _spans(self, m, lv) -> dict[tuple[str, int, int], tuple[int, int]]:
+        """Every stored patch as (blob, offset, length) -> its (height, width): the only byte ranges a picture
+        key may name."""
         st = self._state[m.index][lv.name]
         if st.spans is None:
-            spans = set()
+            spans = {}
             for which in ("top", "bottom"):
                 s = self._example_blobs(m, lv).get(which[0])
                 if s is not None:
                     has = s.length > 0
                     b = self._blob_key(m, lv, which)
-                    spans.update((b, o, n) for o, n in zip(s.offset[has].tolist(), s.length[has].tolist()))
+                    spans.update(((b, o, n), (h, w)) for o, n, h, w in zip(
+                        s.offset[has].tolist(), s.length[has].tolist(), s.height[has].tolist(), s.width[has].tolist()))
             st.spans = spans
         return st.spans
 
@@ -366,7 +431,8 @@ class SiteBuilder:
         s = self._example_blobs(m, lv)[which[0]]
         row = s.row_of(u)
         off, ln = int(s.offset[row, k]), int(s.length[row, k])
-        ref = self._patch_ref(m, lv, which, (off, ln), lambda: s._read(off, ln), True)
+        ref = self._patch_ref(m, lv, which, (off, ln), lambda: s._read(off, ln), True, int(s.height[row, k]),
+                              int(s.width[row, k]))
         cls = self._class_of(m, int(s.image_index[row, k]))
         return Tile(u, self.images(ref) or "", "example", int(s.width[row, k]), int(s.height[row, k]),
                     f"{which} example {fmt(float(s.score[row, k]))}" + (f" ({cls})" if cls else ""))
@@ -394,8 +460,8 @@ class SiteBuilder:
                     r.diversity_index, r.act_final, r.act_robust, r.dataset_max_ratio, False,
                     f"{r.param} · {r.steps} steps · {r.size}px · seed {r.seed}", charts.trace_svg(r.act_trace)))
         for j, c in enumerate(art.caricatures(lv.name)):
-            src = self.images(ImageRef(self._key(m, lv, f"c{j}"), lambda c=c: c.encoded, True))
-            photo = self.images(ImageRef(self._key(m, lv, f"p{j}"), lambda c=c: c.photo_encoded, True))
+            ref, photo_ref = self._caricature_refs(m, lv, j, c)
+            src, photo = self.images(ref), self.images(photo_ref)
             if not src or not photo:
                 continue
             caricatures.append(CaricatureCard(src, photo, c.width, c.height, c.source_name, c.cosine,
@@ -408,11 +474,12 @@ class SiteBuilder:
 
     def _atlas_page(self, m, lv, atlas) -> AtlasPage:
         cell_px = max(8, min(atlas.size, ATLAS_MOSAIC_PX // atlas.grid))
-        mosaic = self.images(ImageRef(self._key(m, lv, "m"), lambda: _mosaic_png(atlas), True)) or ""
+        spec = self.specs[m.index]
+        mosaic = self.images(ImageRef(self._key(m, lv, "m"), lambda: _mosaic_png(atlas, spec), True)) or ""
         listed = self._state[m.index][lv.name].position
         cells = []
         for j, c in enumerate(atlas.cells):
-            src = self.images(ImageRef(self._key(m, lv, f"a{j}"), lambda c=c: c.encoded, False)) or ""
+            src = self.images(self._atlas_ref(m, lv, j, c)) or ""
             units = [(u, f"u/{u}.html" if u in listed else None) for u in c.nearest_units(3)]
             cells.append(AtlasCellCard(c.position[0], c.position[1], src, c.count, units))
         return AtlasPage(atlas.grid, atlas.layout, atlas.layout_note, atlas.seed, atlas.vectors, atlas.steps,
@@ -484,7 +551,8 @@ class SiteBuilder:
                 if not e.span[1]:
                     continue
                 on_two_pages = (self._blob_key(m, lv, which), e.span[0]) in shared or tile == (which, e.rank)
-                src = self.images(self._patch_ref(m, lv, which, e.span, lambda e=e: e.encoded, on_two_pages))
+                src = self.images(self._patch_ref(m, lv, which, e.span, lambda e=e: e.encoded, on_two_pages,
+                                                  e.height, e.width))
                 if not src:
                     continue
                 card = ExampleCard(src, e.width, e.height, e.rank, e.score, self._class_of(m, e.image_index),
@@ -496,8 +564,40 @@ class SiteBuilder:
         links = self._link_rows(self.links_by_key.get((m.index, lv.name, u), []))
         prev_u = int(st.listed[i - 1]) if i > 0 else None
         next_u = int(st.listed[i + 1]) if i + 1 < len(st.listed) else None
+        best = _best_render(rs, list(rs.rows_of(u))) if has_render else None
+        channels = self._channel_cards(m, lv, rs, best) if best is not None else []
         return UnitPage(m, lv, u, i // self.per_page + 1, prev_u, next_u, cards, examples, stats, hist_svg,
-                        strip_svg, links, self._panels(m, view))
+                        strip_svg, links, self._panels(m, view), channels, self._channel_note(m, rs, best))
+
+    def _channel_cards(self, m, lv, rs, row: int | None) -> list[ChannelCard]:
+        """Each channel of the unit's best render as a gray picture, named (models other than plain RGB)."""
+        n = self._plane_count(m, lv, rs, row) if row is not None else 0
+        if not n:
+            return []
+        spec = self.specs[m.index]
+        names = spec.names if n == spec.channels else default_names(n)
+        w, h = int(rs.cols["width"][row]), int(rs.cols["height"][row])
+        cards = []
+        for ch in range(n):
+            ref = ImageRef(self._key(m, lv, f"k{row}-{ch}"), lambda ch=ch: self._planes(m, lv, rs, row)[ch], False)
+            src = self.images(ref)
+            if src:
+                cards.append(ChannelCard(src, w, h, ch, names[ch]))
+        return cards
+
+    def _channel_note(self, m, rs, row: int | None) -> str:
+        """How a unit page's pictures are shown, when not as stored: the composite's channels, depth and
+        enlargement ("" for 8-bit RGB models of usual input size, and for files without an input spec)."""
+        spec = self.specs[m.index]
+        parts = [f"composite: {spec.describe()}" if spec.describe() else
+                 ("one channel, shown in gray" if spec.channels == 1 and spec.enlarge_small else "")]
+        if spec.bit_depth == 16:
+            parts.append("16-bit values scaled to 8 bits for display")
+        if spec.small:
+            k = enlarge_factor(int(rs.cols["height"][row]), int(rs.cols["width"][row])) if row is not None else 1
+            parts.append(f"input {spec.input_size} px: pictures enlarged" + (f" ×{k}" if k > 1 else "")
+                         + " with nearest neighbour for display")
+        return " · ".join(p for p in parts if p)
 
     def _render_cards(self, m, lv, u: int, dmax) -> list[RenderCard]:
         rs = self.arts[m.index].section(lv.name, "renders")
@@ -641,11 +741,12 @@ class _UnitLinks:
         return self.site.unit_link(self.m, layer, unit)
 
 
-def thumb_bytes(image: np.ndarray) -> tuple[bytes, int, int]:
-    """A grid thumbnail (JPEG, THUMB px on its longer side) of a large render."""
+def thumb_bytes(image: np.ndarray, spec: DisplaySpec = DisplaySpec()) -> tuple[bytes, int, int]:
+    """A grid thumbnail (JPEG, THUMB px on its longer side) of a large render, as a screen shows it (`for_screen`:
+    the composite of an N-channel picture)."""
     from PIL import Image
 
-    img = Image.fromarray(image)
+    img = Image.fromarray(for_screen(image, spec))
     size = thumb_size(img.width, img.height)
     small = np.asarray(img.resize(size, Image.Resampling.LANCZOS))
     return encode_jpeg(small, 90, "thumbnail"), size[0], size[1]
@@ -675,10 +776,11 @@ def _tile_example(sets: dict, u: int) -> tuple[str, int] | None:
     return None
 
 
-def _mosaic_png(atlas) -> bytes:
+def _mosaic_png(atlas, spec: DisplaySpec = DisplaySpec()) -> bytes:
+    """The atlas mosaic as a screen shows it (each cell's composite; `AtlasView.mosaic` for 8-bit RGB)."""
     cell_px = max(8, min(atlas.size, ATLAS_MOSAIC_PX // atlas.grid))
     buf = io.BytesIO()
-    atlas.mosaic(cell_px).save(buf, format="PNG", optimize=True)
+    display_mosaic(atlas.cells, atlas.grid, cell_px, spec).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 

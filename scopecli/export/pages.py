@@ -269,6 +269,17 @@ class RenderCard:
 
 
 @dataclass
+class ChannelCard:
+    """One channel of a unit's best render in gray (models other than plain RGB), with its name."""
+
+    src: str
+    width: int
+    height: int
+    channel: int
+    name: str
+
+
+@dataclass
 class ExampleCard:
     src: str
     width: int
@@ -365,13 +376,16 @@ class Panel:
 
 def unit_page(m: ModelView, lv: LayerView, unit: int, list_page: int, prev_unit: int | None, next_unit: int | None,
               renders: list[RenderCard], examples: dict[str, list[ExampleCard]], stats: dict,
-              hist_svg: str | None, strip_svg: str | None, links: list[LinkRow], panels: list[Panel] = ()) -> str:
+              hist_svg: str | None, strip_svg: str | None, links: list[LinkRow], panels: list[Panel] = (),
+              channels: list[ChannelCard] = (), channel_note: str = "") -> str:
+    """`channels`: each channel of the best render in gray, `channel_note` how the colour pictures are composed
+    (both empty for plain RGB models: their page is as it always was)."""
     keys = STAT_ROWS + [(k, k, ".4g") for k in sorted(stats) if k.startswith("p") and k not in ("positions",)]
     stat_rows = [(label, fmt(stats.get(k), spec)) for k, label, spec in keys if k in stats]
     return _render("unit.html", root="../../../../", m=m, lv=lv, unit=unit, list_page=list_page,
                    prev_unit=prev_unit, next_unit=next_unit, renders=renders, examples=examples, stats=stats,
                    stat_rows=stat_rows, hist_svg=_svg(hist_svg), strip_svg=_svg(strip_svg), links=links,
-                   panels=list(panels))
+                   panels=list(panels), channels=list(channels), channel_note=channel_note)
 
 @dataclass
 class Hit:

@@ -3,9 +3,10 @@
 Why this shape: researchers look at units in a browser and share the folder, so the folder must not
 be much bigger than the artifact it shows. The pages come from `build.py` (the same page objects
 `scope serve` answers with); this module only decides where pictures live. Pictures are copied byte
-for byte from the artifact (no re-encoding), content-addressed: a picture more than one page shows
-(a grid thumbnail, a patch several units share) is written once as `i/<h[:2]>/<h>.<ext>` (h: the first
-20 hex digits of its sha256),
+for byte from the artifact (no re-encoding) wherever a browser shows them as stored (8-bit RGB and gray;
+pictures of N channels, 16 bits or small inputs are their display composite, see build.ImageRef),
+content-addressed: a picture more than one page shows (a grid thumbnail, a patch several units share) is
+written once as `i/<h[:2]>/<h>.<ext>` (h: the first 20 hex digits of its sha256),
 and a picture only one page shows is inlined in that page as a `data:` URI, as are the tiny heatmap
 overlays, so the site holds a few files per unit. Pages are plain HTML + one stylesheet so the site
 works from `file://`. The site is written into a staging folder and swapped in at the end, so a
