@@ -36,20 +36,26 @@ def _fit(pixels: np.ndarray, side: int = CELL) -> Image.Image:
 def band(path: str, layer: str, units: list[int], n_examples: int, heat: bool) -> tuple[Image.Image, str]:
     from scopecli.core import heatmaps
     from scopecli.artifact import open_artifact
+    from scopecli.artifact.display import DisplaySpec, composite, planes
 
     with open_artifact(path) as art:
         rec = art.layer(layer)
+        spec = DisplaySpec.of(art.model)  # N channels: the false-colour composite, then each channel in gray
+        per_channel = spec.channels not in (1, 3) or bool(spec.rgb)
         cols = []
         for u in units:
             view = art.unit(f"{layer}:{u}")
-            cells = [( _fit(r.image), f"{u}: act {r.act_final:.3g}") for r in (getattr(view, "renders", None) or [])[:1]]
+            renders = (getattr(view, "renders", None) or [])[:1]
+            cells = [(_fit(composite(r.image, spec)), f"{u}: act {r.act_final:.3g}") for r in renders]
+            if per_channel:
+                cells += [(_fit(p), f"  {name}") for r in renders for p, name in zip(planes(r.image), spec.names)]
             if not cells:
                 cells = [(Image.new("RGB", (CELL, CELL), (250, 250, 250)), f"{u}: no render")]
             ex = (getattr(view, "examples", None) or {}).get("top", [])
             for e in ex[:n_examples]:
-                pix = e.patch
-                if pix is None:
+                if e.patch is None:
                     continue
+                pix = composite(e.patch, spec)
                 if heat and e.heatmap is not None:
                     pix = heatmaps.overlay(pix, e, rec)
                 cls = ""

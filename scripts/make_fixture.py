@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/make_fixture.py               # tests/fixtures/artifact-1.0.h5 (format 1.0)
     .venv/bin/python scripts/make_fixture.py --version 1.1 # tests/fixtures/artifact-1.1.h5, every element
+    .venv/bin/python scripts/make_fixture.py --version 1.2 # tests/fixtures/artifact-1.2.h5, every element, 5 channels
 
 The test suite opens these files forever to prove that today's reader still reads files written by the
 writer of each version. Regenerating one would defeat that purpose: the script refuses if the file exists.
@@ -30,7 +31,7 @@ def make_1_0(out: str) -> None:
     make_artifact(out, seed=0, command="make_fixture")
 
 
-def make_1_1(out: str) -> None:
+def make_1_1(out: str, **model) -> None:
     from fixture_builders import write_full_artifact
 
     from scopecli.cli import main
@@ -43,17 +44,22 @@ def make_1_1(out: str) -> None:
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
 
     with tempfile.TemporaryDirectory() as tmp:
-        built = write_full_artifact(Path(tmp), run)
+        built = write_full_artifact(Path(tmp), run, **model)
         shutil.copy(built, out)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--version", default="1.0", choices=["1.0", "1.1"])
+    ap.add_argument("--version", default="1.0", choices=["1.0", "1.1", "1.2"])
     args = ap.parse_args()
     out = out_path(args.version)
     if os.path.exists(out):
         sys.exit(f"error: {out} exists; the {args.version} fixture is frozen and must not be regenerated")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    (make_1_0 if args.version == "1.0" else make_1_1)(out)
+    if args.version == "1.2":  # every element, on a 5-channel 16-bit model with channel names and a colour mapping
+        from fixture_builders import FIVE
+
+        make_1_1(out, **FIVE)
+    else:
+        (make_1_0 if args.version == "1.0" else make_1_1)(out)
     print(f"wrote {out} ({os.path.getsize(out)} bytes)")

@@ -203,18 +203,23 @@ def fake_space(base: LayerRecord, name: str = "pca3", k: int = 3, seed: int = 0)
 
 def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = True, n_images: int = 12,
                   k: int = 4, units=None, fingerprint: str = FAKE_FINGERPRINT, table: ImageTable | None = None,
-                  patch_format: str = "jpeg", command: str = "test", space: bool = False) -> str:
+                  patch_format: str = "jpeg", command: str = "test", space: bool = False, pixels: bool = False) -> str:
     """Write a complete small artifact to `path` and return it as str.
 
     `units` (default: all) limits which units of each layer get renders/examples/stats; the probe covers
     the first 3 images. `table` overrides the synthetic image table (e.g. for pack shard tests). `space`
     adds a unit space on the first layer (layer `<first>@pca3`, with renders and collected content too).
+    `pixels` gives the image table pixel statistics (format 1.2).
     """
     layers = fake_layers()
     if space:
         sp = fake_space(layers[0], seed=seed)
         layers.append(space_record(layers[0], sp.layer, sp.k))
     table = table if table is not None else fake_image_table(n_images, seed)
+    if pixels:
+        rng = np.random.default_rng(seed)
+        a = rng.random((3, 3))
+        table.pixel_mean, table.pixel_cov = rng.random(3), a @ a.T / 10
     with ArtifactWriter(path, fake_model_info(fingerprint), command, {"seed": seed, "k": k}) as w:
         for li, rec in enumerate(layers):
             w.ensure_layer(rec)

@@ -52,7 +52,7 @@ def _file_paths(path: str) -> dict[str, object]:
 
 
 def test_writer_writes_exactly_what_the_schema_describes(tmp_path):
-    path = make_artifact(tmp_path / "full.h5", space=True)
+    path = make_artifact(tmp_path / "full.h5", space=True, pixels=True)
     described = _schema_paths(load_schema())
     written = _file_paths(path)
     assert set(written) == set(described), (set(written) ^ set(described))

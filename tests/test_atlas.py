@@ -14,6 +14,7 @@ from collect_builders import noise_images
 from conftest import assert_one_line_error
 from scopecli.views import atlas as atlas_mod
 from scopecli.artifact import open_artifact
+from scopecli.artifact.display import DisplaySpec, display_bytes
 from scopecli.artifact.validate import validate
 
 COLLECT = ["--top-k", 2, "--bottom-k", 1, "--batch", 8, "--workers", 0, "--probe", 3, "--input-size", 32, "--quiet"]
@@ -125,7 +126,9 @@ def test_atlas_page_in_the_gallery(sampled, scope_cli, tmp_path):
     assert not srcs[0].startswith("data:") and image_kind(src_bytes(page, srcs[0])) == "png"  # the mosaic: a file
     with open_artifact(sampled) as art:
         atlas = art.atlas("3")
-        assert [src_bytes(page, s) for s in srcs[1:]] == [c.encoded for c in atlas.cells]  # cells as stored
+        spec = DisplaySpec.of(art.model)  # a 32 px model: cells enlarged with nearest neighbour, as display_bytes does
+        assert [src_bytes(page, s) for s in srcs[1:]] == [display_bytes(c.encoded, c.height, c.width, spec)
+                                                          for c in atlas.cells]
     assert len(srcs) == 1 + len(atlas.cells)  # (metadata only here: no image is read after the file closes)
     text = page.read_text()
     first = atlas.cells[0]

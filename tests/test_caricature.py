@@ -104,6 +104,7 @@ def test_show_and_export_display_the_layer_caricatures(tmp_path, photos, scope_c
         assert im.width > 200 and np.asarray(im).std() > 10
     from export_helpers import check_site_links
 
+    from scopecli.artifact.display import DisplaySpec, display_bytes
     from scopecli.export import export_site
 
     site = tmp_path / "site"
@@ -115,7 +116,9 @@ def test_show_and_export_display_the_layer_caricatures(tmp_path, photos, scope_c
     shown = [src_bytes(layer_page, v) for tag, v in page_refs(layer_page)[0] if tag == "img"]
     with open_artifact(out) as art:
         c = art.caricatures("3")[0]
-        assert "Caricatures" in page and c.encoded in shown and c.photo_encoded in shown  # as stored
+        spec = DisplaySpec.of(art.model)  # a 32 px model: shown enlarged with nearest neighbour
+        assert "Caricatures" in page and display_bytes(c.encoded, c.height, c.width, spec) in shown
+        assert display_bytes(c.photo_encoded, c.height, c.width, spec) in shown
     check_site_links(site)
 
 

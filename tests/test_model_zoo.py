@@ -14,6 +14,9 @@ from scopecli.model.families.open_clip import CLIP_MICROSCOPE, _clip_name
 from scopecli.model.families.timm import TIMM_MICROSCOPE
 from scopecli.model.weights import random_init
 
+# the input spec every 1.2 record carries (an 8-bit RGB model)
+RGB_INPUT = {"channels": 3, "bit_depth": 8, "value_range": None, "channel_names": [], "display_channels": []}
+
 
 def _units(row: dict) -> int:
     return row.get("channels", row.get("units"))
@@ -159,7 +162,7 @@ def test_timm_inception_v4_random_offline(offline, scope_cli):
     assert model["weights"] == "random:0" and data["input_size"] == 299
     # timm's pretrained config: mean/std 0.5, crop 299, resize floor(299 / 0.875), bicubic
     assert model["preprocess"] == {"mean": [0.5] * 3, "std": [0.5] * 3, "resize": 341, "crop": 299,
-                                   "interpolation": "bicubic"}
+                                   "interpolation": "bicubic", **RGB_INPUT}
     assert any(row["default"] for row in data["layers"])
     loaded = resolve_model("timm/inception_v4", weights="random")
     assert loaded.fingerprint == model["fingerprint"]  # seeded: the same random model every time
@@ -297,7 +300,7 @@ def test_open_clip_pretrained_comes_from_the_local_cache_only(offline, tiny_clip
     loaded = resolve_model("open_clip/scope-tiny")
     assert loaded.weights == "fake" and loaded.fingerprint == model_fingerprint(src.visual)
     assert loaded.preprocess.to_dict() == {"mean": [0.5] * 3, "std": [0.25] * 3, "resize": 32, "crop": 32,
-                                           "interpolation": "bilinear"}
+                                           "interpolation": "bilinear", **RGB_INPUT}
     _hub_flag_untouched()
 
 

@@ -11,6 +11,7 @@ import os
 from scopecli.artifact import open_artifact
 from scopecli.core.errors import ScopeError
 from scopecli.core.units import split_space
+from scopecli.model.inputspec import InputOptions
 from scopecli.model.spaces import BoundSpace, bind_spaces
 
 
@@ -53,12 +54,10 @@ def attach_spaces(loaded, path, names) -> list[str]:
     return [s.name for s in spaces]
 
 
-def recorded_inputs(path) -> "InputOptions | None":
+def recorded_inputs(path) -> InputOptions | None:
     """The input spec an existing artifact records (1.2), as options: a run that adds to the file and says nothing
     about its input uses the file's (a 16-bit collect, then a plain `scope render -o FILE`). None: no such file or
     no record (1.0/1.1 files are 8-bit RGB, the default)."""
-    from scopecli.model.inputspec import InputOptions
-
     if not path or not os.path.isfile(path):
         return None
     try:

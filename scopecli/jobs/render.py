@@ -22,6 +22,7 @@ from scopecli.render.engine import (RenderResult, RenderSettings, batches, check
 from scopecli.render.estimate import fmt_duration
 from scopecli.render.param import color_from_covariance, spectrum_from_images
 from scopecli.collect.checkpoint import PixelMoments
+from scopecli.data.dataset import ModelInputs, PixelSpec, make_loader, open_source
 from scopecli.render.resume import render_done_keys
 from scopecli.core.units import parse_units
 from scopecli.artifact import ArtifactWriter, open_artifact
@@ -94,8 +95,6 @@ def channel_color(pre, data_dir=None, artifact: str | None = None, limit: int = 
     covariance of up to `limit` images of `data_dir` (model inputs, as collect reads them), else of the pixels
     the artifact's collect saw; (None, "") — independent channels — when there is neither."""
     if data_dir is not None:
-        from scopecli.data.dataset import ModelInputs, PixelSpec, make_loader, open_source
-
         src = open_source(data_dir)
         ds = ModelInputs(src.files, range(min(limit, len(src.files))), pre.resize, pre.crop, pre.interpolation,
                          pixels=PixelSpec.of(pre))
