@@ -62,24 +62,36 @@ def _recolor(x: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,njhw->nihw", color, x)
 
 
+# How far one unit of decorrelated value moves a pixel channel in Lucid's RGB matrix (the RMS of its row norms,
+# 0.604): N-channel matrices are scaled to the same gain, so a gray or 5-channel render has the contrast an RGB
+# render has, not 1.7x more (a column-normalised gray "matrix" would be 1.0 and saturate).
+RGB_CHANNEL_GAIN = float(np.sqrt((np.linalg.norm(COLOR_CORRELATION, axis=1) ** 2).mean()))
+
+
+def _channel_gain(matrix: np.ndarray) -> np.ndarray:
+    rms = float(np.sqrt((np.linalg.norm(matrix, axis=1) ** 2).mean()))
+    return (matrix * (RGB_CHANNEL_GAIN / rms)).astype(np.float32) if rms > 1e-12 else matrix.astype(np.float32)
+
+
 def color_from_covariance(cov: np.ndarray) -> np.ndarray:
     """Lucid's colour decorrelation for any channel count: the square root of the channels' covariance (measured
-    on the data's pixels), scaled so that its largest column has norm 1 (as Lucid's RGB matrix is)."""
+    on the data's pixels), scaled to Lucid's RGB gain per channel (`RGB_CHANNEL_GAIN`)."""
     cov = np.asarray(cov, dtype=np.float64)
     if cov.ndim != 2 or cov.shape[0] != cov.shape[1] or not np.all(np.isfinite(cov)):
         raise ScopeError(f"channel covariance must be a finite square matrix, got shape {cov.shape}")
     cov = (cov + cov.T) / 2
     vals, vecs = np.linalg.eigh(cov)
     root = vecs @ np.diag(np.sqrt(np.clip(vals, 0, None))) @ vecs.T
-    norm = np.max(np.linalg.norm(root, axis=0))
-    if not norm > 1e-12:
-        return np.eye(cov.shape[0], dtype=np.float32)
-    return (root / norm).astype(np.float32)
+    if not np.abs(root).max() > 1e-12:
+        return default_color(cov.shape[0])
+    return _channel_gain(root)
 
 
 def default_color(channels: int) -> np.ndarray:
-    """Lucid's ImageNet matrix for RGB; identity (independent channels) for any other count without data."""
-    return COLOR_CORRELATION.copy() if channels == 3 else np.eye(channels, dtype=np.float32)
+    """Lucid's ImageNet matrix for RGB; independent channels at Lucid's gain for any other count without data."""
+    if channels == 3:
+        return COLOR_CORRELATION.copy()
+    return _channel_gain(np.eye(channels))
 
 
 def parameterization(name: str, help: str):
