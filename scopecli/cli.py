@@ -43,6 +43,7 @@ BitDepthOpt = typer.Option(None, "--bit-depth", help="8 or 16: the depth picture
 ValueRangeOpt = typer.Option(None, "--value-range", help="LOW,HIGH: raw sample values that map to 0 and 1 (e.g. 0,4095 for 12-bit data; default: the data type's full range).")
 ChannelNamesOpt = typer.Option(None, "--channel-names", help="Comma-separated channel names, e.g. DAPI,GFP,RFP,Cy5,BF (recorded in the artifact).")
 DisplayChannelsOpt = typer.Option(None, "--display-channels", help="Channels shown as red,green,blue in pictures: indices or names, '-' for none (e.g. 3,1,0).")
+ShowChannelsOpt = typer.Option(None, "--display-channels", help="Channels shown as red,green,blue (indices or the file's channel names, '-' for none) instead of the file's recorded mapping.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output on stdout.")
 
@@ -414,6 +415,7 @@ def show_cmd(
     file: str = typer.Argument(..., metavar="FILE", help="Artifact."),
     unit: str = typer.Argument(..., metavar="LAYER:UNIT", help="Unit address, e.g. layer4.2:117; or a LAYER for its caricatures and atlas."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Write the unit card as a PNG (a name ending in .png)."),
+    display_channels: Optional[str] = ShowChannelsOpt,
     json_out: bool = JsonOpt,
 ):
     """One unit: statistics, renders and examples; -o writes its card as PNG. A layer: its caricatures and atlas."""
@@ -428,7 +430,7 @@ def show_cmd(
         load, write, as_json, summary = load_layer, write_layer_card, layer_json, layer_summary
     else:
         load, write, as_json, summary = load_unit, write_card, unit_json, unit_summary
-    info = load(file, unit, pixels=bool(out))
+    info = load(file, unit, pixels=bool(out), display=display_channels)
     if out:
         write(info, out)
     if json_out:
@@ -519,6 +521,7 @@ def export_cmd(
     out: str = typer.Option(..., "-o", "--out", help="Site folder (new, empty, or a previous scope export, which is replaced)."),
     diff: Optional[List[str]] = typer.Option(None, "--diff", help="A `scope diff --save` file: links matched units across models (repeatable)."),
     per_page: int = typer.Option(128, "--per-page", help="Units per page of a layer grid."),
+    display_channels: Optional[str] = ShowChannelsOpt,
     quiet: bool = QuietOpt,
     json_out: bool = JsonOpt,
 ):
@@ -528,7 +531,7 @@ def export_cmd(
     from scopecli.export import export_site
     from scopecli.core.progress import progress
 
-    res = export_site(files, out, diff_paths=diff or (), per_page=per_page,
+    res = export_site(files, out, diff_paths=diff or (), per_page=per_page, display=display_channels,
                       progress=None if (quiet or json_out) else functools.partial(progress, unit="units"))
     if json_out:
         _print_json(res)
@@ -547,6 +550,7 @@ def serve_cmd(
     open_browser: bool = typer.Option(False, "--open", help="Open the index in the web browser."),
     per_page: int = typer.Option(128, "--per-page", help="Units per page of a layer grid."),
     verbose: bool = typer.Option(False, "--verbose", help="Log every request to stderr."),
+    display_channels: Optional[str] = ShowChannelsOpt,
     json_out: bool = JsonOpt,
 ):
     """Browse artifacts in a web browser, pages built from the files on request (read-only; Ctrl-C stops)."""
@@ -555,7 +559,7 @@ def serve_cmd(
 
     if not 0 <= port <= 65535:
         raise ScopeError(f"--port must be 0..65535, got {port}")
-    catalog = Catalog(files, diff or (), per_page=per_page)
+    catalog = Catalog(files, diff or (), per_page=per_page, display=display_channels)
     try:
         server = Server(catalog, host, port, verbose=verbose)
     except OSError as exc:

@@ -7,6 +7,8 @@ Every command of the pipeline runs on tiny models built here (tests/tinymodels.p
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import h5py
 import numpy as np
@@ -17,10 +19,12 @@ from PIL import Image
 import tinymodels
 from conftest import assert_one_line_error
 from scopecli.artifact import open_artifact
+from scopecli.artifact.display import DisplaySpec, for_screen, to8
 from scopecli.artifact.validate import validate
 from scopecli.model import find_layer, layer_table, resolve_model
 from test_layers import analytic_field, measured_field
 
+FIXTURE_1_2 = os.path.join(os.path.dirname(__file__), "fixtures", "artifact-1.2.h5")
 FAST = ("--steps", "8", "--quiet")
 COLLECT = ("--top-k", "3", "--bottom-k", "1", "--probe", "4", "--batch", "4", "--workers", "0", "--quiet")
 
@@ -205,3 +209,23 @@ def test_known_answer_edge_channel(tmp_path, scope_cli):
     horizontal_freq = power[np.abs(fx) > np.abs(fy)].sum()  # intensity changing along x: vertical structure
     vertical_freq = power[np.abs(fy) > np.abs(fx)].sum()
     assert horizontal_freq > 3 * vertical_freq, (horizontal_freq, vertical_freq)
+
+
+def test_display_channels_can_be_chosen_when_showing(tmp_path, scope_cli):
+    shutil.copy(FIXTURE_1_2, tmp_path / "f.h5")
+    f = tmp_path / "f.h5"
+    with open_artifact(f) as art:
+        render = art.unit("4:1").renders[0].image
+    for how in ("4,-,0", "BF,-,DAPI"):  # by index and by recorded channel name
+        card = tmp_path / f"card{len(how)}.png"
+        r = scope_cli("show", f, "4:1", "-o", card, "--display-channels", how)
+        assert r.code == 0, r.stderr
+        site = tmp_path / f"site{len(how)}"
+        assert scope_cli("export", f, "-o", site, "--display-channels", how, "--quiet").code == 0
+        assert "red=BF green=- blue=DAPI" in (site / "m/01-f/02-4/u/1.html").read_text()
+    shown = for_screen(render, DisplaySpec.of(json.loads(json.dumps({"preprocess": {"channels": 5, "crop": 32,
+                                                                                    "display_channels": [4, -1, 0]}}))))
+    assert shown[:, :, 1].max() == 0 and np.array_equal(shown[::4, ::4, 0], to8(render[:, :, 4]))
+    assert_one_line_error(scope_cli("export", f, "-o", tmp_path / "bad", "--display-channels", "9", "--quiet"),
+                          contains="outside 0..4")
+    assert_one_line_error(scope_cli("show", f, "4:1", "--display-channels", "NOPE"), contains="names: DAPI")

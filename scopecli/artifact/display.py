@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import io
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from scopecli.artifact.images import decode_image, encode_png, image_kind
 from scopecli.artifact.layout import PNG_MAGIC
+from scopecli.core.errors import ScopeError
 
 SMALL_INPUT = 64  # models whose input side is at most this get nearest-neighbour enlargement on display
 DISPLAY_MIN_SIDE = 128  # ... to at least this many pixels (an integer factor)
@@ -40,6 +41,33 @@ def default_names(channels: int) -> tuple[str, ...]:
     if channels in (1, 3):
         return ("gray",) if channels == 1 else ("R", "G", "B")
     return tuple(f"ch{i}" for i in range(channels))
+
+
+def parse_mapping(text, channels: int, names=None) -> tuple[int, ...]:
+    """'3,1,0' or 'DAPI,GFP,-' -> the channel indices shown as red, green, blue (-1: none); a one-line error
+    for anything else (`--display-channels`, when recording an input spec or when showing a file)."""
+    items = list(text) if isinstance(text, (list, tuple)) else [v.strip() for v in str(text).split(",")]
+    if not 1 <= len(items) <= 3:
+        raise ScopeError(f"--display-channels takes one to three channels (red,green,blue), got '{text}'")
+    names = list(names or ())
+    out = []
+    for item in (str(v).strip() for v in items):
+        if item in ("-", "none", "-1"):
+            out.append(-1)
+        elif item in names:
+            out.append(names.index(item))
+        else:
+            try:
+                k = int(item)
+            except ValueError:
+                known = f" (names: {', '.join(names)})" if names else ""
+                raise ScopeError(f"--display-channels: '{item}' is not a channel index or name{known}") from None
+            if not 0 <= k < channels:
+                raise ScopeError(f"--display-channels: channel {k} is outside 0..{channels - 1}")
+            out.append(k)
+    if all(v < 0 for v in out):
+        raise ScopeError("--display-channels shows no channel")
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -74,6 +102,13 @@ class DisplaySpec:
         if any(not -1 <= v < c for v in rgb) or (rgb and all(v < 0 for v in rgb)):
             rgb = ()
         return cls(c, names, rgb, size, "channels" in pre, 16 if depth == 16 else 8)
+
+    def remapped(self, text: str | None) -> "DisplaySpec":
+        """This spec with `--display-channels TEXT` (indices or this model's channel names) instead of the recorded
+        mapping; itself when TEXT is None."""
+        if text is None:
+            return self
+        return replace(self, rgb=parse_mapping(text, self.channels, self.names))
 
     @property
     def mapping(self) -> tuple[int, int, int]:

@@ -34,18 +34,20 @@ def _f(x) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
-def load_unit(path: str | Path, address: str, pixels: bool = False) -> dict:
+def load_unit(path: str | Path, address: str, pixels: bool = False, display: str | None = None) -> dict:
     """Everything about one unit as plain data; with `pixels`, also the decoded `_image`/`_patch`
     arrays the card needs (the terminal and JSON views never decode an image)."""
     art = open_checked(path)
     try:
-        return unit_info(art, address, pixels, path)
+        return unit_info(art, address, pixels, path, display)
     finally:
         art.close()
 
 
-def unit_info(art, address: str, pixels: bool = False, path: str | Path | None = None) -> dict:
-    """`load_unit` of an artifact already open (`scope serve` answers /api/unit from its open files)."""
+def unit_info(art, address: str, pixels: bool = False, path: str | Path | None = None,
+              display: str | None = None) -> dict:
+    """`load_unit` of an artifact already open (`scope serve` answers /api/unit from its open files); `display`:
+    --display-channels instead of the file's recorded mapping."""
     path = art.path if path is None else path
     layer, index = parse_unit_address(address)
     if layer not in art.layers:
@@ -55,7 +57,7 @@ def unit_info(art, address: str, pixels: bool = False, path: str | Path | None =
         raise ScopeError(f"unit {index} is out of range for layer {layer}: it has units 0..{rec.units - 1}")
     view = art.unit(layer, index)
     table = art.dataset
-    spec = DisplaySpec.of(art.model)
+    spec = DisplaySpec.of(art.model).remapped(display)
     class_names = table.class_names if table is not None else []
 
     def cls(image_index: int) -> str | None:
@@ -285,23 +287,24 @@ def write_card(info: dict, out: str | Path) -> Path:
 # ----------------------------------------------------------------------------------------- a whole layer
 
 
-def load_layer(path: str | Path, layer: str, pixels: bool = False) -> dict:
+def load_layer(path: str | Path, layer: str, pixels: bool = False, display: str | None = None) -> dict:
     """The views of one layer as plain data (`scope show FILE LAYER`): its caricatures and its activation
     atlas (format 1.1); with `pixels`, also the decoded images a layer card needs."""
     art = open_checked(path)
     try:
-        return layer_info(art, layer, pixels, path)
+        return layer_info(art, layer, pixels, path, display)
     finally:
         art.close()
 
 
-def layer_info(art, layer: str, pixels: bool = False, path: str | Path | None = None) -> dict:
+def layer_info(art, layer: str, pixels: bool = False, path: str | Path | None = None,
+               display: str | None = None) -> dict:
     """`load_layer` of an artifact already open."""
     path = art.path if path is None else path
     if layer not in art.layers:
         raise ScopeError(f"{path}: no layer named {layer}" + did_you_mean(layer, art.layers, n=3))
     rec = art.layer(layer)
-    spec = DisplaySpec.of(art.model)
+    spec = DisplaySpec.of(art.model).remapped(display)
     out = {"artifact": str(path), "model": art.model.get("name") or art.model.get("spec"), "layer": layer,
            "units": rec.units, "caricatures": [], "atlas": None, "_pixels": pixels, "_display": spec}
     for c in art.caricatures(layer):

@@ -150,11 +150,13 @@ class _LayerState:
 class SiteBuilder:
     """The page objects of a set of artifacts (and diff files), built lazily.
 
-    `images`: the writer's ImageSink. `per_page`: units per grid page. The artifacts stay open until
+    `images`: the writer's ImageSink. `per_page`: units per grid page. `display`: channels shown as red, green,
+    blue ('3,1,0' or names) instead of each file's recorded mapping. The artifacts stay open until
     `close()`; the builder is not thread-safe (a server serialises calls).
     """
 
-    def __init__(self, artifact_paths, diff_paths=(), images: ImageSink | None = None, per_page: int = PER_PAGE):
+    def __init__(self, artifact_paths, diff_paths=(), images: ImageSink | None = None, per_page: int = PER_PAGE,
+                 display: str | None = None):
         self.paths = [os.fspath(p) for p in artifact_paths]
         if not self.paths:
             raise ScopeError("give at least one artifact file")
@@ -166,7 +168,8 @@ class SiteBuilder:
         self.arts = open_all(self.paths)
         self._plane_cache: tuple[tuple, list[bytes]] | None = None  # the channels of the last render split up
         try:
-            self.specs = [DisplaySpec.of(a.model) for a in self.arts]  # how each model's pictures are shown
+            # how each model's pictures are shown (`display`: --display-channels for every model instead of theirs)
+            self.specs = [DisplaySpec.of(a.model).remapped(display) for a in self.arts]
             self.names = display_names(self.arts, self.paths)
             fingerprints = [(os.path.realpath(p), str(a.model.get("fingerprint") or a.fingerprint))
                             for a, p in zip(self.arts, self.paths)]

@@ -95,12 +95,13 @@ class _NoBar:
 
 
 def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page: int = PER_PAGE,
-                inline: bool = True) -> dict:
+                inline: bool = True, display: str | None = None) -> dict:
     """Write the gallery of `artifact_paths` (and unit links from `diff_paths`) to `out_dir`.
 
     `progress`: None for silence, or a factory like `scopecli.core.progress.progress` — called as
     `progress(total, description)` and used as a context manager whose value has `.advance(n)`.
     `inline`: pictures only one page shows go into that page (False: every picture is a file).
+    `display`: `--display-channels` (channels shown as red, green, blue) instead of each file's recorded mapping.
     Returns a summary: site, index, url, models, layers, units, pages, images, bytes, diffs, links, seconds.
     `out_dir` may be new, empty, or a previous scope export (replaced); anything else is refused.
     """
@@ -111,7 +112,7 @@ def export_site(artifact_paths, out_dir, diff_paths=(), progress=None, per_page:
     staging = None
     counts = _Counts()
     writer = None
-    site = SiteBuilder(paths, diff_paths, per_page=per_page)
+    site = SiteBuilder(paths, diff_paths, per_page=per_page, display=display)
     try:
         staging = folder.new_staging(out)
         writer = _Writer(staging, counts, inline)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from scopecli.artifact.display import parse_mapping
 from scopecli.core.errors import ScopeError
 from scopecli.model.loaded import Preprocess
 
@@ -107,33 +108,6 @@ class InputOptions:
                                            self.display_channels))
 
 
-def parse_display_channels(text, channels: int, names: list[str] | None = None) -> tuple[int, ...]:
-    """'3,1,0' or 'DAPI,GFP,-' -> channel indices shown as red, green, blue (-1: none)."""
-    items = list(text) if isinstance(text, (list, tuple)) else [v.strip() for v in str(text).split(",")]
-    if not 1 <= len(items) <= 3:
-        raise ScopeError(f"--display-channels takes one to three channels (red,green,blue), got '{text}'")
-    out = []
-    for item in items:
-        item = str(item).strip()
-        if item in ("-", "none", "-1"):
-            out.append(-1)
-            continue
-        if names and item in names:
-            out.append(names.index(item))
-            continue
-        try:
-            k = int(item)
-        except ValueError:
-            known = f" (names: {', '.join(names)})" if names else ""
-            raise ScopeError(f"--display-channels: '{item}' is not a channel index or name{known}") from None
-        if not 0 <= k < channels:
-            raise ScopeError(f"--display-channels: channel {k} is outside 0..{channels - 1}")
-        out.append(k)
-    if all(v < 0 for v in out):
-        raise ScopeError("--display-channels shows no channel")
-    return tuple(out)
-
-
 def apply_input_options(pre: Preprocess, opts: InputOptions, detected: tuple[int, str] | None,
                         mean=None, std=None) -> Preprocess:
     """Set the channel count (the model's first layer decides; --in-channels must agree with it or stand in
@@ -168,7 +142,7 @@ def apply_input_options(pre: Preprocess, opts: InputOptions, detected: tuple[int
             raise ScopeError(f"--channel-names repeats a name: '{opts.channel_names}'")
         pre.channel_names = tuple(names)
     if opts.display_channels is not None:
-        pre.display_channels = parse_display_channels(opts.display_channels, channels, pre.names())
+        pre.display_channels = parse_mapping(opts.display_channels, channels, pre.names())
     # mean/std: the user's (one value or one per channel), else the family's when it has the right length,
     # else its average for every channel (ImageNet's gray mean for a 1-channel model)
     if mean is not None:

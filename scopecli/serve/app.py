@@ -83,10 +83,11 @@ def _state(paths: list[str]) -> tuple:
 class Catalog:
     """The served files and the builder of their current version, swapped whole when a file changes."""
 
-    def __init__(self, artifact_paths, diff_paths=(), per_page: int = PER_PAGE):
+    def __init__(self, artifact_paths, diff_paths=(), per_page: int = PER_PAGE, display: str | None = None):
         self.paths = [os.fspath(p) for p in artifact_paths]
         self.diff_paths = [os.fspath(p) for p in diff_paths]
         self.per_page = per_page
+        self.display = display  # --display-channels for every model (None: each file's recorded mapping)
         self.lock = threading.RLock()  # h5py handles and the builder's caches are used by one thread at a time
         self.builder: SiteBuilder | None = None
         self.token = ""
@@ -95,7 +96,7 @@ class Catalog:
 
     def reopen(self) -> None:
         state = _state(self.paths + self.diff_paths)
-        builder = SiteBuilder(self.paths, self.diff_paths, per_page=self.per_page)
+        builder = SiteBuilder(self.paths, self.diff_paths, per_page=self.per_page, display=self.display)
         old, self.builder, self._state = self.builder, builder, state
         self.token = hashlib.sha256(repr(state).encode()).hexdigest()[:12]
         builder.images = self._image_src
