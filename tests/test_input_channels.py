@@ -40,6 +40,18 @@ def _npy_folder(root, n, channels, side, seed, axis_first=True):
     return root
 
 
+def _tiff_folder(root, n, channels, side, seed):
+    """n multi-page 16-bit TIFF stacks (one page per channel), as satellite and microscopy data come."""
+    tifffile = pytest.importorskip("tifffile")
+    rng = np.random.default_rng(seed)
+    root.mkdir()
+    for i in range(n):
+        base = rng.integers(0, 65535, size=(channels, side // 4, side // 4)).astype(np.float64)
+        tifffile.imwrite(root / f"t{i:02d}.tif", np.kron(base, np.ones((1, 4, 4))).astype(np.uint16),
+                         photometric="minisblack")  # one page per channel
+    return root
+
+
 def _gray16_folder(root, n, side, seed):
     rng = np.random.default_rng(seed)
     root.mkdir()
@@ -61,6 +73,7 @@ CASES = {
     # name: (factory, channels, bit depth, input size, data maker, extra collect options)
     "gray": ("tinymodels:gray_cnn", 1, 16, 40, lambda p: _gray16_folder(p, 6, 48, 1), ("--value-range", "0,4095")),
     "five": ("tinymodels:five_channel", 5, 16, 40, lambda p: _npy_folder(p, 6, 5, 48, 2), ("--channel-axis", "0")),
+    "four": ("tinymodels:four_band", 4, 16, 40, lambda p: _tiff_folder(p, 6, 4, 48, 4), ()),
     "cifar": ("tinymodels:cifar_cnn", 3, 8, 32, lambda p: _rgb_folder(p, 6, 32, 3), ()),
 }
 
