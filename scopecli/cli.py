@@ -257,6 +257,7 @@ def collect_cmd(
     channel_axis: Optional[int] = typer.Option(None, "--channel-axis", help=".npy / multi-page TIFF data: 0 for C x H x W, -1 for H x W x C (default: the axis whose length is the model's channel count)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its saved pass-1 state (OUT.collect-state)."),
     checkpoint: float = typer.Option(300.0, "--checkpoint", help="Save the pass-1 state at most every S seconds (0: every batch), so --resume loses little."),
+    effects: bool = typer.Option(False, "--effects", help="Then store what each unit votes for in the output (gradient x activation per class) and the ablation check of each class's top units, as scope effects does."),
     circuits: Optional[str] = typer.Option(None, "--circuits", help="Then store each unit's strongest inputs from layer FROM ('prev': each layer's previous default layer), as scope circuits does."),
     quiet: bool = QuietOpt,
     json_out: bool = JsonOpt,
@@ -272,7 +273,8 @@ def collect_cmd(
     source = open_source(data, labels=labels, groups=groups)
     loaded = load_model(model, weights, mean, std, input_size, _inputs(in_channels, bit_depth, value_range, channel_names, display_channels), out)
     summary = run_collect(loaded, source, _split_names(",".join(layer)) if layer else None, settings, out, shard,
-                          resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out, circuits=circuits)
+                          resume=resume, checkpoint_s=checkpoint, quiet=quiet or json_out, circuits=circuits,
+                          effects=effects)
     if summary is None:  # a torchrun rank other than the leader
         return
     if json_out:
@@ -375,6 +377,49 @@ def circuits_cmd(
     done = ", ".join(f"{x['layer']} <- {x['from']} ({x['units']} units)" for x in summary["layers"])
     _out().print(f"wrote strongest inputs to {summary['output']}: {done}; {summary['seconds']:.1f} s on "
                  f"{summary['device']}", markup=False)
+
+
+@app.command("effects")
+def effects_cmd(
+    file: str = typer.Argument(..., metavar="A.h5", help="Artifact with collected layers (scope collect); the effects are added to it."),
+    data: str = typer.Option(..., "--data", help="The image folder (or list) collect read: every image is run again."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layers (repeatable or comma-separated; default: every collected layer)."),
+    target: Optional[str] = typer.Option(None, "--target", help="label (the labels' class index is the model's output index; default when the images have labels) or predicted (the model's top class)."),
+    output: str = typer.Option("logit", "--output", help="logit, or for a model without class logits: norm (the output's norm) or INDEX (one output)."),
+    ablate: bool = typer.Option(True, "--ablate/--no-ablate", help="The causal check: each class's top units, then random units, set to their dataset mean."),
+    ablate_layer: Optional[List[str]] = typer.Option(None, "--ablate-layer", help="Layers to run the check on (default: all of --layer)."),
+    ablate_k: int = typer.Option(16, "--ablate-k", help="Units ablated per class (its top units by importance; the same number of random ones)."),
+    draws: int = typer.Option(4, "--draws", help="Seeded draws of random units per class."),
+    min_images: int = typer.Option(3, "--min-images", help="Classes with fewer images are not checked."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random draws."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model spec, when the recorded one cannot be built here."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights, when the recorded ones cannot be loaded (a PATH)."),
+    batch: int = typer.Option(16, "--batch", help="Images per forward/backward."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """What each unit does: its attribution to each class's logit (votes for / against), each class's most
+    important units, and the ablation check of those units against random ones."""
+    from scopecli.views.effects import run_effects
+
+    summary = run_effects(file, data, _split_names(",".join(layer)) if layer else None, target, output, ablate,
+                          _split_names(",".join(ablate_layer)) if ablate_layer else None, ablate_k, draws, seed,
+                          min_images, model, weights, device=device, batch=batch, quiet=quiet or json_out)
+    if json_out:
+        _print_json(summary)
+        return
+    if summary.get("note"):
+        Console(file=sys.stderr, soft_wrap=True).print(f"note: {summary['note']}", markup=False)
+    for row in summary["layers"]:
+        line = f"{row['layer']}: {row['classes']} classes"
+        if row.get("ablation_classes"):
+            line += (f"; ablating each class's top {ablate_k} units lowers its logit by {row['median_top_drop']:.3g} "
+                     f"(median over {row['ablation_classes']} classes), random {ablate_k}: {row['median_random_drop']:.3g}")
+        _out().print(line, markup=False)
+    acc = f", accuracy {summary['accuracy']:.1%}" if "accuracy" in summary else ""
+    _out().print(f"wrote effects ({summary['target']}) of {summary['images']} images to {summary['output']}{acc}; "
+                 f"{summary['seconds']:.1f} s on {summary['device']}", markup=False)
 
 
 @app.command("atlas")

@@ -29,7 +29,8 @@ def test_every_element_is_in_the_frozen_file_and_reads(local):
     assert validate(local) == []
     with h5py.File(local, "r") as f:
         stored = {f["layers"][layer][name].attrs["encoding-type"] for layer in f["layers"] for name in f["layers"][layer]}
-    assert stored == {e.encoding for e in layer_elements()}  # a new element needs a new frozen fixture
+    # every element of its format version (a new element needs a new frozen fixture of the version adding it)
+    assert stored == {e.encoding for e in layer_elements() if tuple(map(int, e.since.split("."))) <= (1, 1)}
     with open_artifact(local) as art:
         assert art.format_version == "1.1"
         assert art.layers == ["1", "3", "3@pca4"]

@@ -172,3 +172,28 @@ def edge_detector():
     model.add_module("pool", nn.AdaptiveAvgPool2d(1))
     model.add_module("flat", nn.Flatten())
     return model
+
+
+def decisive_net():
+    """Known answer for effects: unit 0 of `relu` reads the red channel and alone drives class 0's logit (x10);
+    unit 1 reads green and drives class 1; units 2-3 (blue, gray) drive nothing."""
+    mix = nn.Conv2d(3, 4, 1, bias=False)
+    head = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        mix.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1 / 3, 1 / 3, 1 / 3]]).view(4, 3, 1, 1))
+        head.weight.copy_(torch.tensor([[10.0, 0, 0, 0], [0, 10.0, 0, 0]]))
+    model = nn.Sequential()
+    for name, m in (("mix", mix), ("relu", nn.ReLU()), ("pool", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten()),
+                    ("head", head)):
+        model.add_module(name, m)
+    return model
+
+
+def inplace_cnn():
+    """tiny_cnn's shape with in-place ReLUs right after the convolutions whose outputs effects read."""
+    torch.manual_seed(7)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    )

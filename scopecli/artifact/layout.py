@@ -11,9 +11,9 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 FORMAT_NAME = "scope.artifact"
-FORMAT_VERSION = "1.2"
+FORMAT_VERSION = "1.3"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 2
+FORMAT_MINOR = 3
 
 # Features a reader must understand; the writer lists the ones a file uses in the root attribute. These
 # are the format's own; every registered element adds its own (`registry.known_features`).

@@ -368,6 +368,23 @@ class Artifact:
         """The layer's activation statistics, or None."""
         return self.section(layer, "stats")
 
+    def effects(self, layer: str):
+        """The layer's class x unit attribution (`elements.effects.EffectsBlock`, format 1.3), or None."""
+        s = self.section(layer, "effects")
+        return None if s is None else s.block
+
+    def effect_layers(self) -> list[str]:
+        """The layers that hold effects, in file order."""
+        return [name for name in self.layers if self.element_group(name, "effects") is not None]
+
+    def class_units(self, layer: str, name):
+        """A class's top units at `layer` with their importance shares and the ablation evidence
+        (`elements.effects.ClassEffects`); `name`: a class name or the model's output index."""
+        s = self.section(layer, "effects")
+        if s is None:
+            raise ScopeError(f"{layer} has no effects in {os.path.basename(self.path)}: run scope effects FILE --data DIR")
+        return s.class_effects(layer, name)
+
     def probe(self, layer: str) -> ProbeBlock | None:
         """Spatial-mean activations of every unit on the probe images, or None."""
         return self.section(layer, "probe")

@@ -95,6 +95,7 @@ class LayerElement:
     name: ClassVar[str]  # child group name under /layers/<layer>
     encoding: ClassVar[str]  # encoding-type of that group
     version: ClassVar[str] = "1.0"  # encoding-version written; any 1.x is read
+    since: ClassVar[str] = "1.1"  # the format version that introduced it (frozen fixtures hold those up to theirs)
     features: ClassVar[tuple[str, ...]] = ()  # required_features tokens a file using it lists
     unit_field: ClassVar[str | None] = None  # attribute of UnitView this element fills (None: none)
     uses_images: ClassVar[bool] = False  # refers to rows of the image table (collected content)

@@ -13,6 +13,7 @@ from scopecli.core.errors import ScopeError
 from scopecli.jobs import distributed as dist
 from scopecli.jobs.bind import attach_spaces
 from scopecli.views.circuits import LayerOrder, run_circuits
+from scopecli.views.effects import run_effects
 
 
 def default_output(name: str, k: int, n: int, torchrun: bool) -> str:
@@ -22,12 +23,14 @@ def default_output(name: str, k: int, n: int, torchrun: bool) -> str:
 
 def run_collect(loaded, source, layers=None, settings=None, output: str | None = None, shard: str | None = None,
                 resume: bool = False, checkpoint_s: float = 300.0, quiet: bool = False,
-                circuits: str | None = None) -> dict | None:
+                circuits: str | None = None, effects: bool = False) -> dict | None:
     """Collect `source` into the artifact; returns a JSON-able summary (None on non-leader torchrun ranks).
 
     shard: `k/n` for one share of a job array (torchrun ranks take theirs from the environment).
     circuits: then store the strongest inputs of the collected layers from this layer ('prev': each one's
     previous default layer; see `scopecli/views/circuits.py`).
+    effects: then store what each unit votes for, with the ablation check (`scopecli/views/effects.py`); a shard
+    stores sums only (they add up in `scope pack`; run `scope effects` on the packed file for the check).
     The summary's `notes` hold skipped files and resume messages for the caller to print."""
 
     settings = settings or CollectSettings()
@@ -68,6 +71,9 @@ def run_collect(loaded, source, layers=None, settings=None, output: str | None =
             summary_c = run_circuits(path, source, None if circuits == "prev" else circuits,
                                      [r.name for r in res.layers], loaded=loaded, device=settings.device,
                                      quiet=quiet, log=notes.append, strict=False)
+        if effects:
+            summary_e = run_effects(path, source, [r.name for r in res.layers if "@" not in r.name], loaded=loaded,
+                                    ablation=n == 1, device=settings.device, quiet=quiet)
         summary = res.summary() | {
             "output": path,
             "notes": notes,
@@ -78,6 +84,8 @@ def run_collect(loaded, source, layers=None, settings=None, output: str | None =
         }
         if circuits is not None:
             summary["circuits"] = summary_c["layers"]
+        if effects:
+            summary["effects"] = summary_e
         if share.torchrun:
             ranks.barrier()
             if not share.leader:

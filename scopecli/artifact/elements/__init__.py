@@ -3,4 +3,5 @@
 Each module is one element: how it is read, written, validated and merged (see `registry.py`).
 """
 
-from scopecli.artifact.elements import layout, renders, examples, strongest, stats, probe, sample, space, inputs, caricatures, atlas  # noqa: F401  (registration order)
+from scopecli.artifact.elements import layout, renders, examples, strongest, stats, probe, sample, space, inputs, caricatures, atlas, faithfulness  # noqa: F401  (registration order)
+from scopecli.artifact.elements import effects  # noqa: F401,E402  (format 1.3)
