@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--repeats", type=int, default=2, help="bare/collect pairs, alternated")
     ap.add_argument("--full", action="store_true", help="also time a whole collect (pass 1 + patches)")
+    ap.add_argument("--effects", action="store_true",
+                    help="time a plain collect against collect --effects (with and without the ablation check), "
+                         "alternated --repeats times, and print the extra cost")
     ap.add_argument("--layer", action="append", default=None)
     ap.add_argument("--baseline", default=None, metavar="REV",
                     help="also time the scopecli of git revision REV (or of folder REV/scopecli), alternated with this tree's")
@@ -348,6 +351,10 @@ def main() -> None:
                           "layers": len(layers), "batch": args.batch, "threads": torch.get_num_threads(),
                           **profile(args, *ctx)}, indent=1))
         return
+    if args.effects:
+        print(json.dumps({"model": args.model, "weights": model.weights, "device": str(device), "images": n,
+                          "layers": len(layers), **effects_cost(args, *ctx)}, indent=1))
+        return
     rows, base_rows = [], []
     if args.paired:
         if not tree:
@@ -381,6 +388,31 @@ def main() -> None:
         out["full_collect"] = {"pass1_s": t["pass1_s"], "pass2_s": t["pass2_s"], "patches": t["patches"],
                                "img_s": round(n / (t["pass1_s"] + t["pass2_s"]), 2)}
     print(json.dumps(out, indent=1))
+
+
+def effects_cost(args, device, model, source, n, layers, workers, settings) -> dict:
+    """Seconds of a plain collect, of the effects alone and of the ablation check, alternated; the extra cost of
+    `collect --effects` as a ratio to the plain collect (medians)."""
+    from scopecli.jobs.collect import run_collect
+    from scopecli.views.effects import run_effects
+
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            out = os.path.join(tmp, f"c{r}.h5")
+            t0 = time.perf_counter()
+            run_collect(model, source, layers, settings, out, quiet=True)
+            t1 = time.perf_counter()
+            run_effects(out, source, layers, loaded=model, ablation=False, device=args.device, quiet=True)
+            t2 = time.perf_counter()
+            run_effects(out, source, layers, loaded=model, ablation=True, device=args.device, quiet=True)
+            t3 = time.perf_counter()
+            runs.append({"collect_s": round(t1 - t0, 2), "effects_s": round(t2 - t1, 2),
+                         "effects_and_ablation_s": round(t3 - t2, 2)})
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return {"runs": runs, "median": med,
+            "extra_effects": round(med["effects_s"] / med["collect_s"], 3),
+            "extra_effects_with_ablation": round(med["effects_and_ablation_s"] / med["collect_s"], 3)}
 
 
 def find_units(model, layers):
