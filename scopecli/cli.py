@@ -539,11 +539,23 @@ def query_cmd(
     min_max: Optional[float] = typer.Option(None, "--min-max", help="Only units whose dataset max activation is >= X."),
     min_frac_positive: Optional[float] = typer.Option(None, "--min-frac-positive", help="Only units positive on at least this fraction of positions."),
     sort: str = typer.Option("score", "--sort", help="score | max | mean | std | frac-positive | purity | strength | lift (descending)."),
+    class_: Optional[str] = typer.Option(None, "--class", help="A class's most important units per layer (share of its positive attribution) and the ablation check (files with effects: scope effects); a class name or output index."),
     json_out: bool = JsonOpt,
 ):
-    """Find units across artifacts by class label, by likeness to a unit, or by statistics."""
-    from scopecli.compare.query import run_query
+    """Find units across artifacts by class label, by likeness to a unit, or by statistics; --class: a class's top units."""
+    from scopecli.compare.query import run_class_query, run_query
 
+    if class_ is not None:
+        if label is not None or like is not None:
+            raise ScopeError("use one of --class, --label and --like")
+        reports = run_class_query(files, class_, layers=_split_names(layer), top=top)
+        if json_out:
+            _print_json(reports)
+            return
+        from scopecli.compare.report import class_summary
+
+        _out().print(class_summary(reports))
+        return
     hits = run_query(files, label=label, like=like, layers=_split_names(layer), top=top, min_max=min_max,
                      min_frac_positive=min_frac_positive, sort=sort)
     if json_out:

@@ -1,4 +1,5 @@
-"""`scope query`: find units across artifacts by class label, by likeness to a unit, or by statistics.
+"""`scope query`: find units across artifacts by class label, by likeness to a unit, or by statistics; and (`--class`,
+files with effects) a class's most important units with the ablation evidence.
 
 Why: with dozens of layers and thousands of units per model, researchers need to ask "which units
 respond to dogs?" or "which units of model B behave like this unit of model A?" without opening
@@ -7,6 +8,7 @@ each unit. Reads only compact arrays (example indices, labels, statistics, probe
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -359,4 +361,83 @@ def _stat_candidates(si: int, src: _Source, layers: list[str] | None) -> list[_C
         keep = np.nonzero(np.isfinite(mx))[0]
         if keep.size:
             out.append(_Candidates(si, layer, keep.astype(np.int64), mx[keep]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- --class (effects)
+
+
+def _norm_class(text) -> str:
+    return " ".join(str(text).replace("_", " ").lower().split())
+
+
+def _close_classes(name: str, names: list[str], n: int = 3) -> str:
+    """'; did you mean a, b?' for the class names containing `name` or closest to it (case, '_' ignored)."""
+    want = _norm_class(name)
+    norm = {}
+    for c in names:
+        norm.setdefault(_norm_class(c), c)
+    close = [c for k, c in norm.items() if want and want in k][:n]
+    close += [norm[k] for k in difflib.get_close_matches(want, list(norm), n=n, cutoff=0.5) if norm[k] not in close]
+    if close:
+        return f"; did you mean {', '.join(close[:n])}?"
+    return did_you_mean(name, names, "class with effects", n=n)
+
+
+def class_report(art, name, layers: list[str] | None = None, top: int = 20, path=None) -> dict:
+    """A class's top units by importance at each layer with effects (share of the class's positive attribution,
+    mean attribution) and the ablation evidence: `scope query --class` on one open artifact (and /api/class).
+    One-line errors for a file without effects, a layer without them, or an unknown class (with close names)."""
+    path = art.path if path is None else path
+    base = Path(str(path)).name
+    text = str(name).strip()
+    if not text:
+        raise ScopeError("--class needs a class name or the model's output index, e.g. --class 'golden retriever'")
+    if top < 1:
+        raise ScopeError(f"--top must be at least 1, got {top}")
+    have = art.effect_layers()
+    if not have:
+        raise ScopeError(f"{base} has no effects: run scope effects {base} --data DIR")
+    for w in layers or []:
+        if w not in have:
+            raise ScopeError(f"{base} has no effects at layer {w}" + did_you_mean(w, have, "layer with effects", n=3))
+    rows, names = [], []
+    for layer in layers or have:
+        block = art.effects(layer)
+        names += [c for c in block.class_names if c not in names]
+        try:
+            ce = art.class_units(layer, text)
+        except ScopeError:  # not a class of this layer's effects
+            continue
+        rows.append({"layer": layer, "class": ce.class_name, "class_index": ce.class_index, "images": ce.images,
+                     "target": ce.target,
+                     "units": [{"unit": u.unit, "share": u.share, "attribution": u.attribution} for u in ce.units[:top]],
+                     "ablation": ce.ablation, "sentence": ce.sentence()})
+    if not rows:
+        raise ScopeError(f"no class {text!r} has effects in {base}" + _close_classes(text, names))
+    first = rows[0]
+    return {"artifact": str(path), "class": first["class"], "class_index": first["class_index"],
+            "images": max(r["images"] for r in rows), "target": first["target"], "layers": rows}
+
+
+def run_class_query(paths: list[str | Path], name: str, layers: list[str] | None = None, top: int = 20) -> list[dict]:
+    """`scope query FILE... --class NAME`: `class_report` of every given file that has the class (one-line error
+    when none has effects, or none has the class)."""
+    if not paths:
+        raise ScopeError("give at least one artifact")
+    files = list(dict.fromkeys(str(p) for p in paths))
+    out, errors = [], []
+    for p in files:
+        art = open_checked(p)
+        try:
+            out.append(class_report(art, name, layers, top, p))
+        except ScopeError as exc:
+            if len(files) == 1:
+                raise
+            errors.append(str(exc))
+        finally:
+            art.close()
+    if not out:
+        raise ScopeError(next((e for e in errors if "no class" in e or "at layer" in e),
+                              "none of the given artifacts has effects: run scope effects FILE --data DIR"))
     return out

@@ -113,6 +113,54 @@ def query_table(hits, title: str) -> Table:
     return table(title, cols, rows, keep=("layer", "unit"))
 
 
+def class_summary(reports: list[dict]) -> Group:
+    """`scope query --class`: per artifact and layer, the class's top units by share of its positive attribution,
+    then the ablation sentence and the accuracy it leaves."""
+    parts = []
+    for rep in reports:
+        parts.append(Text.assemble((rep["class"], "bold"), f"  output {rep['class_index']} · {rep['images']} images · "
+                                   f"{rep['artifact']}"))
+        for L in rep["layers"]:
+            rows = [[L["layer"], u["unit"], _n(u["share"], ".1%"), _n(u["attribution"], "+.3g")] for u in L["units"]]
+            parts.append(table(f"{L['layer']}: units by importance (share of the class's positive attribution; "
+                               "attribution = mean activation x gradient of its logit)",
+                               [("layer", "left"), ("unit", "right"), ("share", "right"), ("attribution", "right")],
+                               rows, keep=("layer", "unit")))
+            a = L.get("ablation")
+            if a:
+                r = np.asarray(a["random_acc"], float)
+                parts.append(Text(L["sentence"], style="bold"))
+                parts.append(Text(f"accuracy on its images {_n(a['base_acc'], '.0%')} -> {_n(a['top_acc'], '.0%')} with "
+                                  f"these units ablated (random {a['k']}: {_n(r.mean() if r.size else None, '.0%')})",
+                                  style="dim"))
+            else:
+                parts.append(Text("no ablation check stored for this class at this layer", style="dim"))
+    return Group(*parts)
+
+
+def votes_text(effects: dict, n: int = 3) -> list[str]:
+    """['votes for: red +13.4 (4 images), ...', 'votes against: ...'] of `show`'s effects (empty sides left out)."""
+    out = []
+    for key, title in (("votes_for", "votes for"), ("votes_against", "votes against")):
+        rows = effects.get(key) or []
+        if rows:
+            items = ", ".join(f"{r['class']} {_n(r['attribution'], '+.3g')} ({r['images']} images)" for r in rows[:n])
+            out.append(f"{title}: {items}" + (f", … {len(rows) - n} more" if len(rows) > n else ""))
+    return out
+
+
+def path_text(r: dict) -> str | None:
+    """'path similarity 0.62 (random unit 0.21)' of a render, with the warning when flagged; None: not measured."""
+    if r.get("path_similarity") is None:
+        return None
+    s = f"path similarity {_n(r['path_similarity'], '.2f')}"
+    if r.get("path_baseline") is not None:
+        s += f" (random unit {_n(r['path_baseline'], '.2f')})"
+    if r.get("path_flagged"):
+        s += ": this picture may not show how the unit responds to photos"
+    return s
+
+
 def unit_summary(info: dict) -> Group:
     head = Text.assemble((f"{info['layer']}:{info['unit']}", "bold"),
                          f"  {info['model']}  ({info['artifact']}), unit {info['unit']} of "
@@ -147,6 +195,11 @@ def unit_summary(info: dict) -> Group:
                       str(r["seed"]), _n(r["act_final"], ".4g"), _n(r["act_robust"], ".4g"),
                       _n(r["dataset_max_ratio"], ".2f"))
         parts.append(t)
+        for r in info["renders"]:  # format 1.3: faithfulness evidence, where measured
+            line = path_text(r)
+            if line:
+                parts.append(Text(f"{r['objective']} #{r['diversity_index']}: {line}",
+                                  style="bold yellow" if r.get("path_flagged") else ""))
     prof = info.get("label_profile")
     if prof:
         t = Table(title="what it fires on: classes of its top examples and of its strongest images (lift = "
@@ -157,6 +210,16 @@ def unit_summary(info: dict) -> Group:
             for r in prof[key]:
                 t.add_row(view, r["class"], str(r["count"]), _n(r["fraction"], ".0%"), _n(r["base_rate"], ".1%"),
                           _n(r["lift"], ".1f"))
+        parts.append(t)
+    fx = info.get("effects")
+    if fx:  # format 1.3: what the unit votes for in the model's output
+        t = Table(title="what it votes for: mean attribution (activation x gradient) to the logit of each class, "
+                        f"over the class's images (class: {fx['target']})")
+        for col in ("", "class", "attribution", "images"):
+            t.add_column(col, justify="left" if col in ("", "class") else "right")
+        for key, title in (("votes_for", "votes for"), ("votes_against", "votes against")):
+            for r in fx[key][:5]:
+                t.add_row(title, r["class"], _n(r["attribution"], "+.4g"), str(r["images"]))
         parts.append(t)
     ins = info.get("inputs")
     if ins:

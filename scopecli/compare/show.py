@@ -96,7 +96,24 @@ def unit_info(art, address: str, pixels: bool = False, path: str | Path | None =
         out["inputs"] = inputs.to_json()
         if pixels:
             out["_input_pixels"] = [_unit_picture(art, r.layer, r.unit) for r in inputs]
+    effects = view.fields.get("effects")
+    if effects:  # format 1.3: the classes the unit votes for and against in the model's output
+        out["effects"] = effects_json(effects)
+    for r, d in zip(view.renders, renders):  # format 1.3: faithfulness evidence, only where measured
+        sim = _f(getattr(r, "path_similarity", None))
+        if sim is not None:
+            d.update(path_similarity=sim, path_baseline=_f(getattr(r, "path_baseline", None)),
+                     path_flagged=bool(getattr(r, "path_flagged", None)))
     return out
+
+
+def effects_json(effects) -> dict:
+    """A unit's votes (`elements.effects.UnitEffects`): for (largest mean attribution first), then against."""
+    def row(r):
+        return {"class": r.class_name, "class_index": r.class_index, "attribution": _f(r.attribution),
+                "images": r.images}
+    return {"target": getattr(effects, "target", "") or "label", "votes_for": [row(r) for r in effects.votes_for],
+            "votes_against": [row(r) for r in effects.votes_against]}
 
 
 def space_json(space, unit: int, channels: int = 5) -> dict:
@@ -238,6 +255,14 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
         head.append("fires on: " + profile_text(info["label_profile"]))
     if ins and ins.get("note"):
         head.append(f"strongest inputs: {ins['note']}")
+    from scopecli.compare.report import path_text, votes_text  # (rich: only when a card is drawn)
+
+    if info.get("effects"):  # format 1.3
+        head.append("; ".join(votes_text(info["effects"])))
+    for r in info["renders"][:max_per_row]:
+        line = path_text(r)
+        if line:
+            head.append(f"render {r['objective']}#{r['diversity_index']}: {line}")
     if spec.describe():
         head.append(f"pictures: {spec.describe()}" + (" (16-bit, scaled to 8 bits)" if spec.bit_depth == 16 else ""))
     if not rows:

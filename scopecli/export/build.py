@@ -15,6 +15,7 @@ URL layout (the static folder and the server share it, so every relative link wo
     m/<NN-model>/index.html                       layer list
     m/<NN-model>/<NN-layer>/index.html, page-K.html, by-label[-page-K].html, atlas.html
     m/<NN-model>/<NN-layer>/u/<unit>.html         unit page
+    m/<NN-model>/classes/index.html, <index>-<name>.html   classes with effects (format 1.3), one page each
     d/<NN-diff>/index.html                        comparison page of a diff file
 Picture srcs are site-root-relative (the templates prefix `root`), absolute (`/img/...`, the server)
 or `data:` URIs (inline).
@@ -44,8 +45,8 @@ from scopecli.core.errors import ScopeError
 from scopecli.export import charts, comparisons
 from scopecli.export.diffs import load_diff
 from scopecli.export.names import fmt, slug
-from scopecli.export.pages import (AtlasCellCard, AtlasPage, CaricatureCard, ChannelCard, DiffRow, DiffSide,
-    ExampleCard, LayerView, LinkRow, ModelView, Panel, RenderCard, Tile, unit_page)
+from scopecli.export.pages import (AtlasCellCard, AtlasPage, CaricatureCard, ChannelCard, ClassEntry, ClassLayer,
+    ClassUnitCard, DiffRow, DiffSide, ExampleCard, LayerView, LinkRow, ModelView, Panel, RenderCard, Tile, unit_page)
 
 PER_PAGE = 128  # units per layer-grid page
 THUMB = 192  # pixel side of generated grid thumbnails (renders up to THUMB_REUSE are used as they are)
@@ -176,6 +177,7 @@ class SiteBuilder:
             self.diffs = [load_diff(os.fspath(d), fingerprints, self.names) for d in diff_paths]
             self.models: list[ModelView] = []
             self._state: list[dict[str, _LayerState]] = []
+            self._classes_done: set[int] = set()  # models whose class list (effects) is read
             self._plan()
             self.comparisons = self._comparison_views()
             self.links_by_key: dict = {}
@@ -199,7 +201,7 @@ class SiteBuilder:
         for i, (art, p) in enumerate(zip(self.arts, self.paths)):
             info = art.info()
             mv = ModelView(index=i, slug=f"{i + 1:0{max(2, width)}d}-{slug(Path(p).stem)}", name=self.names[i],
-                           file=Path(p).name, info=info)
+                           file=Path(p).name, info=info, has_effects=bool(art.effect_layers()))
             states = {}
             lw = max(2, len(str(len(art.layers))))
             for j, (name, li) in enumerate(zip(art.layers, info["layers"])):
@@ -526,6 +528,11 @@ class SiteBuilder:
                 self.ensure_extras(m, lv)
             except ScopeError as exc:
                 errors.append(f"{lv.name}: {exc}")
+        if layers is None:
+            try:
+                self.ensure_classes(m)
+            except ScopeError as exc:
+                errors.append(f"classes: {exc}")
         return errors
 
     # ------------------------------------------------------------------------------------------ units
@@ -541,7 +548,7 @@ class SiteBuilder:
         rec = art.layer(lv.name)
         view = art.unit(lv.name, u)
         stats = view.stats
-        cards = self._render_cards(m, lv, u, stats.get("max"))
+        cards = self._render_cards(m, lv, u, stats.get("max"), view.renders)
         shared = self._shared_offsets(m, lv)
         rs = art.section(lv.name, "renders")
         has_render = rs is not None and len(rs.rows_of(u)) > 0
@@ -602,12 +609,15 @@ class SiteBuilder:
                          + " with nearest neighbour for display")
         return " · ".join(p for p in parts if p)
 
-    def _render_cards(self, m, lv, u: int, dmax) -> list[RenderCard]:
+    def _render_cards(self, m, lv, u: int, dmax, views=()) -> list[RenderCard]:
+        """The unit's render cards; `views`: the unit's render views (`art.unit(...).renders`, one per row in row
+        order), whose faithfulness evidence (format 1.3) each card shows where it was measured."""
         rs = self.arts[m.index].section(lv.name, "renders")
         rows = list(rs.rows_of(u)) if rs is not None else []
         best = _best_render(rs, rows)
+        views = list(views) if len(views) == len(rows) else [None] * len(rows)
         cards = []
-        for row in rows:
+        for row, v in zip(rows, views):
             r = rs.view(row)
             tile_itself = row == best and max(r.width, r.height) <= THUMB_REUSE
             src = self.images(self._render_ref(m, lv, rs, row, tile_itself))
@@ -615,8 +625,15 @@ class SiteBuilder:
                 continue
             ratio, estimated = _ratio(r.dataset_max_ratio, r.objective, r.act_final, dmax)
             meta = f"{r.param} · {r.steps} steps · {r.size}px · seed {r.seed}"
-            cards.append(RenderCard(src, r.width, r.height, r.objective, r.diversity_index, r.act_final,
-                                    r.act_robust, ratio, estimated, meta, charts.trace_svg(r.act_trace)))
+            card = RenderCard(src, r.width, r.height, r.objective, r.diversity_index, r.act_final, r.act_robust, ratio,
+                              estimated, meta, charts.trace_svg(r.act_trace))
+            sim = getattr(v, "path_similarity", None) if v is not None else None
+            if sim is not None and _finite(sim):  # measured: shown with its chance level, flagged when not above it
+                card.path_similarity = float(sim)
+                base = getattr(v, "path_baseline", None)
+                card.path_baseline = float(base) if _finite(base) else None
+                card.path_flagged = bool(getattr(v, "path_flagged", None))
+            cards.append(card)
         return cards
 
     def _unit_charts(self, m, lv, u: int, stats: dict, cards: list[RenderCard]) -> tuple[str | None, str | None]:
@@ -673,6 +690,83 @@ class SiteBuilder:
         self.ensure_tiles(m, lv)
         t = lv.tiles[pos]
         return f"../../{lv.slug}/u/{int(unit)}.html", t.thumb, t.width, t.height
+
+    # ------------------------------------------------------------------------------------------ classes
+
+    def ensure_classes(self, m: ModelView) -> None:
+        """The model's classes with effects (format 1.3), by output index: the union over its layers' effects,
+        each named as the first layer names it. Reads the effects' small tables; nothing for older files."""
+        if m.index in self._classes_done:
+            return
+        art = self.arts[m.index]
+        found: dict[int, ClassEntry] = {}
+        for layer in art.effect_layers() if m.has_effects else []:
+            b = art.effects(layer)
+            if b is None:
+                continue
+            for idx, name, n in zip(b.classes.tolist(), b.class_names, b.images.tolist()):
+                c = found.get(int(idx))
+                if c is None:
+                    c = found[int(idx)] = ClassEntry(int(idx), str(name), f"{int(idx)}-{slug(str(name), 'class')}", 0)
+                c.images = max(c.images, int(n))
+                c.layers.append(layer)
+        m.classes = [found[k] for k in sorted(found)]
+        self._classes_done.add(m.index)
+
+    def class_of(self, m: ModelView, index: int) -> ClassEntry | None:
+        """The model's class of output index `index`, when it has effects."""
+        if not m.has_effects:
+            return None
+        self.ensure_classes(m)
+        return next((c for c in m.classes if c.index == int(index)), None)
+
+    def class_by_slug(self, m: ModelView, slug_: str) -> ClassEntry | None:
+        """The class a page name names: looked up in the model's list, never parsed into a path."""
+        if not m.has_effects:
+            return None
+        self.ensure_classes(m)
+        return next((c for c in m.classes if c.slug == slug_), None)
+
+    def find_classes(self, text: str, limit: int = 20) -> list[tuple[ModelView, ClassEntry]]:
+        """Classes whose name is or contains `text` (case, '_' and spaces ignored), exact names first."""
+        want = _norm_class(text)
+        if not want:
+            return []
+        exact, partial = [], []
+        for m in self.models:
+            if not m.has_effects:
+                continue
+            self.ensure_classes(m)
+            for c in m.classes:
+                name = _norm_class(c.name)
+                if name == want or want == str(c.index):
+                    exact.append((m, c))
+                elif want in name:
+                    partial.append((m, c))
+        return (exact + partial)[:limit]
+
+    def class_layers(self, m: ModelView, c: ClassEntry) -> list[ClassLayer]:
+        """What a class page shows: per layer with effects of the class, its top units (with the grid's tile where
+        the gallery lists the unit) and the ablation evidence."""
+        art = self.arts[m.index]
+        out = []
+        for layer in c.layers:
+            ce = art.class_units(layer, c.index)
+            lv = next((x for x in m.layers if x.name == layer), None)
+            ablated = set((ce.ablation or {}).get("units", []))
+            cards = []
+            for cu in ce.units:
+                pos = self.position(m, lv, cu.unit) if lv is not None else None
+                url, thumb, w, h = None, "", 0, 0
+                if pos is not None:
+                    self.ensure_tiles(m, lv)
+                    t = lv.tiles[pos]
+                    url, thumb, w, h = f"../{lv.slug}/u/{cu.unit}.html", t.thumb, t.width, t.height
+                cards.append(ClassUnitCard(cu.unit, cu.share, cu.attribution, url, thumb, w, h, cu.unit in ablated))
+            layer_url = f"../{lv.slug}/index.html" if lv is not None and lv.linkable else None
+            out.append(ClassLayer(layer, layer_url, ce.target, ce.images, cards, ce.sentence(),
+                                  _accuracy_text(ce.ablation)))
+        return out
 
     # ------------------------------------------------------------------------------------------ comparisons
 
@@ -742,6 +836,26 @@ class _UnitLinks:
 
     def unit(self, layer: str, unit: int):
         return self.site.unit_link(self.m, layer, unit)
+
+    def class_page(self, index: int) -> str | None:
+        """The page of the model's class `index` (its output index) from a unit page, or None."""
+        c = self.site.class_of(self.m, index)
+        return None if c is None else f"../../classes/{c.file}"
+
+
+def _norm_class(text) -> str:
+    """A class name as searched: lower case, '_' as a space, single spaces."""
+    return " ".join(str(text).replace("_", " ").lower().split())
+
+
+def _accuracy_text(a: dict | None) -> str:
+    """'mean logit 13.4 · accuracy on its images 100% → 50% with these units ablated (random units: 100% ± 0%)'."""
+    if not a:
+        return ""
+    r = np.asarray(a["random_acc"], float)
+    rand = f"{fmt(r.mean(), '.0%')} ± {fmt(r.std(), '.0%')}" if r.size else "–"
+    return (f"mean logit {fmt(a['base_logit'])} · accuracy on its images {fmt(a['base_acc'], '.0%')} → "
+            f"{fmt(a['top_acc'], '.0%')} with these units ablated (random {a['k']}: {rand})")
 
 
 def thumb_bytes(image: np.ndarray, spec: DisplaySpec = DisplaySpec()) -> tuple[bytes, int, int]:

@@ -227,6 +227,8 @@ class ModelView:
     info: dict
     layers: list[LayerView] = field(default_factory=list)
     comparisons: list[tuple[str, str]] = field(default_factory=list)  # (title, url from the site root)
+    has_effects: bool = False  # a layer holds effects (format 1.3): the model has a class index (classes/index.html)
+    classes: list["ClassEntry"] = field(default_factory=list)  # its classes with effects, once the builder read them
 
     @property
     def label(self) -> str:
@@ -263,6 +265,12 @@ class RenderCard:
     ratio_estimated: bool
     meta: str
     trace_svg: str | None  # from charts.trace_svg; shown as markup
+    # the render's faithfulness evidence (format 1.3; None: not measured, nothing shown): how closely it drives the
+    # unit through the same path as its top dataset examples, the same against another unit's examples, and
+    # whether it is not above that chance level (a warning is shown)
+    path_similarity: float | None = None
+    path_baseline: float | None = None
+    path_flagged: bool | None = None
 
     def __post_init__(self):
         self.trace_svg = _svg(self.trace_svg)
@@ -400,9 +408,66 @@ class Hit:
     detail: str
 
 
-def search_page(query: str, title: str, hits: list[Hit], note: str = "") -> str:
-    """What a `scope serve` search answered, at /search."""
-    return _render("search.html", root="/", query=query, title=title, hits=hits, note=note)
+def search_page(query: str, title: str, hits: list[Hit], note: str = "", classes=()) -> str:
+    """What a `scope serve` search answered, at /search; `classes`: [(label, url)] of class pages whose name
+    matched (files with effects)."""
+    return _render("search.html", root="/", query=query, title=title, hits=hits, note=note, classes=list(classes))
+
+
+# ----------------------------------------------------------------------------------------- classes (effects)
+
+
+@dataclass
+class ClassEntry:
+    """A class of a model that has effects (format 1.3): its page is m/<model>/classes/<slug>.html."""
+
+    index: int  # the model's output index
+    name: str
+    slug: str  # "<index>-<slug(name)>": unique within the model
+    images: int  # images of the class the effects were computed on (the most over its layers)
+    layers: list[str] = field(default_factory=list)  # layers whose effects have the class
+
+    @property
+    def file(self) -> str:
+        return f"{self.slug}.html"
+
+
+@dataclass
+class ClassUnitCard:
+    """One of a class's top units at a layer: its page and thumbnail (the grid's tile) where the gallery lists it."""
+
+    unit: int
+    share: float  # of the class's positive attribution at the layer
+    attribution: float  # mean per image of the class
+    url: str | None  # relative to m/<model>/classes/
+    thumb: str
+    width: int
+    height: int
+    ablated: bool = False  # one of the units the ablation check set to their mean
+
+
+@dataclass
+class ClassLayer:
+    """A class page's section for one layer: its top units, and the ablation evidence (sentence "" when the
+    class was not checked at this layer)."""
+
+    layer: str
+    url: str | None  # the layer's grid, relative to m/<model>/classes/
+    target: str
+    images: int
+    units: list[ClassUnitCard]
+    sentence: str = ""
+    accuracy: str = ""  # "accuracy on its images 100% → 50% with them ablated (random units: 100% ± 0%)"
+
+
+def classes_page(m: ModelView) -> str:
+    """A model's classes with effects, at m/<model>/classes/index.html."""
+    return _render("classes.html", root="../../../", m=m)
+
+
+def class_page(m: ModelView, c: ClassEntry, layers: list[ClassLayer]) -> str:
+    """One class: per layer with effects, its top units and the ablation check, at m/<model>/classes/<slug>.html."""
+    return _render("class.html", root="../../../", m=m, c=c, layers=layers)
 
 
 def error_page(title: str, message: str, root: str = "/") -> str:

@@ -12,7 +12,7 @@ overlays, so the site holds a few files per unit. Pages are plain HTML + one sty
 works from `file://`. The site is written into a staging folder and swapped in at the end, so a
 failed export leaves the previous gallery as it was (see `folder.py`).
 
-Layout of SITE/: the URL layout of `build.py`, plus style.css, i/ (pictures), d/<NN-diff>/cka-*.png
+Layout of SITE/: the URL layout of `build.py` (with m/<model>/classes/ for files with effects), plus style.css, i/ (pictures), d/<NN-diff>/cka-*.png
 and .scope-export.json (the marker listing every file written).
 """
 
@@ -29,7 +29,8 @@ from scopecli.core.errors import ScopeError
 from scopecli.core.version import __version__
 from scopecli.export import folder
 from scopecli.export.build import PER_PAGE, ImageRef, SiteBuilder, data_uri
-from scopecli.export.pages import atlas_page, comparison_page, index_page, layer_page, model_page
+from scopecli.export.pages import (atlas_page, class_page, classes_page, comparison_page, index_page, layer_page,
+    model_page)
 
 STATIC = Path(__file__).with_name("static")
 EXT = {"png": "png", "jpeg": "jpg"}
@@ -159,6 +160,7 @@ def _write_models(site: SiteBuilder, w: _Writer, progress) -> None:
                 site.ensure_layer(mv, lv)
             for lv in mv.layers:
                 _write_layer(site, w, mv, lv, bar)
+            _write_classes(site, w, mv)
             w.write(f"m/{mv.slug}/index.html", model_page(mv))
     finally:
         if bar_cm is not None:
@@ -182,6 +184,16 @@ def _write_layer(site: SiteBuilder, w: _Writer, mv, lv, bar) -> None:
         w.write(f"{base}/{lv.page_file(p)}", layer_page(mv, lv, p, site.per_page))
     for p in range(1, lv.label_pages + 1):
         w.write(f"{base}/{lv.page_file(p, 'label')}", layer_page(mv, lv, p, site.per_page, "label"))
+
+
+def _write_classes(site: SiteBuilder, w: _Writer, mv) -> None:
+    """A model with effects (format 1.3): its class index and a page per class under m/<model>/classes/."""
+    if not mv.has_effects:
+        return
+    site.ensure_classes(mv)
+    for c in mv.classes:
+        w.write(f"m/{mv.slug}/classes/{c.file}", class_page(mv, c, site.class_layers(mv, c)))
+    w.write(f"m/{mv.slug}/classes/index.html", classes_page(mv))
 
 
 def _write_front(site: SiteBuilder, w: _Writer) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
-from scopecli.compare.query import run_query
+from scopecli.compare.query import class_report, run_query
 from scopecli.compare.show import layer_info, layer_json, unit_info, unit_json
 from scopecli.core.errors import ScopeError
 from scopecli.core.units import parse_unit_address
@@ -39,6 +39,7 @@ _SLUG = r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}"
 _LAYER_PAGE = re.compile(rf"^/m/({_SLUG})/({_SLUG})/(index|page-(\d{{1,6}})|by-label|by-label-page-(\d{{1,6}})|atlas)\.html$")
 _UNIT_PAGE = re.compile(rf"^/m/({_SLUG})/({_SLUG})/u/(\d{{1,9}})\.html$")
 _MODEL_PAGE = re.compile(rf"^/m/({_SLUG})/(?:index\.html)?$")
+_CLASS_PAGE = re.compile(rf"^/m/({_SLUG})/classes/(index|\d{{1,9}}-[A-Za-z0-9._-]{{1,60}})\.html$")  # format 1.3
 _DIFF = re.compile(rf"^/d/({_SLUG})/(index\.html|cka-(?:linear|debiased)\.png)$")
 _IMG = re.compile(r"^/img/([0-9a-f]{12})/(\d{1,4}/\d{1,5}/[a-z0-9-]{1,40})$")
 
@@ -197,6 +198,9 @@ class App:
             return self._api(path, q)
         if path == "/search":
             return self._search(q)
+        mt = _CLASS_PAGE.match(path)
+        if mt:
+            return self._class(mt.group(1), mt.group(2))
         mt = _UNIT_PAGE.match(path)
         if mt:
             return self._unit(*mt.groups())
@@ -252,6 +256,22 @@ class App:
             return self._not_found(f"{lv.name}:{unit} has no render or examples in this file")
         with pages.serving():
             return _html(200, p.html())
+
+    def _class(self, mslug: str, name: str) -> Response:
+        """A model's class index or one class page (files with effects): the name is looked up in the model's list."""
+        b = self.catalog.builder
+        m = b.model(mslug)
+        if m is None or not m.has_effects:
+            return self._not_found("no class pages: this file has no effects (scope effects FILE --data DIR)"
+                                   if m is not None else "no such page")
+        b.ensure_classes(m)
+        with pages.serving():
+            if name == "index":
+                return _html(200, pages.classes_page(m))
+            c = b.class_by_slug(m, name)
+            if c is None:
+                return self._not_found("no such class in this file")
+            return _html(200, pages.class_page(m, c, b.class_layers(m, c)))
 
     def _diff(self, dslug: str, name: str) -> Response:
         b = self.catalog.builder
@@ -314,6 +334,16 @@ class App:
             return "like", run_query(self.catalog.paths, like=like, top=int(top))
         raise ScopeError("give label=TEXT or like=LAYER:UNIT")
 
+    def _class_hits(self, text: str) -> list[tuple[str, str]]:
+        """(label, url) of the class pages whose class name is or contains `text` (files with effects)."""
+        b = self.catalog.builder
+        try:
+            found = b.find_classes(text)
+        except ScopeError:  # a damaged effects section: the search still answers
+            return []
+        many = len(b.models) > 1
+        return [(f"{c.name} ({m.name})" if many else c.name, f"/m/{m.slug}/classes/{c.file}") for m, c in found]
+
     def _search(self, q: dict) -> Response:
         text = (q.get("q") or "").strip()[:200]
         if not text:
@@ -332,15 +362,16 @@ class App:
                 m, lv, unit = found
                 return self._search_page(text, text, [], f"{lv.name}:{unit} of {m.name} has no render or examples stored")
             q = {"label": text, "top": "30"}
+        classes = self._class_hits(text) if "label" in q else []
         try:
             kind, hits = self._query(q)
         except ScopeError as exc:
-            return self._search_page(text, "search", [], str(exc))
+            return self._search_page(text, "search", [], str(exc), classes)
         title = f"units like {q['like']}" if kind == "like" else f"units for label “{q['label']}”"
         note = ("score: correlation of probe activations with the unit (scope query --like)" if kind == "like"
                 else "score: lift score (scope query --label): how much more often the unit's top examples are this "
                      "class than the dataset is, shrunk toward 1 when few examples are")
-        return self._search_page(text, title, [self._hit(h) for h in hits], note)
+        return self._search_page(text, title, [self._hit(h) for h in hits], note, classes)
 
     def _hit(self, h) -> pages.Hit:
         b = self.catalog.builder
@@ -358,9 +389,9 @@ class App:
         name = m.name if m is not None else Path(h.artifact).name
         return pages.Hit(f"{name} · {h.layer}:{h.unit}", url, thumb, w, hh, fmt(h.score, ".3g"), detail)
 
-    def _search_page(self, text: str, title: str, hits: list, note: str) -> Response:
+    def _search_page(self, text: str, title: str, hits: list, note: str, classes=()) -> Response:
         with pages.serving():
-            return _html(200, pages.search_page(text, title, hits, note))
+            return _html(200, pages.search_page(text, title, hits, note, classes))
 
     # ------------------------------------------------------------------------------------------ JSON
 
@@ -379,9 +410,17 @@ class App:
             if path == "/api/query":
                 _, hits = self._query(q)
                 return _json([h.to_json() for h in hits])
+            if path == "/api/class":  # format 1.3: what `scope query --class` answers
+                m = self._model_arg(q)
+                top = q.get("top", "20")
+                if not top.isdigit() or not 1 <= int(top) <= MAX_TOP:
+                    raise ScopeError(f"top must be 1..{MAX_TOP}")
+                layer = q.get("layer")
+                return _json(class_report(b.arts[m.index], q.get("c", "")[:200], [layer[:200]] if layer else None,
+                                          int(top), path=b.paths[m.index]))
         except ScopeError as exc:
             return _json({"error": str(exc)}, 400)
-        return _json({"error": "no such endpoint: /api/models, /api/unit, /api/layer, /api/query"}, 404)
+        return _json({"error": "no such endpoint: /api/models, /api/unit, /api/layer, /api/query, /api/class"}, 404)
 
     def _model_arg(self, q: dict):
         b = self.catalog.builder

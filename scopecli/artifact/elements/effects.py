@@ -255,6 +255,35 @@ class EffectsSection:
         return ClassEffects(layer, b.class_names[row], int(b.classes[row]), int(b.images[row]), units, b.target, ab)
 
 
+PANEL_ROWS = 8  # classes per sign a unit page lists
+TARGET_TEXT = {"label": "its label", "predicted": "the model's prediction", "norm": "the output's norm",
+               "index": "one output"}
+
+
+@dataclass
+class VoteRow:
+    """A class on a unit page's votes: mean attribution over its images, and its class page (None: no link)."""
+
+    class_name: str
+    class_index: int
+    attribution: float
+    images: int
+    url: str | None = None
+
+
+@dataclass
+class EffectsPanel:
+    """A unit's votes as its page shows them: the classes it votes for (largest first) and against."""
+
+    target: str
+    votes_for: list[VoteRow]
+    votes_against: list[VoteRow]
+
+    @property
+    def target_text(self) -> str:
+        return TARGET_TEXT.get(self.target, self.target)
+
+
 @register_layer_element
 class EffectsElement(LayerElement):
     name = "effects"
@@ -263,6 +292,20 @@ class EffectsElement(LayerElement):
     features = ()  # optional: a reader that ignores it reads everything else correctly
     unit_field = "effects"
     uses_images = False
+    panel = "effects"
+
+    def panel_context(self, value, links):
+        """The unit's votes for and against (top PANEL_ROWS each), each class linked to its class page where the
+        gallery has one (`links.class_page(index)`); None (no panel) for a unit without effects."""
+        if not value:
+            return None
+        page = getattr(links, "class_page", None)
+
+        def rows(items):
+            return [VoteRow(r.class_name, r.class_index, r.attribution, r.images,
+                            page(r.class_index) if page is not None else None) for r in items[:PANEL_ROWS]]
+        return {"effects": EffectsPanel(getattr(value, "target", "") or "label", rows(value.votes_for),
+                                        rows(value.votes_against))}
 
     def read(self, group, slot):
         return EffectsSection(group, slot)

@@ -7,6 +7,8 @@ all rendered with the `lucid` schedule, which is what they read as.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import field, make_dataclass
 
 import h5py
@@ -15,7 +17,8 @@ import numpy as np
 from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, pack_offsets, present_mask
 from scopecli.artifact.h5io import check_element, get_dataset, read_numeric, read_strings, set_encoding, write_array, write_blob, write_strings
 from scopecli.artifact.images import check_channels, decode_image, encode_png
-from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
+from scopecli.artifact.registry import (LayerElement, LayerSlot, MergeInput, MergePlan, layer_elements,
+    register_layer_element)
 from scopecli.core.errors import ScopeError
 from scopecli.core.records import PNG, RENDER_COLUMNS, TRACE, RenderRecord, column_fields
 
@@ -24,7 +27,41 @@ ROW = tuple(c for c in RENDER_COLUMNS if c.dtype not in (PNG, TRACE))  # one sto
 
 
 class _LazyImage:
-    """The view's image: PNG bytes read, and pixels decoded, on first access."""
+    """The view's image: PNG bytes read, and pixels decoded, on first access; and the render's
+    faithfulness evidence (format 1.3 `faithfulness`), which the reader attaches where it exists."""
+
+    _path = None  # PathEvidence of this render's key (set by `RendersElement.unit_value`); None: none stored
+    _path_checked = False
+
+    def _evidence(self):
+        """The evidence, if it was measured on these very pixels (a render replaced since reads as not measured)."""
+        if self._path is not None and not self._path_checked:
+            sha = self._path.render_sha256
+            if sha and hashlib.sha256(self.encoded).hexdigest() != sha:
+                self._path = None
+            self._path_checked = True
+        return self._path
+
+    @property
+    def path_similarity(self) -> float | None:
+        """How closely the render drives its unit through the same path as its top dataset examples: mean
+        Spearman correlation of the channel vectors at the unit's maximum over this and earlier layers
+        (`scope` faithfulness evidence); None when not measured."""
+        e = self._evidence()
+        return None if e is None or math.isnan(e.similarity) else e.similarity
+
+    @property
+    def path_baseline(self) -> float | None:
+        """The same figure against another unit's examples (chance level); None when not measured."""
+        e = self._evidence()
+        return None if e is None or math.isnan(e.baseline) else e.baseline
+
+    @property
+    def path_flagged(self) -> bool | None:
+        """True when path_similarity <= path_baseline: the picture may not show how the unit responds to
+        photos; None when not measured."""
+        e = self._evidence()
+        return None if e is None or math.isnan(e.similarity) or math.isnan(e.baseline) else bool(e.flagged)
 
     @property
     def encoded(self) -> bytes:
@@ -153,6 +190,13 @@ class RenderSection:
         return out
 
 
+def _faithfulness(art, slot):
+    """The layer's `faithfulness` section (None: the file or layer has none)."""
+    if art is None or not any(el.name == "faithfulness" for el in layer_elements()):
+        return None
+    return art.section(slot.name, "faithfulness")
+
+
 @register_layer_element
 class RendersElement(LayerElement):
     name = "renders"
@@ -173,7 +217,14 @@ class RendersElement(LayerElement):
         return {"rendered": int(sec.present.sum()), "renders": len(sec.cols["unit"])}
 
     def unit_value(self, section, unit, slot, art):
-        return [] if section is None else [section.view(i) for i in section.rows_of(unit)]
+        if section is None:
+            return []
+        views = [section.view(i) for i in section.rows_of(unit)]
+        evidence = _faithfulness(art, slot) if views else None
+        if evidence is not None:  # format 1.3: each view's path_similarity (None without evidence)
+            for v in views:
+                v._path = evidence.evidence((v.unit, v.objective, v.diversity_index))
+        return views
 
     # -- write
     def new(self) -> dict:
