@@ -422,6 +422,46 @@ def effects_cmd(
                  f"{summary['seconds']:.1f} s on {summary['device']}", markup=False)
 
 
+@app.command("faithfulness")
+def faithfulness_cmd(
+    file: str = typer.Argument(..., metavar="A.h5", help="Artifact with renders and dataset examples; the evidence is added to it."),
+    data: str = typer.Option(..., "--data", help="The image folder (or list) collect read: the units' top examples are run again."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", "-l", help="Layers whose renders are checked (default: every layer with renders and examples)."),
+    k: int = typer.Option(8, "--k", help="Top examples per unit whose path a render is compared with."),
+    seed: int = typer.Option(0, "--seed", help="Seed of each render's random baseline unit."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model spec, when the recorded one cannot be built here."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights, when the recorded ones cannot be loaded (a PATH)."),
+    batch: int = typer.Option(32, "--batch", help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    quiet: bool = QuietOpt,
+    json_out: bool = JsonOpt,
+):
+    """Whether each render drives its unit the way photos do: path similarity (rank correlation of the earlier
+    layers' activations at the driving position) against its unit's top examples, next to a random unit's."""
+    from scopecli.model.reopen import model_for_artifact
+    from scopecli.artifact import open_artifact
+    from scopecli.views.faithfulness import run_path_similarity
+
+    if k < 1 or batch < 1:
+        raise ScopeError("--k and --batch must be >= 1")
+    with open_artifact(file) as art:
+        loaded = model_for_artifact(art.model, model, weights)
+    summary = run_path_similarity(loaded, file, data, _split_names(",".join(layer)) if layer else None, k=k, seed=seed,
+                                  device=device, quiet=quiet or json_out, batch=batch)
+    if json_out:
+        _print_json(summary)
+        return
+    for row in summary["layers"]:
+        if row["measured"]:
+            _out().print(f"{row['layer']}: {row['measured']} of {row['renders']} renders, median path similarity "
+                         f"{row['median_similarity']:.3f} (random unit {row['median_baseline']:.3f}), {row['flagged']} "
+                         "flagged", markup=False)
+        else:
+            _out().print(f"{row['layer']}: no render could be measured", markup=False)
+    _out().print(f"wrote path similarity to {summary['output']}; {summary['seconds']:.1f} s on {summary['device']}",
+                 markup=False)
+
+
 @app.command("atlas")
 def atlas_cmd(
     file: str = typer.Argument(..., metavar="A.h5", help="Artifact with an activation sample of the layer (scope collect --sample N); the atlas is added to it."),

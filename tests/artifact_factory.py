@@ -201,6 +201,36 @@ def fake_space(base: LayerRecord, name: str = "pca3", k: int = 3, seed: int = 0)
                      {"k": k}, "a test space")
 
 
+def fake_effects(layer: LayerRecord, seed: int = 0, classes=(0, 1)):
+    """Effects of every unit on a few classes, with an ablation check of each (`scopecli.views.effects` writes it)."""
+    from scopecli.artifact.elements.effects import Ablation, EffectsBlock
+
+    rng = np.random.default_rng(seed)
+    k, n, draws = len(classes), layer.units, 3
+    block = EffectsBlock(np.asarray(classes, np.int64), [f"class{c}" for c in classes], np.full(k, 3, np.int64),
+                         rng.normal(size=(k, n)), "label")
+    top = block.class_tables()[0][:, :2]
+    block.ablation = Ablation(np.arange(k, dtype=np.int32), top, rng.random(k).astype(np.float32),
+                              rng.random(k).astype(np.float32), rng.random((k, draws)).astype(np.float32),
+                              np.ones(k, np.float32), np.zeros(k, np.float32), rng.random((k, draws)).astype(np.float32),
+                              k=2, seed=seed, min_images=3)
+    return block
+
+
+def fake_faithfulness(layer: LayerRecord, units, earlier, seed: int = 0):
+    """Path-similarity evidence of the `channel` renders of `units` (`scopecli.views.faithfulness` writes it);
+    `earlier`: the layer names compared (the earlier layers and this one)."""
+    from scopecli.artifact.elements.faithfulness import FaithfulnessBlock, PathEvidence
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in units:
+        per = {n: float(rng.uniform(-1, 1)) for n in earlier}
+        sim, base = float(np.mean(list(per.values()))), float(rng.uniform(-1, 1))
+        rows.append(PathEvidence(int(u), "channel", 0, sim, base, (int(u) + 1) % layer.units, sim <= base, per, ""))
+    return FaithfulnessBlock.from_rows(rows, k=4, seed=seed, layer_names=list(earlier))
+
+
 def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = True, n_images: int = 12,
                   k: int = 4, units=None, fingerprint: str = FAKE_FINGERPRINT, table: ImageTable | None = None,
                   patch_format: str = "jpeg", command: str = "test", space: bool = False, pixels: bool = False) -> str:
@@ -226,6 +256,9 @@ def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = 
             us = list(range(rec.units)) if units is None else [u for u in units if u < rec.units]
             if renders:
                 w.put_renders(rec.name, fake_renders(rec, us, seed + li))
+                if us and "@" not in rec.name:
+                    w.put(rec.name, "faithfulness", fake_faithfulness(rec, us, [lay.name for lay in layers[: li + 1]],
+                                                                      seed + li))
                 if li == 1:
                     w.put(rec.name, "caricatures", fake_caricatures(rec))
                     w.put(rec.name, "atlas", fake_atlas(rec))
@@ -240,6 +273,8 @@ def make_artifact(path, *, seed: int = 0, renders: bool = True, collect: bool = 
                 if li > 0 and us:
                     w.put(rec.name, "inputs", fake_inputs(rec, us, layers[li - 1]))
                 w.put(rec.name, "sample", fake_sample(rec, n, 5, seed + li))
+                if "@" not in rec.name:
+                    w.put(rec.name, "effects", fake_effects(rec, seed + li))
         if space:
             w.put(sp.layer, "space", sp)
         w.add_timing("total", 0.5)

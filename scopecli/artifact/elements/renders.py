@@ -224,6 +224,8 @@ class RendersElement(LayerElement):
         if evidence is not None:  # format 1.3: each view's path_similarity (None without evidence)
             for v in views:
                 v._path = evidence.evidence((v.unit, v.objective, v.diversity_index))
+                if v._path is not None:
+                    v._evidence()  # checked now (reads the PNG bytes, kept): the file may be closed when it is asked
         return views
 
     # -- write
