@@ -3,6 +3,7 @@
     .venv/bin/python scripts/make_fixture.py               # tests/fixtures/artifact-1.0.h5 (format 1.0)
     .venv/bin/python scripts/make_fixture.py --version 1.1 # tests/fixtures/artifact-1.1.h5, every element
     .venv/bin/python scripts/make_fixture.py --version 1.2 # tests/fixtures/artifact-1.2.h5, every element, 5 channels
+    .venv/bin/python scripts/make_fixture.py --version 1.3 # tests/fixtures/artifact-1.3.h5, + effects, faithfulness
 
 The test suite opens these files forever to prove that today's reader still reads files written by the
 writer of each version. Regenerating one would defeat that purpose: the script refuses if the file exists.
@@ -50,13 +51,15 @@ def make_1_1(out: str, **model) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--version", default="1.0", choices=["1.0", "1.1", "1.2"])
+    ap.add_argument("--version", default="1.0", choices=["1.0", "1.1", "1.2", "1.3"])
     args = ap.parse_args()
     out = out_path(args.version)
     if os.path.exists(out):
         sys.exit(f"error: {out} exists; the {args.version} fixture is frozen and must not be regenerated")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    if args.version == "1.2":  # every element, on a 5-channel 16-bit model with channel names and a colour mapping
+    if args.version == "1.3":  # every element of 1.1 on tiny_cnn, plus effects (with the ablation check) and faithfulness
+        make_1_1(out, effects=True)
+    elif args.version == "1.2":  # every element, on a 5-channel 16-bit model with channel names and a colour mapping
         from fixture_builders import FIVE
 
         make_1_1(out, **FIVE)

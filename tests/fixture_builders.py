@@ -34,11 +34,12 @@ FIVE = dict(model="tinymodels:five_channel", make_data=lambda d: noise_stacks(d,
 
 
 def write_full_artifact(folder: Path, run, model: str = "tinymodels:tiny_cnn", make_data=None, ext: str = ".png",
-                        inputs=(), layers: str = LAYERS, last: str = "3") -> Path:
+                        inputs=(), layers: str = LAYERS, last: str = "3", effects: bool = False) -> Path:
     """Build the data and every element into folder/full.h5; run(*args) runs `scope ARGS` and returns its
     exit code. Elements: layout, renders, examples (+ heatmaps, shown windows, groups), strongest, stats,
     probe, sample, inputs, space (PCA), caricatures, atlas. `model`, `make_data(folder)`, `ext` (the data files'
-    suffix) and `inputs` (collect's input-spec options) choose another model (FIVE: 5 channels, 16 bits)."""
+    suffix) and `inputs` (collect's input-spec options) choose another model (FIVE: 5 channels, 16 bits).
+    `effects` (format 1.3) adds the effects with their ablation check and the renders' path similarity."""
     data = folder / "data"
     (make_data or (lambda d: noise_images(d, 12, 32, seed=11)))(data)
     names = sorted(p.name for p in data.glob("*" + ext))
@@ -59,6 +60,9 @@ def write_full_artifact(folder: Path, run, model: str = "tinymodels:tiny_cnn", m
         ("caricature", model, "--image", data / names[0], "--layer", last, "--steps", 8, "-o", out, *BASE),
         ("atlas", out, "--layer", last, "--grid", 2, "--steps", 8, "--size", 32, "--layout", "pca", "--quiet"),
     ]
+    if effects:
+        steps += [("effects", out, "--data", data, "--ablate-k", 2, "--draws", 2, "--min-images", 2, "--quiet"),
+                  ("faithfulness", out, "--data", data, "--k", 2, "--quiet")]
     for args in steps:
         code = run(*args)
         if code != 0:
