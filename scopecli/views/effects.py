@@ -142,9 +142,10 @@ def _targets_of(table, rows, target: str) -> torch.Tensor | None:
 
 
 def compute_effects(loaded, art, data, layers: list[str], target: str = "label", output: str = "logit",
-                    batch: int = BATCH, device=None, bar=None, load=None) -> tuple[dict[str, EffectsBlock], dict]:
-    """{layer: EffectsBlock} over every image of the artifact's table (found again under `data`), and facts
-    (images, accuracy where there are labels)."""
+                    batch: int = BATCH, device=None, bar=None, load=None):
+    """({layer: EffectsBlock} over every image of the artifact's table (found again under `data`), facts (images,
+    accuracy where there are labels), {table row: (its class's output index, that logit, predicted right)} for the
+    ablation check's unablated side (empty for a scalar output))."""
     table = art.dataset
     if table is None:
         raise ScopeError(f"{art.path} holds no image table: run scope collect first")
@@ -159,6 +160,7 @@ def compute_effects(loaded, art, data, layers: list[str], target: str = "label",
     sums = {name: None for name in layers}
     counts = None
     correct = labelled = 0
+    base: dict[int, tuple[int, float, bool]] = {}
     was = module.training
     module.eval()
     module.to(dev)
@@ -174,7 +176,7 @@ def compute_effects(loaded, art, data, layers: list[str], target: str = "label",
                 x, tgt, rows = x[torch.from_numpy(keep).to(dev)], tgt[keep], [r for r, k in zip(rows, keep) if k]
                 if not rows:
                     continue
-            contrib, used, _, logits = batch_attributions(module, x, layers, layouts, tgt,
+            contrib, used, picked, logits = batch_attributions(module, x, layers, layouts, tgt,
                                                           "logit" if target in ("label", "predicted") else output)
             if counts is None:
                 n_out = logits.shape[1] if logits is not None else 1
@@ -183,6 +185,10 @@ def compute_effects(loaded, art, data, layers: list[str], target: str = "label",
                     sums[name] = torch.zeros(n_out, widths[name], dtype=torch.float64)
             idx = used.cpu()
             np.add.at(counts, idx.numpy(), 1)
+            if logits is not None:  # the unablated logits the ablation check compares with
+                hit = (logits.argmax(dim=1) == used).cpu().tolist()
+                for r, o, v, ok in zip(rows, idx.tolist(), picked.cpu().tolist(), hit):
+                    base[r] = (int(o), float(v), bool(ok))
             for name in layers:
                 if contrib[name].shape[1] != widths[name]:
                     raise ScopeError(f"layer {name} has {contrib[name].shape[1]} units here, {widths[name]} in the file")
@@ -207,7 +213,7 @@ def compute_effects(loaded, art, data, layers: list[str], target: str = "label",
     facts = {"images": int(counts.sum()), "classes": int(len(have))}
     if labelled:
         facts["accuracy"] = round(correct / labelled, 4)
-    return blocks, facts
+    return blocks, facts, base
 
 
 class _Ablate:
@@ -238,10 +244,11 @@ def _random_units(seed: int, layer: str, class_index: int, draw: int, units: int
 
 
 def ablate(loaded, art, layer: str, block: EffectsBlock, data=None, k: int = ABLATE_K, draws: int = DRAWS,
-           seed: int = 0, min_images: int = MIN_IMAGES, batch: int = BATCH, device=None, bar=None, load=None) -> Ablation:
+           seed: int = 0, min_images: int = MIN_IMAGES, batch: int = BATCH, device=None, bar=None, load=None,
+           base: dict | None = None) -> Ablation:
     """The causal check of every class of `block` with at least `min_images` images (labels or predictions, as the
     block's target): mean logit drop and accuracy with its top-k units, and with k random units (per draw), set to
-    their dataset mean."""
+    their dataset mean. `base`: the unablated logits `compute_effects` saw (else one more forward pass)."""
     if block.target not in ("label", "predicted"):
         raise ScopeError("the ablation check needs class logits (not --output norm/INDEX)")
     stats = art.stats(layer)
@@ -257,61 +264,49 @@ def ablate(loaded, art, layer: str, block: EffectsBlock, data=None, k: int = ABL
     layout = LayerOrder.of(module, pre.crop).layouts[layer]
     load = load or _image_loader(art, data, pre)
     top_units, _ = block.class_tables()
-    # each image's class, as the block counted it (labels), or the model's prediction, found in the first pass
+    # each image's class, as the block counted it (its label or the model's prediction)
     rows_all = np.arange(len(table.paths))
-    checked = [i for i in range(len(block.classes)) if block.images[i] >= min_images]
+    checked = {i for i in range(len(block.classes)) if block.images[i] >= min_images}
     hook = _Ablate(layout, means)
     handle = get_module(module, layer).register_forward_hook(hook)
     module.eval()
     module.to(dev)
-    passes = 2 + draws
     per_class: dict[int, dict] = {}
     try:
-        cls_of_image: dict[int, int] = {}
-        if block.target == "label":
-            lab = np.asarray(table.label)
-            pos = {int(c): i for i, c in enumerate(block.classes)}
-            cls_of_image = {int(r): pos[int(lab[r])] for r in rows_all if int(lab[r]) in pos}
-        pool = rows_all
-        for p in range(passes):  # 0: nothing ablated, 1: the class's top units, 2..: random draws
-            if p == 1:  # only the images of the checked classes are needed from here on
-                pool = np.array(sorted(r for r, c in cls_of_image.items() if c in checked), np.int64)
+        if base is None:  # the unablated pass
+            base = {}
+            for b0 in range(0, len(rows_all), batch):
+                rows = [int(r) for r in rows_all[b0:b0 + batch]]
+                images = load(rows)
+                x = pre.normalize(torch.stack([images[r] for r in rows]).to(dev).float().div_(float(pre.qmax)))
+                with torch.no_grad():
+                    logits = _scalar_output(module(x), "logit")[0].float().cpu()
+                lab = np.asarray(table.label)
+                for j, r in enumerate(rows):
+                    o = int(lab[r]) if block.target == "label" else int(logits[j].argmax())
+                    if 0 <= o < logits.shape[1]:
+                        base[r] = (o, float(logits[j, o]), int(logits[j].argmax()) == o)
                 if bar is not None:
-                    bar.advance((len(rows_all) - len(pool)) * (passes - 1))
+                    bar.advance(len(rows))
+        pos = {int(c): i for i, c in enumerate(block.classes)}
+        cls_of_image = {int(r): pos[o] for r, (o, _, _) in base.items() if o in pos and pos[o] in checked}
+        for r, c in cls_of_image.items():
+            d = per_class.setdefault(c, {"n": 0, "base": 0.0, "base_ok": 0, "top": 0.0, "top_ok": 0,
+                                         "rand": np.zeros(draws), "rand_ok": np.zeros(draws)})
+            d["n"] += 1
+            d["base"] += base[r][1]
+            d["base_ok"] += base[r][2]
+        pool = np.array(sorted(cls_of_image), np.int64)  # only the images of the checked classes
+        if bar is not None:
+            bar.advance((len(rows_all) - len(pool)) * (1 + draws))
+        for p in range(1, 2 + draws):  # 1: the class's top units, 2..: random draws
             for b0 in range(0, len(pool), batch):
                 rows = [int(r) for r in pool[b0:b0 + batch]]
                 images = load(rows)
                 x = pre.normalize(torch.stack([images[r] for r in rows]).to(dev).float().div_(float(pre.qmax)))
-                if p == 0:
-                    hook.mask = None
-                    with torch.no_grad():
-                        logits = _scalar_output(module(x), "logit")[0].float().cpu()
-                    if block.target == "predicted":
-                        for r, c in zip(rows, logits.argmax(dim=1).tolist()):
-                            hit = np.flatnonzero(block.classes == c)
-                            if len(hit):
-                                cls_of_image[r] = int(hit[0])
-                keep = [j for j, r in enumerate(rows) if r in cls_of_image and cls_of_image[r] in checked]
-                if p == 0:
-                    for j in keep:
-                        c = cls_of_image[rows[j]]
-                        d = per_class.setdefault(c, {"n": 0, "base": 0.0, "base_ok": 0,
-                                                     "top": 0.0, "top_ok": 0, "rand": np.zeros(draws),
-                                                     "rand_ok": np.zeros(draws)})
-                        idx = int(block.classes[c])
-                        d["n"] += 1
-                        d["base"] += float(logits[j, idx])
-                        d["base_ok"] += int(logits[j].argmax()) == idx
-                    if bar is not None:
-                        bar.advance(len(rows))
-                    continue
-                if not keep:
-                    if bar is not None:
-                        bar.advance(len(rows))
-                    continue
                 mask = torch.zeros(len(rows), units)
-                for j in keep:
-                    c = cls_of_image[rows[j]]
+                for j, r in enumerate(rows):
+                    c = cls_of_image[r]
                     if p == 1:
                         chosen = top_units[c][:k]
                         chosen = chosen[chosen >= 0]
@@ -322,15 +317,16 @@ def ablate(loaded, art, layer: str, block: EffectsBlock, data=None, k: int = ABL
                 with torch.no_grad():
                     logits = _scalar_output(module(x), "logit")[0].float().cpu()
                 hook.mask = None
-                for j in keep:
-                    c = cls_of_image[rows[j]]
+                for j, r in enumerate(rows):
+                    c = cls_of_image[r]
                     d, idx = per_class[c], int(block.classes[c])
+                    ok = int(logits[j].argmax()) == idx
                     if p == 1:
                         d["top"] += float(logits[j, idx])
-                        d["top_ok"] += int(logits[j].argmax()) == idx
+                        d["top_ok"] += ok
                     else:
                         d["rand"][p - 2] += float(logits[j, idx])
-                        d["rand_ok"][p - 2] += int(logits[j].argmax()) == idx
+                        d["rand_ok"][p - 2] += ok
                 if bar is not None:
                     bar.advance(len(rows))
     finally:
@@ -393,12 +389,13 @@ def run_effects(path, data, layers=None, target: str | None = None, output: str 
         for name in ab_layers:
             if name not in layers:
                 raise ScopeError(f"--ablate-layer {name} is not among the layers whose effects are computed")
-        with progress(n * (1 + (2 + draws) * len(ab_layers)), "effects", quiet=quiet, unit="img") as bar:
-            blocks, facts = compute_effects(loaded, art, data, list(layers), target, output, int(batch), dev, bar, load)
+        with progress(n * (1 + (1 + draws) * len(ab_layers)), "effects", quiet=quiet, unit="img") as bar:
+            blocks, facts, base = compute_effects(loaded, art, data, list(layers), target, output, int(batch), dev,
+                                                  bar, load)
             for name in ab_layers:
                 blocks[name].ablation = ablate(loaded, art, name, blocks[name], k=int(k), draws=int(draws),
                                                seed=int(seed), min_images=int(min_images), batch=int(batch),
-                                               device=dev, bar=bar, load=load)
+                                               device=dev, bar=bar, load=load, base=base)
         records = {name: art.layer(name) for name in layers}
     params = {"layers": list(layers), "target": target, "output": output, "ablation_layers": ab_layers, "k": int(k),
               "draws": int(draws), "seed": int(seed), "min_images": int(min_images),
