@@ -20,7 +20,7 @@ def test_help_lists_commands_in_the_order_of_the_work(scope_cli):
     assert r.code == 0
     # a command row: its name (after the panel border, if any), two or more spaces, its help
     listed = re.findall(r"^(?:│ )?\s{0,2}([a-z]+)\s{2,}\S", r.stdout, re.M)
-    assert listed == ["render", "caricature", "collect", "decompose", "circuits", "atlas", "show", "diff", "query", "export",
+    assert listed == ["render", "caricature", "collect", "decompose", "circuits", "effects", "faithfulness", "atlas", "show", "diff", "query", "export",
                       "serve", "pack", "info", "validate", "layers", "models", "demo"], r.stdout
 
 

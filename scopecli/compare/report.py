@@ -12,6 +12,7 @@ import numpy as np
 from rich.console import Group
 from rich.table import Table
 
+from scopecli.compare.show import path_text, votes_text
 from scopecli.core.termtable import table
 from rich.text import Text
 
@@ -136,29 +137,6 @@ def class_summary(reports: list[dict]) -> Group:
             else:
                 parts.append(Text("no ablation check stored for this class at this layer", style="dim"))
     return Group(*parts)
-
-
-def votes_text(effects: dict, n: int = 3) -> list[str]:
-    """['votes for: red +13.4 (4 images), ...', 'votes against: ...'] of `show`'s effects (empty sides left out)."""
-    out = []
-    for key, title in (("votes_for", "votes for"), ("votes_against", "votes against")):
-        rows = effects.get(key) or []
-        if rows:
-            items = ", ".join(f"{r['class']} {_n(r['attribution'], '+.3g')} ({r['images']} images)" for r in rows[:n])
-            out.append(f"{title}: {items}" + (f", … {len(rows) - n} more" if len(rows) > n else ""))
-    return out
-
-
-def path_text(r: dict) -> str | None:
-    """'path similarity 0.62 (random unit 0.21)' of a render, with the warning when flagged; None: not measured."""
-    if r.get("path_similarity") is None:
-        return None
-    s = f"path similarity {_n(r['path_similarity'], '.2f')}"
-    if r.get("path_baseline") is not None:
-        s += f" (random unit {_n(r['path_baseline'], '.2f')})"
-    if r.get("path_flagged"):
-        s += ": this picture may not show how the unit responds to photos"
-    return s
 
 
 def unit_summary(info: dict) -> Group:

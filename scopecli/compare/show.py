@@ -167,6 +167,34 @@ def unit_json(info: dict) -> dict:
     return out
 
 
+def _fmt(x, fmt: str) -> str:
+    x = float(x)
+    return "-" if math.isnan(x) or math.isinf(x) else format(x, fmt)
+
+
+def votes_text(effects: dict, n: int = 3) -> list[str]:
+    """['votes for: red +13.4 (4 images), ...', 'votes against: ...'] of `show`'s effects (empty sides left out)."""
+    out = []
+    for key, title in (("votes_for", "votes for"), ("votes_against", "votes against")):
+        rows = effects.get(key) or []
+        if rows:
+            items = ", ".join(f"{r['class']} {_fmt(r['attribution'], '+.3g')} ({r['images']} images)" for r in rows[:n])
+            out.append(f"{title}: {items}" + (f", … {len(rows) - n} more" if len(rows) > n else ""))
+    return out
+
+
+def path_text(r: dict) -> str | None:
+    """'path similarity 0.62 (random unit 0.21)' of a render, with the warning when flagged; None: not measured."""
+    if r.get("path_similarity") is None:
+        return None
+    s = f"path similarity {_fmt(r['path_similarity'], '.2f')}"
+    if r.get("path_baseline") is not None:
+        s += f" (random unit {_fmt(r['path_baseline'], '.2f')})"
+    if r.get("path_flagged"):
+        s += ": this picture may not show how the unit responds to photos"
+    return s
+
+
 def profile_text(profile: dict, rows: int = 3) -> str:
     """'goldfish 38% (base 1%, lift 38) · ...' for the top-k view; the note when it is uninformative."""
     if profile.get("note"):
@@ -255,8 +283,6 @@ def unit_card(info: dict, max_per_row: int = 8) -> Image.Image:
         head.append("fires on: " + profile_text(info["label_profile"]))
     if ins and ins.get("note"):
         head.append(f"strongest inputs: {ins['note']}")
-    from scopecli.compare.report import path_text, votes_text  # (rich: only when a card is drawn)
-
     if info.get("effects"):  # format 1.3
         head.append("; ".join(votes_text(info["effects"])))
     for r in info["renders"][:max_per_row]:
