@@ -33,6 +33,14 @@ def _fit(pixels: np.ndarray, side: int = CELL) -> Image.Image:
     return canvas
 
 
+def _path(render) -> str:
+    """' path .31/.13!' (path similarity / random unit's, ! when flagged) where measured (scope faithfulness)."""
+    sim = getattr(render, "path_similarity", None)
+    if sim is None:
+        return ""
+    return f" path {sim:.2f}/{render.path_baseline:.2f}" + ("!" if render.path_flagged else "")
+
+
 def band(path: str, layer: str, units: list[int], n_examples: int, heat: bool) -> tuple[Image.Image, str]:
     from scopecli.core import heatmaps
     from scopecli.artifact import open_artifact
@@ -46,7 +54,7 @@ def band(path: str, layer: str, units: list[int], n_examples: int, heat: bool) -
         for u in units:
             view = art.unit(f"{layer}:{u}")
             renders = (getattr(view, "renders", None) or [])[:1]
-            cells = [(_fit(composite(r.image, spec)), f"{u}: act {r.act_final:.3g}") for r in renders]
+            cells = [(_fit(composite(r.image, spec)), f"{u}: act {r.act_final:.3g}" + _path(r)) for r in renders]
             if per_channel:
                 cells += [(_fit(p), f"  {name}") for r in renders for p, name in zip(planes(r.image), spec.names)]
             if not cells:

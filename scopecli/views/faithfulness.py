@@ -3,8 +3,8 @@ photos do? (Geirhos et al. 2023, "Don't trust your eyes: on the (un)reliability 
 visualizations": an optimized picture can reach a unit's maximum through a path natural images never use.)
 
 For a render of unit u of layer L, at the grid position p* of u's maximum in the render, and for L and every
-earlier layer L' of the artifact: the channel vector of L' at the position corresponding to p* (through
-the receptive fields) is compared with the mean vector of u's top-k dataset examples at the positions
+earlier layer L' (the artifact's layers and the model's default layers): the channel vector of L' at the
+position corresponding to p* (through the receptive fields) is compared with the mean vector of u's top-k dataset examples at the positions
 corresponding to their stored maxima, by Spearman rank correlation. The mean over the layers is the render's
 path similarity; the same figure against the examples of a random other unit v of L is its baseline, and a
 render at or below its baseline is flagged ("this picture may not show how the unit responds to photos").
@@ -36,7 +36,7 @@ from scopecli.core.progress import progress as progress_bar
 from scopecli.core.records import LayerRecord
 from scopecli.model import adapter
 from scopecli.model.capture import LayerTap
-from scopecli.model.layers import get_module
+from scopecli.model.layers import get_module, layer_table
 from scopecli.model.reopen import model_for_artifact
 from scopecli.views.circuits import _image_loader
 
@@ -183,8 +183,12 @@ class _Job:
         pre = loaded.preprocess
         self.size, self.channels = int(pre.crop), len(pre.mean)
         names = plan_layers(art, layers)
-        real = [n for n in art.layers if not _space_layer(art, n)]
-        self.records = {n: art.layer(n) for n in real}
+        # compared at the file's real layers and every default layer of the model (the path through the network,
+        # not only the layers someone collected)
+        table = {i.name: i for i in layer_table(loaded.module, self.size)}
+        real = list(dict.fromkeys([n for n in art.layers if not _space_layer(art, n)]
+                                  + [n for n, i in table.items() if i.default]))
+        self.records = {n: art.layer(n) if n in art.layers else table[n].record() for n in real}
         loaded.module.to(self.device)
         self.order = forward_order(loaded.module, real, self.channels, self.size, self.device)
         self.targets = [self._target(n) for n in names]
