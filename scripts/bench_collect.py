@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--weights", default="DEFAULT")
     ap.add_argument("--data", default="/work/shared/data/imagenet-sample-500")
+    ap.add_argument("--labels", default=None, help="labels file (effects then explain each image's label logit)")
     ap.add_argument("--limit", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None)
@@ -121,7 +122,7 @@ def _setup(args):
     device = resolve_device(args.device)
     model = resolve_model(args.model, weights=args.weights)
     model.module.to(device)
-    source = open_source(args.data)
+    source = open_source(args.data, labels=getattr(args, "labels", None))
     n = min(args.limit, len(source))
     layers = args.layer or default_layers(model.module, model.preprocess.crop)
     workers = default_workers() if args.workers is None else args.workers
