@@ -167,3 +167,31 @@ def test_bad_effects_inputs_are_one_line_errors(tmp_path, scope_cli):
     with open_artifact(out) as art:
         with pytest.raises(Exception, match="no class"):
             art.class_units("3", "zebra")
+
+
+def test_name_only_labels_are_matched_to_the_model_class_names(tmp_path, scope_cli):
+    from types import SimpleNamespace
+
+    from scopecli.views.effects import label_outputs
+
+    table = SimpleNamespace(class_names=["goldfish", "tench"], label=np.array([0, 1, 1, -1]))
+    outputs, how = label_outputs(table, ["tench", "Goldfish", "great white shark"])
+    assert how == "names" and outputs.tolist() == [1, 0]
+    assert label_outputs(table, ["tench", "shark"])[1] == "class index"  # goldfish unknown: labels are indices
+    assert label_outputs(table, None)[1] == "class index"
+    # end to end: a torchvision model knows its ImageNet class names; a name-only labels file is matched to them
+    data = tmp_path / "data"
+    noise_images(data, 4, 32, seed=6)
+    names = sorted(p.name for p in data.glob("*.png"))
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("".join(f"{n}\t{'goldfish' if i % 2 else 'tench'}\n" for i, n in enumerate(names)))
+    out = tmp_path / "r.h5"
+    r = scope_cli("collect", "resnet18", "--weights", "random", "--data", data, "--labels", labels, "-o", out,
+                  "--layer", "layer4", *COLLECT)
+    assert r.code == 0, r.stderr
+    r = scope_cli("effects", out, "--data", data, "--no-ablate", "--json", "--quiet")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["labels"] == "names"
+    with open_artifact(out) as art:
+        block = art.effects("layer4")
+        assert block.classes.tolist() == [0, 1] and block.class_names == ["tench", "goldfish"]  # ImageNet 0, 1

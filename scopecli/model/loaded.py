@@ -103,6 +103,7 @@ class LoadedModel:
     weights: str
     module: nn.Module
     preprocess: Preprocess = field(default_factory=Preprocess)
+    class_names: list[str] | None = None  # output index -> class name, where the family knows (effects match labels)
 
     @cached_property
     def fingerprint(self) -> str:

@@ -55,4 +55,4 @@ def resolve_model(
                         mean=mean, std=std)
     declare_channels(module, preprocess.channels)
     return LoadedModel(name=built.name, spec=spec, architecture=built.architecture, weights=built.weights,
-                       module=module, preprocess=preprocess)
+                       module=module, preprocess=preprocess, class_names=built.class_names)

@@ -134,11 +134,36 @@ def batch_attributions(module, x: torch.Tensor, layers: list[str], layouts: dict
     return out, t.detach(), picked.detach(), (scores.detach() if is_logits else None)
 
 
-def _targets_of(table, rows, target: str) -> torch.Tensor | None:
+def _norm(name: str) -> str:
+    return str(name).strip().lower().replace("_", " ").replace("-", " ")
+
+
+def label_outputs(table, model_classes: list[str] | None) -> tuple[np.ndarray, str]:
+    """(the model output index of each of the table's classes, how they were found): by name when the model
+    knows its class names and every labelled class is among them ("names"), else the label is the output index
+    (a labels file with a class-index column: "class index")."""
+    n = len(table.class_names)
+    identity = np.arange(n, dtype=np.int64)
+    if not model_classes:
+        return identity, "class index"
+    used = sorted({int(v) for v in np.asarray(table.label) if v >= 0})
+    where = {_norm(c): i for i, c in enumerate(model_classes)}
+    found = {i: where.get(_norm(table.class_names[i])) for i in used}
+    if not used or any(v is None for v in found.values()):
+        return identity, "class index"
+    out = identity.copy()
+    for i, v in found.items():
+        out[i] = v
+    return out, "names"
+
+
+def _targets_of(table, rows, target: str, outputs: np.ndarray | None = None) -> torch.Tensor | None:
     if target != "label":
         return None
-    lab = np.asarray(table.label)[np.asarray(rows, np.int64)]
-    return torch.from_numpy(lab.astype(np.int64))
+    lab = np.asarray(table.label)[np.asarray(rows, np.int64)].astype(np.int64)
+    if outputs is not None:
+        lab = np.where(lab >= 0, outputs[np.clip(lab, 0, None)], -1)
+    return torch.from_numpy(lab)
 
 
 def compute_effects(loaded, art, data, layers: list[str], target: str = "label", output: str = "logit",
@@ -156,6 +181,8 @@ def compute_effects(loaded, art, data, layers: list[str], target: str = "label",
     layouts = LayerOrder.of(module, pre.crop).layouts
     load = load or _image_loader(art, data, pre)
     n = len(table.paths)
+    outputs, matched = label_outputs(table, getattr(loaded, "class_names", None)) if target == "label" else (None, "")
+    out_names = {int(o): table.class_names[i] for i, o in enumerate(outputs)} if outputs is not None else {}
     widths = {name: art.layer(name).units for name in layers}
     sums = {name: None for name in layers}
     counts = None
@@ -170,7 +197,7 @@ def compute_effects(loaded, art, data, layers: list[str], target: str = "label",
             images = load(rows)
             x = torch.stack([images[r] for r in rows]).to(dev).float().div_(float(pre.qmax))
             x = pre.normalize(x)
-            tgt = _targets_of(table, rows, target)
+            tgt = _targets_of(table, rows, target, outputs)
             if tgt is not None and (tgt < 0).any():
                 keep = (tgt >= 0).numpy()
                 x, tgt, rows = x[torch.from_numpy(keep).to(dev)], tgt[keep], [r for r, k in zip(rows, keep) if k]
@@ -203,14 +230,16 @@ def compute_effects(loaded, art, data, layers: list[str], target: str = "label",
     if counts is None:
         raise ScopeError("no image had a label to attribute to: pass --target predicted")
     have = np.flatnonzero(counts)
-    names = list(table.class_names)
     if target in ("norm", "index"):
         cls_names = [f"output {output}" if target == "index" else "output norm"]
     else:
-        cls_names = [names[c] if target == "label" and c < len(names) else f"class {c}" for c in have]
+        model_names = getattr(loaded, "class_names", None) or []
+        cls_names = [out_names.get(int(c)) or (model_names[c] if c < len(model_names) else f"class {c}") for c in have]
     blocks = {name: EffectsBlock(have.astype(np.int64), cls_names, counts[have], sums[name].numpy()[have], target)
               for name in layers}
     facts = {"images": int(counts.sum()), "classes": int(len(have))}
+    if matched:
+        facts["labels"] = matched  # how labels became output indices: "class index" or "names"
     if labelled:
         facts["accuracy"] = round(correct / labelled, 4)
     return blocks, facts, base
@@ -281,9 +310,9 @@ def ablate(loaded, art, layer: str, block: EffectsBlock, data=None, k: int = ABL
                 x = pre.normalize(torch.stack([images[r] for r in rows]).to(dev).float().div_(float(pre.qmax)))
                 with torch.no_grad():
                     logits = _scalar_output(module(x), "logit")[0].float().cpu()
-                lab = np.asarray(table.label)
+                lab = _targets_of(table, rows, "label", label_outputs(table, getattr(loaded, "class_names", None))[0])
                 for j, r in enumerate(rows):
-                    o = int(lab[r]) if block.target == "label" else int(logits[j].argmax())
+                    o = int(lab[j]) if block.target == "label" else int(logits[j].argmax())
                     if 0 <= o < logits.shape[1]:
                         base[r] = (o, float(logits[j, o]), int(logits[j].argmax()) == o)
                 if bar is not None:

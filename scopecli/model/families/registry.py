@@ -24,6 +24,7 @@ class BuiltModule(NamedTuple):
     # preprocessing that depends on the weights or the built module (timm's pretrained config, a CLIP
     # tower's image size); None: the family's preprocess(spec)
     preprocess: Preprocess | None = None
+    class_names: list[str] | None = None  # the model's output classes by index, where the library says (torchvision)
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,16 @@ def _torchvision_module(name: str, weights: str) -> tuple[nn.Module, str]:
 
 def _build_torchvision(name: str, weights: str) -> BuiltModule:
     module, label = _torchvision_module(name, weights)
-    return BuiltModule(module, name, type(module).__name__, label)
+    return BuiltModule(module, name, type(module).__name__, label, class_names=_categories(name))
+
+
+def _categories(name: str) -> list[str] | None:
+    """The output classes of the architecture's default weights (their metadata; nothing is downloaded)."""
+    try:
+        cats = torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories")
+    except Exception:  # models without a weights enum
+        return None
+    return [str(c) for c in cats] if cats else None
 
 
 def _torchvision_rows() -> list[dict]:
