@@ -57,3 +57,19 @@ def collect_single_and_packed(scope_cli, common: list, folder: Path) -> tuple[Pa
     r = scope_cli("pack", folder / "s1.h5", folder / "s2.h5", "-o", packed, "--quiet")
     assert r.code == 0, r.stderr
     return single, packed
+
+
+def colour_images(folder: Path, n: int = 8, size: int = 32, seed: int = 0, green: str = "green") -> Path:
+    """Reddish images (class 0, "red") and greenish ones (class 1, `green`), with folder/../labels.tsv (file,
+    class_index, class_name): data where tinymodels:decisive_net's unit 0 decides class 0."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    rows = ["file\tclass_index\tclass_name"]
+    for i in range(n):
+        c = i % 2
+        arr = rng.integers(0, 90, (size, size, 3)).astype(np.uint8)
+        arr[:, :, c] = rng.integers(150, 255, (size, size)).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"im{i:02d}.png")
+        rows.append(f"im{i:02d}.png\t{c}\t{'red' if c == 0 else green}")
+    (folder.parent / "labels.tsv").write_text("\n".join(rows) + "\n")
+    return folder

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 import tinymodels
-from collect_builders import noise_images
+from collect_builders import colour_images, noise_images
 from conftest import assert_one_line_error
 from scopecli.artifact import open_artifact
 from scopecli.artifact.validate import validate
@@ -82,23 +81,8 @@ def test_in_place_operations_after_the_layer_do_not_change_its_attribution():
         assert torch.allclose(got[name], _brute_force(plain, x, name, targets), atol=1e-6), name
 
 
-def _colour_images(folder: Path, n: int = 8, size: int = 32, seed: int = 0) -> Path:
-    """Reddish images (class 0) and greenish ones (class 1), with a labels file."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    rows = ["file\tclass_index\tclass_name"]
-    for i in range(n):
-        c = i % 2
-        arr = rng.integers(0, 90, (size, size, 3)).astype(np.uint8)
-        arr[:, :, c] = rng.integers(150, 255, (size, size)).astype(np.uint8)
-        Image.fromarray(arr).save(folder / f"im{i:02d}.png")
-        rows.append(f"im{i:02d}.png\t{c}\t{'red' if c == 0 else 'green'}")
-    (folder.parent / "labels.tsv").write_text("\n".join(rows) + "\n")
-    return folder
-
-
 def test_a_decisive_unit_is_found_and_its_ablation_shows_its_effect(tmp_path, scope_cli):
-    data = _colour_images(tmp_path / "data")
+    data = colour_images(tmp_path / "data")
     out = tmp_path / "d.h5"
     r = scope_cli("collect", "tinymodels:decisive_net", "--data", data, "--labels", tmp_path / "labels.tsv", "-o", out,
                   "--layer", "relu,flat", *COLLECT)
@@ -127,7 +111,7 @@ def test_a_decisive_unit_is_found_and_its_ablation_shows_its_effect(tmp_path, sc
 
 
 def test_shards_merge_to_a_single_run(tmp_path, scope_cli):
-    data = _colour_images(tmp_path / "data", n=8, seed=3)
+    data = colour_images(tmp_path / "data", n=8, seed=3)
     labels = tmp_path / "labels.tsv"
     common = ("tinymodels:tiny_cnn", "--data", data, "--labels", labels, "--layer", "1,3", "--effects", *COLLECT)
     assert scope_cli("collect", *common, "-o", tmp_path / "one.h5").code == 0

@@ -10,10 +10,9 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from collect_builders import colour_images
 from conftest import assert_one_line_error
 from export_helpers import check_site_links
 from scopecli.artifact import open_artifact
@@ -34,27 +33,12 @@ def _scope(*args) -> None:
         assert not exc.code, args
 
 
-def _colour_images(folder: Path, n: int = 8, size: int = 32, seed: int = 0) -> Path:
-    """Reddish images (class 0, "red") and greenish ones (class 1, GREEN), with a labels file."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    rows = ["file\tclass_index\tclass_name"]
-    for i in range(n):
-        c = i % 2
-        arr = rng.integers(0, 90, (size, size, 3)).astype(np.uint8)
-        arr[:, :, c] = rng.integers(150, 255, (size, size)).astype(np.uint8)
-        Image.fromarray(arr).save(folder / f"im{i:02d}.png")
-        rows.append(f"im{i:02d}.png\t{c}\t{'red' if c == 0 else GREEN}")
-    (folder.parent / "labels.tsv").write_text("\n".join(rows) + "\n")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """d.h5: decisive_net (relu:0 alone drives "red") with effects and the ablation check; c.h5: tiny_cnn with
     effects (collect --effects) and renders of layer 3; old.h5: a format 1.1 fixture without effects."""
     t = tmp_path_factory.mktemp("effects_pages")
-    data = _colour_images(t / "data")
+    data = colour_images(t / "data", green=GREEN)
     labels = t / "labels.tsv"
     _scope("collect", "tinymodels:decisive_net", "--data", data, "--labels", labels, "-o", t / "d.h5",
            "--layer", "relu,flat", *COLLECT)

@@ -39,3 +39,14 @@ def model_for_artifact(model_info: dict, spec: str | None = None, weights: str |
         raise ScopeError(f"{spec} with weights {loaded.weights} has fingerprint {loaded.fingerprint[:12]}…, not the "
                          f"artifact's model ({str(want)[:12]}…); pass --model/--weights that build it")
     return loaded
+
+
+def artifact_model(model_info: dict, fingerprint: str, loaded=None, spec: str | None = None, weights: str | None = None,
+                   path: str = "the artifact") -> LoadedModel:
+    """The model a command that adds to an artifact runs: `loaded` (a caller's, e.g. collect's own) checked against
+    the file's fingerprint, or rebuilt from what the file records."""
+    if loaded is None:
+        return model_for_artifact(model_info, spec, weights)
+    if loaded.fingerprint != fingerprint:
+        raise ScopeError(f"{path} was written for another model (fingerprint {fingerprint[:12]}…)")
+    return loaded

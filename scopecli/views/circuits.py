@@ -35,7 +35,7 @@ from scopecli.core.progress import progress
 from scopecli.core.units import parse_units
 from scopecli.data.dataset import ImageSource, MAX_PIXELS, ModelInputs, PixelSpec, open_source
 from scopecli.model.layers import LAYERS_HINT, get_module, layer_table
-from scopecli.model.reopen import model_for_artifact
+from scopecli.model.reopen import artifact_model
 
 BATCH = 32  # (image, unit) rows per forward/backward
 
@@ -260,10 +260,7 @@ def run_circuits(path, data, from_layer: str | None = None, layers=None, units: 
     dev = resolve_device(device)
     t0 = time.perf_counter()
     with open_artifact(path) as art:
-        if loaded is None:
-            loaded = model_for_artifact(art.model, model, weights)
-        elif loaded.fingerprint != art.fingerprint:
-            raise ScopeError(f"{path} was written for another model (fingerprint {art.fingerprint[:12]}…)")
+        loaded = artifact_model(art.model, art.fingerprint, loaded, model, weights, str(path))
         order = LayerOrder.of(loaded.module, loaded.preprocess.crop)
         pairs = plan_layers(art, order, layers, from_layer, strict)
         load = _image_loader(art, data, loaded.preprocess)

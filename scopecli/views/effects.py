@@ -36,7 +36,7 @@ from scopecli.core.errors import ScopeError
 from scopecli.core.progress import progress
 from scopecli.model import adapter
 from scopecli.model.layers import get_module
-from scopecli.model.reopen import model_for_artifact
+from scopecli.model.reopen import artifact_model
 from scopecli.views.circuits import LayerOrder, _image_loader
 
 BATCH = 16
@@ -394,10 +394,7 @@ def run_effects(path, data, layers=None, target: str | None = None, output: str 
     dev = resolve_device(device)
     t0 = time.perf_counter()
     with open_artifact(path) as art:
-        if loaded is None:
-            loaded = model_for_artifact(art.model, model, weights)
-        elif loaded.fingerprint != art.fingerprint:
-            raise ScopeError(f"{path} was written for another model (fingerprint {art.fingerprint[:12]}…)")
+        loaded = artifact_model(art.model, art.fingerprint, loaded, model, weights, str(path))
         if not layers:
             layers = [n for n in art.layers if "@" not in n and art.stats(n) is not None]
             if not layers:
