@@ -35,6 +35,19 @@ from scopecli.core.units import parse_unit_address
 PATH_TABLE_LOAD_LIMIT = 50_000  # image tables up to this size are read whole for example paths
 
 
+_REPR: dict[str, object] = {}  # "unit"/"artifact" -> a function giving notebook HTML (scopecli.export.notebook)
+
+
+def register_repr(kind: str, fn) -> None:
+    """Let a higher level (the gallery's pages) give views their notebook display (`_repr_html_`)."""
+    _REPR[kind] = fn
+
+
+def _repr(kind: str, obj) -> str | None:
+    fn = _REPR.get(kind)
+    return None if fn is None else fn(obj)
+
+
 class UnitView:
     """Everything the artifact holds about one unit: `renders`, `examples` ({'top', 'bottom'}), `stats`,
     and one attribute per further element that describes units (see `registry.LayerElement.unit_field`)."""
@@ -52,6 +65,10 @@ class UnitView:
 
     def __repr__(self) -> str:
         return f"<unit {self.layer}:{self.index} ({', '.join(self.fields)})>"
+
+    def _repr_html_(self) -> str | None:
+        """Jupyter: the gallery's unit page, pictures inline (after `import scopecli`)."""
+        return _repr("unit", self)
 
 
 class _Layer:
@@ -236,6 +253,10 @@ class Artifact:
 
     def __repr__(self) -> str:
         return f"<scope artifact {self.path!r} format {self.format_version}, {len(self.layers)} layers>"
+
+    def _repr_html_(self) -> str | None:
+        """Jupyter: the gallery's model page of this file (its layers), pictures inline (after `import scopecli`)."""
+        return _repr("artifact", self)
 
     def _check_no_foreign_links(self) -> None:
         """Refuse soft/external/user-defined links anywhere (low-level visit: fast on large files)."""
@@ -453,7 +474,9 @@ class Artifact:
         for el in registry.layer_elements():
             if el.unit_field is not None:
                 fields[el.unit_field] = el.unit_value(self.section(layer, el.name), index, e.slot, self)
-        return UnitView(layer, index, fields)
+        view = UnitView(layer, index, fields)
+        view.artifact_path = self.path  # where the notebook display reads the pages from
+        return view
 
     # ------------------------------------------------------------------------------------------- summary
 

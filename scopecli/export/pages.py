@@ -39,6 +39,7 @@ CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'self' file: '
 SERVE_CSP = ("default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; base-uri 'none'; "
              f"script-src {_HEAT_HASH}; form-action 'self'")  # (+ frame-ancestors in the HTTP header: not in a meta)
 _SERVING = contextvars.ContextVar("scope_serving", default=False)
+_NOTEBOOK = contextvars.ContextVar("scope_notebook", default=False)
 
 
 @contextlib.contextmanager
@@ -51,12 +52,29 @@ def serving():
         _SERVING.reset(token)
 
 
+@contextlib.contextmanager
+def in_notebook():
+    """Render pages as notebook cells within this block: the main block only, in `notebook.html` (scoped CSS)."""
+    token = _NOTEBOOK.set(True)
+    try:
+        yield
+    finally:
+        _NOTEBOOK.reset(token)
+
+
 def environment() -> jinja2.Environment:
-    return _environment(_SERVING.get())
+    return _environment(_SERVING.get(), _NOTEBOOK.get())
 
 
 @functools.cache
-def _environment(serve: bool = False) -> jinja2.Environment:
+def _notebook_css() -> str:
+    """The gallery's stylesheet, to be nested under `.scope-nb` (page-level rules such as `body` then match nothing)."""
+    css = (Path(__file__).with_name("static") / "style.css").read_text(encoding="utf-8")
+    return re.sub(r"(^|[},\s]):root\b", r"\1&", css)  # its variables on the cell's element, not the notebook's root
+
+
+@functools.cache
+def _environment(serve: bool = False, notebook: bool = False) -> jinja2.Environment:
     """The templates of `scopecli/export/templates/`, autoescaped, with the gallery's filters."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("scopecli.export", "templates"),
@@ -68,7 +86,9 @@ def _environment(serve: bool = False) -> jinja2.Environment:
         auto_reload=False,  # package data: read once a process
     )
     env.filters.update(href=href, imgsrc=imgsrc, fmt=fmt, short_hash=short_hash)
-    env.globals.update(csp=SERVE_CSP if serve else CSP, version=__version__, serving=serve, heat_js=Markup(HEAT_JS))
+    env.globals.update(csp=SERVE_CSP if serve else CSP, version=__version__, serving=serve, heat_js=Markup(HEAT_JS),
+                       layout="notebook.html" if notebook else "base.html",
+                       nb_css=Markup(_notebook_css()) if notebook else "")
     return env
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, pack_offsets, present_mask
 from scopecli.artifact.h5io import check_element, get_dataset, read_numeric, read_strings, set_encoding, write_array, write_blob, write_strings
+from scopecli.artifact.display import DisplaySpec, for_screen
 from scopecli.artifact.images import check_channels, decode_image, encode_png
 from scopecli.artifact.registry import (LayerElement, LayerSlot, MergeInput, MergePlan, layer_elements,
     register_layer_element)
@@ -69,6 +70,11 @@ class _LazyImage:
         if self._encoded is None:
             self._encoded = self._load()
         return self._encoded
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter: the picture as a screen shows it (gray, or a false-colour composite of N channels)."""
+        pixels = self.image
+        return encode_png(for_screen(pixels, DisplaySpec(channels=pixels.shape[2])), "render")
 
     @property
     def image(self) -> np.ndarray:

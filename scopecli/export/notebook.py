@@ -1,0 +1,71 @@
+"""Notebook display: an artifact, a unit and a render shown inline in Jupyter, from the gallery's own pages.
+
+Why here: a researcher in a notebook should see what the gallery shows without exporting anything, and a third
+copy of the layout would drift. So a unit's cell is the gallery's unit page (`SiteBuilder.unit_page`) rendered
+with the `notebook.html` layout (its main block, the stylesheet scoped to one element) and every picture inlined
+as a data URI. The reader's views (`scopecli.artifact.reader`) know nothing of pages; importing `scopecli`
+registers these functions as their `_repr_html_` (`reader.register_repr`).
+"""
+
+from __future__ import annotations
+
+import base64
+
+from scopecli.artifact import reader
+from scopecli.artifact.images import image_kind
+from scopecli.core.errors import ScopeError
+from scopecli.export import pages
+from scopecli.export.build import ImageRef, SiteBuilder
+
+_MIME = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+def _data_uri(ref: ImageRef) -> str:
+    data = ref.load()
+    return f"data:{_MIME.get(image_kind(data) or 'png', 'image/png')};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _builder(path: str) -> SiteBuilder:
+    return SiteBuilder([path], images=_data_uri)
+
+
+def unit_html(path: str, layer: str, unit: int) -> str:
+    """The gallery's unit page of `layer:unit` of the artifact at `path`, as one notebook cell."""
+    b = _builder(path)
+    try:
+        m = b.models[0]
+        lv = next((v for v in m.layers if v.name == layer), None)
+        if lv is None:
+            raise ScopeError(f"{path}: layer {layer} has no renders or examples to show")
+        page = b.unit_page(m, lv, int(unit))
+        if page is None:
+            return f"<p>{layer}:{int(unit)} has no render or examples in this file</p>"
+        with pages.in_notebook():
+            return page.html()
+    finally:
+        b.close()
+
+
+def artifact_html(path: str) -> str:
+    """The gallery's model page of the artifact (its layers, with what each holds), as one notebook cell."""
+    b = _builder(path)
+    try:
+        m = b.models[0]
+        b.ensure_model(m)
+        with pages.in_notebook():
+            return pages.model_page(m)
+    finally:
+        b.close()
+
+
+def _unit_repr(view) -> str | None:
+    path = getattr(view, "artifact_path", None)
+    return None if path is None else unit_html(path, view.layer, view.index)
+
+
+def _artifact_repr(art) -> str | None:
+    return artifact_html(art.path)
+
+
+reader.register_repr("unit", _unit_repr)
+reader.register_repr("artifact", _artifact_repr)
