@@ -1,0 +1,33 @@
+"""The README's Python section runs: every ```python block of it, in order, on the frozen 1.3 file (tiny_cnn with
+every element), with the first line's names (path, layer, unit, class) swapped for that file's."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = Path(__file__).parent / "fixtures" / "artifact-1.3.h5"
+
+
+def python_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Python\n", 1)[1].split("\n### ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_the_readme_python_tour_runs(tmp_path, monkeypatch):
+    blocks = python_blocks()
+    assert len(blocks) >= 3
+    path = tmp_path / "lite0.h5"
+    shutil.copy(FIXTURE, path)
+    first = blocks[0].splitlines()
+    names = next(i for i, line in enumerate(first) if line.startswith("path, layer, unit, klass = "))
+    first[names] = f"path, layer, unit, klass = {str(path)!r}, '3', 0, 'a'"
+    blocks[0] = "\n".join(first)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own examples
+    assert scope["u"].renders and scope["hit"].layer in ("1", "3")
