@@ -179,7 +179,31 @@ def _merge(atoms: list[Atom]) -> list[Atom]:
 
 def _reshape(axes, new_shape) -> tuple | None:
     """Regroup the atoms into `new_shape`, splitting an atom where a new axis takes part of it;
-    None when the factors do not line up (the roles are then unknown)."""
+    None when the factors do not line up (the roles are then unknown). A concatenated axis (class token +
+    grid) passes through whole when one new axis of its size lines up with it (Hugging Face attention:
+    (N, T, C) -> (N, T, heads, C/heads) and back)."""
+    whole = [i for i, a in enumerate(axes) if a is not None and len(a) > 1]
+    if not whole:
+        return _reshape_atoms(axes, new_shape)
+    if any(a is None for a in axes):
+        return None
+    sizes = [sum(_seg_size(seg) for seg in a) for a in axes]
+    new_shape = [int(s) for s in new_shape]
+    out, start_in, start_out = [], 0, 0
+    for w in whole:
+        before = math.prod(sizes[start_in:w])
+        j = next((j for j in range(start_out, len(new_shape))
+                  if new_shape[j] == sizes[w] and math.prod(new_shape[start_out:j]) == before), None)
+        piece = None if j is None else _reshape_atoms(axes[start_in:w], new_shape[start_out:j])
+        if piece is None:
+            return None
+        out += [*piece, axes[w]]
+        start_in, start_out = w + 1, j + 1
+    piece = _reshape_atoms(axes[start_in:], new_shape[start_out:])
+    return None if piece is None else tuple(out + list(piece))
+
+
+def _reshape_atoms(axes, new_shape) -> tuple | None:
     atoms = _atoms(axes)
     if atoms is None:
         return None

@@ -167,6 +167,8 @@ def _build_hf(spec: str, weights: str) -> BuiltModule:
     cls = _model_class(transformers, kind, cfg)
 
     def run(what: str, make):
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars on stderr
         try:
             with hub_offline(), quiet():
                 return make()
@@ -174,6 +176,9 @@ def _build_hf(spec: str, weights: str) -> BuiltModule:
             raise
         except Exception as exc:
             raise ScopeError(f"transformers could not {what} hf/{repo}: {type(exc).__name__}: {_first(exc)}") from None
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
 
     def from_config() -> nn.Module:
         config = run("read the config of", lambda: transformers.AutoConfig.from_pretrained(
@@ -188,8 +193,10 @@ def _build_hf(spec: str, weights: str) -> BuiltModule:
         if is_weights_path(weights):
             state = read_state_dict_file(weights)
             own = set(model.state_dict())
-            if kind == "tower" and not own & set(state):  # a whole CLIP state dict: its vision tower
-                state = {k: v for k, v in state.items() if k.startswith("vision_model.")}
+            if kind == "tower" and not own <= set(state):  # a whole CLIP state dict: its vision tower
+                tower = {k: v for k, v in state.items() if k.startswith("vision_model.")}
+                bare = {k[len("vision_model."):]: v for k, v in tower.items()}
+                state = bare if len(own & set(bare)) > len(own & set(tower)) else tower
             load_state_dict_into(model, state, weights)
             label = file_label(weights)
     elif weights.upper() in ("DEFAULT", "MAIN"):
