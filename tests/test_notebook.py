@@ -94,3 +94,14 @@ def test_a_render_shows_as_a_png(tmp_path):
         pixels = r.image
     with Image.open(io.BytesIO(png)) as im:
         assert im.mode == "RGB" and im.size[0] >= pixels.shape[1]
+
+
+def test_an_example_and_an_atlas_show_as_pngs(tmp_path):
+    path = tmp_path / "f.h5"
+    shutil.copy(FIXTURE, path)
+    with scopecli.open_artifact(path) as art:
+        example = art.unit("3:0").examples["top"][0]
+        atlas = art.atlas("3")
+        for png, least in ((example._repr_png_(), example.patch.shape[1]), (atlas._repr_png_(), atlas.grid * 16)):
+            with Image.open(io.BytesIO(png)) as im:
+                assert im.mode == "RGB" and im.size[0] >= least

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import io
+
 import h5py
 import numpy as np
 
 from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, pack_offsets
 from scopecli.artifact.h5io import (attr_float, attr_int, attr_str, check_element, get_dataset, read_numeric,
     set_encoding, write_array, write_blob)
+from scopecli.artifact.display import DisplaySpec, composite
 from scopecli.artifact.images import decode_image, encode_png
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
 from scopecli.core.errors import ScopeError
@@ -80,9 +83,18 @@ class AtlasView:
 
         img = Image.new("RGB", (self.grid * cell_px, self.grid * cell_px), (24, 24, 28))
         for c in self.cells:
-            tile = Image.fromarray(c.image).resize((cell_px, cell_px), Image.Resampling.LANCZOS)
+            pixels = c.image
+            tile = Image.fromarray(composite(pixels, DisplaySpec(channels=pixels.shape[2]))).resize(
+                (cell_px, cell_px), Image.Resampling.LANCZOS)
             img.paste(tile, (c.position[1] * cell_px, c.position[0] * cell_px))
         return img
+
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter: the mosaic (cells of at most 96 px)."""
+        buf = io.BytesIO()
+        self.mosaic(min(96, max(16, 768 // max(1, self.grid)))).save(buf, format="PNG")
+        return buf.getvalue()
 
 
 class AtlasSection:

@@ -17,7 +17,8 @@ import numpy as np
 from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, present_mask
 from scopecli.artifact.h5io import (attr_int, attr_text, check_element, get_dataset, get_group, read_attr,
     read_numeric, set_encoding, write_array, write_blob)
-from scopecli.artifact.images import PATCH_FORMATS, check_channels, decode_image, encode_patch, image_kind
+from scopecli.artifact.display import DisplaySpec, for_screen
+from scopecli.artifact.images import PATCH_FORMATS, check_channels, decode_image, encode_patch, encode_png, image_kind
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element, remap_images
 from scopecli.core.errors import ScopeError
 from scopecli.core.records import ExampleSet
@@ -108,9 +109,16 @@ class Example:
             self._encoded = self._load() if self._load is not None else b""
         return self._encoded
 
+    def _repr_png_(self) -> bytes | None:
+        """Jupyter: the patch as a screen shows it (gray, or a false-colour composite of N channels)."""
+        pixels = self.patch
+        if pixels is None:
+            return None
+        return encode_png(for_screen(pixels, DisplaySpec(channels=pixels.shape[2])), "patch")
+
     @property
     def patch(self) -> np.ndarray | None:
-        """HxWx3 uint8 receptive-field crop, decoded and checked against the declared size (None if not stored)."""
+        """HxWxC receptive-field crop, decoded and checked against the declared size (None if not stored)."""
         if not self.encoded:
             return None
         if self._patch is None:
