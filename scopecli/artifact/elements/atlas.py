@@ -8,9 +8,8 @@ the direction's score on the image at the start and at the end of the optimizati
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import io
+from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
