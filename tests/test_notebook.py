@@ -105,3 +105,16 @@ def test_an_example_and_an_atlas_show_as_pngs(tmp_path):
         for png, least in ((example._repr_png_(), example.patch.shape[1]), (atlas._repr_png_(), atlas.grid * 16)):
             with Image.open(io.BytesIO(png)) as im:
                 assert im.mode == "RGB" and im.size[0] >= least
+
+
+def test_a_layer_shows_as_its_grid_of_units(tmp_path):
+    path = tmp_path / "f.h5"
+    shutil.copy(FIXTURE, path)
+    with scopecli.open_artifact(path) as art:
+        view = art.layer_view("3")
+        html = view._repr_html_()
+        units = view.record.units
+    c = _check(html)
+    text = " ".join(c.text)
+    assert html.startswith('<div class="scope-nb">') and len(c.srcs) >= units  # a thumbnail per unit (+ views)
+    assert all(str(u) in text for u in range(units))

@@ -48,6 +48,21 @@ def _repr(kind: str, obj) -> str | None:
     return None if fn is None else fn(obj)
 
 
+class LayerView:
+    """A layer as Python sees it in a notebook (`art.layer_view(name)`): its record (`.record`: units, shape,
+    receptive field, layout) and, in Jupyter, the gallery's grid of its units."""
+
+    def __init__(self, record, artifact_path: str):
+        self.record, self.name, self.artifact_path = record, record.name, artifact_path
+
+    def __repr__(self) -> str:
+        return f"<layer {self.name} ({self.record.units} units)>"
+
+    def _repr_html_(self) -> str | None:
+        """Jupyter: the gallery's grid of this layer's units (after `import scopecli`)."""
+        return _repr("layer", self)
+
+
 class UnitView:
     """Everything the artifact holds about one unit: `renders`, `examples` ({'top', 'bottom'}), `stats`,
     and one attribute per further element that describes units (see `registry.LayerElement.unit_field`)."""
@@ -388,6 +403,10 @@ class Artifact:
     def stats(self, layer: str) -> StatsBlock | None:
         """The layer's activation statistics, or None."""
         return self.section(layer, "stats")
+
+    def layer_view(self, name: str) -> LayerView:
+        """The layer `name` for a notebook: its record, and the gallery's unit grid as its display."""
+        return LayerView(self.layer(name), self.path)
 
     def effects(self, layer: str):
         """The layer's class x unit attribution (`elements.effects.EffectsBlock`, format 1.3), or None."""

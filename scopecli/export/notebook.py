@@ -10,6 +10,7 @@ registers these functions as their `_repr_html_` (`reader.register_repr`).
 from __future__ import annotations
 
 import base64
+import html
 
 from scopecli.artifact import reader
 from scopecli.artifact.images import image_kind
@@ -39,9 +40,27 @@ def unit_html(path: str, layer: str, unit: int) -> str:
             raise ScopeError(f"{path}: layer {layer} has no renders or examples to show")
         page = b.unit_page(m, lv, int(unit))
         if page is None:
-            return f"<p>{layer}:{int(unit)} has no render or examples in this file</p>"
+            return f"<p>{html.escape(layer)}:{int(unit)} has no render or examples in this file</p>"
         with pages.in_notebook():
             return page.html()
+    finally:
+        b.close()
+
+
+def layer_html(path: str, layer: str, page: int = 1) -> str:
+    """The gallery's grid of a layer's units (thumbnails with unit addresses; one grid page), as one notebook cell."""
+    b = _builder(path)
+    try:
+        m = b.models[0]
+        lv = next((v for v in m.layers if v.name == layer), None)
+        if lv is None:
+            return f"<p>{html.escape(layer)} has no renders or examples to show</p>"
+        b.ensure_tiles(m, lv)
+        b.ensure_extras(m, lv)
+        if not lv.has_page:
+            return f"<p>{html.escape(layer)}: nothing is stored for this layer</p>"
+        with pages.in_notebook():
+            return pages.layer_page(m, lv, max(1, min(int(page), lv.pages)), b.per_page)
     finally:
         b.close()
 
@@ -63,9 +82,14 @@ def _unit_repr(view) -> str | None:
     return None if path is None else unit_html(path, view.layer, view.index)
 
 
+def _layer_repr(view) -> str:
+    return layer_html(view.artifact_path, view.name)
+
+
 def _artifact_repr(art) -> str | None:
     return artifact_html(art.path)
 
 
 reader.register_repr("unit", _unit_repr)
 reader.register_repr("artifact", _artifact_repr)
+reader.register_repr("layer", _layer_repr)
