@@ -43,7 +43,7 @@ def register_repr(kind: str, fn) -> None:
     _REPR[kind] = fn
 
 
-def _repr(kind: str, obj) -> str | None:
+def notebook_html(kind: str, obj) -> str | None:
     fn = _REPR.get(kind)
     return None if fn is None else fn(obj)
 
@@ -60,7 +60,7 @@ class LayerView:
 
     def _repr_html_(self) -> str | None:
         """Jupyter: the gallery's grid of this layer's units (after `import scopecli`)."""
-        return _repr("layer", self)
+        return notebook_html("layer", self)
 
 
 class UnitView:
@@ -83,7 +83,7 @@ class UnitView:
 
     def _repr_html_(self) -> str | None:
         """Jupyter: the gallery's unit page, pictures inline (after `import scopecli`)."""
-        return _repr("unit", self)
+        return notebook_html("unit", self)
 
 
 class _Layer:
@@ -271,7 +271,7 @@ class Artifact:
 
     def _repr_html_(self) -> str | None:
         """Jupyter: the gallery's model page of this file (its layers), pictures inline (after `import scopecli`)."""
-        return _repr("artifact", self)
+        return notebook_html("artifact", self)
 
     def _check_no_foreign_links(self) -> None:
         """Refuse soft/external/user-defined links anywhere (low-level visit: fast on large files)."""

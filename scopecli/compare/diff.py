@@ -21,6 +21,7 @@ from scopecli.compare.probes import ProbeSource, common_images, open_checked, re
 from scopecli.core.errors import ScopeError
 from scopecli.core.progress import progress
 from scopecli.artifact.difffile import save_diff
+from scopecli.artifact.reader import notebook_html
 
 STAT_FIELDS = ("mean", "std", "max", "frac_pos")
 
@@ -76,6 +77,10 @@ class DiffResult:
     changes: list[UnitChange]
     same_architecture: bool
     spaces: dict = field(default_factory=dict)  # "a"/"b": unit spaces among the layers, with fit quality and purity
+
+    def _repr_html_(self) -> str | None:
+        """Jupyter: the gallery's comparison page of this result (after `import scopecli`)."""
+        return notebook_html("diff", self)
 
     def best_b(self) -> list[int]:
         """Index into layers_b of each A layer's best match (by debiased CKA; -1 if undefined)."""

@@ -10,9 +10,13 @@ registers these functions as their `_repr_html_` (`reader.register_repr`).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
+import os
+import tempfile
 
 from scopecli.artifact import reader
+from scopecli.artifact.difffile import save_diff
 from scopecli.artifact.images import image_kind
 from scopecli.core.errors import ScopeError
 from scopecli.export import pages
@@ -82,6 +86,27 @@ def _unit_repr(view) -> str | None:
     return None if path is None else unit_html(path, view.layer, view.index)
 
 
+def diff_html(res) -> str:
+    """The gallery's comparison page of a `run_diff` result (CKA heatmaps with floors, best layer matches, unit
+    matchings), as one notebook cell: the result is saved as a diff file in a temporary folder and shown as
+    `scope export --diff` shows it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = os.path.join(tmp, "diff.h5")
+        save_diff(res, saved)
+        paths = list(dict.fromkeys([res.path_a, res.path_b]))
+        b = SiteBuilder(paths, [saved], images=_data_uri)
+        try:
+            view = b.comparison(0)
+            pngs = b.comparison_pngs[0]
+            inline = {f"d/{view.slug}/{name}": png for name, png in pngs.items()}  # the page's srcs -> the bytes
+            view.heatmaps = [dataclasses.replace(h, src="data:image/png;base64," + base64.b64encode(inline[h.src]).decode())
+                             for h in view.heatmaps if h.src in inline]
+            with pages.in_notebook():
+                return pages.comparison_page(view)
+        finally:
+            b.close()
+
+
 def _layer_repr(view) -> str:
     return layer_html(view.artifact_path, view.name)
 
@@ -93,3 +118,4 @@ def _artifact_repr(art) -> str | None:
 reader.register_repr("unit", _unit_repr)
 reader.register_repr("artifact", _artifact_repr)
 reader.register_repr("layer", _layer_repr)
+reader.register_repr("diff", diff_html)
