@@ -138,3 +138,12 @@ def test_a_diff_result_shows_as_its_comparison_page(tmp_path):
     c = _check(html)
     assert html.startswith('<div class="scope-nb">') and len(c.srcs) >= 2  # the two CKA heatmaps, inline
     assert "modelA" in html and "modelB" in html and "CKA" in html
+
+
+def test_a_caricature_shows_with_its_photo(tmp_path):
+    path = tmp_path / "f.h5"
+    shutil.copy(FIXTURE, path)
+    with scopecli.open_artifact(path) as art:
+        car = art.caricatures("3")[0]
+        with Image.open(io.BytesIO(car._repr_png_())) as im:
+            assert im.size == (2 * car.width + 4, car.height)

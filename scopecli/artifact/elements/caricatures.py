@@ -16,6 +16,7 @@ import numpy as np
 from scopecli.artifact.blobs import blob_reader, check_blob, check_sizes, check_spans, pack_offsets
 from scopecli.artifact.h5io import (check_element, get_dataset, read_numeric, read_strings, set_encoding, write_array,
     write_blob, write_strings)
+from scopecli.artifact.display import DisplaySpec, composite
 from scopecli.artifact.images import decode_image, encode_jpeg, encode_png, jpeg_ok
 from scopecli.artifact.registry import LayerElement, LayerSlot, MergeInput, MergePlan, register_layer_element
 from scopecli.core.errors import ScopeError
@@ -86,6 +87,13 @@ class CaricatureView(CaricatureRow):
         if self._photo is None:
             self._photo = decode_image(self.photo_encoded, self.height, self.width, f"photo {self.source_name}")
         return self._photo
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter: the photo and its caricature side by side, as a screen shows them."""
+        photo, image = self.photo, self.image
+        spec = DisplaySpec(channels=image.shape[2])
+        gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
+        return encode_png(np.concatenate([composite(photo, spec), gap, composite(image, spec)], axis=1), "caricature")
 
 
 class CaricatureSection:
