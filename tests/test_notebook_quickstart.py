@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from compare_builders import image_table, write_artifact
 
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
@@ -22,6 +26,15 @@ def test_the_quickstart_notebook_runs(tmp_path, monkeypatch):
     nb = nbformat.read(ROOT / "scripts" / "quickstart.ipynb", as_version=4)
     params = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("path, layer, units, label = "))
     params.source = 'path, layer, units, label = "f.h5", "3", [0, 1], "a"'
+    # two synthetic files of 120 shared images for the comparison (the frozen file has 12)
+    rng = np.random.default_rng(0)
+    table = image_table(120)
+    acts = {"l1": rng.normal(size=(120, 6)), "l2": rng.normal(size=(120, 5))}
+    write_artifact(tmp_path / "a.h5", acts, table, name="modelA")
+    write_artifact(tmp_path / "b.h5", {k: v + 0.2 * rng.normal(size=v.shape) for k, v in acts.items()}, table,
+                   name="modelB")
+    pair = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("file_a, file_b = "))
+    pair.source = 'file_a, file_b = "a.h5", "b.h5"'
     # the fixture's model is tests/tinymodels.py:tiny_cnn: the kernel imports it like the test does
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
@@ -30,7 +43,10 @@ def test_the_quickstart_notebook_runs(tmp_path, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
-    assert len([h for h in html if h.startswith('<div class="scope-nb">')]) >= 2  # the file and the unit
+    assert len([h for h in html if h.startswith('<div class="scope-nb">')]) >= 3  # the file, the unit, the diff
+    assert any("modelA" in h and "CKA" in h for h in html)
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pngs) == 2  # the two renders
     assert (tmp_path / "quickstart.h5").is_file()
+    if importlib.util.find_spec("ipywidgets"):  # the render's progress bar is a live widget in its cell
+        assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)

@@ -151,11 +151,11 @@ def progress(total: float, description: str, quiet: bool = False, unit: str = "i
     if quiet:
         yield _Handle()
         return
-    if not sys.stderr.isatty():
+    console = Console(file=sys.stderr)
+    if not sys.stderr.isatty() and not console.is_jupyter:  # in Jupyter, rich draws a live bar in the cell
         handle = _PlainHandle(total, description, unit, sys.stderr)
         yield handle
         handle.finish()
         return
-    console = Console(file=sys.stderr)
     with Progress(_Line(unit, console), console=console, transient=False) as bar:
         yield _RichHandle(bar, bar.add_task(description, total=total))
