@@ -72,3 +72,15 @@ def write_artifact(path, layers: dict[str, np.ndarray], table: ImageTable, name:
                     param="fft", lr=0.05, act_final=float(acts[:, j].max() * 1.5), act_robust=1.0,
                     act_trace=np.zeros(1, np.float32), time_s=0.1,
                     dataset_max_ratio=1.5) for j in range(min(u, 2))])
+
+
+def diffable_pair(folder, n: int = 120, noise: float = 0.2, seed: int = 0) -> tuple:
+    """Two small artifacts ("modelA", "modelB") of n shared images whose layers l1/l2 are alike up to `noise`:
+    enough probe images for `run_diff` (which needs 100 shared). Returns their paths."""
+    rng = np.random.default_rng(seed)
+    table = image_table(n)
+    acts = {"l1": rng.normal(size=(n, 6)), "l2": rng.normal(size=(n, 5))}
+    a, b = folder / "a.h5", folder / "b.h5"
+    write_artifact(a, acts, table, name="modelA")
+    write_artifact(b, {k: v + noise * rng.normal(size=v.shape) for k, v in acts.items()}, table, name="modelB")
+    return a, b

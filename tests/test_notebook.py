@@ -121,19 +121,13 @@ def test_a_layer_shows_as_its_grid_of_units(tmp_path):
 
 
 def test_a_diff_result_shows_as_its_comparison_page(tmp_path):
-    import numpy as np
-    from compare_builders import image_table, write_artifact
+    from compare_builders import diffable_pair
 
     from scopecli.compare.diff import run_diff
 
-    rng = np.random.default_rng(0)
-    table = image_table(120)
-    acts = {"l1": rng.normal(size=(120, 6)), "l2": rng.normal(size=(120, 5))}
-    write_artifact(tmp_path / "a.h5", acts, table, name="modelA")
-    write_artifact(tmp_path / "b.h5", {k: v + 0.1 * rng.normal(size=v.shape) for k, v in acts.items()}, table,
-                   name="modelB")
-    scopecli.open_artifact(tmp_path / "a.h5").close()  # registers the notebook displays
-    res = run_diff(tmp_path / "a.h5", tmp_path / "b.h5", permutations=2)
+    a, b = diffable_pair(tmp_path, noise=0.1)
+    scopecli.open_artifact(a).close()  # registers the notebook displays
+    res = run_diff(a, b, permutations=2)
     html = res._repr_html_()
     c = _check(html)
     assert html.startswith('<div class="scope-nb">') and len(c.srcs) >= 2  # the two CKA heatmaps, inline

@@ -8,10 +8,9 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from compare_builders import image_table, write_artifact
+from compare_builders import diffable_pair
 
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
@@ -27,12 +26,7 @@ def test_the_quickstart_notebook_runs(tmp_path, monkeypatch):
     params = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("path, layer, units, label = "))
     params.source = 'path, layer, units, label = "f.h5", "3", [0, 1], "a"'
     # two synthetic files of 120 shared images for the comparison (the frozen file has 12)
-    rng = np.random.default_rng(0)
-    table = image_table(120)
-    acts = {"l1": rng.normal(size=(120, 6)), "l2": rng.normal(size=(120, 5))}
-    write_artifact(tmp_path / "a.h5", acts, table, name="modelA")
-    write_artifact(tmp_path / "b.h5", {k: v + 0.2 * rng.normal(size=v.shape) for k, v in acts.items()}, table,
-                   name="modelB")
+    diffable_pair(tmp_path)
     pair = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("file_a, file_b = "))
     pair.source = 'file_a, file_b = "a.h5", "b.h5"'
     # the fixture's model is tests/tinymodels.py:tiny_cnn: the kernel imports it like the test does

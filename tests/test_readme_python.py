@@ -8,9 +8,8 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 
-from compare_builders import image_table, write_artifact
+from compare_builders import diffable_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "artifact-1.3.h5"
@@ -32,12 +31,7 @@ def test_the_readme_python_tour_runs(tmp_path, monkeypatch):
     first[names] = f"path, layer, unit, klass = {str(path)!r}, '3', 0, 'a'"
     blocks[0] = "\n".join(first)
     # the comparison needs two files sharing 100+ images (the frozen file has 12): two synthetic ones
-    rng = np.random.default_rng(0)
-    table = image_table(120)
-    acts = {"l1": rng.normal(size=(120, 6)), "l2": rng.normal(size=(120, 5))}
-    write_artifact(tmp_path / "a.h5", acts, table, name="modelA")
-    write_artifact(tmp_path / "b.h5", {k: v + 0.2 * rng.normal(size=v.shape) for k, v in acts.items()}, table,
-                   name="modelB")
+    diffable_pair(tmp_path)
     blocks = [re.sub(r"^file_a, file_b = .*$", "file_a, file_b = 'a.h5', 'b.h5'", b, flags=re.M) for b in blocks]
     assert any("file_a, file_b = 'a.h5'" in b for b in blocks)
     monkeypatch.chdir(tmp_path)

@@ -63,6 +63,17 @@ def module_tensor(output, layer: str = "") -> torch.Tensor:
     return first
 
 
+def replace_tensor(output, old: torch.Tensor, new: torch.Tensor):
+    """A module's output with its tensor `old` replaced by `new` (what a forward hook returns to substitute it):
+    the tensor itself, or the same tuple/list with that element swapped."""
+    if isinstance(output, torch.Tensor):
+        return new
+    if isinstance(output, (tuple, list)):
+        items = [new if x is old else x for x in output]
+        return type(output)(items) if isinstance(output, tuple) else items
+    raise ScopeError("this needs a layer whose output is a tensor or a tuple/list of tensors")
+
+
 def output_note(output) -> str | None:
     """For `scope layers`: which element of a non-tensor output is used (None for a plain tensor)."""
     if isinstance(output, torch.Tensor):

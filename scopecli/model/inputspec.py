@@ -187,14 +187,3 @@ def spec_from_dict(pre: Preprocess, d: dict) -> Preprocess:
             or len(pre.std) != pre.channels:
         raise ScopeError("the artifact's recorded input spec is malformed (channels, bit depth or mean/std length)")
     return pre
-
-
-def input_spec(model_info: dict | None) -> Preprocess:
-    """The recorded input spec of an artifact's model info (RGB for 1.0/1.1 files and unknown models)."""
-    pre = Preprocess()
-    if model_info and isinstance(model_info.get("preprocess"), dict):
-        try:
-            spec_from_dict(pre, model_info["preprocess"])
-        except ScopeError:
-            return Preprocess()
-    return pre

@@ -14,6 +14,8 @@ import torch
 import torchvision
 from torch import nn
 
+from scopecli.artifact.display import default_names
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -54,11 +56,7 @@ class Preprocess:
         """One label per channel (the given names, else R,G,B / gray / ch0..)."""
         if len(self.channel_names) == self.channels:
             return list(self.channel_names)
-        if self.channels == 3:
-            return ["R", "G", "B"]
-        if self.channels == 1:
-            return ["gray"]
-        return [f"ch{i}" for i in range(self.channels)]
+        return list(default_names(self.channels))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         c = len(self.mean)

@@ -35,9 +35,8 @@ from scopecli.model.capture import LayerTap
 from scopecli.model.layers import layouts_at, layer_table
 from scopecli.render import objectives as O
 from scopecli.render import transforms as tf
-from scopecli.render.engine import (RenderSettings, _Draws, _evidence, _Forward, _Normalize, _optimize, _place,
-    _Ticker, derive_seed, resolve_device, step_transforms)
-from scopecli.render.param import make_param
+from scopecli.render.engine import (RenderSettings, _draw_batch, _evidence, _Forward, _Normalize, _optimize, _place,
+    _Ticker, derive_seed, resolve_device)
 from scopecli.render.reproducible import reproducible
 from scopecli.render.schedule import get_schedule
 
@@ -217,7 +216,7 @@ def render(loaded, objective: Obj, n: int = 1, settings: RenderSettings | None =
     _place(module, device)
     try:
         with reproducible(device, bool(settings.deterministic)):
-            draws = _draws(settings, seeds, device, param)
+            draws = _draw_batch(settings, seeds, device, param)
             bound = objective.bind(n)
             with LayerTap(module, layers) as tap:
                 forward = _Forward(tap, normalize, layouts, layers, device, settings.amp)
@@ -244,24 +243,6 @@ def render(loaded, objective: Obj, n: int = 1, settings: RenderSettings | None =
     if out is not None:
         store(loaded, records, layers[0], out, settings, description)
     return records
-
-
-def _draws(settings: RenderSettings, seeds, device, param) -> _Draws:
-    """The engine's draws (`engine._draw_batch`), with a caller's parameterization when given."""
-    size, steps = int(settings.size), int(settings.steps)
-    schedule = get_schedule(settings.schedule)
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
-    if param is None:
-        p = make_param(settings.param, size, generators, settings.magnitude, init_scale=schedule.init_scale,
-                       decay_power=schedule.decay_power, channels=int(settings.channels), color=settings.color)
-    else:
-        p = param(size, generators)
-        if not hasattr(p, "raw") or not callable(p):
-            raise ScopeError("param must build an ImageParam-like module with a `raw` tensor to optimize")
-    step_draws = torch.stack([tf.draw(g, steps) for g in generators], dim=1)
-    robust_draws = torch.stack([tf.draw(g, settings.robust_samples) for g in generators], dim=1)
-    return _Draws(p.to(device), step_transforms(step_draws, size, settings.transforms, schedule).to(device),
-                  tf.affine_matrices(robust_draws, size, settings.transforms).to(device))
 
 
 def store(loaded, records: list[RenderRecord], layer: str, out: str, settings: RenderSettings, description: str) -> None:

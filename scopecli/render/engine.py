@@ -502,16 +502,23 @@ class _Draws:
     robust_thetas: torch.Tensor  # (robust_samples, n, 2, 3)
 
 
-def _draw_batch(settings: RenderSettings, seeds, device) -> _Draws:
+def _draw_batch(settings: RenderSettings, seeds, device, param_factory=None) -> _Draws:
     """Everything random about the batch, from one CPU generator per row.
 
     The order of draws per row is fixed: initial image, then every step's transform, then the robustness
-    transforms, so a row's draws never depend on the batch it is in."""
+    transforms, so a row's draws never depend on the batch it is in. `param_factory(size, generators)`: a
+    caller's parameterization instead of `settings.param` (`render/api.py`)."""
     size, steps = int(settings.size), int(settings.steps)
     spec, schedule = settings.transforms, get_schedule(settings.schedule)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    param = make_param(settings.param, size, generators, settings.magnitude, init_scale=schedule.init_scale,
-                       decay_power=schedule.decay_power, channels=int(settings.channels), color=settings.color).to(device)
+    if param_factory is None:
+        param = make_param(settings.param, size, generators, settings.magnitude, init_scale=schedule.init_scale,
+                           decay_power=schedule.decay_power, channels=int(settings.channels), color=settings.color)
+    else:
+        param = param_factory(size, generators)
+        if not isinstance(getattr(param, "raw", None), torch.Tensor) or not callable(param):
+            raise ScopeError("param must build an ImageParam-like module with a `raw` tensor to optimize")
+    param = param.to(device)
     step_draws = torch.stack([tf.draw(g, steps) for g in generators], dim=1)  # (steps, n, 6)
     robust_draws = torch.stack([tf.draw(g, settings.robust_samples) for g in generators], dim=1)
     step_thetas = step_transforms(step_draws, size, spec, schedule).to(device)

@@ -193,8 +193,3 @@ def stored_pixels(pixels: torch.Tensor) -> np.ndarray:
     """One image of `to_pixels` as the host array the artifact stores (uint8, or uint16 at 16 bits)."""
     arr = pixels.cpu().numpy()
     return np.ascontiguousarray(arr if arr.dtype == np.uint8 else arr.astype(np.uint16))
-
-
-def to_uint8_pixels(images: torch.Tensor) -> np.ndarray:
-    """`to_uint8` as the host numpy array the artifact stores."""
-    return to_uint8(images).cpu().numpy()

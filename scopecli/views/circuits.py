@@ -86,14 +86,7 @@ class _Cut:
             return None
         tensor = adapter.module_tensor(output)
         self.leaf = tensor.detach().requires_grad_(True)
-        if isinstance(output, torch.Tensor):
-            return self.leaf
-        if isinstance(output, (tuple, list)):
-            items = list(output)
-            i = next(i for i, x in enumerate(items) if x is tensor)
-            items[i] = self.leaf
-            return type(output)(items) if isinstance(output, tuple) else items
-        raise ScopeError("strongest inputs need a layer L' whose output is a tensor or a tuple of tensors")
+        return adapter.replace_tensor(output, tensor, self.leaf)
 
 
 def attributions(module, x: torch.Tensor, units: torch.Tensor, target: str, source: str, layouts: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,15 +59,6 @@ class _Probe(torch.autograd.Function):
         return grad, None, None, None
 
 
-def _replace_output(output, old: torch.Tensor, new: torch.Tensor):
-    if isinstance(output, torch.Tensor):
-        return new
-    if isinstance(output, (tuple, list)):
-        items = [new if x is old else x for x in output]
-        return type(output)(items) if isinstance(output, tuple) else items
-    raise ScopeError("effects need layers whose output is a tensor or a tuple of tensors")
-
-
 def _scalar_output(out, output: str, n_classes_hint: int | None = None) -> tuple[torch.Tensor, bool]:
     """(logits [N, classes], True) for class logits, or ([N, 1], False) for a scalar output (--output)."""
     t = adapter.module_tensor(out, "the model's output")
@@ -101,7 +92,7 @@ def batch_attributions(module, x: torch.Tensor, layers: list[str], layouts: dict
                 return None
             t = adapter.module_tensor(out, name)
             acts[name] = t.detach()
-            return _replace_output(out, t, _Probe.apply(t, anchor, grads, name))
+            return adapter.replace_tensor(out, t, _Probe.apply(t, anchor, grads, name))
         return hook
 
     for name in layers:
@@ -263,7 +254,7 @@ class _Ablate:
         perm = list(self.layout.perm)
         inverse = [perm.index(i) for i in range(len(perm))]
         new = new_c.permute(*inverse) if perm != list(range(len(perm))) else new_c
-        return _replace_output(out, t, new.contiguous() if not new.is_contiguous() else new)
+        return adapter.replace_tensor(out, t, new.contiguous() if not new.is_contiguous() else new)
 
 
 def _random_units(seed: int, layer: str, class_index: int, draw: int, units: int, k: int) -> np.ndarray:
@@ -304,13 +295,14 @@ def ablate(loaded, art, layer: str, block: EffectsBlock, data=None, k: int = ABL
     try:
         if base is None:  # the unablated pass
             base = {}
+            outputs = label_outputs(table, getattr(loaded, "class_names", None))[0]
             for b0 in range(0, len(rows_all), batch):
                 rows = [int(r) for r in rows_all[b0:b0 + batch]]
                 images = load(rows)
                 x = pre.normalize(torch.stack([images[r] for r in rows]).to(dev).float().div_(float(pre.qmax)))
                 with torch.no_grad():
                     logits = _scalar_output(module(x), "logit")[0].float().cpu()
-                lab = _targets_of(table, rows, "label", label_outputs(table, getattr(loaded, "class_names", None))[0])
+                lab = _targets_of(table, rows, "label", outputs)
                 for j, r in enumerate(rows):
                     o = int(lab[j]) if block.target == "label" else int(logits[j].argmax())
                     if 0 <= o < logits.shape[1]:
