@@ -235,6 +235,7 @@ def collect_cmd(
     probe: int = typer.Option(500, "--probe", help="Store spatial-mean activations on the first N images (for scope diff)."),
     batch: int = typer.Option(64, "--batch", help="Images per forward pass."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode workers (default: half the CPU cores)."),
+    loader: str = typer.Option("threads", "--loader", help="Decode in threads of this process (threads) or in worker processes (processes: for decoders that hold the GIL, on many cores)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images (sorted by path)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="TSV/CSV mapping file -> label (e.g. the sample folder's labels.tsv)."),
     groups: Optional[str] = typer.Option(None, "--groups", help="TSV/CSV mapping file -> source group: crops and mirrors of one photo count as one source."),
@@ -267,8 +268,9 @@ def collect_cmd(
     from scopecli.jobs.collect import run_collect
 
     settings = CollectSettings(top_k=top_k, bottom_k=bottom_k, patch_size=patch_size, probe=probe, batch=batch,
-                               workers=workers, limit=limit, device=device, bf16=bf16, lossless=lossless,
-                               per_source=per_source, sample=sample, seed=seed, channel_axis=channel_axis)
+                               workers=workers, loader=loader, limit=limit, device=device, bf16=bf16,
+                               lossless=lossless, per_source=per_source, sample=sample, seed=seed,
+                               channel_axis=channel_axis)
     settings.check()
     source = open_source(data, labels=labels, groups=groups)
     loaded = load_model(model, weights, mean, std, input_size, _inputs(in_channels, bit_depth, value_range, channel_names, display_channels), out)

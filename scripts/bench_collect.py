@@ -34,15 +34,26 @@ import torch
 from _baseline import extract
 
 from scopecli.collect import CollectSettings, collect, engine, open_source
-from scopecli.data.dataset import ModelInputs, default_workers, make_loader
+from scopecli.data.dataset import ModelInputs
+
+try:
+    from scopecli.data.loader import default_workers, make_loader
+except ImportError:  # --baseline with an older scopecli: DataLoader worker processes only
+    from scopecli.data.dataset import default_workers, make_loader as _make_loader
+
+    def make_loader(ds, batch, workers, pin_memory, kind="processes"):
+        return _make_loader(ds, batch, workers, pin_memory)
 from scopecli.collect.engine import resolve_device
 from scopecli.model import LayerTap, default_layers, resolve_model
+
+
+LOADER = {"kind": "threads"}  # --loader: the same kind for the bare forward and for collect
 
 
 def _loader(model, source, n, batch, workers, device):
     pre = model.preprocess
     ds = ModelInputs(source.files, range(n), pre.resize, pre.crop, pre.interpolation)
-    return make_loader(ds, batch, workers, pin_memory=device.type == "cuda")
+    return make_loader(ds, batch, workers, pin_memory=device.type == "cuda", kind=LOADER["kind"])
 
 
 def _sync(device):
@@ -96,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--limit", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--loader", default="threads", choices=["threads", "processes"],
+                    help="decode in threads (the default) or DataLoader worker processes, for both sides")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--bf16", action="store_true")
@@ -126,7 +139,10 @@ def _setup(args):
     n = min(args.limit, len(source))
     layers = args.layer or default_layers(model.module, model.preprocess.crop)
     workers = default_workers() if args.workers is None else args.workers
-    settings = CollectSettings(batch=args.batch, workers=workers, limit=n, device=args.device, bf16=args.bf16)
+    LOADER["kind"] = args.loader
+    loader = {"loader": args.loader} if "loader" in CollectSettings.__dataclass_fields__ else {}
+    settings = CollectSettings(batch=args.batch, workers=workers, limit=n, device=args.device, bf16=args.bf16,
+                               **loader)
     bare(model, source, layers, min(n, args.batch), args.batch, workers, device, args.bf16)  # warm-up
     return device, model, source, n, layers, workers, settings
 

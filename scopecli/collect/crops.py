@@ -79,23 +79,28 @@ def heat_origins(y, x, size: tuple[int, int], grid: tuple[int, int]):
 
 
 def _windows(pics: np.ndarray, which: np.ndarray, x0: np.ndarray, y0: np.ndarray, side: int) -> np.ndarray:
-    """Gather side x side windows at (x0, y0) (may leave the picture: PAD_VALUE there) -> [M, side, side, C]."""
+    """Gather side x side windows at (x0, y0) (may leave the picture: PAD_VALUE there) -> [M, side, side, C].
+
+    A window inside its picture is one row-contiguous copy; one that leaves it is filled with the pad gray and
+    gets the part that overlaps (no padded copy of the pictures: for a late layer's huge receptive fields
+    that copy was larger than the pictures many times over)."""
     h, w, c = pics.shape[1:4]
-    lo = int(max(0, -x0.min(), -y0.min()))
-    hi = int(max(0, (x0 + side).max() - w, (y0 + side).max() - h))
-    if lo or hi:
-        pad = PAD_VALUE if pics.dtype == np.uint8 else PAD_VALUE * 257  # the same gray at 16 bits
-        padded = np.full((pics.shape[0], h + lo + hi, w + lo + hi, c), pad, dtype=pics.dtype)
-        padded[:, lo : lo + h, lo : lo + w] = pics
-        pics = padded
+    pad = PAD_VALUE if pics.dtype == np.uint8 else PAD_VALUE * 257  # the same gray at 16 bits
     out = np.empty((len(which), side, side, c), dtype=pics.dtype)
-    for i, (t, y, x) in enumerate(zip(which.tolist(), (y0 + lo).tolist(), (x0 + lo).tolist())):
-        out[i] = pics[t, y : y + side, x : x + side]  # row-contiguous copies: faster than fancy indexing
+    inside = ((x0 >= 0) & (y0 >= 0) & (x0 + side <= w) & (y0 + side <= h)).tolist()
+    for i, (t, y, x, ok) in enumerate(zip(which.tolist(), y0.tolist(), x0.tolist(), inside)):
+        if ok:
+            out[i] = pics[t, y : y + side, x : x + side]  # row-contiguous copies: faster than fancy indexing
+            continue
+        out[i] = pad
+        ya, yb, xa, xb = max(y, 0), min(y + side, h), max(x, 0), min(x + side, w)
+        if ya < yb and xa < xb:
+            out[i, ya - y : yb - y, xa - x : xb - x] = pics[t, ya:yb, xa:xb]
     return out
 
 
 def crop_patches(pictures: np.ndarray, which: np.ndarray, boxes: np.ndarray, size: int,
-                 chunk_bytes: int = 256 << 20) -> np.ndarray:
+                 chunk_bytes: int = 256 << 20, pictures_only: bool = False) -> np.ndarray:
     """Batched crop + resize: pictures [T, H, W, C] uint8 or uint16, which [M] rows of pictures, boxes [M, 4]
     all of one side length -> [M, size, size, C] of the pictures' dtype.
 
@@ -123,6 +128,8 @@ def crop_patches(pictures: np.ndarray, which: np.ndarray, boxes: np.ndarray, siz
         per = max(1, chunk_bytes // (h * w * c * pictures.itemsize))
         for s0 in range(0, len(used), per):
             small[s0 : s0 + per] = _resize(pictures[used[s0 : s0 + per]], (hs, ws))
+        if pictures_only:
+            return small
         ys = np.round(boxes[:, 1] * f).astype(np.int64)
         xs = np.round(boxes[:, 0] * f).astype(np.int64)
         return _windows(small, row.reshape(-1), xs, ys, size)
@@ -152,6 +159,88 @@ def _resize(pics: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     x = torch.from_numpy(pics.astype(np.float32)).permute(0, 3, 1, 2)
     y = F.interpolate(x, size=hw, mode="bicubic", antialias=True, align_corners=False).permute(0, 2, 3, 1)
     return y.round().clamp(0, 65535).numpy().astype(pics.dtype)
+
+
+class PatchRows:
+    """The [U][K] patches of one layer's top (or bottom) examples, cut when a row is read.
+
+    Why: resnet50's 16 layers have 362,000 examples; cutting them all at once made ~10 GB of fresh arrays
+    (the page faults alone cost more than pass 1 of 500 photos) that a writer then encoded and dropped. A row is
+    cut when the writer (or a caller) reads it, from the pictures pass 2 decoded once, so the patches pass
+    through the cache on their way to the encoder. Each patch is exactly what `crop_patches` gives for its
+    picture and window. `pictures` [T, H, W, C]; `which` [U, K] rows of `pictures` (-1: no example);
+    `boxes` [U, K, 4] windows of one side length; `size` the patch side.
+    """
+
+    def __init__(self, pictures: np.ndarray | None, which: np.ndarray, boxes: np.ndarray, size: int):
+        self.which = np.asarray(which, dtype=np.int64)
+        self.boxes = np.asarray(boxes, dtype=np.int64)
+        self.size = int(size)
+        self.k = self.which.shape[1] if self.which.ndim == 2 else 0
+        have = self.which >= 0
+        self.pictures, self.row_of, self.scale = pictures, None, None
+        self._last: tuple[int, list] | None = None
+        if not have.any():
+            return
+        first = self.boxes[have][0]
+        side = int(first[2] - first[0])
+        sides = self.boxes[have]
+        if not ((sides[:, 2] - sides[:, 0] == side) & (sides[:, 3] - sides[:, 1] == side)).all():
+            raise ValueError("PatchRows needs square boxes of one size")
+        if side > self.size:  # every used picture shrunk once, windows cut at scaled positions (as crop_patches)
+            used = np.unique(self.which[have])
+            cut = crop_patches(pictures, used, np.repeat(first[None], len(used), 0), self.size, pictures_only=True)
+            self.pictures, self.scale = cut, self.size / side
+            self.row_of = np.full(int(used.max()) + 1, -1, np.int64)
+            self.row_of[used] = np.arange(len(used))
+
+    def __len__(self) -> int:
+        return len(self.which)
+
+    def __getitem__(self, u: int) -> "PatchRow":
+        if not -len(self) <= u < len(self):
+            raise IndexError(u)
+        return PatchRow(self, int(u) % len(self))
+
+    def __iter__(self):
+        return (PatchRow(self, u) for u in range(len(self)))
+
+    def row(self, u: int) -> list[np.ndarray | None]:
+        """Row u's K patches (None where there is no example); the last row read is kept."""
+        if self._last is not None and self._last[0] == u:
+            return self._last[1]
+        out: list[np.ndarray | None] = [None] * self.k
+        have = np.flatnonzero(self.which[u] >= 0)
+        if len(have):
+            which, boxes = self.which[u, have], self.boxes[u, have]
+            if self.scale is None:
+                cut = crop_patches(self.pictures, which, boxes, self.size)
+            else:
+                xs = np.round(boxes[:, 0] * self.scale).astype(np.int64)
+                ys = np.round(boxes[:, 1] * self.scale).astype(np.int64)
+                cut = _windows(self.pictures, self.row_of[which], xs, ys, self.size)
+            for n, j in enumerate(have.tolist()):
+                out[j] = cut[n]
+        self._last = (u, out)
+        return out
+
+
+class PatchRow:
+    """One unit's K patches (a sequence; cut on first access)."""
+
+    def __init__(self, rows: PatchRows, u: int):
+        self._rows, self._u, self._items = rows, u, None
+
+    def __len__(self) -> int:
+        return self._rows.k
+
+    def __getitem__(self, j):
+        if self._items is None:
+            self._items = self._rows.row(self._u)
+        return self._items[j]
+
+    def __iter__(self):
+        return (self[j] for j in range(len(self)))
 
 
 def crop_patch(image: np.ndarray, box, size: int) -> np.ndarray:

@@ -21,8 +21,9 @@ import torch
 from scopecli.collect import kernels, stats
 from scopecli.collect.checkpoint import LayerPass1, Pass1Checkpoint, Pass1State, PixelMoments
 from scopecli.collect.topk import HeatGeometry, StreamingExtremes
-from scopecli.collect.crops import crop_patches, heat_origins, heat_size, patch_side, rf_boxes, shown_windows
-from scopecli.data.dataset import MAX_PIXELS, ImageSource, ModelInputs, PixelSpec, default_workers, make_loader
+from scopecli.collect.crops import PatchRows, heat_origins, heat_size, patch_side, rf_boxes, shown_windows
+from scopecli.data.dataset import MAX_PIXELS, ImageSource, ModelInputs, PixelSpec
+from scopecli.data.loader import LOADER_KINDS, default_workers, make_loader
 from scopecli.core.devices import resolve_device
 from scopecli.core.errors import ScopeError
 from scopecli.model.capture import LayerTap
@@ -63,6 +64,7 @@ class CollectSettings(CheckedSettings):
     probe: int = 500
     batch: int = 64
     workers: int | None = None  # None: data.default_workers()
+    loader: str = "threads"  # decode in threads of this process, or in DataLoader worker "processes"
     limit: int | None = None  # first N images of the sorted list
     device: str = "auto"
     shard: tuple[int, int] = (1, 1)  # (k, n): k-th of n, 1-based
@@ -114,6 +116,11 @@ class CollectSettings(CheckedSettings):
             raise ScopeError("--workers must be >= 0")
         if self.limit is not None and self.limit < 1:
             raise ScopeError("--limit must be >= 1")
+
+    @reads("loader")
+    def _loader_kind(self) -> None:
+        if self.loader not in LOADER_KINDS:
+            raise ScopeError(f"--loader must be one of {', '.join(LOADER_KINDS)}, got '{self.loader}'")
 
     @reads("per_source")
     def _per_source(self) -> None:
@@ -398,7 +405,7 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
     rest = range(min(cand.start + state.batches * settings.batch, cand.stop), cand.stop)
     dataset = ModelInputs(source.files, rest, pre.resize, pre.crop, pre.interpolation, settings.max_pixels,
                           pixels=PixelSpec.of(pre, settings.channel_axis))
-    loader = make_loader(dataset, settings.batch, workers, pin_memory=device.type == "cuda")
+    loader = make_loader(dataset, settings.batch, workers, pin_memory=device.type == "cuda", kind=settings.loader)
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if settings.bf16
                 else contextlib.nullcontext())
     with LayerTap(module, names) as tap, torch.no_grad(), \
@@ -536,7 +543,7 @@ def _load_inputs(source, kept, table_idx: np.ndarray, settings, pre, workers) ->
     cand = [int(kept[i]) for i in table_idx]
     dataset = ModelInputs(source.files, cand, pre.resize, pre.crop, pre.interpolation, settings.max_pixels,
                           pixels=PixelSpec.of(pre, settings.channel_axis))
-    loader = make_loader(dataset, min(settings.batch, 32), workers, pin_memory=False)
+    loader = make_loader(dataset, min(settings.batch, 32), workers, pin_memory=False, kind=settings.loader)
     back = {int(c): int(t) for c, t in zip(cand, table_idx)}
     out = {}
     for batch in loader:
@@ -587,15 +594,14 @@ def _pass2(source, kept, images, records, winners, settings, pre, sink, workers,
 
 def _put_examples(rec: LayerRecord, which: str, win: Winners, stack: np.ndarray | None, order: np.ndarray, settings,
                   pre, sink, per_source: int) -> int:
-    """Cut one layer's top or bottom patches from the stacked inputs (stack [len(order), H, W, C], rows of the
-    table images in `order`) and hand the ExampleSet to the sink; returns the number of patches."""
+    """Hand one layer's top or bottom examples to the sink, their patches cut from the stacked inputs (stack
+    [len(order), H, W, C], rows of the table images in `order`) as the sink reads them; returns the number of
+    patches."""
     score, img = win.score, win.image
     have = img >= 0
     side = patch_side(rec.rf_size, pre.crop, settings.patch_size, rec.effective_layout.field == "global")
-    flat = crop_patches(stack, np.searchsorted(order, img[have]), win.shown[have], side) if have.any() else None
-    patches: list[list[np.ndarray | None]] = [[None] * score.shape[1] for _ in range(score.shape[0])]
-    for n_, (u, j) in enumerate(zip(*np.nonzero(have))):
-        patches[u][j] = flat[n_]
+    rows = np.where(have, np.searchsorted(order, np.maximum(img, 0)), -1)
+    patches = PatchRows(stack, rows, win.shown, side)  # cut row by row as the sink reads them
     sink.put_examples(rec.name, which, ExampleSet(
         units=np.arange(rec.units, dtype=np.int64), score=score, image_index=img, loc=win.loc,
         box=win.box, patches=patches, shown=win.shown, heat=win.heat, heat_origin=win.heat_origin),

@@ -220,7 +220,7 @@ class ExampleSet:
     image_index: np.ndarray  # int64 [U, K] into the ImageTable
     loc: np.ndarray  # int32 [U, K, 2]: (y, x) in the activation grid
     box: np.ndarray  # int32 [U, K, 4]: (x0, y0, x1, y1) the receptive field in model-input pixels, unclipped
-    patches: list[list[np.ndarray | None]]  # [U][K] HxWx3 uint8
+    patches: list[list[np.ndarray | None]]  # [U][K] HxWxC uint8/uint16 (any [U][K] sequence: collect cuts rows lazily)
     shown: np.ndarray | None = None  # int32 [U, K, 4]: the window the patch shows (inside the input when it fits)
     heat: np.ndarray | None = None  # float32 [U, K, h, w]: the unit over the grid positions of the shown window
     heat_origin: np.ndarray | None = None  # int32 [U, K, 2]: grid (row, column) of heat[..., 0, 0]

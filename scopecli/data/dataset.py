@@ -2,7 +2,7 @@
 
 Why: dataset examples are only trustworthy if every run sees the same images in the same order, and a
 bad file (truncated, not an image, huge) must be skipped with a reason instead of killing an hour-long
-run. Decoding happens in DataLoader workers; they hand back integer model-input crops (uint8, or int32
+run. Decoding happens in the loader's threads or processes (`loader.py`); they hand back integer model-input crops (uint8, or int32
 for 16-bit inputs: less to move than floats) together with each file's sha256 and original size, read from
 the same bytes. How one sample becomes the model's input domain (channels, bit depth) is `pixels.py`.
 """
@@ -374,20 +374,3 @@ class ModelInputs(torch.utils.data.Dataset):
             sha, w, h, reason = "", 0, 0, str(exc)
         return {"image": x, "index": index, "ok": not reason, "sha256": sha, "width": w, "height": h,
                 "reason": reason}
-
-
-def default_workers() -> int:
-    """Decode workers: half the cores (the other half runs the model), at least 1, at most 8."""
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
-
-
-def make_loader(dataset: ModelInputs, batch: int, workers: int, pin_memory: bool):
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        prefetch_factor=4 if workers > 0 else None,
-        persistent_workers=False,
-    )

@@ -54,7 +54,7 @@ def run_collect(loaded, source, layers=None, settings=None, output: str | None =
     params = settings.params() | {"data": source.describe(), "layers": list(layers) if layers else "default"}
     if layers:  # unit spaces (BASE@SPACE) are read from the artifact being written
         attach_spaces(loaded, final, layers)
-    state = Pass1Checkpoint(path, {key: v for key, v in params.items() if key != "workers"} | {
+    state = Pass1Checkpoint(path, {key: v for key, v in params.items() if key not in ("workers", "loader")} | {
         "model": loaded.fingerprint, "images": paths_digest(source.paths)}, every_s=checkpoint_s, resume=resume)
     with dist.RankGroup(share, settings.device) as ranks:
         try:

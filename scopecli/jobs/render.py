@@ -22,7 +22,8 @@ from scopecli.render.engine import (RenderResult, RenderSettings, batches, check
 from scopecli.render.estimate import fmt_duration
 from scopecli.render.param import color_from_covariance, spectrum_from_images
 from scopecli.collect.checkpoint import PixelMoments
-from scopecli.data.dataset import ModelInputs, PixelSpec, make_loader, open_source
+from scopecli.data.dataset import ModelInputs, PixelSpec, open_source
+from scopecli.data.loader import make_loader
 from scopecli.render.resume import render_done_keys
 from scopecli.core.units import parse_units
 from scopecli.artifact import ArtifactWriter, open_artifact

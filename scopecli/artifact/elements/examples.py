@@ -546,8 +546,9 @@ class ExamplesElement(LayerElement):
         encoded: dict[tuple, bytes] = {}  # an image's window is often the example of several units: encode once
         for row in range(u):
             blobs, hw = [], np.zeros((k, 2), np.int32)
+            prow = ex.patches[row]  # one read per row: collect cuts a row's patches when it is read
             for j in range(k):
-                p = ex.patches[row][j]
+                p = prow[j]
                 if ii[row, j] < 0 or p is None:
                     if ii[row, j] < 0 and p is not None:
                         raise ScopeError(f"examples {layer}/{which}: unit {units[row]} rank {j} has a patch but no image")
