@@ -236,6 +236,7 @@ def collect_cmd(
     batch: int = typer.Option(64, "--batch", help="Images per forward pass."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode workers (default: half the CPU cores)."),
     loader: str = typer.Option("threads", "--loader", help="Decode in threads of this process (threads) or in worker processes (processes: for decoders that hold the GIL, on many cores)."),
+    decode: str = typer.Option("auto", "--decode", help="Where JPEGs are decoded in pass 1: device (the model's GPU, in batches), cpu (Pillow), or auto (the GPU when it can)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images (sorted by path)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="TSV/CSV mapping file -> label (e.g. the sample folder's labels.tsv)."),
     groups: Optional[str] = typer.Option(None, "--groups", help="TSV/CSV mapping file -> source group: crops and mirrors of one photo count as one source."),
@@ -268,7 +269,7 @@ def collect_cmd(
     from scopecli.jobs.collect import run_collect
 
     settings = CollectSettings(top_k=top_k, bottom_k=bottom_k, patch_size=patch_size, probe=probe, batch=batch,
-                               workers=workers, loader=loader, limit=limit, device=device, bf16=bf16,
+                               workers=workers, loader=loader, decode=decode, limit=limit, device=device, bf16=bf16,
                                lossless=lossless, per_source=per_source, sample=sample, seed=seed,
                                channel_axis=channel_axis)
     settings.check()

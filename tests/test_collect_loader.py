@@ -121,3 +121,79 @@ def test_patch_rows_cut_what_crop_patches_cuts(side, size, dtype):
 def test_patch_rows_without_examples():
     rows = PatchRows(None, np.full((3, 2), -1), np.zeros((3, 2, 4), np.int64), 8)
     assert len(rows) == 3 and all(p is None for r in rows for p in r)
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory):
+    """Smooth photo-like JPEGs of several sizes, one PNG and one broken file."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("jpegs")
+    rng = np.random.default_rng(9)
+    for i, (w, h) in enumerate([(40, 30), (30, 44), (64, 64), (33, 25), (50, 36), (28, 28), (45, 60), (36, 36)]):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([np.sin(xx / (3 + i)) , np.cos(yy / (4 + i)), np.sin((xx + yy) / 5)], -1)
+        pic = ((base + 1) * 100 + rng.normal(0, 6, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pic).save(folder / f"p{i}.jpg", quality=92)
+    Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(folder / "q.png")
+    (folder / "z.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    return folder
+
+
+def test_device_decode_matches_the_cpu_path(jpegs):
+    """--decode device (torchvision's decoder; on a GPU, nvJPEG) gives the image table of the Pillow path and
+    activations within JPEG decoding tolerance."""
+    from scopecli.collect import engine
+
+    model = loaded(small_cnn(seed=5), 24)
+    model.preprocess.resize, model.preprocess.crop = 26, 24
+    source = open_source(jpegs)
+    base = dict(top_k=3, bottom_k=2, patch_size=8, probe=10, batch=4, workers=1, device="cpu")
+    cpu = collect(model, source, ["1", "2"], CollectSettings(decode="cpu", **base))
+    dev = collect(model, source, ["1", "2"], CollectSettings(decode="device", **base))
+    assert dev.timings["decode"] == "device" and cpu.timings["decode"] == "cpu"
+    assert dev.images.paths == cpu.images.paths and dev.images.sha256 == cpu.images.sha256
+    assert np.array_equal(dev.images.width, cpu.images.width) and np.array_equal(dev.images.height, cpu.images.height)
+    assert [p for p, _ in dev.images.skipped] == [p for p, _ in cpu.images.skipped] == ["z.jpg"]
+    for layer in ("1", "2"):
+        a, b = cpu.stats[layer], dev.stats[layer]
+        scale = np.abs(a.max).max()
+        assert np.allclose(a.max, b.max, atol=0.01 * scale) and np.allclose(a.min, b.min, atol=0.01 * scale)
+        assert np.allclose(a.mean, b.mean, atol=0.005 * scale)  # a BGR or shifted decode: 5-15 % off
+        assert np.array_equal(a.count, b.count)  # every position of every usable image counted
+
+
+def test_device_decode_refuses_inputs_it_cannot_make():
+    from scopecli.collect.engine import decode_on_device
+
+    model = loaded(small_cnn(seed=5), 24)
+    model.preprocess.bit_depth = 16
+    with pytest.raises(ScopeError, match="--decode device needs an 8-bit RGB model input"):
+        decode_on_device(CollectSettings(decode="device"), model.preprocess, torch.device("cpu"))
+    assert not decode_on_device(CollectSettings(decode="auto"), model.preprocess, torch.device("cpu"))
+    with pytest.raises(ScopeError, match="--decode must be one of auto, cpu, device"):
+        CollectSettings(decode="gpu").check()
+
+
+def test_accelerator_bookkeeping_equals_the_host_path(folder, monkeypatch):
+    """The bookkeeping a GPU runs (batched ops, every unit merged, no host sync) gives the host path's examples,
+    histograms and extremes, run here on the CPU through the one switch that picks the paths."""
+    from scopecli.core import devices
+
+    model = loaded(small_cnn(seed=6), 20)
+    source = open_source(folder)
+    settings = CollectSettings(top_k=4, bottom_k=3, patch_size=8, probe=10, batch=5, workers=0, device="cpu")
+    host = collect(model, source, ["1", "2"], settings)
+    monkeypatch.setattr(devices, "host_paths", lambda device: False)
+    accel = collect(model, source, ["1", "2"], settings)
+    for layer in ("1", "2"):
+        for which in ("top", "bottom"):
+            a, b = host.examples[layer][which], accel.examples[layer][which]
+            for name in ("image_index", "loc", "box", "shown", "heat_origin"):
+                assert np.array_equal(getattr(a, name), getattr(b, name)), (layer, which, name)
+            assert np.array_equal(a.score, b.score, equal_nan=True) and np.allclose(a.heat, b.heat)
+        sa, sb = host.stats[layer], accel.stats[layer]
+        assert np.array_equal(sa.sketch["hist"], sb.sketch["hist"])
+        assert np.array_equal(sa.count, sb.count) and np.array_equal(sa.max, sb.max) and np.array_equal(sa.min, sb.min)
+        assert np.allclose(sa.mean, sb.mean, rtol=1e-5, atol=1e-6)
+        assert np.allclose(host.probe[layer].acts.astype(np.float32), accel.probe[layer].acts.astype(np.float32))

@@ -23,6 +23,7 @@ from scopecli.collect.checkpoint import LayerPass1, Pass1Checkpoint, Pass1State,
 from scopecli.collect.topk import HeatGeometry, StreamingExtremes
 from scopecli.collect.crops import PatchRows, heat_origins, heat_size, patch_side, rf_boxes, shown_windows
 from scopecli.data.dataset import MAX_PIXELS, ImageSource, ModelInputs, PixelSpec
+from scopecli.data.jpeg_batch import EncodedInputs, device_batches, device_decodes, gpu_decode_available
 from scopecli.data.loader import LOADER_KINDS, default_workers, make_loader
 from scopecli.core.devices import resolve_device
 from scopecli.core.errors import ScopeError
@@ -35,6 +36,7 @@ from scopecli.core.settings import CheckedSettings, reads
 
 
 JPEG_QUALITY = 90
+DECODE_CHOICES = ("auto", "cpu", "device")
 STRONGEST_FRACTION = 0.01  # label profiles also look at each unit's top 1 % of images
 MAX_SAMPLE = 10_000_000  # activation sample rows per layer (float16 rows: memory is N x units x 2 bytes)
 
@@ -65,6 +67,7 @@ class CollectSettings(CheckedSettings):
     batch: int = 64
     workers: int | None = None  # None: data.default_workers()
     loader: str = "threads"  # decode in threads of this process, or in DataLoader worker "processes"
+    decode: str = "auto"  # JPEGs decoded on the model's "device" (auto: on a GPU that can) or on the "cpu"
     limit: int | None = None  # first N images of the sorted list
     device: str = "auto"
     shard: tuple[int, int] = (1, 1)  # (k, n): k-th of n, 1-based
@@ -121,6 +124,11 @@ class CollectSettings(CheckedSettings):
     def _loader_kind(self) -> None:
         if self.loader not in LOADER_KINDS:
             raise ScopeError(f"--loader must be one of {', '.join(LOADER_KINDS)}, got '{self.loader}'")
+
+    @reads("decode")
+    def _decode(self) -> None:
+        if self.decode not in DECODE_CHOICES:
+            raise ScopeError(f"--decode must be one of {', '.join(DECODE_CHOICES)}, got '{self.decode}'")
 
     @reads("per_source")
     def _per_source(self) -> None:
@@ -249,6 +257,7 @@ def collect(model, source: ImageSource, layers: list[str] | None = None, setting
         "patches": n_patches,
         "device": str(plan.device),
         "workers": plan.workers,
+        "decode": "device" if decode_on_device(settings, model.preprocess, plan.device) else "cpu",
     }
     return _result(model, plan, images, settings, timings)
 
@@ -403,9 +412,15 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
     if checkpoint is not None:
         checkpoint.restore(state)  # the batches an interrupted run already did
     rest = range(min(cand.start + state.batches * settings.batch, cand.stop), cand.stop)
-    dataset = ModelInputs(source.files, rest, pre.resize, pre.crop, pre.interpolation, settings.max_pixels,
-                          pixels=PixelSpec.of(pre, settings.channel_axis))
-    loader = make_loader(dataset, settings.batch, workers, pin_memory=device.type == "cuda", kind=settings.loader)
+    if decode_on_device(settings, pre, device):  # the loader only reads files; the device decodes whole batches
+        encoded = make_loader(EncodedInputs(source.files, rest, settings.max_pixels), settings.batch, workers,
+                              pin_memory=False, kind=settings.loader, collate=list)
+        loader = device_batches(encoded, source.files, pre.resize, pre.crop, pre.interpolation, settings.max_pixels,
+                                device)
+    else:
+        dataset = ModelInputs(source.files, rest, pre.resize, pre.crop, pre.interpolation, settings.max_pixels,
+                              pixels=PixelSpec.of(pre, settings.channel_axis))
+        loader = make_loader(dataset, settings.batch, workers, pin_memory=device.type == "cuda", kind=settings.loader)
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if settings.bf16
                 else contextlib.nullcontext())
     with LayerTap(module, names) as tap, torch.no_grad(), \
@@ -431,6 +446,20 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
     if preparing is not None:
         preparing.join()
     return state
+
+
+def decode_on_device(settings: CollectSettings, pre, device: torch.device) -> bool:
+    """Does pass 1 decode JPEGs on the model's device? `--decode device` asks for it (8-bit RGB inputs; on a CPU
+    it is torchvision's decoder, what the tests check against Pillow's); `auto` picks it on a GPU that can."""
+    if settings.decode == "cpu":
+        return False
+    fits = pre.is_rgb and device_decodes(pre.interpolation)
+    if settings.decode == "device":
+        if not fits:
+            raise ScopeError(f"--decode device needs an 8-bit RGB model input resized by bilinear, bicubic or nearest "
+                             f"(this one: {pre.channels} channels, {pre.bit_depth} bits, {pre.interpolation})")
+        return True
+    return fits and device.type == "cuda" and gpu_decode_available(device)
 
 
 def _batch_meta(state: Pass1State, batch: dict, cand: range) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from scopecli.core import devices
 from scopecli.core.sketch import BUCKET_LUT, CENTER, KEY_MASK, KEY_SHIFT, NUM_BUCKETS
 
 _STATE: dict[str, object] = {}  # "kernels": the Loops once compiled, or None when unusable
@@ -374,7 +375,7 @@ def _kernels():
 def prepare(device: torch.device) -> threading.Thread | None:
     """Start preparing the compiled loops in the background (pass 1 calls it before its first batch, whose
     forward then overlaps the compile or cache load, and joins the thread when it ends)."""
-    if torch.device(device).type != "cpu" or "kernels" in _STATE:
+    if not devices.host_paths(device) or "kernels" in _STATE:
         return None
     thread = threading.Thread(target=_kernels, name="scope-kernels", daemon=True)
     thread.start()
@@ -421,7 +422,7 @@ def _selftest(kernels) -> None:
 
 def available(device: torch.device) -> bool:
     """Whether pass 1 on `device` uses the compiled loops (CPU and numba usable; waits while they are prepared)."""
-    return device.type == "cpu" and _kernels() is not None
+    return devices.host_paths(device) and _kernels() is not None
 
 
 def _flat(values: torch.Tensor) -> tuple[np.ndarray, int]:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from scopecli.collect import kernels
+from scopecli.core import devices
 from scopecli.core.records import StatsBlock
 from scopecli.core.sketch import BUCKET_LUT, KEY_MASK, KEY_SHIFT, NUM_BUCKETS, stats_from_sketch
 
@@ -38,7 +39,7 @@ _POOL_SIZE = 0
 
 def _sweep_threads(device: torch.device) -> int:
     """CPU: one sweep thread per intra-op thread (each runs single-threaded torch ops on its own units)."""
-    return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
+    return max(1, torch.get_num_threads()) if devices.host_paths(device) else 1
 
 
 def _run_parallel(tasks: list, workers: int | None = None) -> None:
@@ -88,7 +89,7 @@ def _blocks(n: int, c: int, p: int, parts: int, device: torch.device) -> list[tu
     overlap. A block takes every image of a few units (at most _BLOCK_UNITS), so the histogram rows it
     scatters into stay in cache; one unit's rows longer than a block are split by images. Off the CPU
     there is no cache to fit: one block."""
-    if device.type != "cpu":
+    if not devices.host_paths(device):
         return [(0, c, [(0, n, 0, c)])]
     parts = max(1, min(parts, c))
     out = []
@@ -158,7 +159,7 @@ class LayerStats:
 
     def _interleave(self, p: int) -> bool:
         """Whether rows of p positions count into two alternating copies (allocated on first use)."""
-        if p < _INTERLEAVE_MIN or self.device.type != "cpu":
+        if p < _INTERLEAVE_MIN or not devices.host_paths(self.device):
             return False
         if self._offsets2 is None or self._offsets2.shape[2] != p:
             size = self.channels * NUM_BUCKETS

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from scopecli.collect import kernels
+from scopecli.core import devices
 from scopecli.collect.crops import heat_origins
 
 _LAST = torch.iinfo(torch.int64).max  # image index an empty slot sorts by: after every real image
@@ -71,7 +72,7 @@ class StreamingExtremes:
         self.per_source = int(per_source) if groups is not None else 0
         self._fill = float("-inf") if largest else float("inf")  # sort key of a NaN score
         # find the units a batch can change (one host sync: free on CPU) or merge them all (accelerators)
-        self.skip_units = torch.device(device).type == "cpu"
+        self.skip_units = devices.host_paths(device)
         hs, ws = heat.size if heat is not None else (0, 0)
         self.score = torch.full((channels, self.k), float("nan"), dtype=torch.float32, device=device)
         self.image = torch.full((channels, self.k), -1, dtype=torch.int64, device=device)

@@ -33,6 +33,13 @@ def resolve_device(spec: str = "auto") -> torch.device:
     raise ScopeError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N")
 
 
+def host_paths(device: torch.device) -> bool:
+    """Does collect's bookkeeping take its host (CPU) paths on `device`: per-unit blocks on a thread pool, the
+    compiled loops, units skipped after a host check? Elsewhere (GPUs) it takes batched ops with no host sync.
+    One place decides, so a test can run the accelerator paths on a CPU and compare them with the host's."""
+    return torch.device(device).type == "cpu"
+
+
 def autocast(device: torch.device, amp: bool):
     """bf16 autocast on `device` when `amp`, else a no-op context: render and its cost estimate run the same."""
     if not amp:

@@ -33,14 +33,18 @@ class ThreadLoader:
     """Iterate over `dataset` in batches of `batch`, decoded by `threads` threads up to PREFETCH batches ahead
     (0 threads: in the calling thread, when each batch is asked for)."""
 
-    def __init__(self, dataset, batch: int, threads: int, pin_memory: bool = False, prefetch: int = PREFETCH):
+    def __init__(self, dataset, batch: int, threads: int, pin_memory: bool = False, prefetch: int = PREFETCH,
+                 collate=None):
         self.dataset, self.batch, self.threads = dataset, int(batch), int(threads)
         self.pin_memory, self.prefetch = bool(pin_memory), max(1, int(prefetch))
+        self.collate = collate
 
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch)
 
-    def _collate(self, items: list) -> dict:
+    def _collate(self, items: list):
+        if self.collate is not None:
+            return self.collate(items)
         out = default_collate(items)
         if self.pin_memory and torch.cuda.is_available():
             out["image"] = out["image"].pin_memory()
@@ -75,11 +79,11 @@ class ThreadLoader:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def make_loader(dataset, batch: int, workers: int, pin_memory: bool, kind: str = "threads"):
+def make_loader(dataset, batch: int, workers: int, pin_memory: bool, kind: str = "threads", collate=None):
     """Batches of `dataset` decoded by `workers` threads (`kind="threads"`) or DataLoader worker processes
-    (`"processes"`); 0 workers decode in the calling thread."""
+    (`"processes"`); 0 workers decode in the calling thread. `collate(items)`: instead of the default collate."""
     if kind == "threads":
-        return ThreadLoader(dataset, batch, workers, pin_memory=pin_memory)
+        return ThreadLoader(dataset, batch, workers, pin_memory=pin_memory, collate=collate)
     if kind != "processes":
         raise ValueError(f"unknown loader kind {kind!r}: one of {', '.join(LOADER_KINDS)}")
     return torch.utils.data.DataLoader(
@@ -88,6 +92,7 @@ def make_loader(dataset, batch: int, workers: int, pin_memory: bool, kind: str =
         shuffle=False,
         num_workers=workers,
         pin_memory=pin_memory,
+        collate_fn=collate,
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
     )
