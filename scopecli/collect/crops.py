@@ -178,6 +178,7 @@ class PatchRows:
         self.size = int(size)
         self.k = self.which.shape[1] if self.which.ndim == 2 else 0
         have = self.which >= 0
+        pictures = None if pictures is None else np.ascontiguousarray(pictures)  # once, not per row
         self.pictures, self.row_of, self.scale = pictures, None, None
         self._last: tuple[int, list] | None = None
         if not have.any():

@@ -580,7 +580,7 @@ def _load_inputs(source, kept, table_idx: np.ndarray, settings, pre, workers) ->
             if not batch["ok"][j]:
                 raise ScopeError(f"{source.paths[c]} could not be read again in pass 2 ({batch['reason'][j]}); "
                                  "was the dataset modified during collect?")
-            pic = batch["image"][j].permute(1, 2, 0).numpy()
+            pic = np.ascontiguousarray(batch["image"][j].permute(1, 2, 0).numpy())  # HWC rows: windows copy rows
             out[back[c]] = pic if pic.dtype == np.uint8 else pic.astype(np.uint16)
     return out
 

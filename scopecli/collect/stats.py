@@ -128,9 +128,10 @@ class LayerStats:
         # bucket counts, [copies * channels * NUM_BUCKETS]: long rows alternate between two copies (a run
         # of equal values, e.g. ReLU zeros, would otherwise wait on one counter); `hist` adds them up. They
         # are int32 (half the cache the increments touch) and go into the int64 `_total` before one unit
-        # could have counted 2**31 values since the last time
+        # could have counted 2**31 values since the last time; `_total` exists only from then on (resnet50's
+        # 16 layers would otherwise zero 250 MB per run that a short run never reads)
         self._counts = torch.zeros(channels * NUM_BUCKETS, dtype=torch.int32, device=device)
-        self._total = torch.zeros(channels * NUM_BUCKETS, dtype=torch.int64, device=device)
+        self._total: torch.Tensor | None = None
         self._pending = 0  # values per unit in _counts
         self._offsets = (torch.arange(channels, device=device, dtype=torch.int32) * NUM_BUCKETS).view(1, -1, 1)
         self._offsets2: torch.Tensor | None = None  # [1, channels, P]: unit offset + that of the position's copy
@@ -140,7 +141,7 @@ class LayerStats:
         """int64 [channels * NUM_BUCKETS] bucket counts so far."""
         size = self.channels * NUM_BUCKETS
         counts = self._counts if self._counts.numel() == size else self._counts[:size] + self._counts[size:]
-        return self._total + counts
+        return counts.to(torch.int64) if self._total is None else self._total + counts
 
     @hist.setter
     def hist(self, value: torch.Tensor) -> None:
