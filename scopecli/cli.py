@@ -111,12 +111,12 @@ def render_cmd(
     objective: str = typer.Option("channel", "--objective", help="What each image maximizes"),
     deepdream: bool = typer.Option(False, "--deepdream", help="One DeepDream image per layer (stored as unit -1)."),
     position: str = typer.Option("center", "--position", help="With --objective neuron: center, cls (a token layer's class token) or ROW,COL of the position grid."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimization steps (default: 128 with the fast schedule, 512 with lucid)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimization steps (default: 64 with the settle schedule, 128 with fast, 512 with lucid)."),
     size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: the model's input size)."),
     param: str = typer.Option("fft", "--param", help="Image parameterization"),
     data: Optional[str] = typer.Option(None, "--data", help="Image folder whose mean spectrum MACO keeps (with --param maco)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: the schedule's, fast 0.07, lucid 0.05)."),
-    schedule: str = typer.Option("fast", "--schedule", help="Optimization schedule: fast (512-step quality in 128 steps) or lucid (constant lr, full transforms: the 0.1 renders)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: the schedule's, settle and fast 0.07, lucid 0.05)."),
+    schedule: str = typer.Option("settle", "--schedule", help="Optimization schedule: settle (512-step quality in 64 steps), fast (the 0.2 default: 128 steps) or lucid (constant lr, full transforms: the 0.1 renders)."),
     batch: str = typer.Option("auto", "--batch", help="Images optimized together: auto (from memory) or N."),
     seed: int = typer.Option(0, "--seed", help="Run seed; every image's seed derives from it and the unit."),
     diversity: int = typer.Option(1, "--diversity", help="K different images per unit (Gram-matrix diversity penalty)."),
@@ -150,7 +150,7 @@ def render_cmd(
     from scopecli.render.schedule import DEFAULT_STEPS
 
     if steps is None:
-        steps = DEFAULT_STEPS.get(schedule, DEFAULT_STEPS["fast"])
+        steps = DEFAULT_STEPS.get(schedule, DEFAULT_STEPS["settle"])
     settings = RenderSettings(steps=steps, size=16 if size is None else size, param=param, lr=lr, batch=batch if batch == "auto" else batch_n,
                               seed=seed, device=device, amp=amp, schedule=schedule, deterministic=deterministic)
     settings.check()

@@ -261,7 +261,8 @@ def quality_table(args):
     targets = [RenderTarget(layer, u) for layer in layers for u in units]
     print(f"pretrained efficientnet_lite0, units 0-{args.units - 1} of {', '.join(layers)}, {args.size} px, "
           f"seed {args.seed}, threads {torch.get_num_threads()}; photo max over {n_photos} photos of {args.photos}")
-    runs = [("lucid", args.old_steps), (DEFAULT_SCHEDULE, args.new_steps)]
+    runs = [("lucid", args.old_steps), ("fast", args.fast_steps), (DEFAULT_SCHEDULE, args.new_steps)]
+    runs = [(name, steps) for name, steps in runs if steps]
     schedules = [name for name, _ in runs]
     all_steps = sorted({s for _, steps in runs for s in steps})
     rows, images = [], {}
@@ -317,25 +318,26 @@ def quality_table(args):
             json.dump({"photos": str(args.photos), "n_photos": n_photos, "size": args.size, "seed": args.seed,
                        "rows": rows}, fh, indent=1)
     default = DEFAULT_STEPS[DEFAULT_SCHEDULE]
-    old = ("lucid", 512 if 512 in args.old_steps else max(args.old_steps))
+    old = ("lucid", 512 if 512 in args.old_steps else max(args.old_steps)) if args.old_steps else None
     new = (DEFAULT_SCHEDULE, default if default in args.new_steps else max(args.new_steps))
     if args.sheet:
-        contact_sheet(args.sheet, layers, images, old, new, rows)
+        shown = ([old] if old else []) + ([("fast", max(args.fast_steps))] if args.fast_steps else []) + [new]
+        contact_sheet(args.sheet, layers, images, shown, rows)
         print(f"wrote {args.sheet}")
 
 
-def contact_sheet(path, layers, images, old, new, rows):
-    """Per layer: a row of old-schedule renders over a row of new-default renders, labelled."""
+def contact_sheet(path, layers, images, shown, rows):
+    """Per layer: one labelled row of renders per (schedule, steps) in `shown` (old, 0.2's fast, new default)."""
     from PIL import Image, ImageDraw
 
-    pics = images[(*old, layers[0])]
+    pics = images[(*shown[0], layers[0])]
     s, n = pics[0].shape[0], len(pics)
     label = 14
-    sheet = Image.new("RGB", (n * (s + 2), len(layers) * 2 * (s + label)), "white")
+    sheet = Image.new("RGB", (n * (s + 2), len(layers) * len(shown) * (s + label)), "white")
     draw = ImageDraw.Draw(sheet)
     y = 0
     for layer in layers:
-        for schedule, steps in (old, new):
+        for schedule, steps in shown:
             r = next(r for r in rows if r["schedule"] == schedule and r["steps"] == steps and r["layer"] == layer)
             draw.text((2, y + 1), f"{layer} {schedule} {steps} steps: median ratio {r['median_ratio']:.2f}, "
                                   f"robust {r['median_robust_ratio']:.2f}", fill="black")
@@ -355,8 +357,10 @@ def main():
     ap.add_argument("--units", type=int, default=8)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--old-steps", type=int, nargs="+", default=[32, 64, 128, 256, 512],
+    ap.add_argument("--old-steps", type=int, nargs="*", default=[32, 64, 128, 256, 512],
                     help="steps rendered with the old schedule (lucid); 512 is the old default, for the sheet")
+    ap.add_argument("--fast-steps", type=int, nargs="*", default=[64, 128],
+                    help="steps of the 0.2 default schedule `fast` (none: leave it out)")
     ap.add_argument("--new-steps", type=int, nargs="+", default=[32, 64, 128],
                     help="steps rendered with the new default schedule (its default steps, for the sheet)")
     ap.add_argument("--sheet", default=None, help="contact sheet PNG (old 512 steps vs new default)")

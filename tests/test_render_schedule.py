@@ -108,3 +108,24 @@ def test_format_1_0_renders_read_as_lucid():
         views = [v for name in layers for v in art.renders(name)]
         assert {v.schedule for v in views} == {"lucid"}
         assert all(math.isfinite(v.lr) for v in views)
+
+
+@pytest.mark.parametrize("steps", [9, 64, 130])
+def test_settle_is_the_default_and_ends_in_the_exact_view(steps):
+    """`settle` keeps the full learning rate to 60 % of the run and full transforms to 20 %, then shrinks the
+    transforms to none: the last step sees the picture exactly as it is stored."""
+    from scopecli.render.schedule import DEFAULT_SCHEDULE
+
+    assert DEFAULT_SCHEDULE == "settle" and RenderSettings().schedule == "settle"
+    assert RenderSettings().steps == DEFAULT_STEPS["settle"] == 64
+    s = get_schedule("settle")
+    lrs = [s.lr_at(k, steps, 0.07) for k in range(steps)]
+    strengths = [s.strength_at(k, steps) for k in range(steps)]
+    last = steps - 1
+    assert all(v == 0.07 for k, v in enumerate(lrs) if k / last <= 0.6) and lrs[-1] == pytest.approx(0.007)
+    assert all(v == 1.0 for k, v in enumerate(strengths) if k / last <= 0.2) and strengths[-1] == 0.0
+    assert all(b <= a for a, b in zip(lrs, lrs[1:])) and all(b <= a for a, b in zip(strengths, strengths[1:]))
+    draws = tf.draw(torch.Generator().manual_seed(6), steps * 2).reshape(steps, 2, 6)
+    thetas = step_transforms(draws, 64, RenderSettings().transforms, s)
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(2, 2, 3)
+    assert torch.allclose(thetas[-1], identity) and not torch.allclose(thetas[0], identity)
