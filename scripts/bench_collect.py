@@ -1,5 +1,6 @@
 """Benchmark `collect` pass 1 against a bare no-grad forward over the same loader and layers.
 
+Both sides read the photos through the same loader (`--loader threads`, collect's default, or `processes`).
 Prints images/s of both, measured side by side in one run (bare and collect alternated --repeats times),
 their wall-clock ratio and their main-process CPU-time ratio (robust when other jobs share the machine);
 goal >= 0.9. `--full` also times a whole collect including pass 2 (patches). `--baseline REV` runs the
