@@ -197,3 +197,15 @@ def test_accelerator_bookkeeping_equals_the_host_path(folder, monkeypatch):
         assert np.array_equal(sa.count, sb.count) and np.array_equal(sa.max, sb.max) and np.array_equal(sa.min, sb.min)
         assert np.allclose(sa.mean, sb.mean, rtol=1e-5, atol=1e-6)
         assert np.allclose(host.probe[layer].acts.astype(np.float32), accel.probe[layer].acts.astype(np.float32))
+
+
+@pytest.mark.parametrize("flag,value,says", [("--loader", "fork", "--loader must be one of"),
+                                             ("--decode", "gpu", "--decode must be one of")])
+def test_bad_loader_or_decode_is_one_line(tmp_path, scope_cli, folder, flag, value, says):
+    from conftest import assert_one_line_error
+
+    out = tmp_path / "a.h5"
+    result = scope_cli("collect", "tinymodels:tiny_cnn", "--weights", "random", "--input-size", "32", "--data", folder,
+                       "-o", out, "--quiet", flag, value)
+    assert_one_line_error(result, contains=says)
+    assert not out.exists()

@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 from scopecli.data.pixels import (
-    _TENSOR_MODES, MAX_PIXELS, BadImage, ChannelFiles, _check_size, _is_npy, _is_tiff, _open_pil, _read_bytes,
-    _resized_size,
+    _TENSOR_MODES, MAX_PIXELS, BadImage, ChannelFiles, PixelSpec, _check_size, _is_npy, _is_tiff, _open_pil,
+    _read_bytes, _resized_size, model_input, pil_transform,
 )
 
 _SOI = b"\xff\xd8\xff"  # start of image + the next marker's 0xFF
@@ -225,8 +225,6 @@ def device_batches(loader, files: list, resize: int, crop: int, interpolation: s
     """Batches of an `EncodedInputs` loader (collate: a plain list) as ModelInputs batches, decoded on `device`:
     {"image" uint8 [N, 3, crop, crop] on the device, "index", "ok", "sha256", "width", "height", "reason"}. Files
     the device cannot decode take pixels.py's Pillow path (sha256 and size from there)."""
-    from scopecli.data.pixels import PixelSpec, model_input, pil_transform
-
     transform, rgb = pil_transform(resize, crop, interpolation), PixelSpec()
     for items in loader:
         index = [i for i, _ in items]
