@@ -1,4 +1,5 @@
-"""Render schedules: `lucid` is the 0.1 recipe unchanged, `fast` anneals lr and transforms, both are recorded."""
+"""Render schedules: `lucid` is the 0.1 recipe unchanged, `fast` and `settle` (the default) anneal lr and transforms,
+every one is recorded."""
 
 import math
 
@@ -71,10 +72,10 @@ def test_schedule_is_stored_per_render_and_in_provenance(tmp_path, scope_cli):
     assert scope_cli("render", *MODEL, "--layer", "2", "--units", "0,1", *FAST, "-o", out).code == 0
     assert scope_cli("render", *MODEL, "--layer", "5", "--units", "0", *FAST, "--schedule", "lucid", "-o", out).code == 0
     with open_artifact(out) as art:
-        assert [(v.schedule, v.lr) for v in art.renders("2")] == [("fast", SCHEDULES["fast"].lr)] * 2
+        assert [(v.schedule, v.lr) for v in art.renders("2")] == [("settle", SCHEDULES["settle"].lr)] * 2  # default
         assert [(v.schedule, v.lr) for v in art.renders("5")] == [("lucid", 0.05)]
         names = [run["params"]["schedule"]["name"] for run in art.provenance if run.get("command") == "render"]
-        assert names == ["fast", "lucid"]
+        assert names == ["settle", "lucid"]
     r = scope_cli("validate", out)
     assert r.code == 0, r.stdout + r.stderr
 
@@ -94,7 +95,7 @@ def test_resume_does_not_take_another_schedules_render_as_done(tmp_path, scope_c
     r = scope_cli("render", *MODEL, "--layer", "2", "--units", "0", *FAST, "--resume", "-o", out, "--json")
     assert r.code == 0, r.stderr
     with open_artifact(out) as art:
-        assert [v.schedule for v in art.renders("2")] == ["fast"]  # re-rendered, replaced
+        assert [v.schedule for v in art.renders("2")] == ["settle"]  # re-rendered with the default, replaced
 
 
 def test_format_1_0_renders_read_as_lucid():
