@@ -52,8 +52,12 @@ LOADER = {"kind": "threads"}  # --loader: the same kind for the bare forward and
 
 
 def _loader(model, source, n, batch, workers, device):
+    """The batches collect's pass 1 reads (the same loader kind, and on a GPU the same decode)."""
     pre = model.preprocess
-    ds = ModelInputs(source.files, range(n), pre.resize, pre.crop, pre.interpolation)
+    if hasattr(engine, "pass1_batches"):
+        settings = CollectSettings(batch=batch, loader=LOADER["kind"])
+        return engine.pass1_batches(source, range(n), pre, settings, device, workers)
+    ds = ModelInputs(source.files, range(n), pre.resize, pre.crop, pre.interpolation)  # an older scopecli
     return make_loader(ds, batch, workers, pin_memory=device.type == "cuda", kind=LOADER["kind"])
 
 

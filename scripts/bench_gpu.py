@@ -145,7 +145,7 @@ def pass1_vs_forward(loaded, source, layers, n, batch, device, workers, amp=True
     pre = loaded.preprocess
     settings = CollectSettings(batch=batch, workers=workers, limit=n, device=str(device), bf16=amp, probe=min(500, n))
     decoded = []
-    for b in engine_batches(loaded, source, n, batch, workers, device, settings):
+    for b in engine.pass1_batches(source, range(n), pre, settings, device, workers):
         decoded.append(b["image"].to(device))
     ac = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp else torch.autocast(device.type, enabled=False)
     rows = {"images": n, "batch": batch, "amp": amp, "decode": "device" if engine.decode_on_device(settings, pre, device) else "cpu"}
@@ -183,22 +183,6 @@ def pass1_vs_forward(loaded, source, layers, n, batch, device, workers, amp=True
                 torch.cuda.set_sync_debug_mode("default")
         rows["host_syncs_per_batch"] = round(len(caught) / max(1, math.ceil(m / batch)), 2)
     return rows
-
-
-def engine_batches(loaded, source, n, batch, workers, device, settings):
-    """The batches pass 1 feeds the model (decoded as the engine decodes them)."""
-    from scopecli.collect import engine
-    from scopecli.data.dataset import ModelInputs
-    from scopecli.data.jpeg_batch import EncodedInputs, device_batches
-    from scopecli.data.loader import make_loader
-
-    pre = loaded.preprocess
-    if engine.decode_on_device(settings, pre, device):
-        loader = make_loader(EncodedInputs(source.files, range(n)), batch, workers, False, collate=list)
-        return device_batches(loader, source.files, pre.resize, pre.crop, pre.interpolation, settings.max_pixels,
-                              device)
-    return make_loader(ModelInputs(source.files, range(n), pre.resize, pre.crop, pre.interpolation), batch, workers,
-                       pin_memory=device.type == "cuda")
 
 
 def identical_twice(loaded, batch, settings) -> bool:

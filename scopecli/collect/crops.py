@@ -99,8 +99,34 @@ def _windows(pics: np.ndarray, which: np.ndarray, x0: np.ndarray, y0: np.ndarray
     return out
 
 
+def _side(boxes: np.ndarray, what: str) -> int:
+    """The one side length of square boxes [M, 4] (M >= 1); ValueError otherwise."""
+    side = int(boxes[0, 2] - boxes[0, 0])
+    if not ((boxes[:, 2] - boxes[:, 0] == side) & (boxes[:, 3] - boxes[:, 1] == side)).all():
+        raise ValueError(f"{what} needs square boxes of one size")
+    return side
+
+
+def _shrunk(pictures: np.ndarray, used: np.ndarray, f: float, chunk_bytes: int = 256 << 20) -> np.ndarray:
+    """Pictures `used` (rows of pictures) resized by f < 1, a chunk at a time: what shrunk windows are cut from."""
+    h, w, c = pictures.shape[1:4]
+    hs, ws = max(1, round(h * f)), max(1, round(w * f))
+    small = np.empty((len(used), hs, ws, c), dtype=pictures.dtype)
+    per = max(1, chunk_bytes // (h * w * c * pictures.itemsize))
+    for s0 in range(0, len(used), per):
+        small[s0 : s0 + per] = _resize(pictures[used[s0 : s0 + per]], (hs, ws))
+    return small
+
+
+def _scaled_windows(small: np.ndarray, rows: np.ndarray, boxes: np.ndarray, f: float, size: int) -> np.ndarray:
+    """Windows of side `size` cut from shrunk pictures at the boxes' scaled positions (rounding <= half a pixel)."""
+    ys = np.round(boxes[:, 1] * f).astype(np.int64)
+    xs = np.round(boxes[:, 0] * f).astype(np.int64)
+    return _windows(small, rows, xs, ys, size)
+
+
 def crop_patches(pictures: np.ndarray, which: np.ndarray, boxes: np.ndarray, size: int,
-                 chunk_bytes: int = 256 << 20, pictures_only: bool = False) -> np.ndarray:
+                 chunk_bytes: int = 256 << 20) -> np.ndarray:
     """Batched crop + resize: pictures [T, H, W, C] uint8 or uint16, which [M] rows of pictures, boxes [M, 4]
     all of one side length -> [M, size, size, C] of the pictures' dtype.
 
@@ -114,25 +140,13 @@ def crop_patches(pictures: np.ndarray, which: np.ndarray, boxes: np.ndarray, siz
     c, dtype = (pictures.shape[3], pictures.dtype) if pictures is not None and np.ndim(pictures) == 4 else (3, np.uint8)
     if m == 0:
         return np.empty((0, size, size, c), dtype=dtype)
-    side = int(boxes[0, 2] - boxes[0, 0])
-    if not ((boxes[:, 2] - boxes[:, 0] == side) & (boxes[:, 3] - boxes[:, 1] == side)).all():
-        raise ValueError("crop_patches needs square boxes of one size")
+    side = _side(boxes, "crop_patches")
     pictures = np.ascontiguousarray(pictures)
-    h, w = pictures.shape[1:3]
     which = np.asarray(which, dtype=np.int64)
     if side > size:
         f = size / side
         used, row = np.unique(which, return_inverse=True)
-        hs, ws = max(1, round(h * f)), max(1, round(w * f))
-        small = np.empty((len(used), hs, ws, c), dtype=dtype)
-        per = max(1, chunk_bytes // (h * w * c * pictures.itemsize))
-        for s0 in range(0, len(used), per):
-            small[s0 : s0 + per] = _resize(pictures[used[s0 : s0 + per]], (hs, ws))
-        if pictures_only:
-            return small
-        ys = np.round(boxes[:, 1] * f).astype(np.int64)
-        xs = np.round(boxes[:, 0] * f).astype(np.int64)
-        return _windows(small, row.reshape(-1), xs, ys, size)
+        return _scaled_windows(_shrunk(pictures, used, f, chunk_bytes), row.reshape(-1), boxes, f, size)
     out = np.empty((m, size, size, c), dtype=dtype)
     step = max(1, chunk_bytes // (side * side * c * pictures.itemsize * 2))
     nearest = size >= 2 * side
@@ -183,15 +197,11 @@ class PatchRows:
         self._last: tuple[int, list] | None = None
         if not have.any():
             return
-        first = self.boxes[have][0]
-        side = int(first[2] - first[0])
-        sides = self.boxes[have]
-        if not ((sides[:, 2] - sides[:, 0] == side) & (sides[:, 3] - sides[:, 1] == side)).all():
-            raise ValueError("PatchRows needs square boxes of one size")
+        side = _side(self.boxes[have], "PatchRows")
         if side > self.size:  # every used picture shrunk once, windows cut at scaled positions (as crop_patches)
             used = np.unique(self.which[have])
-            cut = crop_patches(pictures, used, np.repeat(first[None], len(used), 0), self.size, pictures_only=True)
-            self.pictures, self.scale = cut, self.size / side
+            self.scale = self.size / side
+            self.pictures = _shrunk(pictures, used, self.scale)
             self.row_of = np.full(int(used.max()) + 1, -1, np.int64)
             self.row_of[used] = np.arange(len(used))
 
@@ -217,9 +227,7 @@ class PatchRows:
             if self.scale is None:
                 cut = crop_patches(self.pictures, which, boxes, self.size)
             else:
-                xs = np.round(boxes[:, 0] * self.scale).astype(np.int64)
-                ys = np.round(boxes[:, 1] * self.scale).astype(np.int64)
-                cut = _windows(self.pictures, self.row_of[which], xs, ys, self.size)
+                cut = _scaled_windows(self.pictures, self.row_of[which], boxes, self.scale, self.size)
             for n, j in enumerate(have.tolist()):
                 out[j] = cut[n]
         self._last = (u, out)

@@ -412,15 +412,7 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
     if checkpoint is not None:
         checkpoint.restore(state)  # the batches an interrupted run already did
     rest = range(min(cand.start + state.batches * settings.batch, cand.stop), cand.stop)
-    if decode_on_device(settings, pre, device):  # the loader only reads files; the device decodes whole batches
-        encoded = make_loader(EncodedInputs(source.files, rest, settings.max_pixels), settings.batch, workers,
-                              pin_memory=False, kind=settings.loader, collate=list)
-        loader = device_batches(encoded, source.files, pre.resize, pre.crop, pre.interpolation, settings.max_pixels,
-                                device)
-    else:
-        dataset = ModelInputs(source.files, rest, pre.resize, pre.crop, pre.interpolation, settings.max_pixels,
-                              pixels=PixelSpec.of(pre, settings.channel_axis))
-        loader = make_loader(dataset, settings.batch, workers, pin_memory=device.type == "cuda", kind=settings.loader)
+    loader = pass1_batches(source, rest, pre, settings, device, workers)
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if settings.bf16
                 else contextlib.nullcontext())
     with LayerTap(module, names) as tap, torch.no_grad(), \
@@ -446,6 +438,20 @@ def _pass1(module, pre, source, cand, names, records, settings, device, workers,
     if preparing is not None:
         preparing.join()
     return state
+
+
+def pass1_batches(source, indices, pre, settings: CollectSettings, device: torch.device, workers: int):
+    """The batches pass 1 feeds the model (dicts: image, index, ok, sha256, width, height, reason): decoded by the
+    loader's threads or processes, or, when `decode_on_device`, read by them and decoded a batch at a time on the
+    device. Benchmarks time their bare forward over the same batches."""
+    if decode_on_device(settings, pre, device):
+        encoded = make_loader(EncodedInputs(source.files, indices, settings.max_pixels), settings.batch, workers,
+                              pin_memory=False, kind=settings.loader, collate=list)
+        return device_batches(encoded, source.files, pre.resize, pre.crop, pre.interpolation, settings.max_pixels,
+                              device)
+    dataset = ModelInputs(source.files, indices, pre.resize, pre.crop, pre.interpolation, settings.max_pixels,
+                          pixels=PixelSpec.of(pre, settings.channel_axis))
+    return make_loader(dataset, settings.batch, workers, pin_memory=device.type == "cuda", kind=settings.loader)
 
 
 def decode_on_device(settings: CollectSettings, pre, device: torch.device) -> bool:

@@ -73,9 +73,6 @@ class ThreadLoader:
                 submit()
                 yield self._collate([f.result() for f in futures])
         finally:  # an abandoned iteration (an error, a break) leaves no thread decoding
-            for futures in pending:
-                for f in futures:
-                    f.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
 
 
